@@ -1,0 +1,299 @@
+"""The service configuration: typed, frozen, validated models and the YAML loader.
+
+A typo in a key is an error that names the key, never a silent default. The YAML file
+carries ``version: 1`` and may use ``${ENV_VAR}`` / ``${ENV_VAR:-default}`` anywhere in
+a string value (for API keys and hosts).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIG_VERSION = 1
+MIN_TIERS = 2
+MAX_TIERS = 5
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the offending key."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+NonNegative = Annotated[float, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+
+
+class Price(_Frozen):
+    """US dollars per million tokens."""
+
+    input_per_mtok: NonNegative
+    output_per_mtok: NonNegative
+
+
+class Timeouts(_Frozen):
+    """Per-attempt time limits, in seconds."""
+
+    connect_s: Positive = 5.0
+    first_token_s: Positive = 30.0
+    idle_s: Positive = 30.0
+    total_s: Positive = 300.0
+
+
+class Gate(_Frozen):
+    """The pre-commit confidence gate of a tier.
+
+    The first ``window_tokens`` tokens (or ``window_ms`` milliseconds, whichever ends
+    first) are held back and judged before any text reaches the caller.
+    """
+
+    window_tokens: Annotated[int, Field(ge=1, le=256)] = 8
+    window_ms: Positive = 400.0
+    min_mean_logprob: float = Field(default=-2.5, le=0)
+    low_logprob: float = Field(default=-5.0, le=0)
+    max_low_logprob_share: Annotated[float, Field(ge=0, le=1)] = 0.34
+    min_chars: Annotated[int, Field(ge=0)] = 1
+
+
+class Tier(_Frozen):
+    """One model tier. Tiers are listed cheapest first."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+    model: Annotated[str, Field(min_length=1)]
+    backend: Annotated[str, Field(min_length=1)]
+    price: Price
+    min_score: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] = 1024
+    timeouts: Timeouts = Timeouts()
+    gate: Gate | None = None
+
+
+class OpenAIBackend(_Frozen):
+    """Any OpenAI-compatible chat-completions endpoint."""
+
+    kind: Literal["openai"]
+    base_url: Annotated[str, Field(min_length=1)]
+    api_key: str = ""
+    max_connections: Annotated[int, Field(ge=1)] = 100
+    headers: dict[str, str] = {}
+
+
+class AnthropicBackend(_Frozen):
+    """Anthropic's Messages API."""
+
+    kind: Literal["anthropic"]
+    base_url: str = "https://api.anthropic.com"
+    api_key: str = ""
+    api_version: str = "2023-06-01"
+    max_connections: Annotated[int, Field(ge=1)] = 100
+
+
+class DemoBackend(_Frozen):
+    """A local backend that streams a short canned, clearly labelled answer."""
+
+    kind: Literal["demo"]
+    tokens_per_second: Positive = 200.0
+    first_token_ms: NonNegative = 0.0
+
+
+BackendConfig = Annotated[
+    OpenAIBackend | AnthropicBackend | DemoBackend, Field(discriminator="kind")
+]
+
+
+class CircuitBreaker(_Frozen):
+    """Skip a backend that failed ``failures`` times within ``window_s`` seconds."""
+
+    failures: Annotated[int, Field(ge=1)] = 5
+    window_s: Positive = 30.0
+    cooldown_s: Positive = 15.0
+
+
+class Routing(_Frozen):
+    """How scores become tiers."""
+
+    # Queries whose score lies within this margin below a tier's threshold go
+    # straight to that tier (Complete only; Route reports the same choice).
+    escalation_margin: Annotated[float, Field(ge=0, le=1)] = 0.0
+    # Weight of earlier chat turns relative to the last user turn.
+    context_weight: Annotated[float, Field(ge=0, le=1)] = 0.3
+
+
+class Completion(_Frozen):
+    max_attempts: Annotated[int, Field(ge=1, le=MAX_TIERS)] = 3
+    circuit_breaker: CircuitBreaker = CircuitBreaker()
+
+
+class Server(_Frozen):
+    host: str = "[::]"
+    port: Annotated[int, Field(ge=0, le=65535)] = 50051
+    # 0 means one worker per core.
+    workers: Annotated[int, Field(ge=0, le=256)] = 0
+    max_message_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    max_prompt_bytes: Annotated[int, Field(ge=1)] = 256 * 1024
+    max_concurrent_rpcs: Annotated[int, Field(ge=1)] = 1000
+    grace_period_s: NonNegative = 10.0
+    feedback_capacity: Annotated[int, Field(ge=1)] = 10_000
+
+
+class Logging(_Frozen):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class Config(_Frozen):
+    """The whole service configuration."""
+
+    version: Literal[1]
+    # "builtin" for the shipped model, or a path to a model file.
+    model: str = "builtin"
+    server: Server = Server()
+    routing: Routing = Routing()
+    completion: Completion = Completion()
+    logging: Logging = Logging()
+    tiers: Annotated[list[Tier], Field(min_length=MIN_TIERS, max_length=MAX_TIERS)]
+    backends: dict[str, BackendConfig]
+
+    @model_validator(mode="after")
+    def _check_tiers(self) -> Config:
+        names = [t.name for t in self.tiers]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"tiers[{i}].name: duplicate tier name {name!r}")
+        for i, tier in enumerate(self.tiers):
+            if tier.backend not in self.backends:
+                known = ", ".join(sorted(self.backends)) or "none"
+                raise ValueError(
+                    f"tiers[{i}].backend: unknown backend {tier.backend!r} (configured: {known})"
+                )
+        if self.tiers[0].min_score not in (None, 0.0):
+            raise ValueError("tiers[0].min_score: the cheapest tier takes every score; omit it")
+        given = [t.min_score for t in self.tiers[1:]]
+        if any(s is not None for s in given):
+            for i, s in enumerate(given, start=1):
+                if s is None:
+                    raise ValueError(
+                        f"tiers[{i}].min_score: set min_score on every tier above the "
+                        "cheapest, or on none to use the model's calibrated thresholds"
+                    )
+            for i in range(2, len(self.tiers)):
+                prev, cur = given[i - 2], given[i - 1]
+                assert prev is not None and cur is not None
+                if cur <= prev:
+                    raise ValueError(
+                        f"tiers[{i}].min_score: thresholds must increase with the tier "
+                        f"({cur} is not above tiers[{i - 1}].min_score {prev})"
+                    )
+        return self
+
+    def tier_index(self, name: str) -> int:
+        """Return the index of the tier called ``name``; raise KeyError if none is."""
+        for i, tier in enumerate(self.tiers):
+            if tier.name == name:
+                return i
+        raise KeyError(name)
+
+    def explicit_thresholds(self) -> tuple[float, ...] | None:
+        """Return the thresholds set in the file (one per tier above the cheapest), if any."""
+        given = [t.min_score for t in self.tiers[1:]]
+        if given[0] is None:
+            return None
+        return tuple(float(s) for s in given if s is not None)
+
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def substitute_env(value: Any, environ: Mapping[str, str], path: str = "") -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of a parsed YAML tree."""
+    if isinstance(value, dict):
+        return {k: substitute_env(v, environ, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute_env(v, environ, f"{path}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{path}: environment variable {name} is not set (use ${{{name}:-default}})")
+
+    return _ENV_PATTERN.sub(replace, value)
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{loc}: {msg}")
+    return "; ".join(lines)
+
+
+def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
+    """Validate a parsed YAML tree and return the configuration."""
+    if not isinstance(data, dict):
+        raise ConfigError("the configuration must be a mapping with a 'version' key")
+    if "version" not in data:
+        raise ConfigError(f"version: missing (this release reads version: {CONFIG_VERSION})")
+    if data["version"] != CONFIG_VERSION:
+        raise ConfigError(f"version: {data['version']!r} is not supported (expected {CONFIG_VERSION})")
+    data = substitute_env(data, os.environ if environ is None else environ)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, substitute and validate a YAML configuration file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, environ)
+
+
+DEFAULT_CONFIG_YAML = """\
+version: 1
+model: builtin
+tiers:
+  - name: cheap
+    model: demo-cheap
+    backend: demo
+    price: {input_per_mtok: 0.24, output_per_mtok: 0.24}
+  - name: strong
+    model: demo-strong
+    backend: demo
+    price: {input_per_mtok: 2.5, output_per_mtok: 10.0}
+  - name: expert
+    model: demo-expert
+    backend: demo
+    price: {input_per_mtok: 15.0, output_per_mtok: 75.0}
+backends:
+  demo:
+    kind: demo
+"""
+
+
+def default_config() -> Config:
+    """Return the embedded default: the shipped model and three tiers on the demo backend."""
+    return parse_config(yaml.safe_load(DEFAULT_CONFIG_YAML), environ={})

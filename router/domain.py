@@ -1,0 +1,206 @@
+"""Transport-neutral requests, decisions and completion events of the service.
+
+The gRPC layer converts protobuf messages to and from these; nothing below the server
+package sees a protobuf type.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class RouterError(Exception):
+    """Base class of the errors the service maps to a status code."""
+
+
+class InvalidRequest(RouterError):
+    """The request is malformed; the message names the field (INVALID_ARGUMENT)."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        super().__init__(f"{field_name}: {problem}")
+        self.field = field_name
+
+
+class Overloaded(RouterError):
+    """Too many requests in flight (RESOURCE_EXHAUSTED)."""
+
+
+class BackendUnavailable(RouterError):
+    """No allowed tier could answer (UNAVAILABLE); the message names each attempt's failure."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class TierHints:
+    """Caller constraints on the tier; empty strings mean unset."""
+
+    min_tier: str = ""
+    max_tier: str = ""
+    tier: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    """What to route: exactly one of ``prompt`` and ``messages``."""
+
+    prompt: str = ""
+    messages: tuple[ChatMessage, ...] = ()
+    request_id: str = ""
+    tenant: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    hints: TierHints = TierHints()
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationOptions:
+    max_tokens: int = 0
+    temperature: float | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteRequest:
+    route: RouteRequest
+    generation: GenerationOptions = GenerationOptions()
+
+
+class DecisionReason(enum.Enum):
+    SCORE = "score"
+    MIN_TIER = "min_tier"
+    MAX_TIER = "max_tier"
+    FORCED = "forced"
+    MARGIN = "margin"
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingDecision:
+    """The service's answer to Route, and the first event of Complete."""
+
+    request_id: str
+    tier: str
+    tier_index: int
+    model: str
+    backend: str
+    score: float
+    levels: tuple[float, ...]
+    rules: tuple[str, ...]
+    reason: DecisionReason
+    estimated_prompt_tokens: int
+    estimated_cost_usd: float
+    strongest_tier_cost_usd: float
+    model_version: str
+    decision_micros: float
+
+
+class AttemptOutcome(enum.Enum):
+    """How one attempt at one tier ended (mirrors the proto's AttemptOutcome)."""
+
+    OK = "ok"
+    GATE_REJECTED = "gate_rejected"
+    CONNECT_ERROR = "connect_error"
+    TIMEOUT = "timeout"
+    RATE_LIMITED = "rate_limited"
+    HTTP_ERROR = "http_error"
+    MALFORMED_STREAM = "malformed_stream"
+    ERROR_EVENT = "error_event"
+    CIRCUIT_OPEN = "circuit_open"
+    CANCELLED = "cancelled"
+    FAILED_AFTER_COMMIT = "failed_after_commit"
+
+
+class CircuitState(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True, slots=True)
+class GateReport:
+    """What the confidence gate saw on an attempt's held-back start."""
+
+    enabled: bool
+    held_tokens: int = 0
+    held_ms: float = 0.0
+    mean_logprob: float | None = None
+    low_logprob_share: float | None = None
+    passed: bool = True
+    reason: str = ""
+    window_tokens: int = 0
+    window_ms: float = 0.0
+    min_mean_logprob: float = 0.0
+    max_low_logprob_share: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    index: int
+    tier: str
+    model: str
+    backend: str
+    outcome: AttemptOutcome
+    detail: str = ""
+    duration_ms: float = 0.0
+    first_token_ms: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    gate: GateReport = GateReport(enabled=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    reported_by_backend: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Escalation:
+    from_tier: str
+    to_tier: str
+    attempt: Attempt
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionSummary:
+    tier: str
+    tier_index: int
+    model: str
+    backend: str
+    usage: Usage
+    cost_usd: float
+    strongest_tier_cost_usd: float
+    finish_reason: str
+    attempts: tuple[Attempt, ...]
+    delivered_chars: int
+    duration_ms: float
+    first_text_ms: float
+
+
+# The events of a Complete stream, in order: one RoutingDecision, then TextDelta and
+# Escalation events, then one CompletionSummary. A failure after text was delivered
+# yields the summary (finish_reason "error") and then raises BackendUnavailable.
+CompleteEvent = RoutingDecision | TextDelta | Escalation | CompletionSummary
+
+
+@dataclass(frozen=True, slots=True)
+class BackendState:
+    """A backend's circuit-breaker state, as GetConfig reports it."""
+
+    name: str
+    kind: str
+    circuit: CircuitState
+    recent_failures: int
+    open_seconds_left: float

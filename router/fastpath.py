@@ -1,0 +1,41 @@
+"""Select the compiled fast path, or its pure-Python twin.
+
+``MODELROUTER_NO_EXTENSIONS=1`` or a non-CPython interpreter forces the twin; so does an
+install where the extension could not be built. ``IMPLEMENTATION`` says which one runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Literal
+
+from router import _fastpath_py
+
+Implementation = Literal["compiled", "python"]
+
+NO_EXTENSIONS = bool(os.environ.get("MODELROUTER_NO_EXTENSIONS")) or (
+    sys.implementation.name != "cpython"
+)
+
+FastPath: type[_fastpath_py.FastPath]
+IMPLEMENTATION: Implementation
+
+if NO_EXTENSIONS:
+    FastPath = _fastpath_py.FastPath
+    IMPLEMENTATION = "python"
+else:
+    try:
+        from router._fastpath import FastPath  # type: ignore[no-redef]
+    except ImportError:
+        FastPath = _fastpath_py.FastPath
+        IMPLEMENTATION = "python"
+    else:
+        IMPLEMENTATION = "compiled"
+
+FEATURIZER_VERSION = _fastpath_py.FEATURIZER_VERSION
+N_DENSE = _fastpath_py.N_DENSE
+LEVELS = _fastpath_py.LEVELS
+HEADS = _fastpath_py.HEADS
+
+__all__ = ["FEATURIZER_VERSION", "HEADS", "IMPLEMENTATION", "LEVELS", "N_DENSE", "FastPath"]

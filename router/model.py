@@ -1,0 +1,276 @@
+"""The routing model artifact: featurizer settings, keyword rules, weights, thresholds.
+
+One ``.npz`` file (numpy's zip of arrays, read with ``allow_pickle=False``) holds a JSON
+``meta`` entry and the arrays. ``meta.checksum`` is the SHA-256 of the canonical meta
+(without the checksum) and of every array's bytes, so a corrupt or edited file is an
+error at load. Weights are stored as float16 and widened to float32 in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from router import _fastpath_py
+from router.fastpath import FEATURIZER_VERSION, HEADS, LEVELS, FastPath
+
+FORMAT = "modelrouter-model"
+FORMAT_VERSION = 1
+DEFAULT_MODEL = "default.npz"
+
+
+class ModelError(ValueError):
+    """The model file is missing, corrupt, or made for another featurizer."""
+
+
+def dense_layout_fingerprint() -> str:
+    """Return a digest of the code's dense-feature layout (names and bin edges)."""
+    text = json.dumps(_fastpath_py.DENSE_EDGES, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A keyword rule: fires when any of its phrases occurs in the query (as tokens)."""
+
+    name: str
+    phrases: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FeaturizerSpec:
+    """Everything that decides which features a text gets; saved with the weights."""
+
+    seed: int = 0x6D6F64656C726F75  # "modelrou"
+    buckets_log2: int = 18
+    word_max: int = 2
+    char_min: int = 3
+    char_max: int = 5
+    max_bytes: int = 32 * 1024
+    rules: tuple[Rule, ...] = ()
+    featurizer_version: int = FEATURIZER_VERSION
+    dense_layout: str = field(default_factory=dense_layout_fingerprint)
+
+    @property
+    def n_features(self) -> int:
+        return (1 << self.buckets_log2) + _fastpath_py.N_DENSE + len(self.rules)
+
+    def fastpath(
+        self,
+        weights: npt.NDArray[np.float32] | None = None,
+        bias: npt.NDArray[np.float64] | None = None,
+        implementation: type[_fastpath_py.FastPath] = FastPath,
+    ) -> _fastpath_py.FastPath:
+        """Return a fast path over these settings (zero weights when none are given)."""
+        if weights is None:
+            weights = np.zeros((self.n_features, HEADS), dtype=np.float32)
+        if bias is None:
+            bias = np.zeros(HEADS, dtype=np.float64)
+        return implementation(
+            seed=self.seed,
+            buckets_log2=self.buckets_log2,
+            word_max=self.word_max,
+            char_min=self.char_min,
+            char_max=self.char_max,
+            max_bytes=self.max_bytes,
+            rule_phrases=[r.phrases for r in self.rules],
+            weights=weights,
+            bias=bias,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "buckets_log2": self.buckets_log2,
+            "word_max": self.word_max,
+            "char_min": self.char_min,
+            "char_max": self.char_max,
+            "max_bytes": self.max_bytes,
+            "rules": [{"name": r.name, "phrases": list(r.phrases)} for r in self.rules],
+            "featurizer_version": self.featurizer_version,
+            "dense_layout": self.dense_layout,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FeaturizerSpec:
+        rules = tuple(Rule(r["name"], tuple(r["phrases"])) for r in data["rules"])
+        return cls(
+            seed=int(data["seed"]),
+            buckets_log2=int(data["buckets_log2"]),
+            word_max=int(data["word_max"]),
+            char_min=int(data["char_min"]),
+            char_max=int(data["char_max"]),
+            max_bytes=int(data["max_bytes"]),
+            rules=rules,
+            featurizer_version=int(data["featurizer_version"]),
+            dense_layout=str(data["dense_layout"]),
+        )
+
+
+@dataclass(frozen=True)
+class RouterModel:
+    """A trained routing model with its calibrated operating point."""
+
+    spec: FeaturizerSpec
+    weights: npt.NDArray[np.float32]  # (n_features, HEADS): 5 level logits, 1 score logit
+    bias: npt.NDArray[np.float64]  # (HEADS,)
+    tier_names: tuple[str, ...]
+    thresholds: tuple[float, ...]
+    name: str = "model"
+    info: Mapping[str, Any] = field(default_factory=dict)
+    checksum: str = ""
+
+    @property
+    def version(self) -> str:
+        """Return ``name-<first 12 hex digits of the checksum>``."""
+        return f"{self.name}-{self.checksum[:12]}"
+
+    @property
+    def rule_names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.spec.rules)
+
+    def rule_names_for(self, mask: int) -> tuple[str, ...]:
+        """Return the names of the rules set in a fired-rules bit mask."""
+        if not mask:
+            return ()
+        names = self.rule_names
+        return tuple(names[i] for i in range(len(names)) if mask >> i & 1)
+
+    def fastpath(
+        self, implementation: type[_fastpath_py.FastPath] = FastPath
+    ) -> _fastpath_py.FastPath:
+        """Return a fast path scoring with this model's weights."""
+        return self.spec.fastpath(self.weights, self.bias, implementation)
+
+    def with_operating_point(
+        self, tier_names: Sequence[str], thresholds: Sequence[float], note: Mapping[str, Any]
+    ) -> RouterModel:
+        """Return a copy with new tiers and thresholds (and a calibration note in info)."""
+        info = dict(self.info)
+        info["calibration"] = dict(note)
+        return replace(
+            self, tier_names=tuple(tier_names), thresholds=tuple(float(t) for t in thresholds), info=info
+        )
+
+
+def _meta_without_checksum(model: RouterModel) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": model.name,
+        "featurizer": model.spec.to_json(),
+        "heads": HEADS,
+        "tier_names": list(model.tier_names),
+        "thresholds": list(model.thresholds),
+        "info": dict(model.info),
+    }
+
+
+def _digest(meta: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]]) -> str:
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
+    for key in sorted(arrays):
+        h.update(key.encode())
+        h.update(np.ascontiguousarray(arrays[key]).tobytes())
+    return h.hexdigest()
+
+
+def save_model(model: RouterModel, path: str | Path) -> RouterModel:
+    """Write the model to ``path`` and return it with its checksum filled in."""
+    arrays = {
+        "weights": np.ascontiguousarray(model.weights, dtype=np.float16),
+        "bias": np.ascontiguousarray(model.bias, dtype=np.float64),
+    }
+    meta = _meta_without_checksum(model)
+    checksum = _digest(meta, arrays)
+    meta["checksum"] = checksum
+    meta_bytes = np.frombuffer(json.dumps(meta, sort_keys=True, indent=1).encode(), dtype=np.uint8)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        np.savez_compressed(fh, meta=meta_bytes, **arrays)
+    tmp.replace(path)
+    return replace(model, checksum=checksum, weights=arrays["weights"].astype(np.float32))
+
+
+def load_model(path: str | Path) -> RouterModel:
+    """Read and verify a model file; raise ModelError naming what is wrong."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except FileNotFoundError:
+        raise ModelError(f"{path}: no such model file") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise ModelError(f"{path}: not a readable model file ({exc})") from None
+    for key in ("meta", "weights", "bias"):
+        if key not in arrays:
+            raise ModelError(f"{path}: not a model file (no {key!r} entry)")
+    try:
+        meta = json.loads(arrays.pop("meta").tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: corrupt metadata ({exc})") from None
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise ModelError(
+            f"{path}: format {meta.get('format')!r} v{meta.get('format_version')}, "
+            f"expected {FORMAT!r} v{FORMAT_VERSION}"
+        )
+    checksum = meta.pop("checksum", "")
+    if _digest(meta, arrays) != checksum:
+        raise ModelError(f"{path}: checksum mismatch: the file is corrupt or was edited")
+    try:
+        spec = FeaturizerSpec.from_json(meta["featurizer"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{path}: bad featurizer settings ({exc})") from None
+    if spec.featurizer_version != FEATURIZER_VERSION:
+        raise ModelError(
+            f"{path}: trained with featurizer version {spec.featurizer_version}, "
+            f"this code computes version {FEATURIZER_VERSION}: retrain the model"
+        )
+    if spec.dense_layout != dense_layout_fingerprint():
+        raise ModelError(
+            f"{path}: dense feature layout {spec.dense_layout} differs from the code's "
+            f"{dense_layout_fingerprint()}: retrain the model"
+        )
+    weights, bias = arrays["weights"], arrays["bias"]
+    if weights.shape != (spec.n_features, HEADS) or bias.shape != (HEADS,):
+        raise ModelError(
+            f"{path}: weights {weights.shape} / bias {bias.shape} do not fit the featurizer "
+            f"({spec.n_features} features, {HEADS} heads)"
+        )
+    if meta.get("heads") != HEADS:
+        raise ModelError(f"{path}: {meta.get('heads')} heads, this code scores {HEADS}")
+    return RouterModel(
+        spec=spec,
+        weights=weights.astype(np.float32),
+        bias=bias.astype(np.float64),
+        tier_names=tuple(meta["tier_names"]),
+        thresholds=tuple(float(t) for t in meta["thresholds"]),
+        name=str(meta["name"]),
+        info=meta["info"],
+        checksum=checksum,
+    )
+
+
+def default_model_path() -> Path:
+    """Return the path of the model shipped inside the package."""
+    return Path(str(resources.files("router") / "models" / DEFAULT_MODEL))
+
+
+__all__ = [
+    "LEVELS",
+    "FeaturizerSpec",
+    "ModelError",
+    "RouterModel",
+    "Rule",
+    "default_model_path",
+    "load_model",
+    "save_model",
+]

@@ -1,0 +1,148 @@
+"""The routing core: score a query with the model, pick a tier with the thresholds.
+
+``Router`` is the Python API (``Router.default().route("...")``); the gRPC service, the
+CLI and the benchmarks all go through it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from router.domain import DecisionReason
+from router.fastpath import IMPLEMENTATION, Implementation
+from router.model import RouterModel, default_model_path, load_model
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """What the model says of a query: difficulty score, level probabilities, rules fired."""
+
+    score: float
+    levels: tuple[float, ...]
+    rules: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A scored query and the tier its score picks."""
+
+    tier: str
+    tier_index: int
+    score: float
+    levels: tuple[float, ...]
+    rules: tuple[str, ...]
+
+    def as_json(self, row_id: Any = None) -> dict[str, Any]:
+        """Return the decision in the fixed ``modelrouter route`` JSON shape."""
+        return {
+            "id": row_id,
+            "tier": self.tier,
+            "tier_index": self.tier_index,
+            "score": self.score,
+            "levels": list(self.levels),
+            "rules": list(self.rules),
+        }
+
+
+def tier_for_score(score: float, thresholds: Sequence[float]) -> int:
+    """Return the tier index a score picks: the number of thresholds it reaches."""
+    return bisect.bisect_right(thresholds, score)
+
+
+def choose_tier(
+    score: float,
+    thresholds: Sequence[float],
+    *,
+    margin: float = 0.0,
+    forced: int | None = None,
+    min_index: int | None = None,
+    max_index: int | None = None,
+) -> tuple[int, DecisionReason]:
+    """Return the tier index and the reason, applying the margin rule and caller hints.
+
+    A score within ``margin`` below the next threshold climbs one tier. A forced tier
+    wins over the score; ``min_index`` and ``max_index`` then clamp the result.
+    """
+    if forced is not None:
+        index, reason = forced, DecisionReason.FORCED
+    else:
+        index, reason = tier_for_score(score, thresholds), DecisionReason.SCORE
+        if margin > 0.0 and index < len(thresholds) and score >= thresholds[index] - margin:
+            index, reason = index + 1, DecisionReason.MARGIN
+    if min_index is not None and index < min_index:
+        index, reason = min_index, DecisionReason.MIN_TIER
+    if max_index is not None and index > max_index:
+        index, reason = max_index, DecisionReason.MAX_TIER
+    return index, reason
+
+
+def check_thresholds(thresholds: Sequence[float], n_tiers: int) -> tuple[float, ...]:
+    """Return the thresholds as a tuple; raise ValueError unless they fit ``n_tiers`` tiers."""
+    result = tuple(float(t) for t in thresholds)
+    if len(result) != n_tiers - 1:
+        raise ValueError(f"{n_tiers} tiers need {n_tiers - 1} thresholds, got {len(result)}")
+    if any(not (0.0 <= t <= 1.0) or math.isnan(t) for t in result):
+        raise ValueError(f"thresholds must lie in [0, 1]: {list(result)}")
+    if any(b <= a for a, b in zip(result, result[1:], strict=False)):
+        raise ValueError(f"thresholds must increase: {list(result)}")
+    return result
+
+
+class Router:
+    """Score queries with a routing model and map scores to tiers."""
+
+    def __init__(
+        self,
+        model: RouterModel,
+        *,
+        tier_names: Sequence[str] | None = None,
+        thresholds: Sequence[float] | None = None,
+    ) -> None:
+        self.model = model
+        self.tier_names = tuple(tier_names if tier_names is not None else model.tier_names)
+        self.thresholds = check_thresholds(
+            thresholds if thresholds is not None else model.thresholds, len(self.tier_names)
+        )
+        self._fastpath = model.fastpath()
+
+    @classmethod
+    def default(cls) -> Router:
+        """Return a router over the shipped model and its calibrated three-tier thresholds."""
+        return cls(load_model(default_model_path()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Router:
+        """Return a router over the model file at ``path`` and its own thresholds."""
+        return cls(load_model(path))
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+    @property
+    def implementation(self) -> Implementation:
+        return IMPLEMENTATION
+
+    def score(self, text: str, context: str = "", context_weight: float = 0.0) -> Scored:
+        """Score a query; ``context`` (earlier chat turns) counts ``context_weight`` as much."""
+        score, levels, mask = self._fastpath.score(text, context, context_weight)
+        return Scored(score, levels, self.model.rule_names_for(mask))
+
+    def score_chat(self, messages: Sequence[tuple[str, str]], context_weight: float) -> Scored:
+        """Score a chat given as (role, content) pairs: its last user turn, in context."""
+        last_user = max((i for i, (role, _) in enumerate(messages) if role == "user"), default=-1)
+        if last_user < 0:
+            raise ValueError("messages: no turn has role 'user'")
+        context = "\n".join(content for i, (_, content) in enumerate(messages) if i != last_user)
+        return self.score(messages[last_user][1], context, context_weight)
+
+    def route(self, text: str) -> Decision:
+        """Score a query and return the tier its score picks."""
+        scored = self.score(text)
+        index = tier_for_score(scored.score, self.thresholds)
+        return Decision(self.tier_names[index], index, scored.score, scored.levels, scored.rules)

@@ -1,0 +1,77 @@
+"""Build the compiled fast path (when it can) and generate the gRPC code from protos/.
+
+MODELROUTER_NO_EXTENSIONS=1, a non-CPython interpreter, a missing compiler or a missing
+xxhash.h (Debian: libxxhash-dev) install the pure-Python twin instead, and say so.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
+
+HERE = Path(__file__).parent
+NO_EXTENSIONS = bool(os.environ.get("MODELROUTER_NO_EXTENSIONS")) or (
+    sys.implementation.name != "cpython"
+)
+
+
+def banner(message: str) -> None:
+    print(f"\n**********\n* modelrouter: {message}\n**********\n", file=sys.stderr)
+
+
+def generate_protos() -> None:
+    """Generate router/_proto/ from protos/ so modules import as router._proto.…"""
+    protos = sorted(str(p.relative_to(HERE)) for p in (HERE / "protos").rglob("*.proto"))
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", "-Irouter/_proto=protos",
+         "--python_out=.", "--pyi_out=.", "--grpc_python_out=.", *protos],
+        cwd=HERE, check=True,
+    )
+
+
+class BuildPy(build_py):
+    def run(self) -> None:
+        generate_protos()
+        super().run()
+
+
+class OptionalBuildExt(build_ext):
+    """Build the extension, or fall back to the pure-Python twin with a banner."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001 - any build failure means "use the twin"
+            banner(f"the compiled fast path was not built ({exc}); using the pure-Python twin")
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001
+            banner(f"the compiled fast path was not built ({exc}); using the pure-Python twin")
+        else:
+            banner("built the compiled fast path (Cython + xxHash C API)")
+
+
+def extensions() -> list[Extension]:
+    if NO_EXTENSIONS:
+        banner("MODELROUTER_NO_EXTENSIONS or a non-CPython interpreter: pure-Python twin only")
+        return []
+    if not any(Path(d, "xxhash.h").exists() for d in ("/usr/include", "/usr/local/include")):
+        banner("xxhash.h not found (apt-get install libxxhash-dev): pure-Python twin only")
+        return []
+    from Cython.Build import cythonize
+
+    ext = Extension(
+        "router._fastpath",
+        ["router/_fastpath.pyx"],
+        extra_compile_args=["-O3"],
+    )
+    return cythonize([ext], language_level=3, annotate=bool(os.environ.get("MODELROUTER_ANNOTATE")))
+
+
+setup(ext_modules=extensions(), cmdclass={"build_py": BuildPy, "build_ext": OptionalBuildExt})
