@@ -37,5 +37,16 @@ FEATURIZER_VERSION = _fastpath_py.FEATURIZER_VERSION
 N_DENSE = _fastpath_py.N_DENSE
 LEVELS = _fastpath_py.LEVELS
 HEADS = _fastpath_py.HEADS
+GAIN_HEAD = _fastpath_py.GAIN_HEAD
+PLACE_HEAD = _fastpath_py.PLACE_HEAD
 
-__all__ = ["FEATURIZER_VERSION", "HEADS", "IMPLEMENTATION", "LEVELS", "N_DENSE", "FastPath"]
+__all__ = [
+    "FEATURIZER_VERSION",
+    "GAIN_HEAD",
+    "HEADS",
+    "IMPLEMENTATION",
+    "LEVELS",
+    "N_DENSE",
+    "PLACE_HEAD",
+    "FastPath",
+]
