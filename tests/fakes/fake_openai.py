@@ -1,7 +1,7 @@
 """A small OpenAI-compatible streaming server that injects the failures real providers show.
 
-Each request picks its behaviour by its model name (or an ``x-fake-scenario`` header),
-``NAME`` or ``NAME:ARG``:
+Each request picks its behaviour by its model name (or an ``x-fake-scenario`` header, or
+the server's ``scenarios`` map from model name to scenario), ``NAME`` or ``NAME:ARG``:
 
 - ``ok`` (or any unknown name): a normal stream at the server's token rate
 - ``slow-first:S``: headers at once, the first token after S seconds
@@ -140,6 +140,8 @@ class FakeOpenAIServer:
         self.open_connections = 0
         self.total_connections = 0
         self.requests: list[RequestRecord] = []
+        # Model name -> scenario, so a test can make a model fail and later heal it.
+        self.scenarios: dict[str, str] = {}
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
         self._extra_sockets: list[socket.socket] = []
@@ -219,10 +221,12 @@ class FakeOpenAIServer:
 
     async def _serve_one(self, conn: _Conn) -> bool:
         """Serve one request; return whether the connection stays open."""
-        head = conn.prefix + await conn.reader.readuntil(b"\r\n\r\n") if conn.prefix else (
-            await _read_head(conn.reader)
-        )
-        conn.prefix = b""
+        prefix, conn.prefix = conn.prefix, b""
+        head = await _read_head(conn.reader)
+        if prefix:
+            head = prefix + head
+            if head == prefix:
+                raise asyncio.IncompleteReadError(prefix, None)
         if not head:
             return False
         lines = head.decode("latin-1").split("\r\n")
@@ -239,7 +243,7 @@ class FakeOpenAIServer:
             return True
         body: dict[str, Any] = json.loads(raw) if raw else {}
         model = str(body.get("model", ""))
-        scenario = headers.get("x-fake-scenario", model)
+        scenario = headers.get("x-fake-scenario") or self.scenarios.get(model, model)
         record = RequestRecord(path, model, scenario, body, time.monotonic(), headers)
         self.requests.append(record)
         conn.start_watch()
