@@ -67,7 +67,7 @@ class Backend(abc.ABC):
     def _stream(self, request: BackendRequest) -> AsyncGenerator[Chunk, None]:
         """Yield the completion's chunks; raise a BackendError on failure."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - a backend without connections has none
         """Release the backend's connections."""
 
     async def stream(self, request: BackendRequest) -> AsyncGenerator[Chunk, None]:
@@ -126,6 +126,7 @@ def create_backend(name: str, config: BackendConfig) -> Backend:
         cls = BACKENDS[config.kind]
     except KeyError:
         known = ", ".join(sorted(BACKENDS))
-        raise ValueError(f"backends.{name}.kind: unknown kind {config.kind!r} (known: {known})")
+        raise ValueError(
+            f"backends.{name}.kind: unknown kind {config.kind!r} (known: {known})"
+        ) from None
     return cls(name, config)
-

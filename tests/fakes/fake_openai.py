@@ -39,10 +39,37 @@ from typing import Any
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 ANTHROPIC_FIXTURE = FIXTURES / "anthropic_messages_stream.sse"
-WORDS = (
-    "The quick answer is that routing each query to the cheapest model able to answer "
-    "it saves money without hurting quality in any way a user would notice ."
-).split()
+WORDS = [
+    "The",
+    "quick",
+    "answer",
+    "is",
+    "that",
+    "routing",
+    "each",
+    "query",
+    "to",
+    "the",
+    "cheapest",
+    "model",
+    "able",
+    "to",
+    "answer",
+    "it",
+    "saves",
+    "money",
+    "without",
+    "hurting",
+    "quality",
+    "in",
+    "any",
+    "way",
+    "a",
+    "user",
+    "would",
+    "notice",
+    ".",
+]
 NORMAL_LOGPROB = -0.15
 LOW_LOGPROB = -6.0
 
@@ -268,8 +295,11 @@ class FakeOpenAIServer:
         name, _, arg = record.scenario.partition(":")
         if name == "http":
             status = int(arg or 500)
-            await _send_json(conn, status, {"error": {"message": f"injected HTTP {status}",
-                                                      "type": "fake_error"}})
+            await _send_json(
+                conn,
+                status,
+                {"error": {"message": f"injected HTTP {status}", "type": "fake_error"}},
+            )
             return True
         max_tokens = int(body.get("max_tokens") or self.tokens)
         count = min(self.tokens, max_tokens)
@@ -281,11 +311,25 @@ class FakeOpenAIServer:
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
             b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
         )
-        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0,
-                "model": record.model}
-        await _send_event(conn, {**base, "choices": [
-            {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-        ]})
+        base = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": record.model,
+        }
+        await _send_event(
+            conn,
+            {
+                **base,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": ""},
+                        "finish_reason": None,
+                    }
+                ],
+            },
+        )
         interval = 1.0 / self.tokens_per_second
         delay = self.first_token_ms / 1000.0
         if name == "slow-first":
@@ -297,28 +341,42 @@ class FakeOpenAIServer:
             await conn.sleep(start + i * interval - time.monotonic())
             word = WORDS[i % len(WORDS)]
             text = word if i == 0 else " " + word
-            choice: dict[str, Any] = {"index": 0, "delta": {"content": text},
-                                      "finish_reason": None}
+            choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": None}
             if want_logprobs:
-                choice["logprobs"] = {"content": [{
-                    "token": text, "logprob": logprob, "bytes": list(text.encode()),
-                    "top_logprobs": [{"token": text, "logprob": logprob,
-                                      "bytes": list(text.encode())}],
-                }]}
+                choice["logprobs"] = {
+                    "content": [
+                        {
+                            "token": text,
+                            "logprob": logprob,
+                            "bytes": list(text.encode()),
+                            "top_logprobs": [
+                                {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+                            ],
+                        }
+                    ]
+                }
             await _send_event(conn, {**base, "choices": [choice]})
             record.tokens_sent += 1
         if stop_after is not None and stop_after >= count:
             return await self._fault(conn, name)
         finish = "length" if count == max_tokens and count < self.tokens else "stop"
-        await _send_event(conn, {**base, "choices": [
-            {"index": 0, "delta": {}, "finish_reason": finish}
-        ]})
+        await _send_event(
+            conn, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
+        )
         if include_usage and name != "nousage":
             prompt = sum(len(str(m.get("content", ""))) for m in body.get("messages", [])) // 4
-            await _send_event(conn, {**base, "choices": [], "usage": {
-                "prompt_tokens": max(1, prompt), "completion_tokens": count,
-                "total_tokens": max(1, prompt) + count,
-            }})
+            await _send_event(
+                conn,
+                {
+                    **base,
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": max(1, prompt),
+                        "completion_tokens": count,
+                        "total_tokens": max(1, prompt) + count,
+                    },
+                },
+            )
         await _send_chunk(conn, b"data: [DONE]\n\n")
         await conn.send(b"0\r\n\r\n")
         return True
@@ -327,11 +385,12 @@ class FakeOpenAIServer:
         if name == "stall":
             await conn.sleep(3600.0)
         elif name == "malformed":
-            await _send_chunk(conn, b"data: {\"choices\": [{\"delta\": {\"content\n\n")
+            await _send_chunk(conn, b'data: {"choices": [{"delta": {"content\n\n')
             await conn.sleep(3600.0)  # a real server may go on; the client must give up
         elif name == "error":
-            await _send_event(conn, {"error": {"message": "injected error event",
-                                               "type": "server_error"}})
+            await _send_event(
+                conn, {"error": {"message": "injected error event", "type": "server_error"}}
+            )
             await _send_chunk(conn, b"data: [DONE]\n\n")
             await conn.send(b"0\r\n\r\n")
             return True
@@ -343,8 +402,14 @@ class FakeOpenAIServer:
         name, _, arg = record.scenario.partition(":")
         if name == "http":
             status = int(arg or 500)
-            await _send_json(conn, status, {"type": "error", "error": {
-                "type": "overloaded_error", "message": f"injected HTTP {status}"}})
+            await _send_json(
+                conn,
+                status,
+                {
+                    "type": "error",
+                    "error": {"type": "overloaded_error", "message": f"injected HTTP {status}"},
+                },
+            )
             return True
         events = ANTHROPIC_FIXTURE.read_bytes().split(b"\n\n")
         await conn.send(
@@ -410,8 +475,10 @@ class FakeServerThread:
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` on the server's loop and return its result."""
+
         async def run() -> Any:
             return fn()
+
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
 
 
@@ -427,8 +494,11 @@ def main(argv: list[str] | None = None) -> None:
 
     async def serve() -> None:
         server = FakeOpenAIServer(
-            args.host, args.port, tokens_per_second=args.tokens_per_second,
-            tokens=args.tokens, first_token_ms=args.first_token_ms,
+            args.host,
+            args.port,
+            tokens_per_second=args.tokens_per_second,
+            tokens=args.tokens,
+            first_token_ms=args.first_token_ms,
         )
         await server.start()
         stop = asyncio.Event()

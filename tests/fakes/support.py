@@ -52,8 +52,13 @@ def fake_config(
     tier_extra = tier_extra or {}
     base_urls = base_urls or {}
     tiers = [
-        {"name": TIER_NAMES[i], "model": m, "backend": f"fake{i}", "price": PRICES[i],
-         **tier_extra.get(i, {})}
+        {
+            "name": TIER_NAMES[i],
+            "model": m,
+            "backend": f"fake{i}",
+            "price": PRICES[i],
+            **tier_extra.get(i, {}),
+        }
         for i, m in enumerate(models)
     ]
     data: dict[str, Any] = {
@@ -73,10 +78,20 @@ def decision(index: int = 0, config: Config | None = None) -> RoutingDecision:
     """Return a routing decision for tier ``index``."""
     name = config.tiers[index].name if config else f"tier{index}"
     return RoutingDecision(
-        request_id="req-1", tier=name, tier_index=index, model="m", backend="fake",
-        score=0.1, levels=(1.0, 0.0, 0.0, 0.0, 0.0), rules=(), reason=DecisionReason.SCORE,
-        estimated_prompt_tokens=12, estimated_cost_usd=0.0, strongest_tier_cost_usd=0.0,
-        model_version="test", decision_micros=1.0,
+        request_id="req-1",
+        tier=name,
+        tier_index=index,
+        model="m",
+        backend="fake",
+        score=0.1,
+        levels=(1.0, 0.0, 0.0, 0.0, 0.0),
+        rules=(),
+        reason=DecisionReason.SCORE,
+        estimated_prompt_tokens=12,
+        estimated_cost_usd=0.0,
+        strongest_tier_cost_usd=0.0,
+        model_version="test",
+        decision_micros=1.0,
     )
 
 
@@ -89,7 +104,7 @@ async def collect(events: AsyncIterator[Event]) -> tuple[list[Event], BaseExcept
     try:
         async for event in events:
             seen.append(event)
-    except Exception as exc:  # noqa: BLE001 - the tests inspect whatever ended the run
+    except Exception as exc:
         return seen, exc
     return seen, None
 

@@ -11,8 +11,10 @@ from tests.fakes.support import eventually
 def _request(model: str = "claude-sonnet-4-6") -> BackendRequest:
     return BackendRequest(
         model=model,
-        messages=(ChatMessage("system", "You answer for ACME."),
-                  ChatMessage("user", "What are your business hours?")),
+        messages=(
+            ChatMessage("system", "You answer for ACME."),
+            ChatMessage("user", "What are your business hours?"),
+        ),
         generation=GenerationOptions(temperature=1.5, stop=("\n\n",)),
         max_tokens=100,
         logprobs=False,
@@ -50,10 +52,11 @@ async def test_the_recorded_messages_stream_is_replayed_into_chunks(
 
 
 async def test_an_overloaded_status_is_an_http_error(fake: FakeOpenAIServer) -> None:
-    backend = create_backend("claude", AnthropicConfig(kind="anthropic",
-                                                       base_url=fake.anthropic_url))
+    backend = create_backend(
+        "claude", AnthropicConfig(kind="anthropic", base_url=fake.anthropic_url)
+    )
     try:
-        with pytest.raises(HTTPStatusFailed, match="HTTP 529.*overloaded_error"):
+        with pytest.raises(HTTPStatusFailed, match=r"HTTP 529.*overloaded_error"):
             _ = [chunk async for chunk in backend.stream(_request("http:529"))]
     finally:
         await backend.aclose()
@@ -65,8 +68,9 @@ async def test_an_error_event_raises() -> None:
 
     async def events():  # type: ignore[no-untyped-def]
         yield SSEEvent("message_start", '{"type":"message_start","message":{"usage":{}}}')
-        yield SSEEvent("error", '{"type":"error","error":{"type":"overloaded_error",'
-                                '"message":"Overloaded"}}')
+        yield SSEEvent(
+            "error", '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+        )
 
     backend = AnthropicBackend("claude", AnthropicConfig(kind="anthropic"))
     try:

@@ -10,13 +10,18 @@ from router.domain import ChatMessage, GenerationOptions
 
 
 def _request(max_tokens: int = 1000, logprobs: bool = True) -> BackendRequest:
-    return BackendRequest("demo-cheap", (ChatMessage("user", "hi there"),),
-                          GenerationOptions(), max_tokens, logprobs, Timeouts())
+    return BackendRequest(
+        "demo-cheap",
+        (ChatMessage("user", "hi there"),),
+        GenerationOptions(),
+        max_tokens,
+        logprobs,
+        Timeouts(),
+    )
 
 
 def test_every_kind_of_the_config_has_a_registered_class() -> None:
-    assert BACKENDS == {"openai": OpenAIBackend, "anthropic": AnthropicBackend,
-                        "demo": DemoBackend}
+    assert {"openai": OpenAIBackend, "anthropic": AnthropicBackend, "demo": DemoBackend} == BACKENDS
 
 
 def test_an_unknown_kind_names_the_backend() -> None:

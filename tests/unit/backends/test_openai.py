@@ -31,8 +31,14 @@ def _backend(base_url: str, **extra: Any) -> OpenAIBackend:
     return backend
 
 
-def _request(model: str = "ok", *, logprobs: bool = False, max_tokens: int = 64,
-             timeouts: Timeouts = FAST, **generation: Any) -> BackendRequest:
+def _request(
+    model: str = "ok",
+    *,
+    logprobs: bool = False,
+    max_tokens: int = 64,
+    timeouts: Timeouts = FAST,
+    **generation: Any,
+) -> BackendRequest:
     return BackendRequest(
         model=model,
         messages=(ChatMessage("system", "be brief"), ChatMessage("user", "hello there")),
@@ -67,9 +73,9 @@ async def test_the_request_asks_for_usage_and_logprobs_when_wanted(
 ) -> None:
     backend = _backend(fake.base_url, api_key="sk-test", headers={"x-team": "search"})
     try:
-        chunks = await _drain(backend.stream(
-            _request(logprobs=True, temperature=0.2, stop=("END",), max_tokens=5)
-        ))
+        chunks = await _drain(
+            backend.stream(_request(logprobs=True, temperature=0.2, stop=("END",), max_tokens=5))
+        )
         await _drain(backend.stream(_request()))
     finally:
         await backend.aclose()
@@ -149,7 +155,7 @@ async def test_a_total_timeout_ends_a_slow_but_steady_stream(fake: FakeOpenAISer
     backend = _backend(fake.base_url)
     limits = Timeouts(connect_s=1.0, first_token_s=1.0, idle_s=1.0, total_s=0.3)
     try:
-        with pytest.raises(BackendTimeout, match="total timeout after 0.3 s"):
+        with pytest.raises(BackendTimeout, match=r"total timeout after 0\.3 s"):
             await _drain(backend.stream(_request(timeouts=limits)))
     finally:
         await backend.aclose()
@@ -171,7 +177,7 @@ async def test_a_connect_that_hangs_times_out_as_a_connect_error(
 ) -> None:
     backend = _backend(f"http://127.0.0.1:{fake.blackhole_port}/v1")
     try:
-        with pytest.raises(ConnectFailed, match="connect timeout after 0.3 s"):
+        with pytest.raises(ConnectFailed, match=r"connect timeout after 0\.3 s"):
             await _drain(backend.stream(_request()))
     finally:
         await backend.aclose()

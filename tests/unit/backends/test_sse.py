@@ -13,7 +13,7 @@ async def _events(*parts: bytes) -> list[SSEEvent]:
 
 
 async def test_events_split_across_reads_are_reassembled() -> None:
-    events = await _events(b"data: {\"a\"", b": 1}\n", b"\n", b"data: two\n\n")
+    events = await _events(b'data: {"a"', b": 1}\n", b"\n", b"data: two\n\n")
     assert events == [SSEEvent("message", '{"a": 1}'), SSEEvent("message", "two")]
 
 

@@ -12,8 +12,7 @@ class Clock:
 
 
 def _breaker(clock: Clock) -> CircuitBreaker:
-    return CircuitBreaker("fake", "openai", Settings(failures=3, window_s=10, cooldown_s=5),
-                          clock)
+    return CircuitBreaker("fake", "openai", Settings(failures=3, window_s=10, cooldown_s=5), clock)
 
 
 def test_k_failures_in_the_window_open_the_circuit() -> None:

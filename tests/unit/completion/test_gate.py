@@ -4,8 +4,14 @@ from router.backends import Chunk
 from router.completion.gate import GateWindow
 from router.config import Gate
 
-GATE = Gate(window_tokens=4, window_ms=200, min_mean_logprob=-2.0, low_logprob=-4.0,
-            max_low_logprob_share=0.3, min_chars=2)
+GATE = Gate(
+    window_tokens=4,
+    window_ms=200,
+    min_mean_logprob=-2.0,
+    low_logprob=-4.0,
+    max_low_logprob_share=0.3,
+    min_chars=2,
+)
 
 
 def _window(*chunks: Chunk) -> GateWindow:
@@ -44,8 +50,9 @@ def test_too_many_low_probability_tokens_fail_even_with_a_good_mean() -> None:
     window = _window(_tok("A", 0.0), _tok("B", -4.1), _tok("C", -4.1), _tok("D", 0.0))
     report = window.verdict(5, max_tokens=100)
     assert report.mean_logprob == pytest.approx(-2.05)
-    window = _window(_tok("A", 0.0), _tok("B", -4.1), _tok("C", -4.1), _tok("D", 0.0),
-                     _tok("E", 0.0))
+    window = _window(
+        _tok("A", 0.0), _tok("B", -4.1), _tok("C", -4.1), _tok("D", 0.0), _tok("E", 0.0)
+    )
     report = window.verdict(5, max_tokens=100)
     assert report.mean_logprob is not None and report.mean_logprob > -2.0
     assert not report.passed and report.reason == "low-logprob share 0.40 > 0.3"
