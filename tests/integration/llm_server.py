@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,15 +59,17 @@ def llama_server(timeout_s: float = 120.0) -> Iterator[str]:
         "--host", "127.0.0.1", "--port", str(port),
         "--n_ctx", "2048", "--n_threads", "2",
     ]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    # A file, not a pipe: the model loader prints ~140 kB, which would fill a pipe and
+    # block the server before it listens.
+    log = tempfile.TemporaryFile("w+")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + timeout_s
         while True:
             if process.poll() is not None:
-                output = process.stdout.read() if process.stdout else ""
+                log.seek(0)
+                output = log.read()[-4000:]
                 raise RuntimeError(f"llama_cpp.server exited {process.returncode}:\n{output}")
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(f"{base_url}/models", timeout=1.0).status_code == 200:
@@ -82,5 +85,4 @@ def llama_server(timeout_s: float = 120.0) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        if process.stdout:
-            process.stdout.close()
+        log.close()
