@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +69,7 @@ class Engine(Protocol):
         generation: GenerationOptions,
         *,
         max_tier_index: int,
-    ) -> AsyncIterator[TextDelta | Escalation | CompletionSummary]: ...
+    ) -> AsyncGenerator[TextDelta | Escalation | CompletionSummary, None]: ...
 
     def backend_states(self) -> list[BackendState]: ...
 
@@ -259,7 +259,11 @@ class RouterService:
             started = time.perf_counter()
             scored = rt.router.score(prompt)
         index, reason = choose_tier(
-            scored.score, rt.thresholds, margin=rt.margin, forced=forced, min_index=low,
+            scored.score,
+            rt.thresholds,
+            margin=rt.margin,
+            forced=forced,
+            min_index=low,
             max_index=high,
         )
         micros = (time.perf_counter() - started) * 1e6
@@ -286,7 +290,7 @@ class RouterService:
 
     # -- Complete ----------------------------------------------------------------------
 
-    async def complete(self, request: CompleteRequest) -> AsyncIterator[CompleteEvent]:
+    async def complete(self, request: CompleteRequest) -> AsyncGenerator[CompleteEvent, None]:
         """Yield the decision, then the engine's deltas and escalations, then its summary."""
         rt = self._runtime
         _check_generation(request.generation)
