@@ -53,15 +53,25 @@ def llama_server(timeout_s: float = 120.0) -> Iterator[str]:
     """Start llama.cpp's server on loopback with Gemma; yield its OpenAI base URL."""
     port = _free_port()
     command = [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(find_gguf()),
-        "--chat_format", "gemma",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--n_ctx", "2048", "--n_threads", "2",
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(find_gguf()),
+        "--chat_format",
+        "gemma",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "2048",
+        "--n_threads",
+        "2",
     ]
     # A file, not a pipe: the model loader prints ~140 kB, which would fill a pipe and
     # block the server before it listens.
-    log = tempfile.TemporaryFile("w+")
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in the finally below
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:

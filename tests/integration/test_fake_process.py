@@ -23,9 +23,20 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def fake_process() -> Iterator[str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.fake_openai", "--port", "0",
-         "--tokens-per-second", "50", "--tokens", "20"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tests.fakes.fake_openai",
+            "--port",
+            "0",
+            "--tokens-per-second",
+            "50",
+            "--tokens",
+            "20",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert process.stdout is not None
@@ -52,10 +63,18 @@ async def test_a_cancelled_stream_closes_its_connection_at_the_other_process(
         {
             "version": 1,
             "tiers": [
-                {"name": "cheap", "model": "ok", "backend": "fake",
-                 "price": {"input_per_mtok": 1, "output_per_mtok": 2}},
-                {"name": "strong", "model": "ok", "backend": "fake",
-                 "price": {"input_per_mtok": 3, "output_per_mtok": 4}},
+                {
+                    "name": "cheap",
+                    "model": "ok",
+                    "backend": "fake",
+                    "price": {"input_per_mtok": 1, "output_per_mtok": 2},
+                },
+                {
+                    "name": "strong",
+                    "model": "ok",
+                    "backend": "fake",
+                    "price": {"input_per_mtok": 3, "output_per_mtok": 4},
+                },
             ],
             "backends": {"fake": {"kind": "openai", "base_url": f"{fake_process}/v1"}},
         },

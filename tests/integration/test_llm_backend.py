@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from router.backends.demo import ANSWER
 from router.completion import CompletionEngine
 from router.config import Config, parse_config
 from router.domain import (
@@ -21,7 +22,6 @@ from router.domain import (
     GenerationOptions,
     TextDelta,
 )
-from router.backends.demo import ANSWER
 from tests.fakes.support import collect, decision, text_of
 from tests.integration.llm_server import REQUIRE_ENV, llama_server, missing_packages
 
@@ -51,13 +51,20 @@ def _config(url: str, gate: dict[str, Any]) -> Config:
         {
             "version": 1,
             "tiers": [
-                {"name": "cheap", "model": "gemma-3-270m", "backend": "gemma",
-                 "price": {"input_per_mtok": 0.02, "output_per_mtok": 0.04},
-                 "timeouts": {"connect_s": 5, "first_token_s": 60, "idle_s": 30,
-                              "total_s": 120},
-                 "gate": gate},
-                {"name": "strong", "model": "demo-strong", "backend": "demo",
-                 "price": {"input_per_mtok": 2.5, "output_per_mtok": 10.0}},
+                {
+                    "name": "cheap",
+                    "model": "gemma-3-270m",
+                    "backend": "gemma",
+                    "price": {"input_per_mtok": 0.02, "output_per_mtok": 0.04},
+                    "timeouts": {"connect_s": 5, "first_token_s": 60, "idle_s": 30, "total_s": 120},
+                    "gate": gate,
+                },
+                {
+                    "name": "strong",
+                    "model": "demo-strong",
+                    "backend": "demo",
+                    "price": {"input_per_mtok": 2.5, "output_per_mtok": 10.0},
+                },
             ],
             "backends": {
                 "gemma": {"kind": "openai", "base_url": url},
@@ -71,8 +78,13 @@ def _config(url: str, gate: dict[str, Any]) -> Config:
 async def test_gemma_streams_through_the_engine_with_logprobs_reaching_the_gate(
     gemma_url: str,
 ) -> None:
-    lenient = {"window_tokens": 4, "window_ms": 10000, "min_mean_logprob": -30.0,
-               "low_logprob": -40.0, "max_low_logprob_share": 1.0}
+    lenient = {
+        "window_tokens": 4,
+        "window_ms": 10000,
+        "min_mean_logprob": -30.0,
+        "low_logprob": -40.0,
+        "max_low_logprob_share": 1.0,
+    }
     config = _config(gemma_url, lenient)
     engine = CompletionEngine(config)
     try:
