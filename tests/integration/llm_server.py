@@ -15,10 +15,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-
-import httpx
 
 REQUIRE_ENV = "MODELROUTER_REQUIRE_LLM"
 
@@ -81,8 +80,11 @@ def llama_server(timeout_s: float = 120.0) -> Iterator[str]:
                 log.seek(0)
                 output = log.read()[-4000:]
                 raise RuntimeError(f"llama_cpp.server exited {process.returncode}:\n{output}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base_url}/models", timeout=1.0).status_code == 200:
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{base_url}/models", timeout=1.0) as response,
+            ):
+                if response.status == 200:
                     break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"llama_cpp.server not ready after {timeout_s:g} s")

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import aiohttp
 import pytest
 
 from router.completion import CompletionEngine
@@ -51,9 +51,8 @@ def fake_process() -> Iterator[str]:
 
 
 async def _stats(url: str) -> dict[str, int]:
-    async with httpx.AsyncClient() as client:
-        response = await client.get(f"{url}/stats")
-        return dict(response.json())
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/stats") as response:
+        return dict(await response.json())
 
 
 async def test_a_cancelled_stream_closes_its_connection_at_the_other_process(

@@ -1,0 +1,436 @@
+"""What the router adds to a streamed completion: time to first token and total time.
+
+In one run, against the fake OpenAI-compatible server run as its own process at a fixed
+token rate, the same streams are made two ways, interleaved batch by batch:
+- direct: a lean keep-alive HTTP/1.1 client streams ``/v1/chat/completions`` from the fake;
+- router: a grpc.aio client streams ``Complete`` from ``modelrouter serve --workers 1``,
+  whose cheap tier is the same fake (forced with ``hints.tier``).
+"Added" is router minus direct at each percentile (p50, p99), for 1 and 50 concurrent
+streams with the gate off; then the gate is switched on for the cheap tier and the added
+time to first token is compared with the hold-back window (window_tokens at the rate).
+
+Usage: python bench/overhead.py [--streams-1 N] [--streams-50 N] [--out FILE]
+Writes bench/results/overhead.json and bench/results/overhead_latency.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from router._proto.modelrouter.v1 import router_pb2 as pb  # noqa: E402
+from router._proto.modelrouter.v1 import router_pb2_grpc  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+PROMPT = "What are your business hours?"
+
+
+@dataclass
+class Sample:
+    ttft_ms: float
+    total_ms: float
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def fake_server(rate: float, tokens: int, first_token_ms: float) -> Iterator[str]:
+    """Run the fake provider as its own process; yield its base URL."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.fakes.fake_openai",
+            "--port",
+            "0",
+            "--tokens-per-second",
+            str(rate),
+            "--tokens",
+            str(tokens),
+            "--first-token-ms",
+            str(first_token_ms),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line.startswith("fake_openai listening on "):
+            raise RuntimeError(f"the fake server did not start: {line!r}")
+        yield "http://" + line.rsplit(" ", 1)[1].strip()
+    finally:
+        process.terminate()
+        process.wait(10)
+        if process.stdout:
+            process.stdout.close()
+
+
+def routing_model(workdir: Path) -> str:
+    """Return the shipped model, or a small seeded one where it has not landed yet.
+
+    The benchmark forces the tier with ``hints.tier``; the model only costs its decision
+    time, which is part of what the router adds.
+    """
+    from router.model import default_model_path
+
+    if default_model_path().exists():
+        return "builtin"
+    from tests.integration.server.support import make_model
+
+    path = workdir / "bench-model.npz"
+    make_model(path)
+    return str(path)
+
+
+def router_config(fake_url: str, gate: dict[str, Any] | None, model: str) -> dict[str, Any]:
+    cheap: dict[str, Any] = {
+        "name": "cheap",
+        "model": "ok",
+        "backend": "fake",
+        "price": {"input_per_mtok": 0.24, "output_per_mtok": 0.24},
+    }
+    if gate:
+        cheap["gate"] = gate
+    return {
+        "version": 1,
+        "model": model,
+        "server": {"max_concurrent_rpcs": 1000},
+        "logging": {"level": "warning"},
+        "tiers": [
+            cheap,
+            {
+                "name": "strong",
+                "model": "ok",
+                "backend": "fake",
+                "price": {"input_per_mtok": 2.5, "output_per_mtok": 10.0},
+            },
+            {
+                "name": "expert",
+                "model": "ok",
+                "backend": "fake",
+                "price": {"input_per_mtok": 15.0, "output_per_mtok": 75.0},
+            },
+        ],
+        "backends": {"fake": {"kind": "openai", "base_url": f"{fake_url}/v1"}},
+    }
+
+
+@contextlib.contextmanager
+def router_server(config: dict[str, Any], workdir: Path) -> Iterator[str]:
+    """Run ``modelrouter serve --workers 1`` on a free port; yield its address."""
+    path = workdir / f"config-{os.getpid()}-{time.monotonic_ns()}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = _free_port()
+    log = (workdir / "router.log").open("a")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "router.cli",
+            "serve",
+            "--config",
+            str(path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                log.flush()
+                raise RuntimeError(
+                    f"modelrouter serve exited {process.returncode}: "
+                    + Path(log.name).read_text()[-2000:]
+                )
+            with grpc.insecure_channel(address) as channel:
+                try:
+                    stub = router_pb2_grpc.ModelRouterStub(channel)  # type: ignore[no-untyped-call]
+                    stub.GetConfig(pb.GetConfigRequest(), timeout=1)
+                    break
+                except grpc.RpcError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+        yield address
+    finally:
+        process.terminate()
+        process.wait(15)
+        log.close()
+
+
+class DirectClient:
+    """Stream chat completions from the fake over pooled keep-alive sockets.
+
+    A deliberately lean HTTP/1.1 client (no parsing beyond what timing needs), so the
+    baseline is as fast as a direct caller can be and "added" is not flattered by a
+    slow direct client.
+    """
+
+    def __init__(self, base_url: str) -> None:
+        host_port = base_url.removeprefix("http://")
+        self.host, port = host_port.rsplit(":", 1)
+        self.port = int(port)
+        body = json.dumps(
+            {
+                "model": "ok",
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "messages": [{"role": "user", "content": PROMPT}],
+                "max_tokens": 1024,
+            }
+        ).encode()
+        self.request = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: %s\r\n"
+            b"content-type: application/json\r\naccept: text/event-stream\r\n"
+            b"content-length: %d\r\n\r\n%s" % (host_port.encode(), len(body), body)
+        )
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def one(self) -> Sample:
+        start = time.perf_counter()
+        if self.idle:
+            reader, writer = self.idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+        writer.write(self.request)
+        ttft = 0.0
+        tail = b""
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                raise RuntimeError("the fake closed the connection mid-stream")
+            if not ttft and b'"content": "' in data.replace(b'"content": ""', b""):
+                ttft = time.perf_counter() - start
+            tail = (tail + data)[-16:]
+            if tail.endswith(b"\r\n0\r\n\r\n"):  # the chunked body's end
+                break
+        total = time.perf_counter() - start
+        self.idle.append((reader, writer))
+        return Sample(ttft * 1000.0, total * 1000.0)
+
+    async def aclose(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+        self.idle.clear()
+
+
+class RouterClient:
+    """Stream Complete from the router over one grpc.aio channel."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub = router_pb2_grpc.ModelRouterStub(self.channel)  # type: ignore[no-untyped-call]
+        self.request = pb.CompleteRequest(
+            route=pb.RouteRequest(prompt=PROMPT, hints=pb.TierHints(tier="cheap"))
+        )
+
+    async def one(self) -> Sample:
+        start = time.perf_counter()
+        ttft = 0.0
+        summary = None
+        async for event in self.stub.Complete(self.request, timeout=30):
+            kind = event.WhichOneof("event")
+            if kind == "delta" and not ttft:
+                ttft = time.perf_counter() - start
+            elif kind == "summary":
+                summary = event.summary
+        total = time.perf_counter() - start
+        if summary is None or summary.tier != "cheap" or len(summary.attempts) != 1:
+            raise RuntimeError(f"unexpected Complete result: {summary}")
+        return Sample(ttft * 1000.0, total * 1000.0)
+
+    async def aclose(self) -> None:
+        await self.channel.close(None)
+
+
+async def batches(
+    one: Callable[[], Awaitable[Sample]], concurrency: int, count: int
+) -> list[Sample]:
+    """Run ``count`` streams, ``concurrency`` at a time, started together."""
+    samples: list[Sample] = []
+    for _ in range(count // concurrency):
+        samples.extend(await asyncio.gather(*(one() for _ in range(concurrency))))
+    return samples
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summarize(direct: list[Sample], routed: list[Sample]) -> dict[str, Any]:
+    out: dict[str, Any] = {"streams": len(routed)}
+    for metric in ("ttft", "total"):
+        d = [getattr(s, f"{metric}_ms") for s in direct]
+        r = [getattr(s, f"{metric}_ms") for s in routed]
+        for q in (50, 99):
+            out[f"{metric}_direct_ms_p{q}"] = round(percentile(d, q), 3)
+            out[f"{metric}_router_ms_p{q}"] = round(percentile(r, q), 3)
+            out[f"{metric}_added_ms_p{q}"] = round(percentile(r, q) - percentile(d, q), 3)
+        out[f"{metric}_direct_ms_mean"] = round(statistics.fmean(d), 3)
+        out[f"{metric}_router_ms_mean"] = round(statistics.fmean(r), 3)
+    return out
+
+
+async def measure(
+    fake_url: str, address: str, concurrency: int, count: int, rounds: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Interleave direct and routed batches so drift on the machine hits both alike."""
+    direct, routed = DirectClient(fake_url), RouterClient(address)
+    try:
+        # Warm up: connections, pools, the router's code paths.
+        await batches(direct.one, concurrency, concurrency)
+        await batches(routed.one, concurrency, concurrency)
+        d_all: list[Sample] = []
+        r_all: list[Sample] = []
+        per_round = max(concurrency, count // rounds)
+        for i in range(rounds):
+            pair = [(direct.one, d_all), (routed.one, r_all)]
+            for one, into in pair if i % 2 == 0 else reversed(pair):
+                into.extend(await batches(one, concurrency, per_round))
+        return d_all, r_all
+    finally:
+        await direct.aclose()
+        await routed.aclose()
+
+
+def plot(
+    results: dict[str, Any], raw: dict[str, tuple[list[Sample], list[Sample]]], path: Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(raw), 2, figsize=(11, 3.2 * len(raw)), squeeze=False)
+    for row, (label, (direct, routed)) in enumerate(raw.items()):
+        for col, metric in enumerate(("ttft", "total")):
+            ax = axes[row][col]
+            d = [getattr(s, f"{metric}_ms") for s in direct]
+            r = [getattr(s, f"{metric}_ms") for s in routed]
+            low, high = min(d + r), percentile(d + r, 99.5)
+            bins = [low + (high - low) * i / 60 for i in range(61)]
+            ax.hist(d, bins=bins, alpha=0.6, label="direct HTTP")
+            ax.hist(r, bins=bins, alpha=0.6, label="through the router (gRPC)")
+            ax.set_title(f"{label}: {'time to first token' if metric == 'ttft' else 'total'}")
+            ax.set_xlabel("ms")
+            ax.legend(fontsize=8)
+    fig.suptitle(f"modelrouter Complete overhead ({results['machine']['cpu_count']} cores)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=100.0, help="fake tokens per second")
+    parser.add_argument("--tokens", type=int, default=20, help="tokens per answer")
+    parser.add_argument("--first-token-ms", type=float, default=20.0)
+    parser.add_argument("--streams-1", type=int, default=200)
+    parser.add_argument("--streams-50", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--gate-window-tokens", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
+    args = parser.parse_args()
+
+    results: dict[str, Any] = {
+        "command": "python " + " ".join(sys.argv),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "fake": {
+            "tokens_per_second": args.rate,
+            "tokens": args.tokens,
+            "first_token_ms": args.first_token_ms,
+        },
+    }
+    raw: dict[str, tuple[list[Sample], list[Sample]]] = {}
+    gate = {"window_tokens": args.gate_window_tokens, "window_ms": 10_000.0}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        fake_server(args.rate, args.tokens, args.first_token_ms) as fake_url,
+    ):
+        workdir = Path(tmp)
+        model = routing_model(workdir)
+        results["routing_model"] = "builtin" if model == "builtin" else "small seeded test model"
+        with router_server(router_config(fake_url, None, model), workdir) as address:
+            for concurrency, count in ((1, args.streams_1), (50, args.streams_50)):
+                d, r = asyncio.run(measure(fake_url, address, concurrency, count, args.rounds))
+                results[f"gate_off_c{concurrency}"] = summarize(d, r)
+                raw[f"gate off, {concurrency} stream(s)"] = (d, r)
+                print(f"gate off c={concurrency}: {results[f'gate_off_c{concurrency}']}")
+        with router_server(router_config(fake_url, gate, model), workdir) as address:
+            d, r = asyncio.run(measure(fake_url, address, 1, args.streams_1, args.rounds))
+            gated = summarize(d, r)
+            # The window closes when its last token arrives: (window_tokens - 1) intervals
+            # after the first token.
+            window_ms = (args.gate_window_tokens - 1) * 1000.0 / args.rate
+            gated["hold_back_window_ms"] = round(window_ms, 3)
+            gated["ttft_added_beyond_window_ms_p50"] = round(
+                gated["ttft_added_ms_p50"] - window_ms, 3
+            )
+            gated["ttft_added_beyond_window_ms_p99"] = round(
+                gated["ttft_added_ms_p99"] - window_ms, 3
+            )
+            gated["gate"] = gate
+            results["gate_on_c1"] = gated
+            raw["gate on, 1 stream"] = (d, r)
+            print(f"gate on c=1: {gated}")
+    # The per-concurrency keys the issue asks for, gate off.
+    results["by_concurrency"] = {
+        str(c): {
+            k: results[f"gate_off_c{c}"][k]
+            for k in (
+                "ttft_added_ms_p50",
+                "ttft_added_ms_p99",
+                "total_added_ms_p50",
+                "total_added_ms_p99",
+            )
+        }
+        for c in (1, 50)
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, raw, args.out.with_name("overhead_latency.png"))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
