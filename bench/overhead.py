@@ -22,17 +22,17 @@ import json
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
+import structlog
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 from router._proto.modelrouter.v1 import router_pb2 as pb  # noqa: E402
 from router._proto.modelrouter.v1 import router_pb2_grpc  # noqa: E402
+from router.config import Logging  # noqa: E402
+from router.server.logs import configure_logging  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PROMPT = "What are your business hours?"
@@ -121,7 +123,6 @@ def router_config(fake_url: str, gate: dict[str, Any] | None, model: str) -> dic
         "version": 1,
         "model": model,
         "server": {"max_concurrent_rpcs": 1000},
-        "logging": {"level": "warning"},
         "tiers": [
             cheap,
             {
@@ -191,6 +192,14 @@ def router_server(config: dict[str, Any], workdir: Path) -> Iterator[str]:
         process.terminate()
         process.wait(15)
         log.close()
+
+
+class StreamClient(Protocol):
+    """One way of making a streamed completion, timed."""
+
+    async def one(self) -> Sample: ...
+
+    async def aclose(self) -> None: ...
 
 
 class DirectClient:
@@ -278,6 +287,57 @@ class RouterClient:
         await self.channel.close(None)
 
 
+class EngineClient:
+    """Drive the CompletionEngine in this process: the backend layer without the gRPC hop."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        from router.completion import CompletionEngine
+        from router.config import parse_config
+        from router.domain import ChatMessage, GenerationOptions
+
+        self.config = parse_config(config, environ={})
+        self.engine = CompletionEngine(self.config)
+        self.messages = (ChatMessage("user", PROMPT),)
+        self.generation = GenerationOptions()
+
+    async def one(self) -> Sample:
+        from router.domain import CompletionSummary, DecisionReason, RoutingDecision, TextDelta
+
+        start = time.perf_counter()
+        decision = RoutingDecision(
+            request_id="bench",
+            tier="cheap",
+            tier_index=0,
+            model="ok",
+            backend="fake",
+            score=0.0,
+            levels=(1.0, 0.0, 0.0, 0.0, 0.0),
+            rules=(),
+            reason=DecisionReason.FORCED,
+            estimated_prompt_tokens=8,
+            estimated_cost_usd=0.0,
+            strongest_tier_cost_usd=0.0,
+            model_version="bench",
+            decision_micros=0.0,
+        )
+        ttft = 0.0
+        summary = None
+        async for event in self.engine.run(
+            decision, self.messages, self.generation, max_tier_index=2
+        ):
+            if isinstance(event, TextDelta) and not ttft:
+                ttft = time.perf_counter() - start
+            elif isinstance(event, CompletionSummary):
+                summary = event
+        total = time.perf_counter() - start
+        if summary is None or len(summary.attempts) != 1:
+            raise RuntimeError(f"unexpected engine result: {summary}")
+        return Sample(ttft * 1000.0, total * 1000.0)
+
+    async def aclose(self) -> None:
+        await self.engine.aclose()
+
+
 async def batches(
     one: Callable[[], Awaitable[Sample]], concurrency: int, count: int
 ) -> list[Sample]:
@@ -294,66 +354,93 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def summarize(direct: list[Sample], routed: list[Sample]) -> dict[str, Any]:
-    out: dict[str, Any] = {"streams": len(routed)}
+def summarize(direct: list[Sample], paths: dict[str, list[Sample]]) -> dict[str, Any]:
+    """Return percentiles of each path and what it adds to the direct call.
+
+    The unprefixed ``*_added_*`` keys are the router's (gRPC ``Complete``); ``engine_*``
+    keys are the backend layer alone, driven in the benchmark process.
+    """
+    out: dict[str, Any] = {"streams": len(direct)}
     for metric in ("ttft", "total"):
         d = [getattr(s, f"{metric}_ms") for s in direct]
-        r = [getattr(s, f"{metric}_ms") for s in routed]
         for q in (50, 99):
             out[f"{metric}_direct_ms_p{q}"] = round(percentile(d, q), 3)
-            out[f"{metric}_router_ms_p{q}"] = round(percentile(r, q), 3)
-            out[f"{metric}_added_ms_p{q}"] = round(percentile(r, q) - percentile(d, q), 3)
-        out[f"{metric}_direct_ms_mean"] = round(statistics.fmean(d), 3)
-        out[f"{metric}_router_ms_mean"] = round(statistics.fmean(r), 3)
+        for name, samples in paths.items():
+            prefix = "" if name == "router" else f"{name}_"
+            v = [getattr(s, f"{metric}_ms") for s in samples]
+            for q in (50, 99):
+                out[f"{prefix}{metric}_{name}_ms_p{q}"] = round(percentile(v, q), 3)
+                out[f"{prefix}{metric}_added_ms_p{q}"] = round(
+                    percentile(v, q) - percentile(d, q), 3
+                )
     return out
 
 
 async def measure(
-    fake_url: str, address: str, concurrency: int, count: int, rounds: int
-) -> tuple[list[Sample], list[Sample]]:
-    """Interleave direct and routed batches so drift on the machine hits both alike."""
-    direct, routed = DirectClient(fake_url), RouterClient(address)
+    fake_url: str,
+    address: str,
+    config: dict[str, Any],
+    concurrency: int,
+    count: int,
+    rounds: int,
+) -> dict[str, list[Sample]]:
+    """Interleave direct, engine and router batches so drift hits every path alike."""
+    clients: dict[str, StreamClient] = {
+        "direct": DirectClient(fake_url),
+        "engine": EngineClient(config),
+        "router": RouterClient(address),
+    }
+    samples: dict[str, list[Sample]] = {name: [] for name in clients}
     try:
-        # Warm up: connections, pools, the router's code paths.
-        await batches(direct.one, concurrency, concurrency)
-        await batches(routed.one, concurrency, concurrency)
-        d_all: list[Sample] = []
-        r_all: list[Sample] = []
+        for client in clients.values():  # warm up connections, pools and code paths
+            await batches(client.one, concurrency, concurrency)
         per_round = max(concurrency, count // rounds)
+        order = list(clients)
         for i in range(rounds):
-            pair = [(direct.one, d_all), (routed.one, r_all)]
-            for one, into in pair if i % 2 == 0 else reversed(pair):
-                into.extend(await batches(one, concurrency, per_round))
-        return d_all, r_all
+            for name in order if i % 2 == 0 else reversed(order):
+                samples[name].extend(await batches(clients[name].one, concurrency, per_round))
+        return samples
     finally:
-        await direct.aclose()
-        await routed.aclose()
+        for client in clients.values():
+            await client.aclose()
 
 
-def plot(
-    results: dict[str, Any], raw: dict[str, tuple[list[Sample], list[Sample]]], path: Path
-) -> None:
+def plot(results: dict[str, Any], raw: dict[str, dict[str, list[Sample]]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(raw), 2, figsize=(11, 3.2 * len(raw)), squeeze=False)
-    for row, (label, (direct, routed)) in enumerate(raw.items()):
+    labels = {
+        "direct": "direct HTTP",
+        "engine": "backend layer in-process",
+        "router": "router Complete (gRPC)",
+    }
+    for row, (label, paths) in enumerate(raw.items()):
         for col, metric in enumerate(("ttft", "total")):
             ax = axes[row][col]
-            d = [getattr(s, f"{metric}_ms") for s in direct]
-            r = [getattr(s, f"{metric}_ms") for s in routed]
-            low, high = min(d + r), percentile(d + r, 99.5)
+            values = {n: [getattr(s, f"{metric}_ms") for s in v] for n, v in paths.items()}
+            everything = [x for v in values.values() for x in v]
+            low, high = min(everything), percentile(everything, 99.5)
             bins = [low + (high - low) * i / 60 for i in range(61)]
-            ax.hist(d, bins=bins, alpha=0.6, label="direct HTTP")
-            ax.hist(r, bins=bins, alpha=0.6, label="through the router (gRPC)")
+            for name, v in values.items():
+                ax.hist(v, bins=bins, alpha=0.5, label=labels[name], histtype="stepfilled")
             ax.set_title(f"{label}: {'time to first token' if metric == 'ttft' else 'total'}")
             ax.set_xlabel("ms")
             ax.legend(fontsize=8)
     fig.suptitle(f"modelrouter Complete overhead ({results['machine']['cpu_count']} cores)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def run(coroutine: Coroutine[Any, Any, dict[str, list[Sample]]]) -> dict[str, list[Sample]]:
+    """Run on uvloop when installed, as ``modelrouter serve`` does."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 def main() -> None:
@@ -381,24 +468,32 @@ def main() -> None:
             "first_token_ms": args.first_token_ms,
         },
     }
-    raw: dict[str, tuple[list[Sample], list[Sample]]] = {}
+    raw: dict[str, dict[str, list[Sample]]] = {}
     gate = {"window_tokens": args.gate_window_tokens, "window_ms": 10_000.0}
     with (
         tempfile.TemporaryDirectory() as tmp,
         fake_server(args.rate, args.tokens, args.first_token_ms) as fake_url,
     ):
         workdir = Path(tmp)
+        engine_log = (workdir / "engine.log").open("w")
+        # The in-process engine logs as the server does (JSON lines at info), to a file.
+        configure_logging(Logging())
+        structlog.configure(logger_factory=structlog.WriteLoggerFactory(file=engine_log))
         model = routing_model(workdir)
         results["routing_model"] = "builtin" if model == "builtin" else "small seeded test model"
-        with router_server(router_config(fake_url, None, model), workdir) as address:
+        config = router_config(fake_url, None, model)
+        with router_server(config, workdir) as address:
             for concurrency, count in ((1, args.streams_1), (50, args.streams_50)):
-                d, r = asyncio.run(measure(fake_url, address, concurrency, count, args.rounds))
-                results[f"gate_off_c{concurrency}"] = summarize(d, r)
-                raw[f"gate off, {concurrency} stream(s)"] = (d, r)
+                paths = run(measure(fake_url, address, config, concurrency, count, args.rounds))
+                direct = paths.pop("direct")
+                results[f"gate_off_c{concurrency}"] = summarize(direct, paths)
+                raw[f"gate off, {concurrency} stream(s)"] = {"direct": direct, **paths}
                 print(f"gate off c={concurrency}: {results[f'gate_off_c{concurrency}']}")
-        with router_server(router_config(fake_url, gate, model), workdir) as address:
-            d, r = asyncio.run(measure(fake_url, address, 1, args.streams_1, args.rounds))
-            gated = summarize(d, r)
+        config = router_config(fake_url, gate, model)
+        with router_server(config, workdir) as address:
+            paths = run(measure(fake_url, address, config, 1, args.streams_1, args.rounds))
+            direct = paths.pop("direct")
+            gated = summarize(direct, paths)
             # The window closes when its last token arrives: (window_tokens - 1) intervals
             # after the first token.
             window_ms = (args.gate_window_tokens - 1) * 1000.0 / args.rate
@@ -411,7 +506,7 @@ def main() -> None:
             )
             gated["gate"] = gate
             results["gate_on_c1"] = gated
-            raw["gate on, 1 stream"] = (d, r)
+            raw["gate on, 1 stream"] = {"direct": direct, **paths}
             print(f"gate on c=1: {gated}")
     # The per-concurrency keys the issue asks for, gate off.
     results["by_concurrency"] = {
