@@ -92,7 +92,8 @@ class CircuitBreaker:
 
     def _transition(self, state: CircuitState) -> None:
         previous, self._state = self._state, state
-        log.warning(
+        emit = log.warning if state is CircuitState.OPEN else log.info
+        emit(
             "circuit_" + state.value,
             backend=self.backend,
             previous=previous.value,

@@ -47,6 +47,7 @@ class _Try:
 
     __slots__ = (
         "committed_chars",
+        "delivered_at",
         "finish_reason",
         "first_token_at",
         "gate",
@@ -65,9 +66,17 @@ class _Try:
         self.usage_completion = -1
         self.finish_reason: str | None = None
         self.committed_chars = 0
+        self.delivered_at = 0.0
         self.gate = NOT_GATED
         # The read of the next chunk still running when the gate's time window closed.
         self.pending: asyncio.Future[Chunk] | None = None
+
+    def deliver(self, text: str, now: float) -> TextDelta:
+        """Commit text to the caller: from here on this attempt's model answers."""
+        if not self.committed_chars:
+            self.delivered_at = now
+        self.committed_chars += len(text)
+        return TextDelta(text)
 
     def note(self, chunk: Chunk, now: float) -> None:
         """Count a chunk's tokens, usage and finish reason."""
@@ -170,25 +179,24 @@ class CompletionEngine:
                         else:
                             text = window.text()
                             if text:
-                                state.committed_chars += len(text)
-                                yield TextDelta(text)
+                                yield state.deliver(text, loop.time())
                             if state.pending is not None:
                                 chunk = await state.pending
                                 state.pending = None
-                                state.note(chunk, loop.time())
+                                now = loop.time()
+                                state.note(chunk, now)
                                 if chunk.text:
-                                    state.committed_chars += len(chunk.text)
-                                    yield TextDelta(chunk.text)
+                                    yield state.deliver(chunk.text, now)
                     elif tier.gate is not None:
                         state.gate = limits_report(
                             tier.gate, reason="not held: no stronger tier to climb to"
                         )
                     if outcome is AttemptOutcome.OK:
                         async for chunk in stream:
-                            state.note(chunk, loop.time())
+                            now = loop.time()
+                            state.note(chunk, now)
                             if chunk.text:
-                                state.committed_chars += len(chunk.text)
-                                yield TextDelta(chunk.text)
+                                yield state.deliver(chunk.text, now)
                 except StopAsyncIteration:
                     pass  # the stream ended right after the gate's time window closed
                 except BackendError as exc:
@@ -348,7 +356,7 @@ class CompletionEngine:
     ) -> CompletionSummary:
         prompt, completion, reported = _usage(state, prompt_estimate)
         failed = attempts[-1].outcome is not AttemptOutcome.OK
-        first_text_at = state.first_token_at
+        first_text_at = state.delivered_at
         return CompletionSummary(
             tier=tier.name,
             tier_index=index,

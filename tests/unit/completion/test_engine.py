@@ -265,9 +265,12 @@ async def test_a_confident_start_passes_the_gate_and_is_delivered_whole(
     events, error, _ = await _run(config)
     assert error is None and text_of(events) == FULL_ANSWER
     assert isinstance(events[0], TextDelta) and events[0].text == " ".join(WORDS[:8])
-    gate = _summary(events).attempts[0].gate
+    summary = _summary(events)
+    gate = summary.attempts[0].gate
     assert gate.passed and gate.held_tokens == 8 and gate.reason == "passed"
     assert gate.mean_logprob == pytest.approx(-0.15)
+    # The caller's first text came when the window closed, after the first token.
+    assert summary.first_text_ms > summary.attempts[0].first_token_ms
 
 
 async def test_the_gate_judges_after_window_ms_and_loses_no_token(
@@ -374,7 +377,9 @@ async def test_cancelling_the_consumer_closes_the_upstream_within_100_ms(
         with capture_logs() as logs:
             task = asyncio.create_task(consume())
             if gated:
-                assert await eventually(lambda: fake.requests and fake.requests[0].tokens_sent >= 3)
+                assert await eventually(
+                    lambda: bool(fake.requests) and fake.requests[0].tokens_sent >= 3
+                )
             else:
                 await asyncio.wait_for(started.wait(), 5)
             cancelled_at = time.monotonic()
