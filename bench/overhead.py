@@ -40,8 +40,17 @@ sys.path.insert(0, str(ROOT))
 
 from router._proto.modelrouter.v1 import router_pb2 as pb  # noqa: E402
 from router._proto.modelrouter.v1 import router_pb2_grpc  # noqa: E402
-from router.config import Logging  # noqa: E402
+from router.completion import CompletionEngine  # noqa: E402
+from router.config import Logging, parse_config  # noqa: E402
+from router.domain import (  # noqa: E402
+    ChatMessage,
+    CompletionSummary,
+    GenerationOptions,
+    TextDelta,
+)
 from router.server.logs import configure_logging  # noqa: E402
+from tests.fakes.fake_openai import fake_process  # noqa: E402
+from tests.fakes.support import decision  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PROMPT = "What are your business hours?"
@@ -57,40 +66,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def fake_server(rate: float, tokens: int, first_token_ms: float) -> Iterator[str]:
-    """Run the fake provider as its own process; yield its base URL."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.fakes.fake_openai",
-            "--port",
-            "0",
-            "--tokens-per-second",
-            str(rate),
-            "--tokens",
-            str(tokens),
-            "--first-token-ms",
-            str(first_token_ms),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        if not line.startswith("fake_openai listening on "):
-            raise RuntimeError(f"the fake server did not start: {line!r}")
-        yield "http://" + line.rsplit(" ", 1)[1].strip()
-    finally:
-        process.terminate()
-        process.wait(10)
-        if process.stdout:
-            process.stdout.close()
 
 
 def routing_model(workdir: Path) -> str:
@@ -291,39 +266,18 @@ class EngineClient:
     """Drive the CompletionEngine in this process: the backend layer without the gRPC hop."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        from router.completion import CompletionEngine
-        from router.config import parse_config
-        from router.domain import ChatMessage, GenerationOptions
-
         self.config = parse_config(config, environ={})
         self.engine = CompletionEngine(self.config)
         self.messages = (ChatMessage("user", PROMPT),)
         self.generation = GenerationOptions()
 
     async def one(self) -> Sample:
-        from router.domain import CompletionSummary, DecisionReason, RoutingDecision, TextDelta
-
         start = time.perf_counter()
-        decision = RoutingDecision(
-            request_id="bench",
-            tier="cheap",
-            tier_index=0,
-            model="ok",
-            backend="fake",
-            score=0.0,
-            levels=(1.0, 0.0, 0.0, 0.0, 0.0),
-            rules=(),
-            reason=DecisionReason.FORCED,
-            estimated_prompt_tokens=8,
-            estimated_cost_usd=0.0,
-            strongest_tier_cost_usd=0.0,
-            model_version="bench",
-            decision_micros=0.0,
-        )
+        routed = decision(0, self.config)
         ttft = 0.0
         summary = None
         async for event in self.engine.run(
-            decision, self.messages, self.generation, max_tier_index=2
+            routed, self.messages, self.generation, max_tier_index=2
         ):
             if isinstance(event, TextDelta) and not ttft:
                 ttft = time.perf_counter() - start
@@ -472,7 +426,7 @@ def main() -> None:
     gate = {"window_tokens": args.gate_window_tokens, "window_ms": 10_000.0}
     with (
         tempfile.TemporaryDirectory() as tmp,
-        fake_server(args.rate, args.tokens, args.first_token_ms) as fake_url,
+        fake_process(args.rate, args.tokens, args.first_token_ms) as fake_url,
     ):
         workdir = Path(tmp)
         engine_log = (workdir / "engine.log").open("w")

@@ -30,9 +30,11 @@ import contextlib
 import json
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,12 +296,7 @@ class FakeOpenAIServer:
     async def _openai(self, conn: _Conn, record: RequestRecord, body: dict[str, Any]) -> bool:
         name, _, arg = record.scenario.partition(":")
         if name == "http":
-            status = int(arg or 500)
-            await _send_json(
-                conn,
-                status,
-                {"error": {"message": f"injected HTTP {status}", "type": "fake_error"}},
-            )
+            await _send_error(conn, int(arg or 500), {"type": "fake_error"})
             return True
         max_tokens = int(body.get("max_tokens") or self.tokens)
         count = min(self.tokens, max_tokens)
@@ -401,15 +398,7 @@ class FakeOpenAIServer:
     async def _anthropic(self, conn: _Conn, record: RequestRecord) -> bool:
         name, _, arg = record.scenario.partition(":")
         if name == "http":
-            status = int(arg or 500)
-            await _send_json(
-                conn,
-                status,
-                {
-                    "type": "error",
-                    "error": {"type": "overloaded_error", "message": f"injected HTTP {status}"},
-                },
-            )
+            await _send_error(conn, int(arg or 500), {"type": "overloaded_error"}, anthropic=True)
             return True
         events = ANTHROPIC_FIXTURE.read_bytes().split(b"\n\n")
         await conn.send(
@@ -443,6 +432,14 @@ async def _send_chunk(conn: _Conn, data: bytes) -> None:
 
 async def _send_event(conn: _Conn, obj: dict[str, Any]) -> None:
     await _send_chunk(conn, b"data: " + json.dumps(obj).encode() + b"\n\n")
+
+
+async def _send_error(
+    conn: _Conn, status: int, error: dict[str, Any], *, anthropic: bool = False
+) -> None:
+    error = {**error, "message": f"injected HTTP {status}"}
+    body = {"type": "error", "error": error} if anthropic else {"error": error}
+    await _send_json(conn, status, body)
 
 
 async def _send_json(conn: _Conn, status: int, obj: dict[str, Any]) -> None:
@@ -480,6 +477,44 @@ class FakeServerThread:
             return fn()
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
+
+
+@contextlib.contextmanager
+def fake_process(
+    tokens_per_second: float, tokens: int = 16, first_token_ms: float = 0.0
+) -> Iterator[str]:
+    """Run the fake as its own process on a free loopback port; yield its root URL."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.fakes.fake_openai",
+            "--port",
+            "0",
+            "--tokens-per-second",
+            str(tokens_per_second),
+            "--tokens",
+            str(tokens),
+            "--first-token-ms",
+            str(first_token_ms),
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line.startswith("fake_openai listening on "):
+            raise RuntimeError(f"the fake server did not start: {line!r}")
+        yield "http://" + line.rsplit(" ", 1)[1].strip()
+    finally:
+        process.terminate()
+        returncode = process.wait(10)
+        if process.stdout:
+            process.stdout.close()
+    if returncode != 0:
+        raise RuntimeError(f"the fake server exited {returncode}")
 
 
 def main(argv: list[str] | None = None) -> None:

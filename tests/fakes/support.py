@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 
+from router.completion import CompletionEngine
 from router.config import Config, parse_config
 from router.domain import (
+    ChatMessage,
     CompletionSummary,
     DecisionReason,
     Escalation,
+    GenerationOptions,
     RoutingDecision,
     TextDelta,
 )
@@ -37,7 +40,7 @@ TIER_NAMES = ("cheap", "strong", "expert")
 
 
 def fake_config(
-    fake: FakeOpenAIServer,
+    fake: FakeOpenAIServer | str,
     models: tuple[str, ...] = ("ok", "ok", "ok"),
     *,
     tier_extra: dict[int, dict[str, Any]] | None = None,
@@ -47,8 +50,9 @@ def fake_config(
     """Return a configuration whose tiers (cheapest first) ask the fake for ``models``.
 
     Tier i uses its own backend ``fake{i}`` (so each has its own circuit breaker), at the
-    fake's URL unless ``base_urls`` says otherwise.
+    fake's URL (or the base URL given) unless ``base_urls`` says otherwise.
     """
+    url = fake if isinstance(fake, str) else fake.base_url
     tier_extra = tier_extra or {}
     base_urls = base_urls or {}
     tiers = [
@@ -65,7 +69,7 @@ def fake_config(
         "version": 1,
         "tiers": tiers,
         "backends": {
-            f"fake{i}": {"kind": "openai", "base_url": base_urls.get(i, fake.base_url)}
+            f"fake{i}": {"kind": "openai", "base_url": base_urls.get(i, url)}
             for i in range(len(models))
         },
     }
@@ -107,6 +111,26 @@ async def collect(events: AsyncIterator[Event]) -> tuple[list[Event], BaseExcept
     except Exception as exc:
         return seen, exc
     return seen, None
+
+
+async def run_engine(
+    config: Config,
+    messages: Sequence[ChatMessage],
+    generation: GenerationOptions,
+    *,
+    index: int = 0,
+    max_tier: int | None = None,
+) -> tuple[list[Event], BaseException | None, CompletionEngine]:
+    """Run one completion on a fresh engine (closed after); return events, error, engine."""
+    engine = CompletionEngine(config)
+    top = len(config.tiers) - 1 if max_tier is None else max_tier
+    try:
+        events, error = await collect(
+            engine.run(decision(index, config), messages, generation, max_tier_index=top)
+        )
+    finally:
+        await engine.aclose()
+    return events, error, engine
 
 
 def text_of(events: list[Event]) -> str:

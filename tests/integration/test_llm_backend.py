@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from router.backends.demo import ANSWER
-from router.completion import CompletionEngine
 from router.config import Config, parse_config
 from router.domain import (
     AttemptOutcome,
@@ -23,7 +22,7 @@ from router.domain import (
     GenerationOptions,
     TextDelta,
 )
-from tests.fakes.support import collect, decision, text_of
+from tests.fakes.support import run_engine, text_of
 from tests.integration.llm_server import REQUIRE_ENV, llama_server, missing_packages
 
 pytestmark = [pytest.mark.llm, pytest.mark.slow]
@@ -86,14 +85,7 @@ async def test_gemma_streams_through_the_engine_with_logprobs_reaching_the_gate(
         "low_logprob": -40.0,
         "max_low_logprob_share": 1.0,
     }
-    config = _config(gemma_url, lenient)
-    engine = CompletionEngine(config)
-    try:
-        events, error = await collect(
-            engine.run(decision(0, config), MESSAGES, GENERATION, max_tier_index=1)
-        )
-    finally:
-        await engine.aclose()
+    events, error, _ = await run_engine(_config(gemma_url, lenient), MESSAGES, GENERATION)
     assert error is None, error
     deltas = [e for e in events if isinstance(e, TextDelta)]
     assert len(deltas) >= 2, "the answer was not streamed"
@@ -115,14 +107,7 @@ async def test_a_strict_gate_rejects_gemma_and_the_caller_sees_only_the_stronger
     gemma_url: str,
 ) -> None:
     strict = {"window_tokens": 4, "window_ms": 10000, "min_mean_logprob": 0.0}
-    config = _config(gemma_url, strict)
-    engine = CompletionEngine(config)
-    try:
-        events, error = await collect(
-            engine.run(decision(0, config), MESSAGES, GENERATION, max_tier_index=1)
-        )
-    finally:
-        await engine.aclose()
+    events, error, _ = await run_engine(_config(gemma_url, strict), MESSAGES, GENERATION)
     assert error is None, error
     assert isinstance(events[0], Escalation)
     rejected = events[0].attempt

@@ -22,7 +22,15 @@ from router.domain import (
     TextDelta,
 )
 from tests.fakes.fake_openai import WORDS, FakeOpenAIServer
-from tests.fakes.support import Event, collect, decision, eventually, fake_config, text_of
+from tests.fakes.support import (
+    Event,
+    collect,
+    decision,
+    eventually,
+    fake_config,
+    run_engine,
+    text_of,
+)
 
 MESSAGES = (ChatMessage("user", "What are your business hours?"),)
 FULL_ANSWER = " ".join(WORDS[:16])
@@ -37,15 +45,7 @@ async def _run(
     max_tier: int | None = None,
     generation: GenerationOptions = DEFAULT_GENERATION,
 ) -> tuple[list[Event], BaseException | None, CompletionEngine]:
-    engine = CompletionEngine(config)
-    top = len(config.tiers) - 1 if max_tier is None else max_tier
-    try:
-        events, error = await collect(
-            engine.run(decision(index, config), MESSAGES, generation, max_tier_index=top)
-        )
-    finally:
-        await engine.aclose()
-    return events, error, engine
+    return await run_engine(config, MESSAGES, generation, index=index, max_tier=max_tier)
 
 
 def _summary(events: list[Event]) -> CompletionSummary:
