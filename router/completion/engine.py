@@ -158,7 +158,12 @@ class CompletionEngine:
                 )
             else:
                 tries += 1
-                can_climb = index < max_tier_index and tries < self._max_attempts
+                # Hold a start back only if a stronger tier could take over: rejecting it
+                # with nowhere to go would turn a doubtful answer into none.
+                can_climb = tries < self._max_attempts and any(
+                    self._circuits[t.backend].available()
+                    for t in tiers[index + 1 : max_tier_index + 1]
+                )
                 state = _Try(loop.time())
                 outcome, detail = AttemptOutcome.OK, ""
                 stream = self._backends[tier.backend].stream(

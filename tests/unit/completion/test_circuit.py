@@ -46,11 +46,12 @@ def test_after_the_cooldown_one_probe_decides() -> None:
     for _ in range(3):
         breaker.record_failure()
     clock.now += 4.9
-    assert not breaker.allow()
+    assert not breaker.available() and not breaker.allow()
     clock.now += 0.2
+    assert breaker.available()
     assert breaker.state().circuit is CircuitState.HALF_OPEN
     assert breaker.allow()  # the probe
-    assert not breaker.allow()  # only one at a time
+    assert not breaker.available() and not breaker.allow()  # only one at a time
     breaker.record_failure()  # the probe failed: open again for a full cool-down
     assert breaker.state().circuit is CircuitState.OPEN
     clock.now += 5.1

@@ -296,6 +296,36 @@ async def test_the_gate_is_not_held_where_there_is_no_stronger_tier(
     assert gate.reason == "not held: no stronger tier to climb to"
 
 
+async def test_the_gate_is_not_held_when_every_stronger_circuit_is_open(
+    fake: FakeOpenAIServer,
+) -> None:
+    config = fake_config(
+        fake,
+        ("lowlp", "http:500", "http:500"),
+        tier_extra={0: GATE},
+        completion={"circuit_breaker": {"failures": 1, "window_s": 30, "cooldown_s": 60}},
+    )
+    engine = CompletionEngine(config)
+    try:
+        # Open the circuits of the two stronger tiers.
+        for index in (1, 2):
+            _, error = await collect(
+                engine.run(
+                    decision(index, config), MESSAGES, DEFAULT_GENERATION, max_tier_index=index
+                )
+            )
+            assert isinstance(error, BackendUnavailable)
+        events, error = await collect(
+            engine.run(decision(0, config), MESSAGES, DEFAULT_GENERATION, max_tier_index=2)
+        )
+    finally:
+        await engine.aclose()
+    # Nowhere to climb: the unsure start is delivered rather than thrown away.
+    assert error is None and text_of(events) == FULL_ANSWER
+    gate = _summary(events).attempts[0].gate
+    assert gate.passed and gate.reason == "not held: no stronger tier to climb to"
+
+
 async def test_a_fault_inside_the_gate_window_still_climbs(fake: FakeOpenAIServer) -> None:
     config = fake_config(fake, ("cut:3", "ok", "ok"), tier_extra={0: GATE})
     events, error, _ = await _run(config)
