@@ -41,6 +41,17 @@ class Chunk:
     finish_reason: str | None = None
     usage: TokenUsage | None = None
 
+    def merge(self, later: Chunk) -> None:
+        """Append a later chunk's text, tokens and log-probabilities; take its ending."""
+        self.text += later.text
+        self.tokens += later.tokens
+        if later.logprobs is not None:
+            self.logprobs = [*(self.logprobs or ()), *later.logprobs]
+        if later.finish_reason is not None:
+            self.finish_reason = later.finish_reason
+        if later.usage is not None:
+            self.usage = later.usage
+
 
 @dataclass(frozen=True, slots=True)
 class BackendRequest:

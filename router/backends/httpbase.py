@@ -13,19 +13,29 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any, Protocol
 
 import aiohttp
 
 from router.backends.base import Backend, BackendRequest, Chunk
-from router.backends.errors import ConnectFailed, MalformedStream, status_error
+from router.backends.errors import BackendError, ConnectFailed, MalformedStream, status_error
 from router.backends.sse import SSEEvent, iter_sse
 from router.config import BackendConfig, Timeouts
 
 # Bytes of an error body kept for the attempt's detail.
 _ERROR_BODY_LIMIT = 4096
 _JSON_HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
+
+
+class StreamParser(Protocol):
+    """Turns one response's SSE events into chunks."""
+
+    def feed(self, event: SSEEvent) -> Chunk | None:
+        """Return the event's chunk (None if it carries none); raise a BackendError."""
+
+    def close(self) -> None:
+        """Raise MalformedStream if the stream ended before its end marker."""
 
 
 class HTTPBackend(Backend):
@@ -57,8 +67,8 @@ class HTTPBackend(Backend):
         """Return the JSON body of a streaming completion request."""
 
     @abc.abstractmethod
-    def parse(self, events: AsyncIterator[SSEEvent]) -> AsyncGenerator[Chunk, None]:
-        """Turn the provider's events into chunks; raise a BackendError on a bad stream."""
+    def parser(self) -> StreamParser:
+        """Return a parser for one response's events."""
 
     async def aclose(self) -> None:
         """Close every pooled connection."""
@@ -106,14 +116,34 @@ class HTTPBackend(Backend):
             if response.status >= 300:
                 body = await _read_limited(response)
                 raise status_error(response.status, body)
-            chunks = self.parse(iter_sse(response.content.iter_any()))
+            parser = self.parser()
+            batches = iter_sse(response.content.iter_any())
             try:
-                async for chunk in chunks:
-                    yield chunk
+                async for events in batches:
+                    # Everything one read brought goes on as one chunk: under load the
+                    # tokens of a stream arrive in bunches, and each chunk costs a gRPC
+                    # write downstream. Nothing waits for a bunch to form.
+                    merged: Chunk | None = None
+                    for event in events:
+                        try:
+                            chunk = parser.feed(event)
+                        except BackendError:
+                            if merged is not None:
+                                yield merged  # the text before a bad event still counts
+                            raise
+                        if chunk is None:
+                            continue
+                        if merged is None:
+                            merged = chunk
+                        else:
+                            merged.merge(chunk)
+                    if merged is not None:
+                        yield merged
             except (aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
                 raise MalformedStream(f"stream cut: {type(exc).__name__}: {exc}") from None
             finally:
-                await chunks.aclose()
+                await batches.aclose()
+            parser.close()
             finished = response.content.at_eof()
         finally:
             if finished:

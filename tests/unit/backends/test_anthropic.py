@@ -1,8 +1,14 @@
-from collections.abc import AsyncIterator
-
 import pytest
 
-from router.backends import BackendRequest, ErrorEvent, HTTPStatusFailed, create_backend
+from router.backends import (
+    BackendRequest,
+    ErrorEvent,
+    HTTPStatusFailed,
+    MalformedStream,
+    create_backend,
+)
+from router.backends.anthropic import AnthropicParser
+from router.backends.sse import SSEEvent
 from router.config import AnthropicBackend as AnthropicConfig
 from router.config import Timeouts
 from router.domain import ChatMessage, GenerationOptions
@@ -64,19 +70,12 @@ async def test_an_overloaded_status_is_an_http_error(fake: FakeOpenAIServer) -> 
         await backend.aclose()
 
 
-async def test_an_error_event_raises() -> None:
-    from router.backends.anthropic import AnthropicBackend
-    from router.backends.sse import SSEEvent
-
-    async def events() -> AsyncIterator[SSEEvent]:
-        yield SSEEvent("message_start", '{"type":"message_start","message":{"usage":{}}}')
-        yield SSEEvent(
-            "error", '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
-        )
-
-    backend = AnthropicBackend("claude", AnthropicConfig(kind="anthropic"))
-    try:
-        with pytest.raises(ErrorEvent, match="overloaded_error: Overloaded"):
-            _ = [chunk async for chunk in backend.parse(events())]
-    finally:
-        await backend.aclose()
+def test_an_error_event_raises() -> None:
+    parser = AnthropicParser()
+    start = '{"type":"message_start","message":{"usage":{"input_tokens":3}}}'
+    assert parser.feed(SSEEvent("message_start", start)) is None
+    error = '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+    with pytest.raises(ErrorEvent, match="overloaded_error: Overloaded"):
+        parser.feed(SSEEvent("error", error))
+    with pytest.raises(MalformedStream, match="before message_stop"):
+        parser.close()

@@ -9,7 +9,7 @@ async def _parts(*parts: bytes) -> AsyncIterator[bytes]:
 
 
 async def _events(*parts: bytes) -> list[SSEEvent]:
-    return [event async for event in iter_sse(_parts(*parts))]
+    return [event async for batch in iter_sse(_parts(*parts)) for event in batch]
 
 
 async def test_events_split_across_reads_are_reassembled() -> None:
@@ -34,3 +34,11 @@ async def test_a_last_event_without_its_blank_line_is_not_dispatched() -> None:
 async def test_the_event_name_resets_after_each_event() -> None:
     events = await _events(b"event: ping\ndata: {}\n\ndata: plain\n\n")
     assert [e.event for e in events] == ["ping", "message"]
+
+
+async def test_the_events_of_one_read_come_as_one_list() -> None:
+    batches = [b async for b in iter_sse(_parts(b"data: a\n\ndata: b\n\ndata: c", b"\n\n"))]
+    assert batches == [
+        [SSEEvent("message", "a"), SSEEvent("message", "b")],
+        [SSEEvent("message", "c")],
+    ]
