@@ -5,9 +5,12 @@ token rate, the same streams are made two ways, interleaved batch by batch:
 - direct: a lean keep-alive HTTP/1.1 client streams ``/v1/chat/completions`` from the fake;
 - router: a grpc.aio client streams ``Complete`` from ``modelrouter serve --workers 1``,
   whose cheap tier is the same fake (forced with ``hints.tier``).
-"Added" is router minus direct at each percentile (p50, p99), for 1 and 50 concurrent
-streams with the gate off; then the gate is switched on for the cheap tier and the added
-time to first token is compared with the hold-back window (window_tokens at the rate).
+- engine: the backend layer (CompletionEngine) driven in this process, without gRPC.
+"Added" is a path minus direct at each percentile (p50, p99). Concurrency 50 means 50
+streams kept in flight with their starts spread evenly (independent callers); the
+"burst" scenario starts each wave of 50 at the same instant instead (the worst case).
+Then the gate is switched on for the cheap tier and the added time to first token is
+compared with the hold-back window (window_tokens at the fake's token rate).
 
 Usage: python bench/overhead.py [--streams-1 N] [--streams-50 N] [--out FILE]
 Writes bench/results/overhead.json and bench/results/overhead_latency.png.
@@ -292,14 +295,37 @@ class EngineClient:
         await self.engine.aclose()
 
 
-async def batches(
-    one: Callable[[], Awaitable[Sample]], concurrency: int, count: int
+async def burst(
+    one: Callable[[], Awaitable[Sample]], concurrency: int, count: int, spacing_s: float
 ) -> list[Sample]:
-    """Run ``count`` streams, ``concurrency`` at a time, started together."""
+    """Run ``count`` streams in waves of ``concurrency`` started at the same instant."""
     samples: list[Sample] = []
     for _ in range(count // concurrency):
         samples.extend(await asyncio.gather(*(one() for _ in range(concurrency))))
     return samples
+
+
+async def steady(
+    one: Callable[[], Awaitable[Sample]], concurrency: int, count: int, spacing_s: float
+) -> list[Sample]:
+    """Keep ``concurrency`` streams in flight, their starts spread ``spacing_s`` apart.
+
+    Each of ``concurrency`` workers makes its streams one after another; worker i starts
+    i * spacing_s late, so with spacing_s = stream length / concurrency the starts are
+    spread evenly, as independent callers' are.
+    """
+
+    async def worker(i: int) -> list[Sample]:
+        await asyncio.sleep(i * spacing_s)
+        return [await one() for _ in range(count // concurrency)]
+
+    per_worker = await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return [sample for samples in per_worker for sample in samples]
+
+
+Load = Callable[
+    [Callable[[], Awaitable[Sample]], int, int, float], Coroutine[Any, Any, list[Sample]]
+]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -337,8 +363,10 @@ async def measure(
     concurrency: int,
     count: int,
     rounds: int,
+    load: Load = steady,
+    spacing_s: float = 0.0,
 ) -> dict[str, list[Sample]]:
-    """Interleave direct, engine and router batches so drift hits every path alike."""
+    """Interleave direct, engine and router rounds so drift hits every path alike."""
     clients: dict[str, StreamClient] = {
         "direct": DirectClient(fake_url),
         "engine": EngineClient(config),
@@ -347,12 +375,14 @@ async def measure(
     samples: dict[str, list[Sample]] = {name: [] for name in clients}
     try:
         for client in clients.values():  # warm up connections, pools and code paths
-            await batches(client.one, concurrency, concurrency)
+            await burst(client.one, concurrency, concurrency, 0.0)
         per_round = max(concurrency, count // rounds)
         order = list(clients)
         for i in range(rounds):
             for name in order if i % 2 == 0 else reversed(order):
-                samples[name].extend(await batches(clients[name].one, concurrency, per_round))
+                samples[name].extend(
+                    await load(clients[name].one, concurrency, per_round, spacing_s)
+                )
         return samples
     finally:
         for client in clients.values():
@@ -386,6 +416,21 @@ def plot(results: dict[str, Any], raw: dict[str, dict[str, list[Sample]]], path:
     fig.suptitle(f"modelrouter Complete overhead ({results['machine']['cpu_count']} cores)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _add_window(summary: dict[str, Any], window_ms: float, gate: dict[str, Any]) -> None:
+    """Note the hold-back window and how much the router adds to TTFT beyond it.
+
+    The window closes when its last token arrives: (window_tokens - 1) token intervals
+    after the first token.
+    """
+    summary["gate"] = gate
+    summary["hold_back_window_ms"] = round(window_ms, 3)
+    for prefix in ("", "engine_"):
+        for q in (50, 99):
+            summary[f"{prefix}ttft_added_beyond_window_ms_p{q}"] = round(
+                summary[f"{prefix}ttft_added_ms_p{q}"] - window_ms, 3
+            )
 
 
 def run(coroutine: Coroutine[Any, Any, dict[str, list[Sample]]]) -> dict[str, list[Sample]]:
@@ -435,33 +480,47 @@ def main() -> None:
         structlog.configure(logger_factory=structlog.WriteLoggerFactory(file=engine_log))
         model = routing_model(workdir)
         results["routing_model"] = "builtin" if model == "builtin" else "small seeded test model"
-        config = router_config(fake_url, None, model)
-        with router_server(config, workdir) as address:
-            for concurrency, count in ((1, args.streams_1), (50, args.streams_50)):
-                paths = run(measure(fake_url, address, config, concurrency, count, args.rounds))
-                direct = paths.pop("direct")
-                results[f"gate_off_c{concurrency}"] = summarize(direct, paths)
-                raw[f"gate off, {concurrency} stream(s)"] = {"direct": direct, **paths}
-                print(f"gate off c={concurrency}: {results[f'gate_off_c{concurrency}']}")
-        config = router_config(fake_url, gate, model)
-        with router_server(config, workdir) as address:
-            paths = run(measure(fake_url, address, config, 1, args.streams_1, args.rounds))
-            direct = paths.pop("direct")
-            gated = summarize(direct, paths)
-            # The window closes when its last token arrives: (window_tokens - 1) intervals
-            # after the first token.
-            window_ms = (args.gate_window_tokens - 1) * 1000.0 / args.rate
-            gated["hold_back_window_ms"] = round(window_ms, 3)
-            gated["ttft_added_beyond_window_ms_p50"] = round(
-                gated["ttft_added_ms_p50"] - window_ms, 3
-            )
-            gated["ttft_added_beyond_window_ms_p99"] = round(
-                gated["ttft_added_ms_p99"] - window_ms, 3
-            )
-            gated["gate"] = gate
-            results["gate_on_c1"] = gated
-            raw["gate on, 1 stream"] = {"direct": direct, **paths}
-            print(f"gate on c=1: {gated}")
+        stream_s = (args.first_token_ms + args.tokens * 1000.0 / args.rate) / 1000.0
+        scenarios: list[tuple[str, str, bool, int, int, Load]] = [
+            ("gate_off_c1", "gate off, 1 stream", False, 1, args.streams_1, steady),
+            ("gate_off_c50", "gate off, 50 streams", False, 50, args.streams_50, steady),
+            (
+                "gate_off_c50_burst",
+                "gate off, 50 started at once",
+                False,
+                50,
+                args.streams_50 // 2,
+                burst,
+            ),
+            ("gate_on_c1", "gate on, 1 stream", True, 1, args.streams_1, steady),
+            ("gate_on_c50", "gate on, 50 streams", True, 50, args.streams_50 // 2, steady),
+        ]
+        window_ms = (args.gate_window_tokens - 1) * 1000.0 / args.rate
+        for gated in (False, True):
+            config = router_config(fake_url, gate if gated else None, model)
+            with router_server(config, workdir) as address:
+                for key, label, on, concurrency, count, load in scenarios:
+                    if on is not gated:
+                        continue
+                    paths = run(
+                        measure(
+                            fake_url,
+                            address,
+                            config,
+                            concurrency,
+                            count,
+                            args.rounds,
+                            load,
+                            stream_s / concurrency,
+                        )
+                    )
+                    direct = paths.pop("direct")
+                    summary = summarize(direct, paths)
+                    if gated:
+                        _add_window(summary, window_ms, gate)
+                    results[key] = summary
+                    raw[label] = {"direct": direct, **paths}
+                    print(f"{key}: {summary}")
     # The per-concurrency keys the issue asks for, gate off.
     results["by_concurrency"] = {
         str(c): {
