@@ -460,6 +460,8 @@ def main() -> None:
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
+            # Other processes share this machine's cores: the load says how busy it was.
+            "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
         },
         "fake": {
             "tokens_per_second": args.rate,
@@ -534,6 +536,7 @@ def main() -> None:
         }
         for c in (1, 50)
     }
+    results["machine"]["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     plot(results, raw, args.out.with_name("overhead_latency.png"))
