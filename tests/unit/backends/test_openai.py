@@ -195,9 +195,9 @@ async def test_closing_the_stream_mid_way_closes_the_upstream_connection(
                 break
         await stream.aclose()
         assert await eventually(lambda: fake.requests[0].disconnected_at is not None)
-        sent = fake.requests[0].tokens_sent
-        assert sent < 16
-        assert fake.open_connections == 0
+        assert fake.requests[0].tokens_sent < 16
+        # Closed, not returned to the pool: an unfinished response's connection is dropped.
+        assert await eventually(lambda: fake.open_connections == 0)
     finally:
         await backend.aclose()
 

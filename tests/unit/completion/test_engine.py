@@ -244,10 +244,11 @@ async def test_the_gate_rejects_an_unsure_start_and_the_caller_sees_only_the_str
     rejected, answered = summary.attempts
     gate = rejected.gate
     assert gate.enabled and not gate.passed
-    assert gate.held_tokens == 8 and gate.mean_logprob == pytest.approx(-6.0)
+    # Tokens that arrive in one read are judged together, so the window may overfill.
+    assert gate.held_tokens >= 8 and gate.mean_logprob == pytest.approx(-6.0)
     assert gate.low_logprob_share == 1.0 and gate.reason.startswith("mean logprob -6.000")
     assert (gate.window_tokens, gate.window_ms) == (8, 400)
-    assert rejected.completion_tokens == 8 and rejected.cost_usd > 0
+    assert rejected.completion_tokens == gate.held_tokens and rejected.cost_usd > 0
     assert summary.cost_usd == pytest.approx(rejected.cost_usd + answered.cost_usd)
     assert not answered.gate.enabled
     cheap, strong = fake.requests
@@ -264,10 +265,12 @@ async def test_a_confident_start_passes_the_gate_and_is_delivered_whole(
     config = fake_config(fake, tier_extra={0: GATE})
     events, error, _ = await _run(config)
     assert error is None and text_of(events) == FULL_ANSWER
-    assert isinstance(events[0], TextDelta) and events[0].text == " ".join(WORDS[:8])
+    first = events[0]
+    assert isinstance(first, TextDelta) and first.text.startswith(" ".join(WORDS[:8]))
     summary = _summary(events)
     gate = summary.attempts[0].gate
-    assert gate.passed and gate.held_tokens == 8 and gate.reason == "passed"
+    assert gate.passed and gate.held_tokens >= 8 and gate.reason == "passed"
+    assert first.text == " ".join(WORDS[: gate.held_tokens])  # the held start, whole
     assert gate.mean_logprob == pytest.approx(-0.15)
     # The caller's first text came when the window closed, after the first token.
     assert summary.first_text_ms > summary.attempts[0].first_token_ms
