@@ -151,8 +151,10 @@ class ServiceInterceptor(_ServerInterceptor):
         except Exception as exc:
             code, failure = grpc.StatusCode.INTERNAL, exc
             error = (
-                "internal error; the server log has the details under request id "
-                + record.request_id
+                f"internal error; the server log has the details under request id "
+                f"{record.request_id}"
+                if record.request_id
+                else "internal error; the server log has the details"
             )
         finally:
             if self._log_rpcs or failure is not None:
