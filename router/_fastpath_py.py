@@ -290,9 +290,7 @@ class FastPath:
                 logits[k] += weight * row[k]
         return rules
 
-    def logits(
-        self, text: str, context: str = "", context_weight: float = 0.0
-    ) -> tuple[list[float], int]:
+    def logits(self, text: str, context: str = "", context_weight: float = 0.0) -> tuple[list[float], int]:
         """Return the heads' logits and the fired-rules mask of a query (and its context)."""
         logits = list(self._bias)
         rules = self._accumulate(text, 1.0, logits)

@@ -158,10 +158,7 @@ class RouterModel:
         info = dict(self.info)
         info["calibration"] = dict(note)
         return replace(
-            self,
-            tier_names=tuple(tier_names),
-            thresholds=tuple(float(t) for t in thresholds),
-            info=info,
+            self, tier_names=tuple(tier_names), thresholds=tuple(float(t) for t in thresholds), info=info
         )
 
 

@@ -128,3 +128,4 @@ def create_backend(name: str, config: BackendConfig) -> Backend:
         known = ", ".join(sorted(BACKENDS))
         raise ValueError(f"backends.{name}.kind: unknown kind {config.kind!r} (known: {known})")
     return cls(name, config)
+

@@ -71,9 +71,7 @@ class HTTPBackend(Backend):
         if timeout is None:
             # The pool wait counts as connecting: no free slot is as bad as no answer.
             timeout = httpx.Timeout(
-                connect=timeouts.connect_s,
-                read=None,
-                write=timeouts.connect_s,
+                connect=timeouts.connect_s, read=None, write=timeouts.connect_s,
                 pool=timeouts.connect_s,
             )
             self._timeouts[timeouts] = timeout
@@ -82,9 +80,7 @@ class HTTPBackend(Backend):
     async def _stream(self, request: BackendRequest) -> AsyncGenerator[Chunk, None]:
         content = json.dumps(self.body(request), separators=(",", ":")).encode()
         http_request = self._client.build_request(
-            "POST",
-            self.path(),
-            content=content,
+            "POST", self.path(), content=content,
             headers={"content-type": "application/json", "accept": "text/event-stream"},
             timeout=self._timeout(request.timeouts),
         )

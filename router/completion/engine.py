@@ -138,14 +138,9 @@ class CompletionEngine:
             if not circuit.allow():
                 # A skip is not a try: it costs nothing and does not use up max_attempts.
                 attempt = self._record(
-                    decision,
-                    len(attempts),
-                    tier,
-                    AttemptOutcome.CIRCUIT_OPEN,
-                    f"circuit open for backend {tier.backend!r}",
-                    _Try(loop.time()),
-                    loop.time(),
-                    prompt_estimate,
+                    decision, len(attempts), tier, AttemptOutcome.CIRCUIT_OPEN,
+                    f"circuit open for backend {tier.backend!r}", _Try(loop.time()),
+                    loop.time(), prompt_estimate,
                 )
             else:
                 tries += 1
@@ -197,13 +192,8 @@ class CompletionEngine:
                     circuit.release()
                     await _close(stream, state)
                     self._record(
-                        decision,
-                        len(attempts),
-                        tier,
-                        AttemptOutcome.CANCELLED,
-                        "the caller cancelled or its deadline passed",
-                        state,
-                        loop.time(),
+                        decision, len(attempts), tier, AttemptOutcome.CANCELLED,
+                        "the caller cancelled or its deadline passed", state, loop.time(),
                         prompt_estimate,
                     )
                     raise
@@ -219,13 +209,7 @@ class CompletionEngine:
                     detail = f"{outcome.value}: {detail}"
                     outcome = AttemptOutcome.FAILED_AFTER_COMMIT
                 attempt = self._record(
-                    decision,
-                    len(attempts),
-                    tier,
-                    outcome,
-                    detail,
-                    state,
-                    ended_at,
+                    decision, len(attempts), tier, outcome, detail, state, ended_at,
                     prompt_estimate,
                 )
                 if committed or outcome is AttemptOutcome.OK:
