@@ -114,7 +114,7 @@ def _client(
             grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
             for _ in range(connections)
         ]
-        calls = [ch.unary_unary(METHOD) for ch in channels]  # bytes in, bytes out
+        calls = [ch.unary_unary(METHOD, None, None) for ch in channels]  # bytes in and out
         for ch in channels:
             await asyncio.wait_for(ch.channel_ready(), 10)
         latencies: list[int] = []
@@ -141,7 +141,7 @@ def _client(
 
         await asyncio.gather(*(loop(i) for i in range(concurrency)))
         for ch in channels:
-            await ch.close()
+            await ch.close(None)
         return latencies, errors
 
     out.put(uvloop.run(main()))
@@ -402,22 +402,22 @@ def main() -> int:
 
         data = yaml.safe_load(DEFAULT_CONFIG_YAML)
         data["model"] = str(Path(args.model).resolve()) if args.model != "builtin" else "builtin"
-        logged = tmp / "logged.yaml"
-        logged.write_text(yaml.safe_dump(data))
+        logged_config = tmp / "logged.yaml"
+        logged_config.write_text(yaml.safe_dump(data))
         data["logging"] = {"rpc": False}
-        quiet = tmp / "quiet.yaml"
-        quiet.write_text(yaml.safe_dump(data))
+        quiet_config = tmp / "quiet.yaml"
+        quiet_config.write_text(yaml.safe_dump(data))
         for workers in args.workers:
             results.append(bench_noop(workers, payloads, args, tmp))
-            results.append(bench_router("modelrouter", logged, workers, payloads, args, tmp))
+            results.append(bench_router("modelrouter", logged_config, workers, payloads, args, tmp))
             results.append(
-                bench_router("modelrouter (no rpc log)", quiet, workers, payloads, args, tmp)
+                bench_router("modelrouter (no rpc log)", quiet_config, workers, payloads, args, tmp)
             )
     by = {(r.target, r.workers): r for r in results}
     ratios: dict[str, float] = {}
     for w in args.workers:
-        noop, logged = by[("python grpc.aio no-op", w)], by[("modelrouter", w)]
-        quiet = by[("modelrouter (no rpc log)", w)]
+        noop, logged = by["python grpc.aio no-op", w], by["modelrouter", w]
+        quiet = by["modelrouter (no rpc log)", w]
         decision = logged.decision_us_mean or 0.0
         ratios[f"modelrouter_over_noop_rps_workers{w}"] = logged.rps / noop.rps
         ratios[f"modelrouter_no_rpc_log_over_noop_rps_workers{w}"] = quiet.rps / noop.rps
@@ -429,7 +429,7 @@ def main() -> int:
         ratios[f"layer_cpu_us_per_request_no_rpc_log_workers{w}"] = (
             quiet.server_cpu_us_per_request - noop.server_cpu_us_per_request - decision
         )
-    report = {
+    report: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine(),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "serve_noop")},
