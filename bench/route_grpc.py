@@ -306,8 +306,9 @@ def bench_router(
     payloads: list[bytes],
     args: argparse.Namespace,
     tmp: Path,
+    env: dict[str, str] | None = None,
 ) -> Result:
-    log = tmp / f"{label}{workers}.log"
+    log = tmp / f"{label.replace(' ', '_')}{workers}.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen(
             [
@@ -326,6 +327,7 @@ def bench_router(
             ],
             stdout=fh,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
     try:
         lines = _wait_listening(log, workers, [proc])
@@ -387,6 +389,9 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=2000, help="distinct queries cycled")
     parser.add_argument("--model", default="builtin", help="routing model (default: shipped)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--compare-loops", action="store_true", help="also run 1 worker on asyncio's own loop"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--serve-noop", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -413,6 +418,18 @@ def main() -> int:
             results.append(
                 bench_router("modelrouter (no rpc log)", quiet_config, workers, payloads, args, tmp)
             )
+            if workers == 1 and args.compare_loops:
+                results.append(
+                    bench_router(
+                        "modelrouter (asyncio loop)",
+                        logged_config,
+                        workers,
+                        payloads,
+                        args,
+                        tmp,
+                        env={"MODELROUTER_NO_UVLOOP": "1"},
+                    )
+                )
     by = {(r.target, r.workers): r for r in results}
     ratios: dict[str, float] = {}
     for w in args.workers:
