@@ -141,6 +141,7 @@ class _Runtime:
         "engine",
         "input_price",
         "margin",
+        "max_concurrent_rpcs",
         "max_prompt_bytes",
         "model_source",
         "retired",
@@ -164,6 +165,7 @@ class _Runtime:
         self.margin = config.routing.escalation_margin
         self.context_weight = config.routing.context_weight
         self.max_prompt_bytes = config.server.max_prompt_bytes
+        self.max_concurrent_rpcs = config.server.max_concurrent_rpcs
         self.streams = 0
         self.retired = False
 
@@ -205,7 +207,7 @@ class RouterService:
 
     @property
     def max_concurrent_rpcs(self) -> int:
-        return self._runtime.config.server.max_concurrent_rpcs
+        return self._runtime.max_concurrent_rpcs
 
     @property
     def feedback_store(self) -> FeedbackStore:

@@ -68,7 +68,9 @@ def create_server(
         ("grpc.max_send_message_length", limit),
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
-    interceptor = ServiceInterceptor(SERVICE_NAME, lambda: service.max_concurrent_rpcs)
+    interceptor = ServiceInterceptor(
+        SERVICE_NAME, lambda: service.max_concurrent_rpcs, log_rpcs=config.logging.rpc
+    )
     server = grpc.aio.server(interceptors=[interceptor], options=options)
     router_pb2_grpc.add_ModelRouterServicer_to_server(  # type: ignore[no-untyped-call]
         ModelRouterServicer(service), server

@@ -8,6 +8,7 @@ reflection pass through untouched, so they answer even when the service is at it
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -68,9 +69,12 @@ def current_rpc() -> RpcRecord:
 class ServiceInterceptor(_ServerInterceptor):
     """Map domain errors to status codes, cap concurrent RPCs and log one line per RPC."""
 
-    def __init__(self, service_name: str, max_concurrent: Callable[[], int]) -> None:
+    def __init__(
+        self, service_name: str, max_concurrent: Callable[[], int], *, log_rpcs: bool = True
+    ) -> None:
         self._prefix = f"/{service_name}/"
         self._max_concurrent = max_concurrent
+        self._log_rpcs = log_rpcs
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         self.in_flight = 0
 
@@ -98,16 +102,13 @@ class ServiceInterceptor(_ServerInterceptor):
             handler.unary_stream if handler.response_streaming else handler.unary_unary,
         )
 
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            return await self._handle(name, behaviour, request, context)
-
         make = (
             grpc.unary_stream_rpc_method_handler
             if handler.response_streaming
             else grpc.unary_unary_rpc_method_handler
         )
         return make(
-            wrapper,
+            functools.partial(self._handle, name, behaviour),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -150,11 +151,14 @@ class ServiceInterceptor(_ServerInterceptor):
         except Exception as exc:
             code, failure = grpc.StatusCode.INTERNAL, exc
             error = (
-                "internal error; the server log has the details under request id "
-                + record.request_id
+                f"internal error; the server log has the details under request id "
+                f"{record.request_id}"
+                if record.request_id
+                else "internal error; the server log has the details"
             )
         finally:
-            self._log(record, code, error, failure, started)
+            if self._log_rpcs or failure is not None:
+                self._log(record, code, error, failure, started)
         # Only reached after an error was recorded: end the RPC with its status.
         await context.abort(code, error)
 

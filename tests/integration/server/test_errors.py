@@ -24,6 +24,17 @@ def msgs(*turns: tuple[str, str]) -> list[pb.Message]:
     return [pb.Message(role=r, content=c) for r, c in turns]
 
 
+async def rejection(call: Any) -> tuple[grpc.StatusCode, str | None]:
+    """Return the status code and message a unary call or a whole stream ends with."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        if hasattr(call, "__aiter__"):
+            async for _ in call:
+                pass
+        else:
+            await call
+    return caught.value.code(), caught.value.details()
+
+
 ROUTE_CASES = [
     (pb.RouteRequest(), "prompt: empty: set a non-blank prompt or a list of messages"),
     (
@@ -124,9 +135,7 @@ async def limited(
 async def test_route_rejects(
     limited: router_pb2_grpc.ModelRouterStub, request_: pb.RouteRequest, message: str
 ) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await limited.Route(request_)
-    assert (caught.value.code(), caught.value.details()) == (INVALID, message)
+    assert await rejection(limited.Route(request_)) == (INVALID, message)
 
 
 @pytest.mark.parametrize(
@@ -136,10 +145,7 @@ async def test_complete_rejects_the_same_requests(
     limited: router_pb2_grpc.ModelRouterStub, request_: pb.RouteRequest, message: str
 ) -> None:
     call = limited.Complete(pb.CompleteRequest(route=request_))
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for _ in call:
-            pass
-    assert (caught.value.code(), caught.value.details()) == (INVALID, message)
+    assert await rejection(call) == (INVALID, message)
 
 
 GENERATION_CASES = [
@@ -168,10 +174,7 @@ async def test_complete_rejects_generation_options(
     stub: router_pb2_grpc.ModelRouterStub, generation: pb.GenerationOptions, message: str
 ) -> None:
     request = pb.CompleteRequest(route=pb.RouteRequest(prompt="hi"), generation=generation)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for _ in stub.Complete(request):
-            pass
-    assert (caught.value.code(), caught.value.details()) == (INVALID, message)
+    assert await rejection(stub.Complete(request)) == (INVALID, message)
 
 
 FEEDBACK_CASES = [
@@ -195,9 +198,7 @@ FEEDBACK_CASES = [
 async def test_feedback_rejects(
     stub: router_pb2_grpc.ModelRouterStub, request_: pb.FeedbackRequest, message: str
 ) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.Feedback(request_)
-    assert (caught.value.code(), caught.value.details()) == (INVALID, message)
+    assert await rejection(stub.Feedback(request_)) == (INVALID, message)
 
 
 async def test_message_over_the_size_limit_is_resource_exhausted(
