@@ -392,6 +392,7 @@ def main() -> int:
     parser.add_argument(
         "--compare-loops", action="store_true", help="also run 1 worker on asyncio's own loop"
     )
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved repeats (median)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--serve-noop", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -412,25 +413,37 @@ def main() -> int:
         data["logging"] = {"rpc": False}
         quiet_config = tmp / "quiet.yaml"
         quiet_config.write_text(yaml.safe_dump(data))
-        for workers in args.workers:
-            results.append(bench_noop(workers, payloads, args, tmp))
-            results.append(bench_router("modelrouter", logged_config, workers, payloads, args, tmp))
-            results.append(
-                bench_router("modelrouter (no rpc log)", quiet_config, workers, payloads, args, tmp)
-            )
-            if workers == 1 and args.compare_loops:
+        load_before = os.getloadavg()
+        # Rounds interleave the targets, so that a burst of other work on the machine
+        # hits all of them; each target's median round is reported.
+        for _ in range(args.rounds):
+            for workers in args.workers:
+                results.append(bench_noop(workers, payloads, args, tmp))
+                results.append(
+                    bench_router("modelrouter", logged_config, workers, payloads, args, tmp)
+                )
                 results.append(
                     bench_router(
-                        "modelrouter (asyncio loop)",
-                        logged_config,
-                        workers,
-                        payloads,
-                        args,
-                        tmp,
-                        env={"MODELROUTER_NO_UVLOOP": "1"},
+                        "modelrouter (no rpc log)", quiet_config, workers, payloads, args, tmp
                     )
                 )
-    by = {(r.target, r.workers): r for r in results}
+                if workers == 1 and args.compare_loops:
+                    results.append(
+                        bench_router(
+                            "modelrouter (asyncio loop)",
+                            logged_config,
+                            workers,
+                            payloads,
+                            args,
+                            tmp,
+                            env={"MODELROUTER_NO_UVLOOP": "1"},
+                        )
+                    )
+        load_after = os.getloadavg()
+    rounds: dict[tuple[str, int], list[Result]] = {}
+    for r in results:
+        rounds.setdefault((r.target, r.workers), []).append(r)
+    by = {key: sorted(runs, key=lambda r: r.rps)[len(runs) // 2] for key, runs in rounds.items()}
     ratios: dict[str, float] = {}
     for w in args.workers:
         noop, logged = by["python grpc.aio no-op", w], by["modelrouter", w]
@@ -450,7 +463,11 @@ def main() -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine(),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "serve_noop")},
-        "results": [asdict(r) for r in results],
+        "load_average_1min": {"before": load_before[0], "after": load_after[0]},
+        "results": [asdict(r) for r in by.values()],
+        "rounds_rps": {
+            f"{t} workers={w}": [r.rps for r in runs] for (t, w), runs in rounds.items()
+        },
         "ratios": ratios,
     }
     report["settings"]["model"] = args.model
