@@ -96,7 +96,7 @@ def serve_noop(port: int) -> None:
 # -- the load ------------------------------------------------------------------------------
 
 
-def _client(
+def client_process(
     port: int,
     payloads: list[bytes],
     concurrency: int,
@@ -184,7 +184,7 @@ def run_load(
     per_client = max(1, args.concurrency // args.clients)
     clients = [
         ctx.Process(
-            target=_client,
+            target=client_process,
             args=(
                 port,
                 payloads[i :: args.clients],
@@ -240,7 +240,7 @@ def run_load(
 # -- the servers ---------------------------------------------------------------------------
 
 
-def _wait_listening(
+def wait_listening(
     log: Path, count: int, proc: list[subprocess.Popen[bytes]]
 ) -> list[dict[str, Any]]:
     deadline = time.monotonic() + 60
@@ -267,7 +267,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         p.send_signal(signal.SIGTERM)
     for p in procs:
@@ -291,12 +291,12 @@ def bench_noop(workers: int, payloads: list[bytes], args: argparse.Namespace, tm
             for _ in range(workers)
         ]
     try:
-        lines = _wait_listening(log, workers, procs)
+        lines = wait_listening(log, workers, procs)
         return run_load(
             "python grpc.aio no-op", workers, port, [line["pid"] for line in lines], payloads, args
         )
     finally:
-        _stop(procs)
+        stop_processes(procs)
 
 
 def bench_router(
@@ -330,11 +330,11 @@ def bench_router(
             env={**os.environ, **(env or {})},
         )
     try:
-        lines = _wait_listening(log, workers, [proc])
+        lines = wait_listening(log, workers, [proc])
         pids = [line["pid"] for line in lines] + ([proc.pid] if workers > 1 else [])
         result = run_load(label, workers, lines[0]["port"], pids, payloads, args)
     finally:
-        _stop([proc])
+        stop_processes([proc])
     micros = []
     for raw in log.read_text().splitlines():
         if '"event": "rpc"' in raw:
