@@ -105,6 +105,7 @@ def client_process(
     duration: float,
     out: Any,
 ) -> None:
+    """Keep ``concurrency`` Route calls in flight over ``connections``; put the latencies."""
     import grpc
     import uvloop
 
@@ -243,6 +244,7 @@ def run_load(
 def wait_listening(
     log: Path, count: int, proc: list[subprocess.Popen[bytes]]
 ) -> list[dict[str, Any]]:
+    """Wait for ``count`` "listening" log lines in ``log``; return them."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         lines = []
@@ -268,6 +270,7 @@ def _free_port() -> int:
 
 
 def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM the processes and reap them (killing those that hang)."""
     for p in procs:
         p.send_signal(signal.SIGTERM)
     for p in procs:
@@ -279,6 +282,7 @@ def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def bench_noop(workers: int, payloads: list[bytes], args: argparse.Namespace, tmp: Path) -> Result:
+    """Measure the no-op server with ``workers`` processes on one port."""
     port = _free_port()
     log = tmp / f"noop{workers}.log"
     with log.open("wb") as fh:
@@ -308,6 +312,7 @@ def bench_router(
     tmp: Path,
     env: dict[str, str] | None = None,
 ) -> Result:
+    """Measure ``modelrouter serve`` with a configuration and a worker count."""
     log = tmp / f"{label.replace(' ', '_')}{workers}.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen(
@@ -357,6 +362,7 @@ def load_payloads(count: int, seed: int) -> list[bytes]:
 
 
 def machine() -> dict[str, Any]:
+    """Describe the machine and the software measured."""
     cpu = next(
         (
             line.split(":", 1)[1].strip()
