@@ -15,7 +15,6 @@ buffers safe to reuse across calls.
 from libc.math cimport exp, sqrt
 from libc.stdint cimport int32_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy
 
 import unicodedata
 
@@ -208,7 +207,8 @@ cdef class FastPath:
         self.tok_start = <int32_t*>malloc((max_bytes + 2) * sizeof(int32_t))
         self.tok_end = <int32_t*>malloc((max_bytes + 2) * sizeof(int32_t))
         self.tok_hash = <uint64_t*>malloc((max_bytes + 2) * sizeof(uint64_t))
-        if self.buf == NULL or self.tok_start == NULL or self.tok_end == NULL or self.tok_hash == NULL:
+        if (self.buf == NULL or self.tok_start == NULL or self.tok_end == NULL
+                or self.tok_hash == NULL):
             raise MemoryError()
         self._unicode_normalize = unicodedata.normalize
 
@@ -307,7 +307,8 @@ cdef class FastPath:
                 i += 1
             self.tok_start[self.n_tokens] = <int32_t>start
             self.tok_end[self.n_tokens] = <int32_t>i
-            self.tok_hash[self.n_tokens] = XXH3_64bits_withSeed(self.buf + start, i - start, self.seed)
+            self.tok_hash[self.n_tokens] = XXH3_64bits_withSeed(
+                self.buf + start, i - start, self.seed)
             self.n_tokens += 1
 
         self.stats[0] = n

@@ -194,7 +194,7 @@ def _digest(meta: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]]) -> 
 
 def save_model(model: RouterModel, path: str | Path) -> RouterModel:
     """Write the model to ``path`` and return it with its checksum filled in."""
-    arrays = {
+    arrays: dict[str, npt.NDArray[Any]] = {
         "weights": np.ascontiguousarray(model.weights, dtype=np.float16),
         "bias": np.ascontiguousarray(model.bias, dtype=np.float64),
     }
@@ -205,7 +205,7 @@ def save_model(model: RouterModel, path: str | Path) -> RouterModel:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("wb") as fh:
-        np.savez_compressed(fh, meta=meta_bytes, **arrays)
+        np.savez_compressed(fh, meta=meta_bytes, weights=arrays["weights"], bias=arrays["bias"])
     tmp.replace(path)
     return replace(model, checksum=checksum, weights=arrays["weights"].astype(np.float32))
 

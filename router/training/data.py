@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from router.fastpath import LEVELS
 
@@ -60,7 +63,8 @@ def iter_rows(
 ) -> Iterator[Row]:
     """Yield the rows of a JSONL file; with ``labels``, also parse ``tier`` and ``scores``.
 
-    Every row needs a string ``text`` (and an ``id`` with ``require_id``). ``tier`` is null or an integer level 0-4;
+    Every row needs a string ``text`` (and an ``id`` with ``require_id``). ``tier`` is
+    null or an integer level 0-4;
     ``scores`` is null or an object holding both models' outcomes in [0, 1]. Other
     fields are ignored. The first malformed row raises DataError.
     """
@@ -120,6 +124,14 @@ def iter_rows(
                 strong=strong,
                 source=row.source,
             )
+
+
+def outcome_arrays(rows: Sequence[Row]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Return the weak and strong outcomes of the rows that have both."""
+    pairs = [(r.weak, r.strong) for r in rows if r.weak is not None and r.strong is not None]
+    weak = np.array([w for w, _ in pairs], dtype=np.float64)
+    strong = np.array([s for _, s in pairs], dtype=np.float64)
+    return weak, strong
 
 
 def read_rows(path: str | Path, **kwargs: Any) -> list[Row]:

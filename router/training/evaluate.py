@@ -13,7 +13,7 @@ import numpy.typing as npt
 from router.fastpath import LEVELS
 from router.routing import Router, tier_for_score
 from router.training.calibrate import HARD_LEVELS
-from router.training.data import Row
+from router.training.data import Row, outcome_arrays
 from router.training.metrics import (
     STRONG_PRICE,
     WEAK_PRICE,
@@ -59,8 +59,7 @@ def outcome_report(
     name: str, scores: npt.NDArray[np.float64], above: npt.NDArray[np.bool_], rows: Sequence[Row]
 ) -> dict[str, Any]:
     """Return the curve metrics, the baselines and the operating point on outcome rows."""
-    weak = np.array([r.weak for r in rows], dtype=np.float64)
-    strong = np.array([r.strong for r in rows], dtype=np.float64)
+    weak, strong = outcome_arrays(rows)
     curve = pgr_curve(scores, weak, strong)
     oracle = pgr_curve(strong - weak, weak, strong)
     span = curve.q_strong - curve.q_weak
@@ -179,7 +178,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"model {report['model_version']}: tiers {', '.join(report['tiers'])} "
         f"at thresholds {', '.join(f'{t:.4f}' for t in report['thresholds'])}",
-        f"{report['rows']} rows; {_pct(report['traffic']['above_cheapest'])} routed above the cheapest "
+        f"{report['rows']} rows; {_pct(report['traffic']['above_cheapest'])} routed above the "
+        "cheapest "
         f"tier (tier shares {report['traffic']['tier_shares']}); cost saved on this traffic "
         f"{_pct(report['traffic']['cost_saved'])} (prices per 1M tokens: strong "
         f"${report['prices']['strong']}, weak ${report['prices']['weak']})",
@@ -187,7 +187,8 @@ def format_report(report: dict[str, Any]) -> str:
     for group in report["outcomes"]:
         lines += [
             "",
-            f"outcomes [{group['name']}]: {group['rows']} rows, weak quality {group['q_weak']:.4f}, "
+            f"outcomes [{group['name']}]: {group['rows']} rows, "
+            f"weak quality {group['q_weak']:.4f}, "
             f"strong quality {group['q_strong']:.4f}",
             f"  {'router':<14}{'APGR':>8}{'CPT(50%)':>10}{'CPT(80%)':>10}{'saved@98%':>11}",
         ]
@@ -205,7 +206,8 @@ def format_report(report: dict[str, Any]) -> str:
             )
         point = group["operating_point"]
         lines.append(
-            f"  at the model's thresholds: strong share {_pct(point['strong_share'])}, quality kept "
+            f"  at the model's thresholds: strong share {_pct(point['strong_share'])}, "
+            "quality kept "
             f"{_pct(point['quality_kept'])}, cost saved {_pct(point['cost_saved'])}"
         )
     levels = report["levels"]
@@ -226,13 +228,14 @@ def format_report(report: dict[str, Any]) -> str:
         ]
         lines.append(
             f"  level 3-4 on the cheapest tier: {_pct(levels['hard_on_cheapest'])}; level 0 on it: "
-            f"{_pct(levels['level0_on_cheapest'])}; levels 0-1 on it: {_pct(levels['level01_on_cheapest'])}"
+            f"{_pct(levels['level0_on_cheapest'])}; "
+            f"levels 0-1 on it: {_pct(levels['level01_on_cheapest'])}"
         )
     return "\n".join(lines)
 
 
 def plot_curves(report: dict[str, Any], path: str | Path) -> None:
-    """Draw PGR against the strong share for each outcome group, with baselines and the operating point."""
+    """Draw PGR against the strong share per outcome group, with the operating points."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -81,7 +81,7 @@ class Heads:
     def levels(self, X: sp.csr_matrix) -> npt.NDArray[np.float64]:
         logits = self.logits(X)[:, :LEVELS]
         exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return np.asarray(exp / exp.sum(axis=1, keepdims=True))
+        return np.asarray(exp / exp.sum(axis=1, keepdims=True), dtype=np.float64)
 
 
 def featurize(texts: Sequence[str], spec: FeaturizerSpec) -> sp.csr_matrix:
@@ -110,8 +110,8 @@ def featurize(texts: Sequence[str], spec: FeaturizerSpec) -> sp.csr_matrix:
 def source_weights(rows: Sequence[Row]) -> npt.NDArray[np.float64]:
     """Return per-row weights 1/sqrt(rows of its source), scaled to mean 1."""
     counts = Counter(r.source for r in rows)
-    w = np.array([1.0 / math.sqrt(counts[r.source]) for r in rows])
-    return w / w.mean()
+    w = np.array([1.0 / math.sqrt(counts[r.source]) for r in rows], dtype=np.float64)
+    return np.asarray(w / w.mean(), dtype=np.float64)
 
 
 def placement_label(row: Row) -> int | None:
@@ -183,7 +183,8 @@ def fit_heads(X: sp.csr_matrix, rows: Sequence[Row], options: TrainOptions, log:
         weights[:, PLACE_HEAD] = place.coef_[0]
         bias[PLACE_HEAD] = place.intercept_[0]
         log(
-            f"placement: fitted on {int(placed.sum())} rows ({int(y[placed].sum())} where the choice matters)"
+            f"placement: fitted on {int(placed.sum())} rows "
+            f"({int(y[placed].sum())} where the choice matters)"
         )
     else:
         log("placement: needs rows of both kinds; the placement head stays neutral")

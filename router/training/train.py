@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from router.model import RouterModel, save_model
+from router.model import RouterModel
 from router.routing import tier_for_score
 from router.training.calibrate import HARD_LEVELS, Target, first_threshold, thresholds_for
-from router.training.data import Row
+from router.training.data import Row, outcome_arrays
 from router.training.evaluate import Scored, build_report
 from router.training.fit import Log, TrainOptions, build_model, cross_validate, featurize, fit_heads
 
@@ -41,11 +41,12 @@ def calibrate_thresholds(
 ) -> tuple[float, ...]:
     """Return the thresholds meeting ``target`` on scored rows (outcomes and levels as needed)."""
     outcome = np.array([r.has_outcome for r in rows])
+    weak, strong = outcome_arrays(rows)
     first = first_threshold(
         scores if target.quality is None else scores[outcome],
         target,
-        weak=[r.weak for r in rows if r.has_outcome],
-        strong=[r.strong for r in rows if r.has_outcome],
+        weak=weak,
+        strong=strong,
         levels=[r.tier for r in rows],
     )
     return thresholds_for(scores, first, n_tiers, top_share)
@@ -93,7 +94,8 @@ def train(
         oof_levels = heads.levels(X)
     thresholds = calibrate_thresholds(calibration_scores, rows, target, len(tier_names), top_share)
     log(
-        f"calibrated for {target.describe()}: thresholds {', '.join(f'{t:.4f}' for t in thresholds)}"
+        f"calibrated for {target.describe()}: "
+        f"thresholds {', '.join(f'{t:.4f}' for t in thresholds)}"
     )
     if folds >= 2:
         tiers = np.array(
@@ -143,8 +145,3 @@ def _headline(report: dict[str, Any]) -> dict[str, Any]:
             )
         }
     return out
-
-
-def save(model: RouterModel, path: str | Path) -> RouterModel:
-    """Write the model and return it with its checksum."""
-    return save_model(model, path)
