@@ -40,10 +40,15 @@ def dense_layout_fingerprint() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """A keyword rule: fires when any of its phrases occurs in the query (as tokens)."""
+    """A keyword rule: fires when any of its phrases occurs in the query (as tokens).
+
+    ``level`` is the complexity level the phrases suggest; training turns it into a prior
+    on the rule's weights (router/training/fit.py).
+    """
 
     name: str
     phrases: tuple[str, ...]
+    level: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,14 +102,16 @@ class FeaturizerSpec:
             "char_min": self.char_min,
             "char_max": self.char_max,
             "max_bytes": self.max_bytes,
-            "rules": [{"name": r.name, "phrases": list(r.phrases)} for r in self.rules],
+            "rules": [
+                {"name": r.name, "phrases": list(r.phrases), "level": r.level} for r in self.rules
+            ],
             "featurizer_version": self.featurizer_version,
             "dense_layout": self.dense_layout,
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FeaturizerSpec:
-        rules = tuple(Rule(r["name"], tuple(r["phrases"])) for r in data["rules"])
+        rules = tuple(Rule(r["name"], tuple(r["phrases"]), r.get("level")) for r in data["rules"])
         return cls(
             seed=int(data["seed"]),
             buckets_log2=int(data["buckets_log2"]),

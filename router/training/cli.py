@@ -139,6 +139,11 @@ def add_train_parser(subparsers: Subparsers) -> None:
     )
     parser.add_argument("--report", type=Path, help="write the cross-validated report as JSON")
     parser.add_argument(
+        "--by-source",
+        action="store_true",
+        help="also route each source with a model trained without it (slow)",
+    )
+    parser.add_argument(
         "--tiers",
         type=_tier_names,
         default=("cheap", "strong", "expert"),
@@ -221,7 +226,11 @@ def _run_train(args: argparse.Namespace) -> int:
     if report is not None:
         from router.training.evaluate import format_report
 
-        print(format_report(report))
+        if "outcomes" in report:
+            print(format_report(report))
+        for name, held in report.get("held_out_sources", {}).items():
+            shares = ", ".join(f"{100 * s:.1f}%" for s in held["tier_shares"])
+            print(f"held-out source {name}: {held['rows']} rows, tier shares {shares}")
         if args.report:
             args.report.write_text(json.dumps(_without_curves(report), indent=1))
     print(f"wrote {args.out} ({model.version})")
@@ -230,7 +239,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _without_curves(report: dict[str, Any]) -> dict[str, Any]:
     out = dict(report)
-    out["outcomes"] = [{k: v for k, v in g.items() if k != "curve"} for g in report["outcomes"]]
+    groups = report.get("outcomes", [])
+    out["outcomes"] = [{k: v for k, v in g.items() if k != "curve"} for g in groups]
     return out
 
 

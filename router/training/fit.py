@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,11 +29,39 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from router.fastpath import GAIN_HEAD, HEADS, LEVELS, PLACE_HEAD, FastPath
-from router.model import FeaturizerSpec, RouterModel
+from router.model import FeaturizerSpec, RouterModel, Rule
 from router.training.data import Row
-from router.training.rules import DEFAULT_RULES
+from router.training.rules import load_rules
 
 Log = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class RulePriors:
+    """What a fired rule of level L adds to the fitted weights, on top of what data teaches.
+
+    The level head's logit for L gets ``level``; the placement logit gets ``placement``
+    for L >= 2 (the kind of query where the model choice matters) and minus it for L = 0;
+    the gain logit gets ``gain[L]`` (level 4 rules aim at the strongest tier).
+    """
+
+    level: float = 10.0
+    placement: float = 6.0
+    gain: tuple[float, ...] = (0.0, 0.0, 0.0, 0.5, 3.0)
+
+    def apply(self, weights: npt.NDArray[np.float64], rules: Sequence[Rule]) -> None:
+        """Add the priors of ``rules`` to their rows, the last ``len(rules)`` of ``weights``."""
+        base = weights.shape[0] - len(rules)
+        for i, rule in enumerate(rules):
+            if rule.level is None:
+                continue
+            row = weights[base + i]
+            row[rule.level] += self.level
+            if rule.level >= 2:
+                row[PLACE_HEAD] += self.placement
+            elif rule.level == 0:
+                row[PLACE_HEAD] -= self.placement
+            row[GAIN_HEAD] += self.gain[rule.level]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,15 +70,17 @@ class TrainOptions:
     word_max: int = 2
     char_min: int = 3
     char_max: int = 5
-    level_c: float = 1.0
-    place_c: float = 1.0
+    level_c: float = 0.2
+    place_c: float = 0.2
     gain_alpha: float = 100.0
+    gain_anchor: float = 0.05
     # Spread (standard deviation) of the gain logit over the outcome rows.
     gain_scale: float = 1.0
     score_gate: float = 6.0
     max_iter: int = 500
     name: str = "model"
-    spec_rules: tuple = field(default=DEFAULT_RULES)  # type: ignore[type-arg]
+    rules: tuple[Rule, ...] = field(default_factory=load_rules)
+    priors: RulePriors = field(default_factory=RulePriors)
 
     def spec(self) -> FeaturizerSpec:
         return FeaturizerSpec(
@@ -57,7 +88,7 @@ class TrainOptions:
             word_max=self.word_max,
             char_min=self.char_min,
             char_max=self.char_max,
-            rules=tuple(self.spec_rules),
+            rules=self.rules,
         )
 
 
@@ -138,6 +169,7 @@ def fit_heads(X: sp.csr_matrix, rows: Sequence[Row], options: TrainOptions, log:
     weights = np.zeros((n_features, HEADS), dtype=np.float64)
     bias = np.zeros(HEADS, dtype=np.float64)
     sample_w = source_weights(rows)
+    started = time.monotonic()
 
     tiers = np.array([-1 if r.tier is None else r.tier for r in rows])
     have_tier = tiers >= 0
@@ -155,21 +187,32 @@ def fit_heads(X: sp.csr_matrix, rows: Sequence[Row], options: TrainOptions, log:
         # Levels never seen in training get a probability far below the others.
         for level in set(range(LEVELS)) - set(present):
             bias[level] = -30.0
-        log(f"levels: fitted on {int(have_tier.sum())} rows, levels {present}")
+        log(
+            f"levels: fitted on {int(have_tier.sum())} rows, levels {present} "
+            f"({levels.n_iter_[0]} iterations, {time.monotonic() - started:.1f}s)"
+        )
     else:
         log("levels: fewer than two levels in the data; the level head stays uniform")
 
     outcome = np.array([r.has_outcome for r in rows])
     if outcome.sum() >= 2:
         gain = np.array([(r.strong or 0.0) - (r.weak or 0.0) for r in rows])
+        # Rows without outcomes anchor the gain at its mean, with a small weight: the head
+        # then ranks within the kind of queries it has outcomes for, instead of
+        # extrapolating far on text unlike them (e.g. very short queries).
+        gain[~outcome] = gain[outcome].mean()
+        anchor = np.where(outcome, 1.0, options.gain_anchor)
         ridge = Ridge(alpha=options.gain_alpha, solver="sparse_cg", tol=1e-6)
-        ridge.fit(X[outcome], gain[outcome])
+        ridge.fit(X, gain, sample_weight=anchor)
         predicted = np.asarray(X[outcome] @ ridge.coef_) + ridge.intercept_
         spread = float(predicted.std()) or 1.0
         scale = options.gain_scale / spread
         weights[:, GAIN_HEAD] = scale * ridge.coef_
         bias[GAIN_HEAD] = scale * (ridge.intercept_ - float(predicted.mean()))
-        log(f"gain: fitted on {int(outcome.sum())} outcome rows (spread {spread:.4f})")
+        log(
+            f"gain: fitted on {int(outcome.sum())} outcome rows (spread {spread:.4f}, "
+            f"{time.monotonic() - started:.1f}s)"
+        )
     else:
         log("gain: no outcome rows; the gain head stays zero")
     bias[GAIN_HEAD] -= options.score_gate / 2.0
@@ -184,10 +227,12 @@ def fit_heads(X: sp.csr_matrix, rows: Sequence[Row], options: TrainOptions, log:
         bias[PLACE_HEAD] = place.intercept_[0]
         log(
             f"placement: fitted on {int(placed.sum())} rows "
-            f"({int(y[placed].sum())} where the choice matters)"
+            f"({int(y[placed].sum())} where the choice matters; {place.n_iter_[0]} iterations, "
+            f"{time.monotonic() - started:.1f}s)"
         )
     else:
         log("placement: needs rows of both kinds; the placement head stays neutral")
+    options.priors.apply(weights, options.rules)
     return Heads(weights.astype(np.float32), bias, options.score_gate)
 
 
@@ -206,6 +251,22 @@ def cross_validate(
         scores[test] = heads.score(X[test])
         levels[test] = heads.levels(X[test])
     return scores, levels
+
+
+def cross_validate_sources(
+    X: sp.csr_matrix, rows: Sequence[Row], options: TrainOptions, log: Log
+) -> dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]:
+    """Return, for each source, its scores and level probabilities from a model that never
+    saw a row of that source."""
+    source = np.array([r.source for r in rows])
+    out = {}
+    for name in sorted(set(source.tolist())):
+        held = source == name
+        log(f"holding out source {name!r} ({int(held.sum())} rows)")
+        kept = [r for r, h in zip(rows, held, strict=True) if not h]
+        heads = fit_heads(X[~held], kept, options, lambda _msg: None)
+        out[name] = (heads.score(X[held]), heads.levels(X[held]))
+    return out
 
 
 def build_model(heads: Heads, options: TrainOptions, info: dict[str, object]) -> RouterModel:

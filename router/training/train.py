@@ -16,7 +16,15 @@ from router.routing import tier_for_score
 from router.training.calibrate import HARD_LEVELS, Target, first_threshold, thresholds_for
 from router.training.data import Row, outcome_arrays
 from router.training.evaluate import Scored, build_report
-from router.training.fit import Log, TrainOptions, build_model, cross_validate, featurize, fit_heads
+from router.training.fit import (
+    Log,
+    TrainOptions,
+    build_model,
+    cross_validate,
+    cross_validate_sources,
+    featurize,
+    fit_heads,
+)
 
 
 def default_target(rows: Sequence[Row]) -> Target:
@@ -70,11 +78,14 @@ def train(
     top_share: float,
     log: Log,
     data_digest: str = "",
+    by_source: bool = False,
 ) -> tuple[RouterModel, dict[str, Any] | None]:
     """Return the trained, calibrated model and its cross-validated report (None without CV).
 
     Thresholds are calibrated on out-of-fold scores when ``folds`` >= 2, so they hold on
-    queries the model did not see; otherwise on the training scores themselves.
+    queries the model did not see; otherwise on the training scores themselves. With
+    ``by_source``, the report also says how each source is routed by a model trained
+    without any of its rows (the test of generalising to traffic unlike the training data).
     """
     started = time.monotonic()
     target = target or default_target(rows)
@@ -108,10 +119,14 @@ def train(
             tier_names=tier_names,
             thresholds=thresholds,
         )
+    if by_source:
+        held_out = cross_validate_sources(X, rows, options, log)
+        report = report or {}
+        report["held_out_sources"] = _source_report(held_out, rows, thresholds)
     info: dict[str, Any] = {
         "trained_rows": len(rows),
         "data_sha256": data_digest,
-        "options": {k: v for k, v in asdict(options).items() if k != "spec_rules"},
+        "options": {k: v for k, v in asdict(options).items() if k != "rules"},
         "calibration": {
             "target": target.describe(),
             "top_share": top_share,
@@ -124,6 +139,30 @@ def train(
     model = model.with_operating_point(tier_names, thresholds, info["calibration"])
     log(f"trained in {time.monotonic() - started:.1f}s")
     return model, report
+
+
+def _source_report(
+    held_out: dict[str, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]],
+    rows: Sequence[Row],
+    thresholds: Sequence[float],
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, (scores, levels) in held_out.items():
+        picked = [r for r in rows if r.source == name]
+        tiers = np.array([tier_for_score(s, thresholds) for s in scores])
+        true = np.array([-1 if r.tier is None else r.tier for r in picked])
+        known = true >= 0
+        out[name] = {
+            "rows": len(picked),
+            "tier_shares": (
+                np.bincount(tiers, minlength=len(thresholds) + 1) / len(tiers)
+            ).tolist(),
+            "score_quartiles": np.quantile(scores, [0.25, 0.5, 0.75]).tolist(),
+            "level_accuracy": float((levels.argmax(axis=1)[known] == true[known]).mean())
+            if known.any()
+            else None,
+        }
+    return out
 
 
 def _headline(report: dict[str, Any]) -> dict[str, Any]:
