@@ -173,7 +173,10 @@ def main() -> int:
             "version": model.version,
             "file_bytes": args.model.stat().st_size,
             "weights_bytes_in_memory": int(model.weights.nbytes),
-            "fastpath_scratch_bytes": int(model.spec.max_bytes * (1 + 4 + 4 + 8)),
+            "fastpath_scratch_bytes": int(
+                (model.spec.max_bytes + 2)
+                * (1 + 8 + 8 * (model.spec.word_max + model.spec.char_max - model.spec.char_min + 1))
+            ),
             "twin_python_bytes": int(twin_bytes),
             "load_ms_p50": statistics.median(load_times),
             "fastpath": router.implementation,

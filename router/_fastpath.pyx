@@ -113,9 +113,10 @@ cdef class FastPath:
     # Per-call scratch, sized for max_bytes once.
     cdef uint8_t* buf
     cdef Py_ssize_t buf_len
-    cdef int32_t* tok_start
-    cdef int32_t* tok_end
     cdef uint64_t* tok_hash
+    # Hashes of the word n-grams, then of the char n-grams, of the prepared text.
+    cdef uint64_t* gram_hash
+    cdef Py_ssize_t n_word, n_char
     cdef Py_ssize_t n_tokens
     cdef long stats[MAX_DENSE_STATS]
     cdef uint64_t rules_fired
@@ -125,9 +126,8 @@ cdef class FastPath:
         self.rule_keys = NULL
         self.rule_ids = NULL
         self.buf = NULL
-        self.tok_start = NULL
-        self.tok_end = NULL
         self.tok_hash = NULL
+        self.gram_hash = NULL
 
     def __init__(self, *, seed, buckets_log2, word_max, char_min, char_max, max_bytes,
                  rule_phrases, weights, bias, score_gate=0.0):
@@ -204,11 +204,10 @@ cdef class FastPath:
 
         # Two bytes of padding; at most one token per byte.
         self.buf = <uint8_t*>malloc(max_bytes + 2)
-        self.tok_start = <int32_t*>malloc((max_bytes + 2) * sizeof(int32_t))
-        self.tok_end = <int32_t*>malloc((max_bytes + 2) * sizeof(int32_t))
         self.tok_hash = <uint64_t*>malloc((max_bytes + 2) * sizeof(uint64_t))
-        if (self.buf == NULL or self.tok_start == NULL or self.tok_end == NULL
-                or self.tok_hash == NULL):
+        self.gram_hash = <uint64_t*>malloc(
+            (max_bytes + 2) * (word_max + char_max - char_min + 1) * sizeof(uint64_t))
+        if self.buf == NULL or self.tok_hash == NULL or self.gram_hash == NULL:
             raise MemoryError()
         self._unicode_normalize = unicodedata.normalize
 
@@ -216,9 +215,8 @@ cdef class FastPath:
         free(self.rule_keys)
         free(self.rule_ids)
         free(self.buf)
-        free(self.tok_start)
-        free(self.tok_end)
         free(self.tok_hash)
+        free(self.gram_hash)
 
     # -- normalisation and scanning ---------------------------------------------------
 
@@ -305,8 +303,6 @@ cdef class FastPath:
                 words += 1
             else:
                 i += 1
-            self.tok_start[self.n_tokens] = <int32_t>start
-            self.tok_end[self.n_tokens] = <int32_t>i
             self.tok_hash[self.n_tokens] = XXH3_64bits_withSeed(
                 self.buf + start, i - start, self.seed)
             self.n_tokens += 1
@@ -347,22 +343,15 @@ cdef class FastPath:
             for k in range(HEADS):
                 sums[k] += 1.0 * row[k]
 
-    cdef void _accumulate(self, double weight, double* logits) noexcept:
-        """Add ``weight`` times the prepared text's linear terms to ``logits``."""
-        cdef double sums[HEADS]
-        cdef double scale
-        cdef const float* row
-        cdef Py_ssize_t i, n_grams, offset, idx
-        cdef int n, k, chain_len, rule_id, stat, r
+    cdef void _hash_grams(self) noexcept:
+        """Hash the prepared text's word and char n-grams into gram_hash; note fired rules."""
+        cdef Py_ssize_t i, j = 0
+        cdef int n, rule_id
+        cdef int chain_len = self.word_max if self.word_max > self.rule_len else self.rule_len
         cdef uint64_t g
         cdef uint64_t seed_c = self.seed + 1
         cdef uint64_t seed_p = self.seed + 2
-
-        chain_len = self.word_max if self.word_max > self.rule_len else self.rule_len
         self.rules_fired = 0
-        for k in range(HEADS):
-            sums[k] = 0.0
-        n_grams = 0
         for i in range(self.n_tokens):
             g = self.tok_hash[i]
             for n in range(1, chain_len + 1):
@@ -371,28 +360,43 @@ cdef class FastPath:
                         break
                     g = _pair_hash(g, self.tok_hash[i + n - 1], seed_p)
                 if n <= self.word_max:
-                    self._add_row(sums, g)
-                    n_grams += 1
+                    self.gram_hash[j] = g
+                    j += 1
                 rule_id = self._rule_lookup(g)
                 if rule_id >= 0:
                     self.rules_fired |= (<uint64_t>1) << rule_id
-        if n_grams:
-            scale = weight / sqrt(<double>n_grams)
-            for k in range(HEADS):
-                logits[k] += scale * sums[k]
-
-        for k in range(HEADS):
-            sums[k] = 0.0
-        n_grams = 0
+        self.n_word = j
         for n in range(self.char_min, self.char_max + 1):
             for i in range(self.buf_len - n + 1):
-                self._add_row(sums, XXH3_64bits_withSeed(self.buf + i, n, seed_c))
-                n_grams += 1
-        if n_grams:
-            scale = weight / sqrt(<double>n_grams)
-            for k in range(HEADS):
-                logits[k] += scale * sums[k]
+                self.gram_hash[j] = XXH3_64bits_withSeed(self.buf + i, n, seed_c)
+                j += 1
+        self.n_char = j - self.n_word
 
+    cdef void _add_grams(self, double weight, double* logits, Py_ssize_t start,
+                         Py_ssize_t count) noexcept:
+        """Add weight/sqrt(count) times the signed rows of gram_hash[start:start+count]."""
+        cdef double sums[HEADS]
+        cdef double scale
+        cdef Py_ssize_t i
+        cdef int k
+        if count == 0:
+            return
+        for k in range(HEADS):
+            sums[k] = 0.0
+        for i in range(start, start + count):
+            self._add_row(sums, self.gram_hash[i])
+        scale = weight / sqrt(<double>count)
+        for k in range(HEADS):
+            logits[k] += scale * sums[k]
+
+    cdef void _accumulate(self, double weight, double* logits) noexcept:
+        """Add ``weight`` times the prepared text's linear terms to ``logits``."""
+        cdef const float* row
+        cdef Py_ssize_t offset, idx
+        cdef int k, stat, r
+        self._hash_grams()
+        self._add_grams(weight, logits, 0, self.n_word)
+        self._add_grams(weight, logits, self.n_word, self.n_char)
         offset = self.n_buckets
         for stat in range(self.n_stats):
             idx = offset + self._dense_index(stat)
@@ -452,54 +456,25 @@ cdef class FastPath:
 
     def features(self, str text):
         """Return the feature indices, their values (in emission order) and the rules mask."""
-        cdef Py_ssize_t i, n_word = 0, n_char = 0, j = 0, offset
-        cdef int n, chain_len, rule_id, stat, r
-        cdef uint64_t g
-        cdef uint64_t seed_c = self.seed + 1
-        cdef uint64_t seed_p = self.seed + 2
-        cdef double scale
+        cdef Py_ssize_t i, j, offset
+        cdef int stat, r
+        cdef uint64_t h
+        cdef double scale_word, scale_char, scale
         self._prepare(text)
-        chain_len = self.word_max if self.word_max > self.rule_len else self.rule_len
-        n_chars_total = 0
-        for n in range(self.char_min, self.char_max + 1):
-            if self.buf_len - n + 1 > 0:
-                n_chars_total += self.buf_len - n + 1
-        capacity = self.n_tokens * self.word_max + n_chars_total + self.n_stats + self.n_rules
-        hashes = np.empty(capacity, dtype=np.uint64)
-        cdef uint64_t[::1] hv = hashes
-        self.rules_fired = 0
-        for i in range(self.n_tokens):
-            g = self.tok_hash[i]
-            for n in range(1, chain_len + 1):
-                if n > 1:
-                    if i + n - 1 >= self.n_tokens:
-                        break
-                    g = _pair_hash(g, self.tok_hash[i + n - 1], seed_p)
-                if n <= self.word_max:
-                    hv[j] = g
-                    j += 1
-                rule_id = self._rule_lookup(g)
-                if rule_id >= 0:
-                    self.rules_fired |= (<uint64_t>1) << rule_id
-        n_word = j
-        for n in range(self.char_min, self.char_max + 1):
-            for i in range(self.buf_len - n + 1):
-                hv[j] = XXH3_64bits_withSeed(self.buf + i, n, seed_c)
-                j += 1
-        n_char = j - n_word
-
-        n_out = j + self.n_stats + self.n_rules
-        indices = np.empty(n_out, dtype=np.int32)
-        values = np.empty(n_out, dtype=np.float64)
+        self._hash_grams()
+        n_grams = self.n_word + self.n_char
+        indices = np.empty(n_grams + self.n_stats + self.n_rules, dtype=np.int32)
+        values = np.empty(n_grams + self.n_stats + self.n_rules, dtype=np.float64)
         cdef int32_t[::1] iv = indices
         cdef double[::1] vv = values
-        for i in range(j):
-            if i < n_word:
-                scale = 1.0 / sqrt(<double>n_word)
-            else:
-                scale = 1.0 / sqrt(<double>n_char)
-            iv[i] = <int32_t>(hv[i] & self.mask)
-            vv[i] = -scale if hv[i] & TOP_BIT else scale
+        scale_word = 1.0 / sqrt(<double>self.n_word) if self.n_word else 0.0
+        scale_char = 1.0 / sqrt(<double>self.n_char) if self.n_char else 0.0
+        for i in range(n_grams):
+            h = self.gram_hash[i]
+            scale = scale_word if i < self.n_word else scale_char
+            iv[i] = <int32_t>(h & self.mask)
+            vv[i] = -scale if h & TOP_BIT else scale
+        j = n_grams
         offset = self.n_buckets
         for stat in range(self.n_stats):
             iv[j] = <int32_t>(offset + self._dense_index(stat))
