@@ -204,3 +204,13 @@ class BackendState:
     circuit: CircuitState
     recent_failures: int
     open_seconds_left: float
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """A caller's rating of an answer, by the request id it was returned under."""
+
+    request_id: str
+    rating: float
+    comment: str = ""
+    tenant: str = ""

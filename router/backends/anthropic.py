@@ -1,0 +1,102 @@
+"""Anthropic's Messages API, streamed: its own event types over the shared SSE reader."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from typing import Any
+
+from router.backends.base import BackendRequest, Chunk, TokenUsage, register
+from router.backends.errors import ErrorEvent, MalformedStream
+from router.backends.httpbase import HTTPBackend, loads_event
+from router.backends.sse import SSEEvent
+from router.config import AnthropicBackend as AnthropicConfig
+
+# Anthropic's stop reasons in the OpenAI vocabulary the summary reports.
+_FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
+
+
+@register("anthropic")
+class AnthropicBackend(HTTPBackend):
+    """Stream ``POST {base_url}/v1/messages`` with ``stream: true``."""
+
+    config: AnthropicConfig
+
+    def base_url(self) -> str:
+        """Return the configured base URL (https://api.anthropic.com by default)."""
+        return self.config.base_url.rstrip("/")
+
+    def headers(self) -> dict[str, str]:
+        """Return the API key and version headers."""
+        headers = {"anthropic-version": self.config.api_version}
+        if self.config.api_key:
+            headers["x-api-key"] = self.config.api_key
+        return headers
+
+    def path(self) -> str:
+        """Return the Messages API path."""
+        return "/v1/messages"
+
+    def body(self, request: BackendRequest) -> Mapping[str, Any]:
+        """Return a streaming Messages request; system turns go to the ``system`` field."""
+        system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+        body: dict[str, Any] = {
+            "model": request.model,
+            "max_tokens": request.max_tokens,
+            "messages": [
+                {"role": m.role, "content": m.content}
+                for m in request.messages
+                if m.role != "system"
+            ],
+            "stream": True,
+        }
+        if system:
+            body["system"] = system
+        generation = request.generation
+        if generation.temperature is not None:
+            # Anthropic's range is [0, 1]; the API accepts OpenAI's [0, 2].
+            body["temperature"] = min(generation.temperature, 1.0)
+        if generation.stop:
+            body["stop_sequences"] = list(generation.stop)
+        return body
+
+    async def parse(self, events: AsyncIterator[SSEEvent]) -> AsyncGenerator[Chunk, None]:
+        """Turn message_start / content_block_delta / message_delta events into chunks."""
+        prompt_tokens = 0
+        stopped = False
+        async for event in events:
+            if stopped:
+                continue  # read to the end so the connection can go back to the pool
+            obj = loads_event(event)
+            kind = obj.get("type", event.event)
+            if kind == "content_block_delta":
+                delta = obj.get("delta") or {}
+                text = delta.get("text") if isinstance(delta, dict) else None
+                if isinstance(text, str) and text:
+                    yield Chunk(text=text, tokens=1)
+            elif kind == "message_start":
+                usage = (obj.get("message") or {}).get("usage") or {}
+                prompt_tokens = _int(usage.get("input_tokens", 0), "input_tokens")
+            elif kind == "message_delta":
+                delta = obj.get("delta") or {}
+                usage = obj.get("usage") or {}
+                reason = delta.get("stop_reason") if isinstance(delta, dict) else None
+                completion = _int(usage.get("output_tokens", 0), "output_tokens")
+                yield Chunk(
+                    finish_reason=_FINISH_REASONS.get(reason, reason) if reason else None,
+                    usage=TokenUsage(prompt_tokens, completion),
+                )
+            elif kind == "message_stop":
+                stopped = True
+            elif kind == "error":
+                error = obj.get("error") or {}
+                raise ErrorEvent(f"{error.get('type', 'error')}: {error.get('message', '')}")
+            # ping, content_block_start and content_block_stop carry nothing we need.
+        if not stopped:
+            raise MalformedStream("stream ended before message_stop")
+
+
+def _int(value: Any, name: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise MalformedStream(f"unreadable '{name}': {value!r}") from None

@@ -1,0 +1,62 @@
+"""Typed backend failures, each carrying the attempt outcome it maps to."""
+
+from __future__ import annotations
+
+from router.domain import AttemptOutcome
+
+
+class BackendError(Exception):
+    """A backend attempt failed; ``outcome`` says how, the message gives the detail."""
+
+    outcome: AttemptOutcome = AttemptOutcome.HTTP_ERROR
+
+
+class ConnectFailed(BackendError):
+    """The connection could not be made (refused, DNS, TLS, connect timeout)."""
+
+    outcome = AttemptOutcome.CONNECT_ERROR
+
+
+class BackendTimeout(BackendError):
+    """A time limit passed: ``phase`` is first_token, idle or total."""
+
+    outcome = AttemptOutcome.TIMEOUT
+
+    def __init__(self, phase: str, limit_s: float) -> None:
+        super().__init__(f"{phase} timeout after {limit_s:g} s")
+        self.phase = phase
+        self.limit_s = limit_s
+
+
+class HTTPStatusFailed(BackendError):
+    """The provider answered with a non-success HTTP status."""
+
+    outcome = AttemptOutcome.HTTP_ERROR
+
+    def __init__(self, status: int, body: str) -> None:
+        snippet = " ".join(body.split())[:200]
+        super().__init__(f"HTTP {status}: {snippet}" if snippet else f"HTTP {status}")
+        self.status = status
+
+
+class RateLimited(HTTPStatusFailed):
+    """The provider answered HTTP 429."""
+
+    outcome = AttemptOutcome.RATE_LIMITED
+
+
+class MalformedStream(BackendError):
+    """The stream could not be parsed, or ended before it said it was finished."""
+
+    outcome = AttemptOutcome.MALFORMED_STREAM
+
+
+class ErrorEvent(BackendError):
+    """The provider sent an error event inside the stream."""
+
+    outcome = AttemptOutcome.ERROR_EVENT
+
+
+def status_error(status: int, body: str) -> HTTPStatusFailed:
+    """Return the typed error for a non-success HTTP status."""
+    return RateLimited(status, body) if status == 429 else HTTPStatusFailed(status, body)

@@ -1,0 +1,137 @@
+"""Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp, Ollama, LiteLLM)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from router.backends.base import BackendRequest, Chunk, TokenUsage, register
+from router.backends.errors import ErrorEvent, MalformedStream
+from router.backends.httpbase import HTTPBackend, loads_event
+from router.backends.sse import SSEEvent
+from router.config import OpenAIBackend as OpenAIConfig
+
+_DONE = "[DONE]"
+
+
+@register("openai")
+class OpenAIBackend(HTTPBackend):
+    """Stream ``POST {base_url}/chat/completions`` with ``stream: true``."""
+
+    config: OpenAIConfig
+
+    def base_url(self) -> str:
+        """Return the configured base URL (e.g. https://api.openai.com/v1)."""
+        return self.config.base_url.rstrip("/")
+
+    def headers(self) -> dict[str, str]:
+        """Return the bearer token (when configured) and the configured extra headers."""
+        headers = dict(self.config.headers)
+        if self.config.api_key:
+            headers["authorization"] = f"Bearer {self.config.api_key}"
+        return headers
+
+    def path(self) -> str:
+        """Return the chat-completions path."""
+        return "/chat/completions"
+
+    def body(self, request: BackendRequest) -> Mapping[str, Any]:
+        """Return a streaming chat-completions request asking for usage (and logprobs)."""
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": request.max_tokens,
+        }
+        generation = request.generation
+        if generation.temperature is not None:
+            body["temperature"] = generation.temperature
+        if generation.stop:
+            body["stop"] = list(generation.stop)
+        if request.logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = 1
+        return body
+
+    async def parse(self, events: AsyncIterator[SSEEvent]) -> AsyncGenerator[Chunk, None]:
+        """Turn ``chat.completion.chunk`` events into chunks, up to ``[DONE]``."""
+        finished = done = False
+        async for event in events:
+            if done:
+                continue  # read to the end so the connection can go back to the pool
+            if event.data == _DONE:
+                done = True
+                continue
+            obj = loads_event(event)
+            error = obj.get("error")
+            if error is not None or event.event == "error":
+                raise ErrorEvent(_error_text(error if error is not None else obj))
+            chunk = _chunk(obj)
+            if chunk is None:
+                continue
+            if chunk.finish_reason is not None:
+                finished = True
+            yield chunk
+        if not (done or finished):
+            raise MalformedStream("stream ended before a finish reason or [DONE]")
+
+
+def _chunk(obj: Mapping[str, Any]) -> Chunk | None:
+    usage = obj.get("usage")
+    choices = obj.get("choices")
+    if not choices:
+        if usage is None:
+            return None
+        return Chunk(usage=_usage(usage))
+    if not isinstance(choices, list) or not isinstance(choices[0], dict):
+        raise MalformedStream("'choices' is not a list of objects")
+    choice = choices[0]
+    delta = choice.get("delta") or {}
+    if not isinstance(delta, dict):
+        raise MalformedStream("'delta' is not an object")
+    text = delta.get("content") or ""
+    if not isinstance(text, str):
+        raise MalformedStream("'delta.content' is not a string")
+    logprobs = _logprobs(choice.get("logprobs"))
+    tokens = len(logprobs) if logprobs is not None else (1 if text else 0)
+    return Chunk(
+        text=text,
+        tokens=tokens,
+        logprobs=logprobs,
+        finish_reason=choice.get("finish_reason"),
+        usage=_usage(usage) if usage else None,
+    )
+
+
+def _logprobs(value: Any) -> Sequence[float] | None:
+    """Read per-token log-probabilities in the chat or the legacy completions shape."""
+    if not value:
+        return None
+    try:
+        content = value.get("content")
+        if content is not None:
+            # Chat shape: {"content": [{"token": "Hi", "logprob": -0.1, ...}, ...]}
+            return [float(item["logprob"]) for item in content]
+        legacy = value.get("token_logprobs")
+        if legacy is not None:
+            # Completions shape, which llama-cpp-python streams for chat too.
+            return [float(lp) for lp in legacy if lp is not None]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise MalformedStream("unreadable 'logprobs'") from None
+    return None
+
+
+def _usage(value: Any) -> TokenUsage:
+    try:
+        return TokenUsage(int(value["prompt_tokens"]), int(value["completion_tokens"]))
+    except (KeyError, TypeError, ValueError):
+        raise MalformedStream(f"unreadable 'usage': {value!r}"[:120]) from None
+
+
+def _error_text(error: Any) -> str:
+    if isinstance(error, dict):
+        message = error.get("message") or error.get("error") or error
+        kind = error.get("type") or error.get("code")
+        return f"{kind}: {message}" if kind else str(message)
+    return str(error)

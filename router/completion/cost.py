@@ -1,0 +1,22 @@
+"""Prices: what tokens cost on a tier, and the token estimate used when no count is reported."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from router.config import Price
+from router.domain import ChatMessage
+
+# A rough English average; used only when neither the provider nor the router counted.
+CHARS_PER_TOKEN = 4
+
+
+def cost_usd(price: Price, prompt_tokens: int, completion_tokens: int) -> float:
+    """Return the US-dollar cost of the tokens at a tier's per-million-token prices."""
+    return (prompt_tokens * price.input_per_mtok + completion_tokens * price.output_per_mtok) / 1e6
+
+
+def estimate_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
+    """Return an estimate of the prompt's tokens from its characters."""
+    chars = sum(len(m.content) + len(m.role) for m in messages)
+    return max(1, -(-chars // CHARS_PER_TOKEN))

@@ -1,0 +1,6 @@
+"""The gRPC server: build it (create_server), run it (serve). Protobuf stops here."""
+
+from router.server.app import RunningServer, create_server
+from router.server.process import ConfigSource, serve
+
+__all__ = ["ConfigSource", "RunningServer", "create_server", "serve"]

@@ -1,0 +1,80 @@
+"""Build the gRPC server: servicer, interceptor, health per service, reflection, limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from router._proto.modelrouter.v1 import router_pb2, router_pb2_grpc
+from router.config import Config
+from router.server.interceptor import ServiceInterceptor
+from router.server.servicer import ModelRouterServicer
+from router.service import RouterService, load_router
+
+SERVICE_NAME: str = router_pb2.DESCRIPTOR.services_by_name["ModelRouter"].full_name
+HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# The empty name is the server as a whole (grpc.health.v1 convention).
+HEALTH_CHECKED = ("", SERVICE_NAME)
+
+
+@dataclass
+class RunningServer:
+    """A built server and what it serves; ``port`` is the port actually bound."""
+
+    server: grpc.aio.Server
+    service: RouterService
+    health: health.aio.HealthServicer
+    interceptor: ServiceInterceptor
+    host: str
+    port: int
+
+    async def start(self) -> None:
+        """Start serving and report every service as SERVING."""
+        await self.server.start()
+        for name in HEALTH_CHECKED:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        """Turn health NOT_SERVING, refuse new RPCs, let in-flight ones finish within ``grace``."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.service.aclose()
+
+
+def create_server(
+    config: Config,
+    service: RouterService | None = None,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    reuse_port: bool = True,
+) -> RunningServer:
+    """Return a server for ``service`` (by default one built from ``config``) bound to the configured (or given) address, not started.
+
+    ``reuse_port`` lets worker processes share the port (SO_REUSEPORT); a single process
+    turns it off so that a port already taken is an error instead of a silent split.
+    """
+    if service is None:
+        router, source = load_router(config)
+        service = RouterService(config, router, model_source=source)
+    limit = config.server.max_message_bytes
+    options = [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+    ]
+    interceptor = ServiceInterceptor(SERVICE_NAME, lambda: service.max_concurrent_rpcs)
+    server = grpc.aio.server(interceptors=[interceptor], options=options)
+    router_pb2_grpc.add_ModelRouterServicer_to_server(ModelRouterServicer(service), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    host = config.server.host if host is None else host
+    port = config.server.port if port is None else port
+    bound = server.add_insecure_port(f"{host}:{port}")
+    return RunningServer(server, service, health_servicer, interceptor, host, bound)

@@ -1,0 +1,95 @@
+"""The ``modelrouter serve`` and ``modelrouter config`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from router.config import DEFAULT_CONFIG_YAML, ConfigError
+from router.server.process import EXIT_CONFIG, ConfigSource, load, serve, worker_count
+
+Subparsers = Any  # argparse's _SubParsersAction is private
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535)")
+    return port
+
+
+def _workers(text: str) -> int:
+    workers = int(text)
+    if not 0 <= workers <= 256:
+        raise argparse.ArgumentTypeError(f"{workers} workers: use 0 (one per core) to 256")
+    return workers
+
+
+def add_serve_parser(subparsers: Subparsers) -> None:
+    """Register ``modelrouter serve``."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the gRPC service",
+        description="Serve the ModelRouter gRPC API (with health and reflection). Without "
+        "--config it serves the shipped model with the embedded default configuration "
+        "(three tiers on the local demo backend). SIGTERM stops gracefully; SIGHUP reloads "
+        "the configuration and the model.",
+    )
+    parser.add_argument("--config", type=Path, help="YAML configuration file")
+    parser.add_argument("--host", help="address to listen on (default: server.host, [::])")
+    parser.add_argument(
+        "--port", type=_port, help="port to listen on, 0 for any free one (default: server.port)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        help="worker processes sharing the port; 0 means one per core (default: server.workers)",
+    )
+    parser.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    return serve(ConfigSource(args.config, args.host, args.port, args.workers))
+
+
+def add_config_parser(subparsers: Subparsers) -> None:
+    """Register ``modelrouter config check`` and ``modelrouter config default``."""
+    parser = subparsers.add_parser("config", help="validate or print a configuration")
+    commands = parser.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    check = commands.add_parser(
+        "check",
+        help="validate a configuration file and the model it names, without serving",
+    )
+    check.add_argument("file", type=Path, help="YAML configuration file")
+    check.set_defaults(handler=_run_check)
+    default = commands.add_parser("default", help="print the embedded default configuration")
+    default.set_defaults(handler=_run_default)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    source = ConfigSource(args.file)
+    try:
+        loaded = load(source)
+    except ConfigError as exc:
+        print(f"modelrouter: {source.describe()}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    config = loaded.config
+    tiers = ", ".join(
+        f"{tier.name} (>= {threshold:g})" if i else tier.name
+        for i, (tier, threshold) in enumerate(
+            zip(config.tiers, (0.0, *loaded.router.thresholds), strict=True)
+        )
+    )
+    print(
+        f"{source.describe()}: OK: tiers {tiers}; model {loaded.router.version} from "
+        f"{loaded.model_source}; backends {', '.join(sorted(config.backends))}; "
+        f"{worker_count(config)} worker(s) on {config.server.host}:{config.server.port}"
+    )
+    return 0
+
+
+def _run_default(args: argparse.Namespace) -> int:
+    print(DEFAULT_CONFIG_YAML, end="")
+    return 0

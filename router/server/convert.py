@@ -1,0 +1,218 @@
+"""Convert between protobuf messages and the domain types; the only module that knows both."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from router._proto.modelrouter.v1 import router_pb2 as pb
+from router.domain import (
+    Attempt,
+    AttemptOutcome,
+    ChatMessage,
+    CircuitState,
+    CompleteEvent,
+    CompleteRequest,
+    CompletionSummary,
+    DecisionReason,
+    Escalation,
+    Feedback,
+    GateReport,
+    GenerationOptions,
+    RouteRequest,
+    RoutingDecision,
+    TextDelta,
+    TierHints,
+)
+from router.service import ServiceInfo
+
+_NO_METADATA: MappingProxyType[str, str] = MappingProxyType({})
+_NO_HINTS = TierHints()
+_NO_GENERATION = GenerationOptions()
+
+_REASONS = {
+    DecisionReason.SCORE: pb.DECISION_REASON_SCORE,
+    DecisionReason.MIN_TIER: pb.DECISION_REASON_MIN_TIER,
+    DecisionReason.MAX_TIER: pb.DECISION_REASON_MAX_TIER,
+    DecisionReason.FORCED: pb.DECISION_REASON_FORCED,
+    DecisionReason.MARGIN: pb.DECISION_REASON_MARGIN,
+}
+_OUTCOMES = {
+    outcome: pb.AttemptOutcome.Value(f"ATTEMPT_OUTCOME_{outcome.name}") for outcome in AttemptOutcome
+}
+_CIRCUITS = {state: pb.CircuitState.Value(f"CIRCUIT_STATE_{state.name}") for state in CircuitState}
+
+
+def route_request(message: pb.RouteRequest, request_id: str) -> RouteRequest:
+    """Return the domain request of a RouteRequest, under the request id already assigned."""
+    return RouteRequest(
+        prompt=message.prompt,
+        messages=tuple(ChatMessage(m.role, m.content) for m in message.messages),
+        request_id=request_id,
+        tenant=message.tenant,
+        metadata=dict(message.metadata) if message.metadata else _NO_METADATA,
+        hints=(
+            TierHints(message.hints.min_tier, message.hints.max_tier, message.hints.tier)
+            if message.HasField("hints")
+            else _NO_HINTS
+        ),
+    )
+
+
+def complete_request(message: pb.CompleteRequest, request_id: str) -> CompleteRequest:
+    """Return the domain request of a CompleteRequest."""
+    generation = _NO_GENERATION
+    if message.HasField("generation"):
+        g = message.generation
+        generation = GenerationOptions(
+            max_tokens=g.max_tokens,
+            temperature=g.temperature if g.HasField("temperature") else None,
+            stop=tuple(g.stop),
+        )
+    return CompleteRequest(route_request(message.route, request_id), generation)
+
+
+def feedback(message: pb.FeedbackRequest) -> Feedback:
+    """Return the domain feedback of a FeedbackRequest."""
+    return Feedback(message.request_id, message.rating, message.comment, message.tenant)
+
+
+def decision(d: RoutingDecision) -> pb.RoutingDecision:
+    """Return the protobuf of a routing decision."""
+    return pb.RoutingDecision(
+        request_id=d.request_id,
+        tier=d.tier,
+        tier_index=d.tier_index,
+        model=d.model,
+        backend=d.backend,
+        score=d.score,
+        level_probabilities=d.levels,
+        rules=d.rules,
+        reason=_REASONS[d.reason],
+        estimated_prompt_tokens=d.estimated_prompt_tokens,
+        estimated_cost_usd=d.estimated_cost_usd,
+        strongest_tier_cost_usd=d.strongest_tier_cost_usd,
+        model_version=d.model_version,
+        decision_micros=d.decision_micros,
+    )
+
+
+def gate(g: GateReport) -> pb.GateReport:
+    """Return the protobuf of a gate report."""
+    return pb.GateReport(
+        enabled=g.enabled,
+        held_tokens=g.held_tokens,
+        held_ms=g.held_ms,
+        mean_logprob=g.mean_logprob,
+        low_logprob_share=g.low_logprob_share,
+        passed=g.passed,
+        reason=g.reason,
+        window_tokens=g.window_tokens,
+        window_ms=g.window_ms,
+        min_mean_logprob=g.min_mean_logprob,
+        max_low_logprob_share=g.max_low_logprob_share,
+    )
+
+
+def attempt(a: Attempt) -> pb.Attempt:
+    """Return the protobuf of one attempt."""
+    return pb.Attempt(
+        index=a.index,
+        tier=a.tier,
+        model=a.model,
+        backend=a.backend,
+        outcome=_OUTCOMES[a.outcome],
+        detail=a.detail,
+        duration_ms=a.duration_ms,
+        first_token_ms=a.first_token_ms,
+        prompt_tokens=a.prompt_tokens,
+        completion_tokens=a.completion_tokens,
+        cost_usd=a.cost_usd,
+        gate=gate(a.gate),
+    )
+
+
+def summary(s: CompletionSummary) -> pb.CompletionSummary:
+    """Return the protobuf of a completion summary."""
+    return pb.CompletionSummary(
+        tier=s.tier,
+        tier_index=s.tier_index,
+        model=s.model,
+        backend=s.backend,
+        usage=pb.Usage(
+            prompt_tokens=s.usage.prompt_tokens,
+            completion_tokens=s.usage.completion_tokens,
+            reported_by_backend=s.usage.reported_by_backend,
+        ),
+        cost_usd=s.cost_usd,
+        strongest_tier_cost_usd=s.strongest_tier_cost_usd,
+        finish_reason=s.finish_reason,
+        attempts=[attempt(a) for a in s.attempts],
+        delivered_chars=s.delivered_chars,
+        duration_ms=s.duration_ms,
+        first_text_ms=s.first_text_ms,
+    )
+
+
+def event(e: CompleteEvent) -> pb.CompleteEvent:
+    """Return the protobuf of one Complete event."""
+    if isinstance(e, TextDelta):
+        return pb.CompleteEvent(delta=pb.TextDelta(text=e.text))
+    if isinstance(e, RoutingDecision):
+        return pb.CompleteEvent(decision=decision(e))
+    if isinstance(e, Escalation):
+        return pb.CompleteEvent(
+            escalation=pb.Escalation(
+                from_tier=e.from_tier, to_tier=e.to_tier, attempt=attempt(e.attempt)
+            )
+        )
+    return pb.CompleteEvent(summary=summary(e))
+
+
+def config_response(info: ServiceInfo) -> pb.GetConfigResponse:
+    """Return the GetConfig answer for the configuration in force."""
+    config = info.config
+    tiers = []
+    for i, tier in enumerate(config.tiers):
+        g = tier.gate
+        tiers.append(
+            pb.TierConfig(
+                name=tier.name,
+                index=i,
+                model=tier.model,
+                backend=tier.backend,
+                input_price_per_mtok=tier.price.input_per_mtok,
+                output_price_per_mtok=tier.price.output_per_mtok,
+                min_score=info.thresholds[i - 1] if i else 0.0,
+                gate=(
+                    pb.GateReport(
+                        enabled=True,
+                        window_tokens=g.window_tokens,
+                        window_ms=g.window_ms,
+                        min_mean_logprob=g.min_mean_logprob,
+                        max_low_logprob_share=g.max_low_logprob_share,
+                    )
+                    if g is not None
+                    else pb.GateReport(enabled=False)
+                ),
+            )
+        )
+    return pb.GetConfigResponse(
+        tiers=tiers,
+        model_version=info.model_version,
+        model_source=info.model_source,
+        escalation_margin=config.routing.escalation_margin,
+        max_attempts=config.completion.max_attempts,
+        backends=[
+            pb.BackendStatus(
+                name=b.name,
+                kind=b.kind,
+                circuit=_CIRCUITS[b.circuit],
+                recent_failures=b.recent_failures,
+                open_seconds_left=b.open_seconds_left,
+            )
+            for b in info.backends
+        ],
+        fastpath=info.fastpath,
+        max_prompt_bytes=config.server.max_prompt_bytes,
+        max_concurrent_rpcs=config.server.max_concurrent_rpcs,
+    )

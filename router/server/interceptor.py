@@ -1,0 +1,170 @@
+"""The one interceptor: status codes for domain errors, the concurrency cap, one log line per RPC.
+
+It wraps the ModelRouter methods once (the wrapped handlers are cached per method), so the
+per-RPC cost is a dictionary look-up, a context variable and the log line. Health and
+reflection pass through untouched, so they answer even when the service is at its cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any
+
+import grpc
+import structlog
+
+from router.domain import BackendUnavailable, InvalidRequest, Overloaded, RouterError
+
+log = structlog.get_logger()
+
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+
+_STATUS_OF: tuple[tuple[type[RouterError], grpc.StatusCode], ...] = (
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (BackendUnavailable, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+def status_for(error: RouterError) -> grpc.StatusCode:
+    """Return the status code a domain error maps to."""
+    for kind, code in _STATUS_OF:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+class RpcRecord:
+    """What the servicer learns about an RPC, for its log line."""
+
+    __slots__ = ("decision_micros", "method", "request_id", "score", "tenant", "tier")
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.request_id = ""
+        self.tenant = ""
+        self.tier = ""
+        self.score: float | None = None
+        self.decision_micros: float | None = None
+
+
+_current: ContextVar[RpcRecord] = ContextVar("modelrouter_rpc", default=RpcRecord("none"))
+
+
+def current_rpc() -> RpcRecord:
+    """Return the record of the RPC being handled (a throwaway one outside the interceptor)."""
+    return _current.get()
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Map domain errors to status codes, cap concurrent RPCs and log one line per RPC."""
+
+    def __init__(self, service_name: str, max_concurrent: Callable[[], int]) -> None:
+        self._prefix = f"/{service_name}/"
+        self._max_concurrent = max_concurrent
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self.in_flight = 0
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method
+        handler = self._handlers.get(method)
+        if handler is not None:
+            return handler
+        handler = await continuation(handler_call_details)
+        if handler is None or not method.startswith(self._prefix):
+            return handler
+        wrapped = self._wrap(method.removeprefix(self._prefix), handler)
+        self._handlers[method] = wrapped
+        return wrapped
+
+    def _wrap(self, name: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if handler.request_streaming:
+            raise TypeError(f"{name}: client-streaming methods are not supported")
+        behaviour = handler.unary_stream if handler.response_streaming else handler.unary_unary
+
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            return await self._handle(name, behaviour, request, context)
+
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.response_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        return make(
+            wrapper,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    async def _handle(
+        self,
+        name: str,
+        behaviour: Callable[[Any, Any], Awaitable[Any]],
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> Any:
+        started = time.perf_counter()
+        record = RpcRecord(name)
+        _current.set(record)
+        code = grpc.StatusCode.OK
+        error = ""
+        failure: BaseException | None = None
+        try:
+            limit = self._max_concurrent()
+            if self.in_flight >= limit:
+                raise Overloaded(
+                    f"{self.in_flight} RPCs in flight, the limit is {limit} "
+                    "(server.max_concurrent_rpcs): retry with backoff"
+                )
+            self.in_flight += 1
+            try:
+                return await behaviour(request, context)
+            finally:
+                self.in_flight -= 1
+        except RouterError as exc:
+            code, error = status_for(exc), str(exc)
+        except asyncio.CancelledError:
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[no-untyped-call]
+            raise
+        except Exception as exc:
+            code, failure = grpc.StatusCode.INTERNAL, exc
+            error = f"internal error; the server log has the details under request id {record.request_id}"
+        finally:
+            self._log(record, code, error, failure, started)
+        # Only reached after an error was recorded: end the RPC with its status.
+        await context.abort(code, error)
+
+    @staticmethod
+    def _log(
+        record: RpcRecord,
+        code: grpc.StatusCode,
+        error: str,
+        failure: BaseException | None,
+        started: float,
+    ) -> None:
+        fields: dict[str, Any] = {
+            "method": record.method,
+            "request_id": record.request_id,
+            "tenant": record.tenant,
+            "tier": record.tier,
+            "score": record.score,
+            "decision_micros": record.decision_micros,
+            "status": code.name,
+            "duration_ms": round((time.perf_counter() - started) * 1e3, 3),
+        }
+        if failure is not None:
+            log.error("rpc", **fields, error=repr(failure), exc_info=failure)
+        elif error:
+            log.info("rpc", **fields, error=error)
+        else:
+            log.info("rpc", **fields)

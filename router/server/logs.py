@@ -1,0 +1,52 @@
+"""Configure structlog once at start-up: JSON lines (or console) on stdout, with pid and worker."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+from router.config import Logging
+
+_process: dict[str, Any] = {"pid": os.getpid(), "worker": None}
+
+
+def set_worker(index: int | None) -> None:
+    """Stamp later log lines with this process's pid and worker index (after a fork)."""
+    _process["pid"] = os.getpid()
+    _process["worker"] = index
+
+
+def _add_process(
+    logger: Any, method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    event_dict["pid"] = _process["pid"]
+    if _process["worker"] is not None:
+        event_dict["worker"] = _process["worker"]
+    return event_dict
+
+
+def configure_logging(settings: Logging) -> None:
+    """Send structured logs to stdout at the configured level and format."""
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if settings.format == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _add_process,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(settings.level),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
+        # Configured once per process before the first line; a changed level or format
+        # takes a restart (SIGHUP does not re-configure logging).
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,75 @@
+"""The thin gRPC servicer: protobuf in, a domain call to RouterService, protobuf out."""
+
+from __future__ import annotations
+
+from contextlib import aclosing
+from typing import Any
+
+import grpc
+
+from router._proto.modelrouter.v1 import router_pb2 as pb
+from router._proto.modelrouter.v1 import router_pb2_grpc
+from router.domain import CompletionSummary, RoutingDecision
+from router.server import convert
+from router.server.interceptor import current_rpc
+from router.service import RouterService
+
+REQUEST_ID_HEADER = "x-request-id"
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
+    """Serve the modelrouter.v1.ModelRouter API from a RouterService."""
+
+    def __init__(self, service: RouterService) -> None:
+        self._service = service
+
+    async def _start(self, request_id: str, tenant: str, context: Context) -> str:
+        """Assign the request id, note it for the log line and send it as a header."""
+        rid = self._service.assign_request_id(request_id)
+        record = current_rpc()
+        record.request_id, record.tenant = rid, tenant
+        await context.send_initial_metadata(((REQUEST_ID_HEADER, rid),))
+        return rid
+
+    async def Route(self, request: pb.RouteRequest, context: Context) -> pb.RouteResponse:
+        """Return the routing decision for a query."""
+        rid = await self._start(request.request_id, request.tenant, context)
+        decision = self._service.route(convert.route_request(request, rid))
+        _note_decision(decision)
+        return pb.RouteResponse(decision=convert.decision(decision))
+
+    async def Complete(self, request: pb.CompleteRequest, context: Context) -> None:  # type: ignore[override]
+        """Stream the decision, the answer's deltas and escalations, then the summary."""
+        route = request.route
+        rid = await self._start(route.request_id, route.tenant, context)
+        events = self._service.complete(convert.complete_request(request, rid))
+        # aclosing: a cancelled RPC closes the engine's upstream stream at once.
+        async with aclosing(events):
+            async for event in events:
+                if isinstance(event, RoutingDecision):
+                    _note_decision(event)
+                elif isinstance(event, CompletionSummary):
+                    current_rpc().tier = event.tier
+                await context.write(convert.event(event))
+
+    async def Feedback(self, request: pb.FeedbackRequest, context: Context) -> pb.FeedbackResponse:
+        """Store a rating of an answer."""
+        record = current_rpc()
+        record.request_id, record.tenant = request.request_id[:128], request.tenant[:128]
+        known = self._service.feedback(convert.feedback(request))
+        return pb.FeedbackResponse(known_request=known)
+
+    async def GetConfig(
+        self, request: pb.GetConfigRequest, context: Context
+    ) -> pb.GetConfigResponse:
+        """Describe the configuration in force."""
+        return convert.config_response(self._service.info())
+
+
+def _note_decision(decision: RoutingDecision) -> None:
+    record = current_rpc()
+    record.tier = decision.tier
+    record.score = decision.score
+    record.decision_micros = decision.decision_micros
