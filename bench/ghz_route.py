@@ -192,6 +192,7 @@ class Server:
         self.name = name
         self.addr = f"127.0.0.1:{port}"
         self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
 
