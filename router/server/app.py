@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from router._proto.modelrouter.v1 import router_pb2, router_pb2_grpc
 from router.config import Config
+from router.server.health import SERVING, HealthServicer
 from router.server.interceptor import ServiceInterceptor
 from router.server.servicer import ModelRouterServicer
 from router.service import RouterService, load_router
@@ -26,7 +27,7 @@ class RunningServer:
 
     server: grpc.aio.Server
     service: RouterService
-    health: health.aio.HealthServicer
+    health: HealthServicer
     interceptor: ServiceInterceptor
     host: str
     port: int
@@ -35,7 +36,7 @@ class RunningServer:
         """Start serving and report every service as SERVING."""
         await self.server.start()
         for name in HEALTH_CHECKED:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(name, SERVING)
 
     async def stop(self, grace: float) -> None:
         """Turn health NOT_SERVING, refuse new RPCs, let in-flight ones finish within ``grace``."""
@@ -69,7 +70,7 @@ def create_server(
     interceptor = ServiceInterceptor(SERVICE_NAME, lambda: service.max_concurrent_rpcs)
     server = grpc.aio.server(interceptors=[interceptor], options=options)
     router_pb2_grpc.add_ModelRouterServicer_to_server(ModelRouterServicer(service), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -1,0 +1,332 @@
+"""Every bad input, the limits and unexpected failures: exact status codes and messages."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import grpc
+import pytest
+import structlog
+
+from router._proto.modelrouter.v1 import router_pb2 as pb
+from router._proto.modelrouter.v1 import router_pb2_grpc
+from router.completion.engine import CompletionEngine
+from router.config import Config
+from router.domain import ChatMessage, GenerationOptions, RoutingDecision
+from router.server import RunningServer
+from tests.integration.server.support import slow_demo
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+def msgs(*turns: tuple[str, str]) -> list[pb.Message]:
+    return [pb.Message(role=r, content=c) for r, c in turns]
+
+
+ROUTE_CASES = [
+    (pb.RouteRequest(), "prompt: empty: set a non-blank prompt or a list of messages"),
+    (pb.RouteRequest(prompt=" \n\t"), "prompt: empty: set a non-blank prompt or a list of messages"),
+    (
+        pb.RouteRequest(prompt="hi", messages=msgs(("user", "hi"))),
+        "prompt: set either prompt or messages, not both",
+    ),
+    (pb.RouteRequest(messages=msgs(("system", "be brief"))), "messages: no turn has role 'user'"),
+    (
+        pb.RouteRequest(messages=msgs(("user", "hi"), ("robot", "beep"))),
+        "messages[1].role: 'robot' is not one of system, user, assistant",
+    ),
+    (
+        pb.RouteRequest(messages=msgs(("user", "first"), ("user", "  "))),
+        "messages[1].content: the last user turn is empty",
+    ),
+    (
+        pb.RouteRequest(prompt="x" * 1025),
+        "prompt: 1025 bytes, over the limit of 1024 bytes (server.max_prompt_bytes)",
+    ),
+    (
+        pb.RouteRequest(prompt="é" * 513),
+        "prompt: 1026 bytes, over the limit of 1024 bytes (server.max_prompt_bytes)",
+    ),
+    (
+        pb.RouteRequest(messages=msgs(("system", "s" * 600), ("user", "u" * 600))),
+        "messages: 1200 bytes, over the limit of 1024 bytes (server.max_prompt_bytes)",
+    ),
+    (
+        pb.RouteRequest(prompt="hi", hints=pb.TierHints(min_tier="gold")),
+        "hints.min_tier: unknown tier 'gold' (configured: cheap, strong, expert)",
+    ),
+    (
+        pb.RouteRequest(prompt="hi", hints=pb.TierHints(max_tier="Cheap")),
+        "hints.max_tier: unknown tier 'Cheap' (configured: cheap, strong, expert)",
+    ),
+    (
+        pb.RouteRequest(prompt="hi", hints=pb.TierHints(tier="premium")),
+        "hints.tier: unknown tier 'premium' (configured: cheap, strong, expert)",
+    ),
+    (
+        pb.RouteRequest(prompt="hi", hints=pb.TierHints(min_tier="expert", max_tier="strong")),
+        "hints.min_tier: 'expert' is above hints.max_tier 'strong'",
+    ),
+    (
+        pb.RouteRequest(prompt="hi", hints=pb.TierHints(tier="expert", max_tier="strong")),
+        "hints.tier: 'expert' is above hints.max_tier 'strong'",
+    ),
+    (
+        pb.RouteRequest(prompt="hi", hints=pb.TierHints(tier="cheap", min_tier="strong")),
+        "hints.tier: 'cheap' is below hints.min_tier 'strong'",
+    ),
+    (
+        pb.RouteRequest(prompt="hi", request_id="r" * 129),
+        "request_id: 129 characters, over the limit of 128",
+    ),
+    (
+        pb.RouteRequest(prompt="hi", request_id="has space"),
+        "request_id: must be printable ASCII without spaces",
+    ),
+    (
+        pb.RouteRequest(prompt="hi", request_id="naïve"),
+        "request_id: must be printable ASCII without spaces",
+    ),
+    (pb.RouteRequest(prompt="hi", tenant="t" * 129), "tenant: 129 characters, over the limit of 128"),
+    (
+        pb.RouteRequest(prompt="hi", metadata={f"k{i}": "v" for i in range(33)}),
+        "metadata: 33 entries, over the limit of 32",
+    ),
+    (pb.RouteRequest(prompt="hi", metadata={"": "v"}), "metadata: empty key"),
+    (
+        pb.RouteRequest(prompt="hi", metadata={"k" * 65: "v"}),
+        f"metadata: key '{'k' * 64}...' has 65 characters, over the limit of 64",
+    ),
+    (
+        pb.RouteRequest(prompt="hi", metadata={"k": "v" * 257}),
+        "metadata['k']: 257 characters, over the limit of 256",
+    ),
+]
+
+
+@pytest.fixture
+async def limited(
+    start_server: Callable[..., Any], make_config: Callable[..., Config]
+) -> AsyncIterator[router_pb2_grpc.ModelRouterStub]:
+    server = await start_server(make_config(server={"max_prompt_bytes": 1024}))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield router_pb2_grpc.ModelRouterStub(channel)
+
+
+@pytest.mark.parametrize(("request_", "message"), ROUTE_CASES, ids=[m for _, m in ROUTE_CASES])
+async def test_route_rejects(
+    limited: router_pb2_grpc.ModelRouterStub, request_: pb.RouteRequest, message: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await limited.Route(request_)
+    assert (caught.value.code(), caught.value.details()) == (INVALID, message)
+
+
+@pytest.mark.parametrize(("request_", "message"), ROUTE_CASES[:3], ids=[m for _, m in ROUTE_CASES[:3]])
+async def test_complete_rejects_the_same_requests(
+    limited: router_pb2_grpc.ModelRouterStub, request_: pb.RouteRequest, message: str
+) -> None:
+    call = limited.Complete(pb.CompleteRequest(route=request_))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in call:
+            pass
+    assert (caught.value.code(), caught.value.details()) == (INVALID, message)
+
+
+GENERATION_CASES = [
+    (pb.GenerationOptions(temperature=2.5), "generation.temperature: 2.5 is outside [0, 2]"),
+    (pb.GenerationOptions(temperature=-0.1), "generation.temperature: -0.1 is outside [0, 2]"),
+    (pb.GenerationOptions(temperature=float("nan")), "generation.temperature: nan is outside [0, 2]"),
+    (
+        pb.GenerationOptions(stop=["a", "b", "c", "d", "e"]),
+        "generation.stop: 5 sequences, over the limit of 4",
+    ),
+    (pb.GenerationOptions(stop=["END", ""]), "generation.stop[1]: must not be empty"),
+    (
+        pb.GenerationOptions(stop=["s" * 65]),
+        "generation.stop[0]: 65 characters, over the limit of 64",
+    ),
+]
+
+
+@pytest.mark.parametrize(("generation", "message"), GENERATION_CASES, ids=[m for _, m in GENERATION_CASES])
+async def test_complete_rejects_generation_options(
+    stub: router_pb2_grpc.ModelRouterStub, generation: pb.GenerationOptions, message: str
+) -> None:
+    request = pb.CompleteRequest(route=pb.RouteRequest(prompt="hi"), generation=generation)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in stub.Complete(request):
+            pass
+    assert (caught.value.code(), caught.value.details()) == (INVALID, message)
+
+
+FEEDBACK_CASES = [
+    (pb.FeedbackRequest(rating=1.0), "request_id: required: the id of the answer being rated"),
+    (pb.FeedbackRequest(request_id="r1", rating=1.5), "rating: 1.5 is outside [0, 1]"),
+    (pb.FeedbackRequest(request_id="r1", rating=float("nan")), "rating: nan is outside [0, 1]"),
+    (
+        pb.FeedbackRequest(request_id="r1", rating=1.0, comment="c" * 2049),
+        "comment: 2049 characters, over the limit of 2048",
+    ),
+    (
+        pb.FeedbackRequest(request_id="r1", rating=1.0, tenant="t" * 129),
+        "tenant: 129 characters, over the limit of 128",
+    ),
+]
+
+
+@pytest.mark.parametrize(("request_", "message"), FEEDBACK_CASES, ids=[m for _, m in FEEDBACK_CASES])
+async def test_feedback_rejects(
+    stub: router_pb2_grpc.ModelRouterStub, request_: pb.FeedbackRequest, message: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Feedback(request_)
+    assert (caught.value.code(), caught.value.details()) == (INVALID, message)
+
+
+async def test_message_over_the_size_limit_is_resource_exhausted(
+    start_server: Callable[..., Any], make_config: Callable[..., Config]
+) -> None:
+    server = await start_server(make_config(server={"max_message_bytes": 1024}))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = router_pb2_grpc.ModelRouterStub(channel)
+        assert (await stub.Route(pb.RouteRequest(prompt="x" * 900))).decision.tier
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Route(pb.RouteRequest(prompt="x" * 2000))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max (2003 vs. 1024)" in (caught.value.details() or "")
+
+
+async def test_concurrency_cap_is_resource_exhausted_and_health_still_answers(
+    start_server: Callable[..., Any], make_config: Callable[..., Config]
+) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    config = make_config(server={"max_concurrent_rpcs": 1}, backends=slow_demo(20))
+    server = await start_server(config)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = router_pb2_grpc.ModelRouterStub(channel)
+        stream = stub.Complete(pb.CompleteRequest(route=pb.RouteRequest(prompt="hi")))
+        first = await stream.read()
+        assert first.WhichOneof("event") == "decision"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Route(pb.RouteRequest(prompt="hi"))
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert caught.value.details() == (
+            "1 RPCs in flight, the limit is 1 (server.max_concurrent_rpcs): retry with backoff"
+        )
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        stream.cancel()
+        await _until(lambda: server.interceptor.in_flight == 0)
+        assert (await stub.Route(pb.RouteRequest(prompt="hi"))).decision.tier
+
+
+class ExplodingEngine(CompletionEngine):
+    """The real engine, but its run fails the way a bug would."""
+
+    def run(  # type: ignore[override]
+        self,
+        decision: RoutingDecision,
+        messages: Sequence[ChatMessage],
+        generation: GenerationOptions,
+        *,
+        max_tier_index: int,
+    ) -> Any:
+        raise KeyError("secret internal detail")
+
+
+async def test_unexpected_error_is_internal_without_details(
+    start_server: Callable[..., Any], make_config: Callable[..., Config]
+) -> None:
+    server = await start_server(make_config(), engine_factory=ExplodingEngine)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = router_pb2_grpc.ModelRouterStub(channel)
+        call = stub.Complete(pb.CompleteRequest(route=pb.RouteRequest(prompt="hi", request_id="r-9")))
+        with structlog.testing.capture_logs() as logs:
+            events = []
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async for event in call:
+                    events.append(event)
+    assert [e.WhichOneof("event") for e in events] == ["decision"]
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    details = caught.value.details() or ""
+    assert details == "internal error; the server log has the details under request id r-9"
+    assert "secret" not in details and "Traceback" not in details
+    [line] = [entry for entry in logs if entry["event"] == "rpc"]
+    assert line["status"] == "INTERNAL" and line["request_id"] == "r-9"
+    assert "secret internal detail" in line["error"]
+    assert isinstance(line["exc_info"], KeyError)
+
+
+async def test_all_tiers_down_is_unavailable_naming_each_attempt(
+    start_server: Callable[..., Any], make_config: Callable[..., Config]
+) -> None:
+    # Port 9 on loopback: nothing listens, the connection is refused at once.
+    backends = {"down": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}}
+    tiers = make_config().model_dump()["tiers"]
+    for tier in tiers:
+        tier["backend"] = "down"
+    server = await start_server(make_config(tiers=tiers, backends=backends))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = router_pb2_grpc.ModelRouterStub(channel)
+        request = pb.CompleteRequest(
+            route=pb.RouteRequest(prompt="hi", hints=pb.TierHints(tier="cheap"))
+        )
+        events = []
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for event in stub.Complete(request):
+                events.append(event.WhichOneof("event"))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert events == ["decision", "escalation", "escalation"]
+    details = caught.value.details() or ""
+    assert details.startswith("no tier could answer: attempt 0 tier 'cheap'")
+    assert "attempt 1 tier 'strong'" in details and "attempt 2 tier 'expert'" in details
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_deadline_exceeded_on_a_stream_is_logged_and_released(
+    start_server: Callable[..., Any], make_config: Callable[..., Config]
+) -> None:
+    server = await start_server(make_config(backends=slow_demo(10)))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = router_pb2_grpc.ModelRouterStub(channel)
+        with structlog.testing.capture_logs() as logs:
+            call = stub.Complete(pb.CompleteRequest(route=pb.RouteRequest(prompt="hi")), timeout=0.5)
+            kinds = []
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async for event in call:
+                    kinds.append(event.WhichOneof("event"))
+            await _until(lambda: any(e["event"] == "rpc" for e in logs))
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert kinds[0] == "decision" and "summary" not in kinds
+    [line] = [e for e in logs if e["event"] == "rpc"]
+    assert line["status"] == "DEADLINE_EXCEEDED"
+    assert server.interceptor.in_flight == 0
+
+
+async def test_client_cancellation_stops_the_stream(
+    start_server: Callable[..., Any], make_config: Callable[..., Config]
+) -> None:
+    server = await start_server(make_config(backends=slow_demo(10)))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = router_pb2_grpc.ModelRouterStub(channel)
+        with structlog.testing.capture_logs() as logs:
+            call = stub.Complete(pb.CompleteRequest(route=pb.RouteRequest(prompt="hi")))
+            assert (await call.read()).WhichOneof("event") == "decision"
+            assert (await call.read()).WhichOneof("event") == "delta"
+            assert call.cancel()
+            await _until(lambda: any(e["event"] == "rpc" for e in logs))
+    [line] = [e for e in logs if e["event"] == "rpc"]
+    assert line["status"] == "CANCELLED"
+    assert server.interceptor.in_flight == 0
+    attempts = [e for e in logs if e["event"] == "completion_attempt"]
+    assert [a["outcome"] for a in attempts] == ["cancelled"]
