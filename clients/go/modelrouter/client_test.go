@@ -396,23 +396,14 @@ func TestReflectionDescribesTheService(t *testing.T) {
 	if !services[modelrouter.ServiceName] || !services[healthpb.Health_ServiceDesc.ServiceName] {
 		t.Errorf("reflection lists %v, want %s and the health service", services, modelrouter.ServiceName)
 	}
-	file := ask(&reflectionpb.ServerReflectionRequest{
-		MessageRequest: &reflectionpb.ServerReflectionRequest_FileContainingSymbol{FileContainingSymbol: modelrouter.ServiceName},
-	})
-	found := false
-	for _, raw := range file.GetFileDescriptorResponse().GetFileDescriptorProto() {
-		var fd descriptorpb.FileDescriptorProto
-		if err := proto.Unmarshal(raw, &fd); err != nil {
-			t.Fatal(err)
+	// ghz asks for the method itself, grpcurl for the service: both must resolve.
+	for _, symbol := range []string{modelrouter.ServiceName, modelrouter.ServiceName + ".Route"} {
+		file := ask(&reflectionpb.ServerReflectionRequest{
+			MessageRequest: &reflectionpb.ServerReflectionRequest_FileContainingSymbol{FileContainingSymbol: symbol},
+		})
+		if !describesService(t, file) {
+			t.Errorf("reflection did not describe %s with its 4 methods for symbol %s: %v", modelrouter.ServiceName, symbol, file)
 		}
-		for _, svc := range fd.GetService() {
-			if fd.GetPackage()+"."+svc.GetName() == modelrouter.ServiceName {
-				found = len(svc.GetMethod()) == 4
-			}
-		}
-	}
-	if !found {
-		t.Errorf("reflection did not describe %s with its 4 methods: %v", modelrouter.ServiceName, file)
 	}
 	if err := stream.CloseSend(); err != nil {
 		t.Fatal(err)
@@ -420,4 +411,20 @@ func TestReflectionDescribesTheService(t *testing.T) {
 	if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
 		t.Errorf("reflection stream did not end cleanly: %v", err)
 	}
+}
+
+func describesService(t *testing.T, resp *reflectionpb.ServerReflectionResponse) bool {
+	t.Helper()
+	for _, raw := range resp.GetFileDescriptorResponse().GetFileDescriptorProto() {
+		var fd descriptorpb.FileDescriptorProto
+		if err := proto.Unmarshal(raw, &fd); err != nil {
+			t.Fatal(err)
+		}
+		for _, svc := range fd.GetService() {
+			if fd.GetPackage()+"."+svc.GetName() == modelrouter.ServiceName && len(svc.GetMethod()) == 4 {
+				return true
+			}
+		}
+	}
+	return false
 }
