@@ -102,6 +102,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, required=True, help="JSON result file")
     p.add_argument("--markdown", type=Path, help="Markdown table (default: beside --output)")
     p.add_argument("--command", default="", help="the command line, recorded in the result")
+    p.add_argument("--profile", action="store_true", help="py-spy the router_w1 run")
+    p.add_argument("--py-spy", default=shutil.which("py-spy"), help="path of py-spy")
     args = p.parse_args(argv)
     if args.connections < 2:
         p.error("--connections must be at least the largest worker count (2)")
@@ -267,6 +269,7 @@ class Bench:
         self.complete_payload = complete_payload
         self.cache: Path = args.cache
         self.runs: list[GhzRun] = []
+        self.profile: dict[str, Any] | None = None
         self.warmup_s = args.warmup if args.warmup is not None else max(1.0, args.duration / 10)
 
     def ghz_argv(
@@ -300,6 +303,7 @@ class Bench:
         ghz_cpus: str = "all",
         server_cpus: str = "all",
         record: bool = True,
+        profile: bool = False,
     ) -> GhzRun:
         """Run ghz once against server and return (and record) the measurements."""
         duration = self.args.duration if duration_s is None else duration_s
@@ -320,9 +324,12 @@ class Bench:
         start = time.monotonic()
         with out_path.open("wb") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE)
+            spy = self.start_profile(server, duration) if profile else None
             _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.monotonic() - start
+        if spy is not None:
+            self.profile = self.finish_profile(*spy)
         after = [cpu_ticks(pid) for pid in pids]
         stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         if proc.returncode != 0:
@@ -343,10 +350,71 @@ class Bench:
             print(summary_line(run), flush=True)
         return run
 
+    def start_profile(
+        self, server: Server, duration_s: float
+    ) -> tuple[subprocess.Popen[bytes], Path]:
+        """Sample the server's Python stacks with py-spy for most of a run."""
+        if not self.args.py_spy:
+            raise RuntimeError("--profile needs py-spy (pip install py-spy)")
+        raw = self.cache / "profile_router_w1.txt"
+        seconds = max(1, int(duration_s) - 2)
+        argv = [self.args.py_spy, "record", "--pid", str(server.proc.pid), "--duration",
+                str(seconds), "--rate", "100", "--format", "raw", "--nonblocking",
+                "--output", str(raw)]  # fmt: skip
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), raw
+
+    @staticmethod
+    def finish_profile(spy: subprocess.Popen[bytes], raw: Path) -> dict[str, Any]:
+        """Wait for py-spy and summarise where the samples fell."""
+        _, err = spy.communicate()
+        if spy.returncode != 0:
+            raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')}")
+        return summarise_profile(raw.read_text().splitlines())
+
     def measure(self, name: str, server: Server, **kwargs: Any) -> GhzRun:
         """Warm the server up with unrecorded load, then run and record ghz."""
-        self.ghz(f"{name}_warmup", server, duration_s=self.warmup_s, record=False, **kwargs)
+        warm = {k: v for k, v in kwargs.items() if k != "profile"}
+        self.ghz(f"{name}_warmup", server, duration_s=self.warmup_s, record=False, **warm)
         return self.ghz(name, server, **kwargs)
+
+
+# Where a sample's innermost Python frame lies says what the process was doing. Time in C
+# (gRPC's core, the event loop, syscalls) shows as the Python frame that called into it.
+PROFILE_AREAS = (
+    ("fast path: featurize + score", ("router/_fastpath", "router/fastpath", "router/routing")),
+    ("logging (structlog, one JSON line per RPC)", ("structlog/", "json/", "logs.py")),
+    ("interceptor", ("router/server/interceptor",)),
+    ("servicer + conversion", ("router/server/servicer", "router/server/convert")),
+    ("service: validation, ids, decision", ("router/service", "router/domain")),
+    ("protobuf", ("google/protobuf",)),
+    ("gRPC + event loop (C, called from asyncio)", ("asyncio/", "grpc/", "uvloop", "threading")),
+)
+
+
+def summarise_profile(lines: Sequence[str]) -> dict[str, Any]:
+    """Return the share of py-spy samples per area and the busiest leaf functions."""
+    areas: dict[str, int] = {}
+    leaves: dict[str, int] = {}
+    total = 0
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        leaf = stack.rsplit(";", 1)[-1]
+        leaves[leaf] = leaves.get(leaf, 0) + n
+        area = next(
+            (name for name, marks in PROFILE_AREAS if any(m in leaf for m in marks)), "other"
+        )
+        areas[area] = areas.get(area, 0) + n
+    share = {k: round(v / total, 3) for k, v in sorted(areas.items(), key=lambda kv: -kv[1])}
+    top = sorted(leaves.items(), key=lambda kv: -kv[1])[:12]
+    return {
+        "samples": total,
+        "share_by_area": share,
+        "top_leaf_frames": {k: round(v / total, 3) for k, v in top},
+    }
 
 
 def fill_from_report(run: GhzRun, report: dict[str, Any]) -> None:
@@ -459,46 +527,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     bench = Bench(args, route_payload, complete_payload)
     cpus = os.cpu_count() or 1
-    # Split: the server alone on the last CPU, ghz on the others (only with 2+ CPUs).
+    # Pinned apart: the server alone on the last CPU, ghz on the others.
     server_cpu, ghz_cpus = str(cpus - 1), f"0-{cpus - 2}" if cpus > 2 else "0"
 
-    def router(workers: int, *extra: str, cpus: str = "all") -> tuple[str, list[str], int]:
+    def router(workers: int, *extra: str, cpus: str = "all") -> tuple[list[str], int]:
         port = free_port()
-        cmd = [
-            args.modelrouter,
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            *extra,
-        ]
-        return f"router_w{workers}", pinned(cmd, cpus), port
+        cmd = [args.modelrouter, "serve", "--host", "127.0.0.1", "--port", str(port)]
+        return pinned([*cmd, "--workers", str(workers), *extra], cpus), port
 
-    def baseline(cpus: str = "all") -> tuple[str, list[str], int]:
+    def baseline(cpus: str = "all") -> tuple[list[str], int]:
         port = free_port()
-        return "baseline", pinned([args.baseline, f"-addr=127.0.0.1:{port}"], cpus), port
+        return pinned([args.baseline, f"-addr=127.0.0.1:{port}"], cpus), port
 
-    soak_result: dict[str, Any] = {
-        "soak_errors": None,
-        "soak_p99_ms": None,
-        "rss_mb_start": None,
-        "rss_mb_end": None,
-        "rss_mb_max": None,
-        "rss_flat": None,
-        "rss_samples": [],
-    }
+    def python_noop(workers: int, *extra: str) -> tuple[list[str], int]:
+        port = free_port()
+        script = str(Path(__file__).with_name("noop_aio_server.py"))
+        cmd = [sys.executable, script, "--port", str(port), "--workers", str(workers), *extra]
+        return cmd, port
+
+    soak_result: dict[str, Any] = dict.fromkeys(
+        ("soak_errors", "soak_p99_ms", "rss_mb_start", "rss_mb_end", "rss_mb_max", "rss_flat")
+    )
+    soak_result["rss_samples"] = []
     print(f"payload: {len(json.loads(route_payload.read_text()))} queries {mix}", flush=True)
     print(f"ghz and the servers share all {cpus} CPUs unless a run says 'pinned'", flush=True)
 
-    # 1. Maximum rate, ghz and the server sharing every CPU: the headline comparison.
-    with running(*baseline(), cache) as s:
+    # 1. Maximum rate, ghz and the server sharing every CPU: the headline comparison, with
+    # the Python no-op server in between to separate the stack's cost from the router's.
+    with running("baseline", *baseline(), cache) as s:
         base = bench.measure("baseline", s)
-    with running(*router(1), cache) as s:
-        w1 = bench.measure("router_w1", s)
-    with running(*router(2), cache) as s:
+    with running("python_noop_w1", *python_noop(1), cache) as s:
+        py1 = bench.measure("python_noop_w1", s)
+    with running("python_noop_w2", *python_noop(2), cache) as s:
+        py2 = bench.measure("python_noop_w2", s)
+    with running("python_noop_w2_header", *python_noop(2, "--request-id-header"), cache) as s:
+        py2_header = bench.measure("python_noop_w2_header", s)
+    profile: dict[str, Any] | None = None
+    with running("router_w1", *router(1), cache) as s:
+        w1 = bench.measure("router_w1", s, profile=args.profile)
+        profile = bench.profile
+    with running("router_w2", *router(2), cache) as s:
         w2 = bench.measure("router_w2", s)
         half_rate = max(1, int(w2.rps / 2))
         # 2. Latency under normal load: a fixed rate of half the maximum, then the soak.
@@ -509,33 +577,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 3. Pinned apart: the server alone on one CPU, ghz on the other(s).
     pinned_runs: list[GhzRun] = []
     if cpus >= 2:
-        name, argv_, port = baseline(server_cpu)
-        with running(f"{name}_pinned", argv_, port, cache) as s:
+        with running("baseline_pinned", *baseline(server_cpu), cache) as s:
             pinned_runs.append(
                 bench.measure("baseline_pinned", s, ghz_cpus=ghz_cpus, server_cpus=server_cpu)
             )
-        name, argv_, port = router(1, cpus=server_cpu)
-        with running(f"{name}_pinned", argv_, port, cache) as s:
+        with running("router_w1_pinned", *router(1, cpus=server_cpu), cache) as s:
             pinned_runs.append(
                 bench.measure("router_w1_pinned", s, ghz_cpus=ghz_cpus, server_cpus=server_cpu)
             )
 
     # 4. Complete (server streaming) on the demo backend: its default pace and instant.
-    with running(*router(2), cache) as s:
+    with running("complete_demo_w2", *router(2), cache) as s:
         demo = bench.measure("complete_demo_w2", s, call=COMPLETE)
-    name, argv_, port = router(2, "--config", str(fast_demo_config(cache)))
-    with running(f"{name}_instant_demo", argv_, port, cache) as s:
+    instant_config = ("--config", str(fast_demo_config(cache)))
+    with running("complete_instant_demo_w2", *router(2, *instant_config), cache) as s:
         instant = bench.measure("complete_instant_demo_w2", s, call=COMPLETE)
 
-    for run in (w1, w2, half):
+    for run in (base, py1, py2, py2_header, w1, w2, half):
         run.ratio_to_baseline = round(run.rps / base.rps, 3) if base.rps else None
-    if len(pinned_runs) == 2 and pinned_runs[0].rps:
-        pinned_runs[1].ratio_to_baseline = round(pinned_runs[1].rps / pinned_runs[0].rps, 3)
-    base.ratio_to_baseline = 1.0
-    if pinned_runs:
-        pinned_runs[0].ratio_to_baseline = 1.0
+    for run in pinned_runs:
+        run.ratio_to_baseline = round(run.rps / pinned_runs[0].rps, 3)
 
-    route_errors = sum(r.errors for r in (base, w1, w2, half, *pinned_runs))
+    def over(a: GhzRun, b: GhzRun) -> float | None:
+        return round(a.rps / b.rps, 3) if b.rps else None
+
+    route_runs = (base, py1, py2, py2_header, w1, w2, half, *pinned_runs)
     result: dict[str, Any] = {
         "baseline_rps": base.rps,
         "router_rps_workers1": w1.rps,
@@ -545,18 +611,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "half_rate_rps": half_rate,
         "p50_ms_half_rate": half.p50_ms,
         "p99_ms_half_rate": half.p99_ms,
-        "errors": route_errors,
-        **{k: v for k, v in soak_result.items()},
+        "errors": sum(r.errors for r in route_runs),
+        **soak_result,
         "soak_seconds": None if args.no_soak else args.soak,
-        "pinned_ratio_workers1": pinned_runs[1].ratio_to_baseline
-        if len(pinned_runs) == 2
-        else None,
+        "python_noop_rps_workers1": py1.rps,
+        "python_noop_rps_workers2": py2.rps,
+        "python_noop_header_rps_workers2": py2_header.rps,
+        "python_noop_ratio_workers2": py2.ratio_to_baseline,
+        "router_over_python_noop_workers2": over(w2, py2),
+        "router_over_python_noop_header_workers2": over(w2, py2_header),
+        "pinned_ratio_workers1": pinned_runs[1].ratio_to_baseline if pinned_runs else None,
         "complete_streams_per_s_demo": demo.rps,
         "complete_p50_ms_demo": demo.p50_ms,
         "complete_p99_ms_demo": demo.p99_ms,
         "complete_streams_per_s_instant": instant.rps,
+        "complete_p50_ms_instant": instant.p50_ms,
         "complete_p99_ms_instant": instant.p99_ms,
         "complete_errors": demo.errors + instant.errors,
+        "profile_router_w1": profile,
         "targets": {
             "ratio_workers2_min": 0.4,
             "p99_ms_half_rate_max": 5.0,
@@ -624,21 +696,32 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"{result['soak_errors']} errors, RSS {result['rss_mb_start']} -> "
             f"{result['rss_mb_end']} MiB (max {result['rss_mb_max']}), flat: {result['rss_flat']}"
         )
+    r = result
     lines += [
         "",
-        f"- Route, --workers 2 over the baseline: **{result['ratio_workers2']}** (target >= 0.4); "
-        f"--workers 1: {result['ratio_workers1']}; pinned apart, --workers 1: "
-        f"{result['pinned_ratio_workers1']}.",
-        f"- p99 at half the maximum rate ({result['half_rate_rps']}/s): "
-        f"**{result['p99_ms_half_rate']} ms** (target <= 5 ms); Route errors: {result['errors']}.",
+        f"- Route, --workers 2 over the no-op Go server: **{r['ratio_workers2']}** (target >= "
+        f"0.4); --workers 1: {r['ratio_workers1']}; pinned apart, --workers 1: "
+        f"{r['pinned_ratio_workers1']}.",
+        f"- The no-op Python server (grpc.aio + uvloop) with 2 processes reaches "
+        f"{r['python_noop_ratio_workers2']} of the Go one; the router reaches "
+        f"{r['router_over_python_noop_workers2']} of it, and "
+        f"{r['router_over_python_noop_header_workers2']} of the no-op Python server that also "
+        "sends an x-request-id header as the router does.",
+        f"- p99 at half the maximum rate ({r['half_rate_rps']}/s): "
+        f"**{r['p99_ms_half_rate']} ms** (target <= 5 ms); Route errors: {r['errors']}.",
         f"- Soak: {soak}.",
-        f"- Complete on the demo backend (--workers 2): {result['complete_streams_per_s_demo']} "
-        f"streams/s, whole-stream p50 {result['complete_p50_ms_demo']} ms, p99 "
-        f"{result['complete_p99_ms_demo']} ms; instant demo: "
-        f"{result['complete_streams_per_s_instant']} streams/s, p99 "
-        f"{result['complete_p99_ms_instant']} ms; errors {result['complete_errors']}.",
-        "",
+        f"- Complete on the demo backend (--workers 2): {r['complete_streams_per_s_demo']} "
+        f"streams/s, whole-stream p50 {r['complete_p50_ms_demo']} ms, p99 "
+        f"{r['complete_p99_ms_demo']} ms; instant demo: {r['complete_streams_per_s_instant']} "
+        f"streams/s, p50 {r['complete_p50_ms_instant']} ms, p99 {r['complete_p99_ms_instant']} "
+        f"ms; errors {r['complete_errors']}.",
     ]
+    if r["profile_router_w1"]:
+        shares = ", ".join(
+            f"{area} {share:.0%}" for area, share in r["profile_router_w1"]["share_by_area"].items()
+        )
+        lines.append(f"- Where router_w1 spends its time (py-spy samples): {shares}.")
+    lines.append("")
     return "\n".join(lines)
 
 
