@@ -148,6 +148,9 @@ class Server(_Frozen):
 class Logging(_Frozen):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
+    # One line per RPC (request id, tenant, method, tier, score, status, duration); off
+    # saves its cost on very busy servers. Unexpected errors are logged either way.
+    rpc: bool = True
 
 
 class Config(_Frozen):

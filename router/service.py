@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +69,7 @@ class Engine(Protocol):
         generation: GenerationOptions,
         *,
         max_tier_index: int,
-    ) -> AsyncIterator[TextDelta | Escalation | CompletionSummary]: ...
+    ) -> AsyncGenerator[TextDelta | Escalation | CompletionSummary, None]: ...
 
     def backend_states(self) -> list[BackendState]: ...
 
@@ -141,6 +141,7 @@ class _Runtime:
         "engine",
         "input_price",
         "margin",
+        "max_concurrent_rpcs",
         "max_prompt_bytes",
         "model_source",
         "retired",
@@ -164,6 +165,7 @@ class _Runtime:
         self.margin = config.routing.escalation_margin
         self.context_weight = config.routing.context_weight
         self.max_prompt_bytes = config.server.max_prompt_bytes
+        self.max_concurrent_rpcs = config.server.max_concurrent_rpcs
         self.streams = 0
         self.retired = False
 
@@ -205,7 +207,7 @@ class RouterService:
 
     @property
     def max_concurrent_rpcs(self) -> int:
-        return self._runtime.config.server.max_concurrent_rpcs
+        return self._runtime.max_concurrent_rpcs
 
     @property
     def feedback_store(self) -> FeedbackStore:
@@ -259,7 +261,11 @@ class RouterService:
             started = time.perf_counter()
             scored = rt.router.score(prompt)
         index, reason = choose_tier(
-            scored.score, rt.thresholds, margin=rt.margin, forced=forced, min_index=low,
+            scored.score,
+            rt.thresholds,
+            margin=rt.margin,
+            forced=forced,
+            min_index=low,
             max_index=high,
         )
         micros = (time.perf_counter() - started) * 1e6
@@ -286,7 +292,7 @@ class RouterService:
 
     # -- Complete ----------------------------------------------------------------------
 
-    async def complete(self, request: CompleteRequest) -> AsyncIterator[CompleteEvent]:
+    async def complete(self, request: CompleteRequest) -> AsyncGenerator[CompleteEvent, None]:
         """Yield the decision, then the engine's deltas and escalations, then its summary."""
         rt = self._runtime
         _check_generation(request.generation)

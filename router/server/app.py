@@ -54,8 +54,9 @@ def create_server(
     port: int | None = None,
     reuse_port: bool = True,
 ) -> RunningServer:
-    """Return a server for ``service`` (by default one built from ``config``) bound to the configured (or given) address, not started.
+    """Return a server, not started, bound to the configured (or given) address.
 
+    ``service`` defaults to one built from ``config``.
     ``reuse_port`` lets worker processes share the port (SO_REUSEPORT); a single process
     turns it off so that a port already taken is an error instead of a silent split.
     """
@@ -68,9 +69,13 @@ def create_server(
         ("grpc.max_send_message_length", limit),
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
-    interceptor = ServiceInterceptor(SERVICE_NAME, lambda: service.max_concurrent_rpcs)
+    interceptor = ServiceInterceptor(
+        SERVICE_NAME, lambda: service.max_concurrent_rpcs, log_rpcs=config.logging.rpc
+    )
     server = grpc.aio.server(interceptors=[interceptor], options=options)
-    router_pb2_grpc.add_ModelRouterServicer_to_server(ModelRouterServicer(service), server)
+    router_pb2_grpc.add_ModelRouterServicer_to_server(  # type: ignore[no-untyped-call]
+        ModelRouterServicer(service), server
+    )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -36,10 +36,13 @@ _REASONS = {
     DecisionReason.FORCED: pb.DECISION_REASON_FORCED,
     DecisionReason.MARGIN: pb.DECISION_REASON_MARGIN,
 }
-_OUTCOMES = {
-    outcome: pb.AttemptOutcome.Value(f"ATTEMPT_OUTCOME_{outcome.name}") for outcome in AttemptOutcome
+# The proto enums mirror the domain's by name.
+_OUTCOMES: dict[AttemptOutcome, pb.AttemptOutcome] = {
+    outcome: getattr(pb, f"ATTEMPT_OUTCOME_{outcome.name}") for outcome in AttemptOutcome
 }
-_CIRCUITS = {state: pb.CircuitState.Value(f"CIRCUIT_STATE_{state.name}") for state in CircuitState}
+_CIRCUITS: dict[CircuitState, pb.CircuitState] = {
+    state: getattr(pb, f"CIRCUIT_STATE_{state.name}") for state in CircuitState
+}
 
 
 def route_request(message: pb.RouteRequest, request_id: str) -> RouteRequest:

@@ -20,7 +20,7 @@ SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class HealthServicer(health_pb2_grpc.HealthServicer):
+class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     """Report each service's serving status; turn every one NOT_SERVING at shutdown."""
 
     def __init__(self) -> None:
@@ -37,7 +37,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
         return health_pb2.HealthCheckResponse(status=status)
 
-    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Context) -> None:  # type: ignore[override]
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Context) -> None:
         """Stream a service's status on every change, until shutdown."""
         sent: int | None = None
         async with self._changed:

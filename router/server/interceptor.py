@@ -8,10 +8,11 @@ reflection pass through untouched, so they answer even when the service is at it
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import structlog
@@ -20,7 +21,12 @@ from router.domain import BackendUnavailable, InvalidRequest, Overloaded, Router
 
 log = structlog.get_logger()
 
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+if TYPE_CHECKING:
+    # Returns None for a method no servicer implements (grpc-stubs says otherwise).
+    Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]]
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
 
 _STATUS_OF: tuple[tuple[type[RouterError], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
@@ -51,26 +57,30 @@ class RpcRecord:
         self.decision_micros: float | None = None
 
 
-_current: ContextVar[RpcRecord] = ContextVar("modelrouter_rpc", default=RpcRecord("none"))
+_current: ContextVar[RpcRecord | None] = ContextVar("modelrouter_rpc", default=None)
 
 
 def current_rpc() -> RpcRecord:
     """Return the record of the RPC being handled (a throwaway one outside the interceptor)."""
-    return _current.get()
+    record = _current.get()
+    return record if record is not None else RpcRecord("unrecorded")
 
 
-class ServiceInterceptor(grpc.aio.ServerInterceptor):
+class ServiceInterceptor(_ServerInterceptor):
     """Map domain errors to status codes, cap concurrent RPCs and log one line per RPC."""
 
-    def __init__(self, service_name: str, max_concurrent: Callable[[], int]) -> None:
+    def __init__(
+        self, service_name: str, max_concurrent: Callable[[], int], *, log_rpcs: bool = True
+    ) -> None:
         self._prefix = f"/{service_name}/"
         self._max_concurrent = max_concurrent
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._log_rpcs = log_rpcs
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         self.in_flight = 0
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         method: str = handler_call_details.method
         handler = self._handlers.get(method)
         if handler is not None:
@@ -82,13 +92,15 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         self._handlers[method] = wrapped
         return wrapped
 
-    def _wrap(self, name: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def _wrap(
+        self, name: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         if handler.request_streaming:
             raise TypeError(f"{name}: client-streaming methods are not supported")
-        behaviour = handler.unary_stream if handler.response_streaming else handler.unary_unary
-
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            return await self._handle(name, behaviour, request, context)
+        behaviour = cast(
+            Callable[[Any, Any], Awaitable[Any]],
+            handler.unary_stream if handler.response_streaming else handler.unary_unary,
+        )
 
         make = (
             grpc.unary_stream_rpc_method_handler
@@ -96,7 +108,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             else grpc.unary_unary_rpc_method_handler
         )
         return make(
-            wrapper,
+            functools.partial(self._handle, name, behaviour),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -134,13 +146,19 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
             raise
         except grpc.aio.AbortError:
-            code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[no-untyped-call]
+            code = context.code() or grpc.StatusCode.UNKNOWN
             raise
         except Exception as exc:
             code, failure = grpc.StatusCode.INTERNAL, exc
-            error = f"internal error; the server log has the details under request id {record.request_id}"
+            error = (
+                f"internal error; the server log has the details under request id "
+                f"{record.request_id}"
+                if record.request_id
+                else "internal error; the server log has the details"
+            )
         finally:
-            self._log(record, code, error, failure, started)
+            if self._log_rpcs or failure is not None:
+                self._log(record, code, error, failure, started)
         # Only reached after an error was recorded: end the RPC with its status.
         await context.abort(code, error)
 

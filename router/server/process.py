@@ -187,7 +187,9 @@ class Reloader:
                 return False
             except Exception as exc:
                 log.error(
-                    "reload rejected", config=self._source.describe(), error=repr(exc),
+                    "reload rejected",
+                    config=self._source.describe(),
+                    error=repr(exc),
                     exc_info=exc,
                 )
                 return False
@@ -381,7 +383,10 @@ class Supervisor:
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
         if crashes >= MAX_QUICK_CRASHES:
             log.error(
-                "worker keeps dying; stopping", worker_pid=pid, slot=worker.slot, died_of=how,
+                "worker keeps dying; stopping",
+                worker_pid=pid,
+                slot=worker.slot,
+                died_of=how,
                 quick_crashes=crashes,
             )
             self._exit_code = 1
@@ -389,7 +394,11 @@ class Supervisor:
             return
         delay = min(0.1 * 2**crashes, MAX_RESTART_DELAY_S) if crashes else 0.0
         log.error(
-            "worker died; restarting", worker_pid=pid, slot=worker.slot, died_of=how,
-            lived_s=round(lived, 3), restart_in_s=delay,
+            "worker died; restarting",
+            worker_pid=pid,
+            slot=worker.slot,
+            died_of=how,
+            lived_s=round(lived, 3),
+            restart_in_s=delay,
         )
         self._restarts[worker.slot] = time.monotonic() + delay

@@ -40,7 +40,7 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         _note_decision(decision)
         return pb.RouteResponse(decision=convert.decision(decision))
 
-    async def Complete(self, request: pb.CompleteRequest, context: Context) -> None:  # type: ignore[override]
+    async def Complete(self, request: pb.CompleteRequest, context: Context) -> None:
         """Stream the decision, the answer's deltas and escalations, then the summary."""
         route = request.route
         rid = await self._start(route.request_id, route.tenant, context)

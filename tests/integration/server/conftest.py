@@ -13,7 +13,7 @@ from router._proto.modelrouter.v1 import router_pb2_grpc
 from router.config import Config, parse_config
 from router.server import RunningServer, create_server
 from router.service import EngineFactory, RouterService, completion_engine, load_router
-from tests.integration.server.support import ServeProcess, config_data, make_model
+from tests.integration.server.support import ServeProcess, config_data, make_model, router_stub
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +38,9 @@ async def start_server() -> AsyncIterator[Callable[..., Any]]:
     """Return a starter of in-process servers on 127.0.0.1:0; stops them all at the end."""
     running: list[RunningServer] = []
 
-    async def start(config: Config, engine_factory: EngineFactory = completion_engine) -> RunningServer:
+    async def start(
+        config: Config, engine_factory: EngineFactory = completion_engine
+    ) -> RunningServer:
         router, source = load_router(config)
         service = RouterService(config, router, model_source=source, engine_factory=engine_factory)
         server = create_server(config, service, host="127.0.0.1", port=0, reuse_port=False)
@@ -52,7 +54,9 @@ async def start_server() -> AsyncIterator[Callable[..., Any]]:
 
 
 @pytest.fixture
-async def server(start_server: Callable[..., Any], make_config: Callable[..., Config]) -> RunningServer:
+async def server(
+    start_server: Callable[..., Any], make_config: Callable[..., Config]
+) -> RunningServer:
     """Return a started server with the default test configuration."""
     result: RunningServer = await start_server(make_config())
     return result
@@ -66,7 +70,7 @@ async def channel(server: RunningServer) -> AsyncIterator[grpc.aio.Channel]:
 
 @pytest.fixture
 def stub(channel: grpc.aio.Channel) -> router_pb2_grpc.ModelRouterStub:
-    return router_pb2_grpc.ModelRouterStub(channel)
+    return router_stub(channel)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -14,14 +15,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import yaml
 
+from router._proto.modelrouter.v1 import router_pb2_grpc
 from router.config import DEFAULT_CONFIG_YAML
 from router.model import FeaturizerSpec, RouterModel, save_model
 
 TIERS = ("cheap", "strong", "expert")
 SERVICE = "modelrouter.v1.ModelRouter"
+
+
+def router_stub(channel: grpc.Channel | grpc.aio.Channel) -> router_pb2_grpc.ModelRouterStub:
+    """Return a ModelRouter client stub on a channel (sync or asyncio)."""
+    return router_pb2_grpc.ModelRouterStub(channel)  # type: ignore[no-untyped-call]
 
 
 def make_model(path: Path, seed: int = 7, name: str = "test") -> RouterModel:
@@ -86,10 +94,9 @@ class ServeProcess:
         for line in self.proc.stdout:
             with self._lock:
                 self.raw.append(line)
-                try:
+                # Tracebacks and other plain text stay in self.raw only.
+                with contextlib.suppress(json.JSONDecodeError):
                     self.lines.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass  # tracebacks and other plain text stay in self.raw
             self._new.put(None)
         self._new.put(None)
 

@@ -31,7 +31,9 @@ async def collect(call: grpc.aio.UnaryStreamCall) -> list[pb.CompleteEvent]:  # 
 async def test_complete_streams_decision_text_and_summary(
     stub: router_pb2_grpc.ModelRouterStub, route: pb.RouteRequest
 ) -> None:
-    call = stub.Complete(pb.CompleteRequest(route=route, generation=pb.GenerationOptions(stop=["zz"])))
+    call = stub.Complete(
+        pb.CompleteRequest(route=route, generation=pb.GenerationOptions(stop=["zz"]))
+    )
     events = await collect(call)
     assert dict(await call.initial_metadata())["x-request-id"] == "c-1"
     assert await call.code() == grpc.StatusCode.OK
@@ -44,7 +46,9 @@ async def test_complete_streams_decision_text_and_summary(
     assert text == "".join(canned_tokens(decision.model))
     assert text.startswith("[modelrouter demo backend]")
     assert (summary.tier, summary.tier_index, summary.model) == (
-        decision.tier, decision.tier_index, decision.model
+        decision.tier,
+        decision.tier_index,
+        decision.model,
     )
     assert summary.finish_reason == "stop"
     assert summary.delivered_chars == len(text)

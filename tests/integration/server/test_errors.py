@@ -15,8 +15,7 @@ from router._proto.modelrouter.v1 import router_pb2_grpc
 from router.completion.engine import CompletionEngine
 from router.config import Config
 from router.domain import ChatMessage, GenerationOptions, RoutingDecision
-from router.server import RunningServer
-from tests.integration.server.support import slow_demo
+from tests.integration.server.support import router_stub, slow_demo
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -25,9 +24,23 @@ def msgs(*turns: tuple[str, str]) -> list[pb.Message]:
     return [pb.Message(role=r, content=c) for r, c in turns]
 
 
+async def rejection(call: Any) -> tuple[grpc.StatusCode, str | None]:
+    """Return the status code and message a unary call or a whole stream ends with."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        if hasattr(call, "__aiter__"):
+            async for _ in call:
+                pass
+        else:
+            await call
+    return caught.value.code(), caught.value.details()
+
+
 ROUTE_CASES = [
     (pb.RouteRequest(), "prompt: empty: set a non-blank prompt or a list of messages"),
-    (pb.RouteRequest(prompt=" \n\t"), "prompt: empty: set a non-blank prompt or a list of messages"),
+    (
+        pb.RouteRequest(prompt=" \n\t"),
+        "prompt: empty: set a non-blank prompt or a list of messages",
+    ),
     (
         pb.RouteRequest(prompt="hi", messages=msgs(("user", "hi"))),
         "prompt: set either prompt or messages, not both",
@@ -89,7 +102,10 @@ ROUTE_CASES = [
         pb.RouteRequest(prompt="hi", request_id="naïve"),
         "request_id: must be printable ASCII without spaces",
     ),
-    (pb.RouteRequest(prompt="hi", tenant="t" * 129), "tenant: 129 characters, over the limit of 128"),
+    (
+        pb.RouteRequest(prompt="hi", tenant="t" * 129),
+        "tenant: 129 characters, over the limit of 128",
+    ),
     (
         pb.RouteRequest(prompt="hi", metadata={f"k{i}": "v" for i in range(33)}),
         "metadata: 33 entries, over the limit of 32",
@@ -112,33 +128,33 @@ async def limited(
 ) -> AsyncIterator[router_pb2_grpc.ModelRouterStub]:
     server = await start_server(make_config(server={"max_prompt_bytes": 1024}))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        yield router_pb2_grpc.ModelRouterStub(channel)
+        yield router_stub(channel)
 
 
 @pytest.mark.parametrize(("request_", "message"), ROUTE_CASES, ids=[m for _, m in ROUTE_CASES])
 async def test_route_rejects(
     limited: router_pb2_grpc.ModelRouterStub, request_: pb.RouteRequest, message: str
 ) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await limited.Route(request_)
-    assert (caught.value.code(), caught.value.details()) == (INVALID, message)
+    assert await rejection(limited.Route(request_)) == (INVALID, message)
 
 
-@pytest.mark.parametrize(("request_", "message"), ROUTE_CASES[:3], ids=[m for _, m in ROUTE_CASES[:3]])
+@pytest.mark.parametrize(
+    ("request_", "message"), ROUTE_CASES[:3], ids=[m for _, m in ROUTE_CASES[:3]]
+)
 async def test_complete_rejects_the_same_requests(
     limited: router_pb2_grpc.ModelRouterStub, request_: pb.RouteRequest, message: str
 ) -> None:
     call = limited.Complete(pb.CompleteRequest(route=request_))
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for _ in call:
-            pass
-    assert (caught.value.code(), caught.value.details()) == (INVALID, message)
+    assert await rejection(call) == (INVALID, message)
 
 
 GENERATION_CASES = [
     (pb.GenerationOptions(temperature=2.5), "generation.temperature: 2.5 is outside [0, 2]"),
     (pb.GenerationOptions(temperature=-0.1), "generation.temperature: -0.1 is outside [0, 2]"),
-    (pb.GenerationOptions(temperature=float("nan")), "generation.temperature: nan is outside [0, 2]"),
+    (
+        pb.GenerationOptions(temperature=float("nan")),
+        "generation.temperature: nan is outside [0, 2]",
+    ),
     (
         pb.GenerationOptions(stop=["a", "b", "c", "d", "e"]),
         "generation.stop: 5 sequences, over the limit of 4",
@@ -151,15 +167,14 @@ GENERATION_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("generation", "message"), GENERATION_CASES, ids=[m for _, m in GENERATION_CASES])
+@pytest.mark.parametrize(
+    ("generation", "message"), GENERATION_CASES, ids=[m for _, m in GENERATION_CASES]
+)
 async def test_complete_rejects_generation_options(
     stub: router_pb2_grpc.ModelRouterStub, generation: pb.GenerationOptions, message: str
 ) -> None:
     request = pb.CompleteRequest(route=pb.RouteRequest(prompt="hi"), generation=generation)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for _ in stub.Complete(request):
-            pass
-    assert (caught.value.code(), caught.value.details()) == (INVALID, message)
+    assert await rejection(stub.Complete(request)) == (INVALID, message)
 
 
 FEEDBACK_CASES = [
@@ -177,13 +192,13 @@ FEEDBACK_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("request_", "message"), FEEDBACK_CASES, ids=[m for _, m in FEEDBACK_CASES])
+@pytest.mark.parametrize(
+    ("request_", "message"), FEEDBACK_CASES, ids=[m for _, m in FEEDBACK_CASES]
+)
 async def test_feedback_rejects(
     stub: router_pb2_grpc.ModelRouterStub, request_: pb.FeedbackRequest, message: str
 ) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.Feedback(request_)
-    assert (caught.value.code(), caught.value.details()) == (INVALID, message)
+    assert await rejection(stub.Feedback(request_)) == (INVALID, message)
 
 
 async def test_message_over_the_size_limit_is_resource_exhausted(
@@ -191,7 +206,7 @@ async def test_message_over_the_size_limit_is_resource_exhausted(
 ) -> None:
     server = await start_server(make_config(server={"max_message_bytes": 1024}))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        stub = router_pb2_grpc.ModelRouterStub(channel)
+        stub = router_stub(channel)
         assert (await stub.Route(pb.RouteRequest(prompt="x" * 900))).decision.tier
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.Route(pb.RouteRequest(prompt="x" * 2000))
@@ -207,7 +222,7 @@ async def test_concurrency_cap_is_resource_exhausted_and_health_still_answers(
     config = make_config(server={"max_concurrent_rpcs": 1}, backends=slow_demo(20))
     server = await start_server(config)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        stub = router_pb2_grpc.ModelRouterStub(channel)
+        stub = router_stub(channel)
         stream = stub.Complete(pb.CompleteRequest(route=pb.RouteRequest(prompt="hi")))
         first = await stream.read()
         assert first.WhichOneof("event") == "decision"
@@ -228,7 +243,7 @@ async def test_concurrency_cap_is_resource_exhausted_and_health_still_answers(
 class ExplodingEngine(CompletionEngine):
     """The real engine, but its run fails the way a bug would."""
 
-    def run(  # type: ignore[override]
+    def run(
         self,
         decision: RoutingDecision,
         messages: Sequence[ChatMessage],
@@ -244,8 +259,10 @@ async def test_unexpected_error_is_internal_without_details(
 ) -> None:
     server = await start_server(make_config(), engine_factory=ExplodingEngine)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        stub = router_pb2_grpc.ModelRouterStub(channel)
-        call = stub.Complete(pb.CompleteRequest(route=pb.RouteRequest(prompt="hi", request_id="r-9")))
+        stub = router_stub(channel)
+        call = stub.Complete(
+            pb.CompleteRequest(route=pb.RouteRequest(prompt="hi", request_id="r-9"))
+        )
         with structlog.testing.capture_logs() as logs:
             events = []
             with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -272,7 +289,7 @@ async def test_all_tiers_down_is_unavailable_naming_each_attempt(
         tier["backend"] = "down"
     server = await start_server(make_config(tiers=tiers, backends=backends))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        stub = router_pb2_grpc.ModelRouterStub(channel)
+        stub = router_stub(channel)
         request = pb.CompleteRequest(
             route=pb.RouteRequest(prompt="hi", hints=pb.TierHints(tier="cheap"))
         )
@@ -298,9 +315,11 @@ async def test_deadline_exceeded_on_a_stream_is_logged_and_released(
 ) -> None:
     server = await start_server(make_config(backends=slow_demo(10)))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        stub = router_pb2_grpc.ModelRouterStub(channel)
+        stub = router_stub(channel)
         with structlog.testing.capture_logs() as logs:
-            call = stub.Complete(pb.CompleteRequest(route=pb.RouteRequest(prompt="hi")), timeout=0.5)
+            call = stub.Complete(
+                pb.CompleteRequest(route=pb.RouteRequest(prompt="hi")), timeout=0.5
+            )
             kinds = []
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 async for event in call:
@@ -318,7 +337,7 @@ async def test_client_cancellation_stops_the_stream(
 ) -> None:
     server = await start_server(make_config(backends=slow_demo(10)))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        stub = router_pb2_grpc.ModelRouterStub(channel)
+        stub = router_stub(channel)
         with structlog.testing.capture_logs() as logs:
             call = stub.Complete(pb.CompleteRequest(route=pb.RouteRequest(prompt="hi")))
             assert (await call.read()).WhichOneof("event") == "decision"

@@ -74,5 +74,9 @@ async def test_reflection_describes_the_api(channel: grpc.aio.Channel) -> None:
         "Route": (".modelrouter.v1.RouteRequest", ".modelrouter.v1.RouteResponse", False),
         "Complete": (".modelrouter.v1.CompleteRequest", ".modelrouter.v1.CompleteEvent", True),
         "Feedback": (".modelrouter.v1.FeedbackRequest", ".modelrouter.v1.FeedbackResponse", False),
-        "GetConfig": (".modelrouter.v1.GetConfigRequest", ".modelrouter.v1.GetConfigResponse", False),
+        "GetConfig": (
+            ".modelrouter.v1.GetConfigRequest",
+            ".modelrouter.v1.GetConfigResponse",
+            False,
+        ),
     }

@@ -14,7 +14,7 @@ from router._proto.modelrouter.v1 import router_pb2 as pb
 from router._proto.modelrouter.v1 import router_pb2_grpc
 from router.config import Config
 from router.server import RunningServer
-from tests.integration.server.support import TIERS
+from tests.integration.server.support import TIERS, router_stub
 
 QUERY = "Compare plan A vs plan B for my usage pattern, step by step."
 
@@ -98,7 +98,7 @@ async def test_max_tier_lowers_the_choice(
     tiers[1]["min_score"], tiers[2]["min_score"] = 0.0001, 0.0002
     server = await start_server(make_config(tiers=tiers))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        stub = router_pb2_grpc.ModelRouterStub(channel)
+        stub = router_stub(channel)
         d = (await stub.Route(pb.RouteRequest(prompt="hello"))).decision
         assert d.tier == "expert"
         hints = pb.TierHints(max_tier="strong")
@@ -113,7 +113,7 @@ async def test_escalation_margin_climbs_one_tier(
     tiers[1]["min_score"], tiers[2]["min_score"] = 0.98, 0.99
     server = await start_server(make_config(tiers=tiers, routing={"escalation_margin": 0.99}))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        stub = router_pb2_grpc.ModelRouterStub(channel)
+        stub = router_stub(channel)
         d = (await stub.Route(pb.RouteRequest(prompt="hello"))).decision
         assert d.score < 0.98
         assert (d.tier, d.reason) == ("strong", pb.DECISION_REASON_MARGIN)
@@ -147,7 +147,7 @@ async def test_get_config_reports_configured_thresholds_and_gates(
     tiers[0]["gate"] = {"window_tokens": 5}
     server = await start_server(make_config(tiers=tiers))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        response = await router_pb2_grpc.ModelRouterStub(channel).GetConfig(pb.GetConfigRequest())
+        response = await router_stub(channel).GetConfig(pb.GetConfigRequest())
     assert [t.min_score for t in response.tiers] == pytest.approx([0.0, 0.3, 0.9])
     gate = response.tiers[0].gate
     assert (gate.enabled, gate.window_tokens, gate.window_ms) == (True, 5, 400.0)
@@ -158,7 +158,7 @@ async def test_feedback_is_stored_and_bounded(
 ) -> None:
     server = await start_server(make_config(server={"feedback_capacity": 2}))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        stub = router_pb2_grpc.ModelRouterStub(channel)
+        stub = router_stub(channel)
         rid = (await stub.Route(pb.RouteRequest(prompt="hi"))).decision.request_id
         known = await stub.Feedback(pb.FeedbackRequest(request_id=rid, rating=0.9, comment="ok"))
         assert known.known_request

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router._proto.modelrouter.v1 import router_pb2 as pb
@@ -21,6 +24,7 @@ from tests.integration.server.support import (
     ServeProcess,
     config_data,
     make_model,
+    router_stub,
     slow_demo,
     write_config,
 )
@@ -34,12 +38,14 @@ OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 @contextmanager
 def stub_for(port: int) -> Iterator[router_pb2_grpc.ModelRouterStub]:
     with grpc.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION) as channel:
-        yield router_pb2_grpc.ModelRouterStub(channel)
+        yield router_stub(channel)
 
 
 def route(port: int, prompt: str = "hello") -> pb.RoutingDecision:
     with stub_for(port) as stub:
-        decision: pb.RoutingDecision = stub.Route(pb.RouteRequest(prompt=prompt), timeout=10).decision
+        decision: pb.RoutingDecision = stub.Route(
+            pb.RouteRequest(prompt=prompt), timeout=10
+        ).decision
         return decision
 
 
@@ -48,11 +54,12 @@ def test_sigterm_lets_an_in_flight_stream_finish_and_exits_zero(
 ) -> None:
     # About 34 tokens at 20 per second: the stream is in flight for well over a second.
     config = write_config(tmp_path / "c.yaml", model_path, backends=slow_demo(20))
-    server = serve_process("--config", str(config), "--host", "127.0.0.1", "--port", "0",
-                           "--workers", "1")
+    server = serve_process(
+        "--config", str(config), "--host", "127.0.0.1", "--port", "0", "--workers", "1"
+    )
     port = server.port
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = router_pb2_grpc.ModelRouterStub(channel)
+        stub = router_stub(channel)
         health = health_pb2_grpc.HealthStub(channel)
         watch = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE))
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
@@ -66,7 +73,7 @@ def test_sigterm_lets_an_in_flight_stream_finish_and_exits_zero(
         # New RPCs are refused.
         with pytest.raises(grpc.RpcError) as refused, stub_for(port) as fresh:
             fresh.Route(pb.RouteRequest(prompt="hi"), timeout=5)
-        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         # The stream in flight runs to its end.
         rest = [event.WhichOneof("event") for event in stream]
         assert rest[-1] == "summary" and set(rest[:-1]) == {"delta"}
@@ -81,8 +88,9 @@ def test_two_workers_serve_from_both_and_a_dead_worker_is_restarted(
     serve_process: Start, tmp_path: Path, model_path: Path
 ) -> None:
     config = write_config(tmp_path / "c.yaml", model_path)
-    server = serve_process("--config", str(config), "--host", "127.0.0.1", "--port", "0",
-                           "--workers", "2")
+    server = serve_process(
+        "--config", str(config), "--host", "127.0.0.1", "--port", "0", "--workers", "2"
+    )
     listening = server.wait_for("listening", count=2)
     ports = {line["port"] for line in listening}
     workers = {line["pid"] for line in listening}
@@ -95,8 +103,6 @@ def test_two_workers_serve_from_both_and_a_dead_worker_is_restarted(
     assert {line["worker"] for line in rpcs} == {0, 1}
 
     victim = min(workers)
-    import os
-
     os.kill(victim, signal.SIGKILL)
     [died] = server.wait_for("worker died; restarting")
     assert died["worker_pid"] == victim and died["died_of"] == "signal SIGKILL"
@@ -115,11 +121,10 @@ def test_sighup_reloads_every_worker_and_rejects_a_bad_file(
     data = config_data(model_path)
     for tier in data["tiers"]:
         tier["model"] = f"v1-{tier['name']}"
-    import yaml
-
     config.write_text(yaml.safe_dump(data))
-    server = serve_process("--config", str(config), "--host", "127.0.0.1", "--port", "0",
-                           "--workers", "2")
+    server = serve_process(
+        "--config", str(config), "--host", "127.0.0.1", "--port", "0", "--workers", "2"
+    )
     port = server.wait_for("listening", count=2)[0]["port"]
     before = route(port)
     assert before.model.startswith("v1-")
@@ -156,11 +161,13 @@ def test_sighup_reloads_every_worker_and_rejects_a_bad_file(
 
 def test_a_taken_port_is_an_error(serve_process: Start, tmp_path: Path, model_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml", model_path)
-    first = serve_process("--config", str(config), "--host", "127.0.0.1", "--port", "0",
-                          "--workers", "1")
+    first = serve_process(
+        "--config", str(config), "--host", "127.0.0.1", "--port", "0", "--workers", "1"
+    )
     port = str(first.port)
-    second = serve_process("--config", str(config), "--host", "127.0.0.1", "--port", port,
-                           "--workers", "1")
+    second = serve_process(
+        "--config", str(config), "--host", "127.0.0.1", "--port", port, "--workers", "1"
+    )
     assert second.wait() == 3
     assert second.events("cannot listen")
 
@@ -171,14 +178,15 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _bad(data: dict[str, object], path: tuple[str | int, ...], value: object) -> dict[str, object]:
-    node: object = data
+def _bad(data: dict[str, Any], path: tuple[str | int, ...], value: object) -> dict[str, Any]:
+    """Return the configuration with the value at ``path`` replaced (or deleted)."""
+    node: Any = data
     for key in path[:-1]:
-        node = node[key]  # type: ignore[index]
+        node = node[key]
     if value is _DELETE:
-        del node[path[-1]]  # type: ignore[attr-defined]
+        del node[path[-1]]
     else:
-        node[path[-1]] = value  # type: ignore[index]
+        node[path[-1]] = value
     return data
 
 
@@ -188,20 +196,28 @@ BAD_CONFIGS = [
     (("tiers", 0, "modle"), "x", "tiers.0.modle: unknown key"),
     (("servr",), {}, "servr: unknown key"),
     (("tiers",), "ONE", "tiers: Input should be a valid list"),
-    (("tiers", 0, "price", "input_per_mtok"), -1, "tiers.0.price.input_per_mtok: Input should be greater than or equal to 0"),
+    (
+        ("tiers", 0, "price", "input_per_mtok"),
+        -1,
+        "tiers.0.price.input_per_mtok: Input should be greater than or equal to 0",
+    ),
     (("version",), 2, "version: 2 is not supported (expected 1)"),
     (("version",), _DELETE, "version: missing (this release reads version: 1)"),
-    (("tiers", 1, "backend"), "nowhere", "tiers[1].backend: unknown backend 'nowhere' (configured: demo)"),
+    (
+        ("tiers", 1, "backend"),
+        "nowhere",
+        "tiers[1].backend: unknown backend 'nowhere' (configured: demo)",
+    ),
     (("backends", "demo", "api_key"), "x", "backends.demo.demo.api_key: unknown key"),
 ]
 
 
-@pytest.mark.parametrize(("path", "value", "message"), BAD_CONFIGS, ids=[m for *_, m in BAD_CONFIGS])
+@pytest.mark.parametrize(
+    ("path", "value", "message"), BAD_CONFIGS, ids=[m for *_, m in BAD_CONFIGS]
+)
 def test_config_check_names_the_bad_key(
     tmp_path: Path, model_path: Path, path: tuple[str | int, ...], value: object, message: str
 ) -> None:
-    import yaml
-
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump(_bad(config_data(model_path), path, value)))
     result = run_cli("config", "check", str(config))
@@ -214,8 +230,6 @@ def test_config_check_names_the_bad_key(
 def test_config_check_rejects_missing_tier_thresholds_out_of_order_and_env(
     tmp_path: Path, model_path: Path
 ) -> None:
-    import yaml
-
     cases = []
     one_tier = config_data(model_path)
     one_tier["tiers"] = one_tier["tiers"][:1]
@@ -224,10 +238,17 @@ def test_config_check_rejects_missing_tier_thresholds_out_of_order_and_env(
     disordered["tiers"][1]["min_score"], disordered["tiers"][2]["min_score"] = 0.8, 0.5
     cases.append((disordered, "tiers[2].min_score: thresholds must increase with the tier"))
     secret = config_data(model_path)
-    secret["backends"]["remote"] = {"kind": "openai", "base_url": "http://127.0.0.1:9/v1",
-                                    "api_key": "${MODELROUTER_TEST_UNSET_KEY}"}
-    cases.append((secret, "backends.remote.api_key: environment variable "
-                          "MODELROUTER_TEST_UNSET_KEY is not set"))
+    secret["backends"]["remote"] = {
+        "kind": "openai",
+        "base_url": "http://127.0.0.1:9/v1",
+        "api_key": "${MODELROUTER_TEST_UNSET_KEY}",
+    }
+    cases.append(
+        (
+            secret,
+            "backends.remote.api_key: environment variable MODELROUTER_TEST_UNSET_KEY is not set",
+        )
+    )
     no_model = config_data(model_path)
     no_model["model"] = str(tmp_path / "absent.npz")
     cases.append((no_model, f"model: {tmp_path / 'absent.npz'}: no such model file"))
@@ -247,15 +268,15 @@ def test_config_check_accepts_a_good_file(tmp_path: Path, model_path: Path) -> N
 
 
 def test_serve_exits_non_zero_on_a_bad_config(tmp_path: Path, model_path: Path) -> None:
-    import yaml
-
     data = config_data(model_path)
     data["tiers"][0]["price"]["output_per_mtok"] = -0.5
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump(data))
     result = run_cli("serve", "--config", str(config), "--port", "0")
     assert result.returncode == 1
-    assert "tiers.0.price.output_per_mtok: Input should be greater than or equal to 0" in result.stderr
+    assert (
+        "tiers.0.price.output_per_mtok: Input should be greater than or equal to 0" in result.stderr
+    )
     missing = run_cli("serve", "--config", str(tmp_path / "nope.yaml"), "--port", "0")
     assert missing.returncode == 1
     assert "cannot read" in missing.stderr
@@ -271,7 +292,8 @@ def test_serve_without_a_config_serves_the_shipped_model(serve_process: Start) -
         config = stub.GetConfig(pb.GetConfigRequest(), timeout=10)
         assert config.model_source == "builtin"
         assert [t.name for t in config.tiers] == ["cheap", "strong", "expert"]
-        events = list(stub.Complete(pb.CompleteRequest(route=pb.RouteRequest(prompt="hi")),
-                                    timeout=30))
+        events = list(
+            stub.Complete(pb.CompleteRequest(route=pb.RouteRequest(prompt="hi")), timeout=30)
+        )
         text = "".join(e.delta.text for e in events if e.WhichOneof("event") == "delta")
         assert text.startswith("[modelrouter demo backend]")
