@@ -3,10 +3,8 @@ package modelrouter_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"math"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -31,21 +29,7 @@ import (
 var server *testserver.Server
 
 func TestMain(m *testing.M) {
-	var err error
-	server, err = testserver.Start("--config", testserver.Config(), "--workers", "1")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "cannot start modelrouter serve:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	if err := server.Stop(); err != nil {
-		fmt.Fprintln(os.Stderr, "modelrouter serve did not stop cleanly:", err)
-		code = 1
-	}
-	if code != 0 {
-		fmt.Fprintln(os.Stderr, "--- server output ---\n"+server.Output())
-	}
-	os.Exit(code)
+	testserver.Main(m, func(s *testserver.Server) { server = s })
 }
 
 func dial(t *testing.T) *modelrouter.Client {

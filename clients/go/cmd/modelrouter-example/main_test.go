@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"fmt"
-	"os"
 	"strings"
 	"testing"
 
@@ -14,18 +12,7 @@ import (
 var server *testserver.Server
 
 func TestMain(m *testing.M) {
-	var err error
-	server, err = testserver.Start("--config", testserver.Config(), "--workers", "1")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "cannot start modelrouter serve:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	if err := server.Stop(); err != nil {
-		fmt.Fprintln(os.Stderr, "modelrouter serve did not stop cleanly:", err)
-		code = 1
-	}
-	os.Exit(code)
+	testserver.Main(m, func(s *testserver.Server) { server = s })
 }
 
 func runExample(t *testing.T, args ...string) (int, string, string) {

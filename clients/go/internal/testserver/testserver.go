@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 
 	"google.golang.org/grpc"
@@ -25,6 +26,27 @@ const (
 	startTimeout = 60 * time.Second
 	stopTimeout  = 20 * time.Second
 )
+
+// Main starts `modelrouter serve` with the shared test configuration and one worker, hands
+// it to use, runs the package's tests, stops the server and exits (non-zero when the tests
+// failed or the server did not stop cleanly). Call it from TestMain.
+func Main(m *testing.M, use func(*Server)) {
+	server, err := Start("--config", Config(), "--workers", "1")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cannot start modelrouter serve:", err)
+		os.Exit(1)
+	}
+	use(server)
+	code := m.Run()
+	if err := server.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "modelrouter serve did not stop cleanly:", err)
+		code = 1
+	}
+	if code != 0 {
+		fmt.Fprintln(os.Stderr, "--- server output ---\n"+server.Output())
+	}
+	os.Exit(code)
+}
 
 // Server is a running `modelrouter serve` process.
 type Server struct {
