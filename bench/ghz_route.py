@@ -16,13 +16,14 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ class GhzRun:
     error_samples: dict[str, int] = field(default_factory=dict)
     server_cpu_percent: float = 0.0
     server_cpu_percent_per_process: list[float] = field(default_factory=list)
+    server_cpu_us_per_call: float | None = None
     ghz_cpu_percent: float = 0.0
     loadavg_before: float = 0.0
     ratio_to_baseline: float | None = None
@@ -258,6 +260,21 @@ def running(name: str, argv: list[str], port: int, cache: Path) -> Iterator[Serv
             server.log_path.unlink(missing_ok=True)
 
 
+def wait_sampling(
+    pid: int, sample: Callable[[], None] | None, every_s: float
+) -> tuple[int, resource.struct_rusage]:
+    """Wait for a child, calling sample every every_s seconds; return its status and usage."""
+    if sample is None:
+        _, status, usage = os.wait4(pid, 0)
+        return status, usage
+    while True:
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            return status, usage
+        sample()
+        time.sleep(every_s)
+
+
 class Bench:
     """Runs ghz against servers and records each run."""
 
@@ -304,8 +321,13 @@ class Bench:
         server_cpus: str = "all",
         record: bool = True,
         profile: bool = False,
+        sample: Callable[[], None] | None = None,
     ) -> GhzRun:
-        """Run ghz once against server and return (and record) the measurements."""
+        """Run ghz once against server and return (and record) the measurements.
+
+        ``sample``, when given, is called every few seconds while ghz runs (the soak uses it
+        to follow the server's memory).
+        """
         duration = self.args.duration if duration_s is None else duration_s
         payload = self.route_payload if call == ROUTE else self.complete_payload
         argv = pinned(self.ghz_argv(call, payload, duration, rate, server.addr), ghz_cpus)
@@ -325,7 +347,7 @@ class Bench:
         with out_path.open("wb") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE)
             spy = self.start_profile(server, duration) if profile else None
-            _, status, usage = os.wait4(proc.pid, 0)
+            status, usage = wait_sampling(proc.pid, sample, min(10.0, max(1.0, duration / 60)))
             proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.monotonic() - start
         if spy is not None:
@@ -345,6 +367,10 @@ class Bench:
         run.server_cpu_percent_per_process = [round(p, 1) for p in per_process]
         run.ghz_cpu_percent = round((usage.ru_utime + usage.ru_stime) / wall * 100, 1)
         fill_from_report(run, report)
+        if run.count:
+            # CPU per call does not depend on how the loaded machine shared its cores.
+            cpu_s = sum(a - b for a, b in zip(after, before, strict=True)) / CLOCK_TICKS
+            run.server_cpu_us_per_call = round(cpu_s / run.count * 1e6, 1)
         if record:
             self.runs.append(run)
             print(summary_line(run), flush=True)
@@ -479,39 +505,21 @@ def machine() -> dict[str, Any]:
 
 def soak(bench: Bench, server: Server, rate: int, seconds: float) -> dict[str, Any]:
     """Hold the half rate for seconds, sampling the server's RSS; return the soak's results."""
-    samples: list[tuple[float, float]] = []
-    argv = bench.ghz_argv(ROUTE, bench.route_payload, seconds, rate, server.addr)
-    out_path = bench.cache / "ghz_soak.json"
     start = time.monotonic()
-    samples.append((0.0, server.rss_mb()))
-    with out_path.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE)
-        while proc.poll() is None:
-            time.sleep(min(10.0, max(1.0, seconds / 60)))
-            samples.append((round(time.monotonic() - start, 1), round(server.rss_mb(), 1)))
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"ghz failed on the soak: {proc.stderr.read().decode() if proc.stderr else ''}"
-        )
-    run = GhzRun(
-        name="router_w2_soak",
-        target=server.name,
-        call="Route",
-        cpus="server all, ghz all",
-        rate=rate,
-        duration_s=seconds,
-    )
-    fill_from_report(run, json.loads(out_path.read_text()))
-    out_path.unlink()
-    bench.runs.append(run)
-    print(summary_line(run), flush=True)
+    samples: list[tuple[float, float]] = []
+
+    def sample() -> None:
+        samples.append((round(time.monotonic() - start, 1), round(server.rss_mb(), 1)))
+
+    run = bench.ghz("router_w2_soak", server, duration_s=seconds, rate=rate, sample=sample)
+    sample()
     rss_start, rss_end = samples[0][1], samples[-1][1]
     return {
         "soak_errors": run.errors,
         "soak_p99_ms": run.p99_ms,
-        "rss_mb_start": round(rss_start, 1),
-        "rss_mb_end": round(rss_end, 1),
-        "rss_mb_max": round(max(s[1] for s in samples), 1),
+        "rss_mb_start": rss_start,
+        "rss_mb_end": rss_end,
+        "rss_mb_max": max(s[1] for s in samples),
         "rss_flat": rss_end - rss_start <= max(RSS_FLAT_MB, RSS_FLAT_SHARE * rss_start),
         "rss_samples": samples,
     }
@@ -628,6 +636,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "complete_p50_ms_instant": instant.p50_ms,
         "complete_p99_ms_instant": instant.p99_ms,
         "complete_errors": demo.errors + instant.errors,
+        "server_cpu_us_per_call": {
+            run.name: run.server_cpu_us_per_call for run in (base, py2, py2_header, w1, w2)
+        },
         "profile_router_w1": profile,
         "targets": {
             "ratio_workers2_min": 0.4,
@@ -677,17 +688,19 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"{s['payload_queries']} queries sampled from routing_train.jsonl (round-robin).",
         "",
         "| run | call | CPUs | rate limit | rps | p50 ms | p95 ms | p99 ms | errors "
-        "| server CPU % | ghz CPU % | ratio to baseline |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| server CPU % | server CPU us/call | ghz CPU % | load before | ratio to baseline |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["runs"]:
         ratio = "" if r["ratio_to_baseline"] is None else f"{r['ratio_to_baseline']:.2f}"
         cpu = f"{r['server_cpu_percent']:.0f}" if r["server_cpu_percent"] else "n/a"
         ghz_cpu = f"{r['ghz_cpu_percent']:.0f}" if r["ghz_cpu_percent"] else "n/a"
+        per_call = r["server_cpu_us_per_call"]
+        per_call_text = "n/a" if per_call is None else f"{per_call:.0f}"
         lines.append(
             f"| {r['name']} | {r['call']} | {r['cpus']} | {r['rate'] or 'none'} | {r['rps']:.0f} | "
             f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | {cpu} | "
-            f"{ghz_cpu} | {ratio} |"
+            f"{per_call_text} | {ghz_cpu} | {r['loadavg_before']:.1f} | {ratio} |"
         )
     soak = "skipped (--no-soak)"
     if result["soak_seconds"] is not None:
@@ -707,6 +720,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"{r['router_over_python_noop_workers2']} of it, and "
         f"{r['router_over_python_noop_header_workers2']} of the no-op Python server that also "
         "sends an x-request-id header as the router does.",
+        "- Server CPU per call (independent of how the cores were shared): "
+        + ", ".join(f"{k} {v} us" for k, v in r["server_cpu_us_per_call"].items())
+        + ".",
         f"- p99 at half the maximum rate ({r['half_rate_rps']}/s): "
         f"**{r['p99_ms_half_rate']} ms** (target <= 5 ms); Route errors: {r['errors']}.",
         f"- Soak: {soak}.",
