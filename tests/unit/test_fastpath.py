@@ -1,0 +1,205 @@
+"""The compiled fast path and its pure-Python twin: same features, same scores, bit for bit."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+import numpy as np
+import pytest
+import xxhash
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import router.fastpath
+from router import _fastpath_py
+from router.model import FeaturizerSpec
+from tests.support import SHARED_DATA, TEST_RULES, _fastpath_c, random_model
+
+SPEC = FeaturizerSpec(buckets_log2=12, rules=TEST_RULES)
+
+
+def test_fastpath_c_loaded() -> None:
+    """Fail when the compiled module was expected (no MODELROUTER_NO_EXTENSIONS) but is missing."""
+    if router.fastpath.NO_EXTENSIONS:
+        assert router.fastpath.IMPLEMENTATION == "python"
+        return
+    assert _fastpath_c is not None, "router._fastpath did not import: the extension was not built"
+    assert router.fastpath.IMPLEMENTATION == "compiled"
+    assert router.fastpath.FastPath is _fastpath_c.FastPath
+
+
+def _pair(model_seed: int = 7) -> tuple[_fastpath_py.FastPath, _fastpath_py.FastPath]:
+    if _fastpath_c is None:
+        pytest.skip("compiled fast path not built")
+    model = random_model(model_seed)
+    return model.fastpath(_fastpath_py.FastPath), model.fastpath(_fastpath_c.FastPath)
+
+
+def _assert_same(py: _fastpath_py.FastPath, c: _fastpath_py.FastPath, text: str, context: str = "") -> None:
+    fi_py, fv_py, mask_py = py.features(text)
+    fi_c, fv_c, mask_c = c.features(text)
+    assert fi_py.tolist() == fi_c.tolist()
+    assert fv_py.tobytes() == fv_c.tobytes()
+    assert mask_py == mask_c
+    assert py.score(text, context, 0.3) == c.score(text, context, 0.3)
+    assert py.logits(text) == c.logits(text)
+
+
+UNICODE_TEXT = st.text(
+    alphabet=st.characters(codec=None, exclude_categories=()), max_size=300
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(text=UNICODE_TEXT, context=st.text(max_size=80))
+def test_parity_on_generated_text(text: str, context: str) -> None:
+    py, c = _pair()
+    _assert_same(py, c, text, context)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    text=st.lists(
+        st.sampled_from([*"ab01 ?+`{}\n\t.-xyzSTEP", "stack trace", "clause", " by ", "step"]),
+        max_size=120,
+    ).map("".join)
+)
+def test_parity_on_rule_heavy_ascii(text: str) -> None:
+    py, c = _pair(11)
+    _assert_same(py, c, text)
+
+
+def test_parity_on_training_queries() -> None:
+    data = SHARED_DATA / "routing_train.jsonl"
+    if not data.exists():
+        pytest.skip("../shared/data is not beside the repository")
+    py, c = _pair(3)
+    with data.open(encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            if i % 97 == 0:
+                _assert_same(py, c, json.loads(line)["text"])
+
+
+ODD_INPUTS = [
+    "",
+    "   \t\n ",
+    "\x00\x00nul\x00",
+    "\ud800 lone surrogate \udfff",
+    "x" * 100_000,
+    "Straße ÄÖÜ 🤖 漢字 テスト русский عربى",
+    "ＡＢＣ ﬁ ㍿ ½",
+    "1234567890 3.14159 -42 1e10",
+    "```python\ndef f():\n    raise ValueError\n```\nStack   Trace?",
+]
+
+
+@pytest.mark.parametrize("text", ODD_INPUTS, ids=range(len(ODD_INPUTS)))
+def test_odd_inputs_give_a_score(fastpath_impl: type[_fastpath_py.FastPath], text: str) -> None:
+    fp = random_model().fastpath(fastpath_impl)
+    score, levels, _ = fp.score(text)
+    assert 0.0 <= score <= 1.0
+    assert len(levels) == 5
+    assert math.isclose(sum(levels), 1.0, rel_tol=1e-12)
+    if _fastpath_c is not None:
+        py, c = _pair()
+        _assert_same(py, c, text)
+
+
+def test_long_text_is_truncated_not_rejected(fastpath_impl: type[_fastpath_py.FastPath]) -> None:
+    fp = SPEC.fastpath(implementation=fastpath_impl)
+    head = ("word " * SPEC.max_bytes)[: SPEC.max_bytes]
+    assert fp.features(head + "tail " * 1000)[0].tolist() == fp.features(head)[0].tolist()
+
+
+def test_features_match_a_hand_computation(fastpath_impl: type[_fastpath_py.FastPath]) -> None:
+    """'Hi 42?' -> tokens 'hi', '00', '?' (digits map to 0); check every hashed feature."""
+    spec = FeaturizerSpec(buckets_log2=12, word_max=2, char_min=3, char_max=3)
+    fp = spec.fastpath(implementation=fastpath_impl)
+    indices, values, mask = fp.features("Hi 42?")
+    seed = spec.seed
+    tokens = [xxhash.xxh3_64_intdigest(t, seed) for t in (b"hi", b"00", b"?")]
+
+    def pair(a: int, b: int) -> int:
+        return xxhash.xxh3_64_intdigest(struct.pack("<QQ", a, b), seed + 2)
+
+    words = [tokens[0], pair(tokens[0], tokens[1]), tokens[1], pair(tokens[1], tokens[2]), tokens[2]]
+    buf = b" hi 00? "
+    chars = [xxhash.xxh3_64_intdigest(buf[i : i + 3], seed + 1) for i in range(len(buf) - 2)]
+    expected = [(h & 4095, (-1.0 if h >> 63 else 1.0) / math.sqrt(len(words))) for h in words]
+    expected += [(h & 4095, (-1.0 if h >> 63 else 1.0) / math.sqrt(len(chars))) for h in chars]
+    got = list(zip(indices.tolist(), values.tolist(), strict=True))
+    assert got[: len(expected)] == expected
+    dense = [i - 4096 for i in indices[len(expected) :].tolist()]
+    edges = dict(_fastpath_py.DENSE_EDGES)
+    offsets = np.cumsum([0] + [len(e) for _, e in _fastpath_py.DENSE_EDGES])
+    # bytes=6 -> bin 0; words=2 ('hi', '00') -> bin 0; questions=1 -> bin 1; numbers=1 -> bin 1;
+    # maths 0; lines 0; code 0; ends with '?' -> bin 1.
+    assert dense == [offsets[i] + b for i, b in enumerate([0, 0, 1, 1, 0, 0, 0, 1])]
+    assert len(edges) == 8
+    assert mask == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "fired"),
+    [
+        ("Please review this CONTRACT", {"contract"}),
+        ("explain it step  by\tstep", {"step_by_step"}),
+        ("here is the stack trace:", {"code"}),
+        ("a stacktrace", set()),
+        ("```x```", {"code"}),
+        ("steps by step", set()),
+        ("what are your business hours?", set()),
+    ],
+)
+def test_rules_fire_on_token_phrases(
+    fastpath_impl: type[_fastpath_py.FastPath], text: str, fired: set[str]
+) -> None:
+    model = random_model()
+    fp = model.fastpath(fastpath_impl)
+    _, _, mask = fp.score(text)
+    assert set(model.rule_names_for(mask)) == fired
+    assert fp.features(text)[2] == mask
+
+
+def test_context_weight_zero_ignores_context(fastpath_impl: type[_fastpath_py.FastPath]) -> None:
+    fp = random_model().fastpath(fastpath_impl)
+    assert fp.score("hello", "a long contract clause", 0.0) == fp.score("hello")
+    assert fp.score("hello", "a long contract clause", 0.5) != fp.score("hello")
+
+
+def test_score_is_the_sigmoid_of_the_linear_model(fastpath_impl: type[_fastpath_py.FastPath]) -> None:
+    """The score equals sigmoid(bias + X @ W) computed from the features with numpy."""
+    model = random_model()
+    fp = model.fastpath(fastpath_impl)
+    text = "Compare plan A vs plan B for my usage pattern: 3 calls a day, 2 GB of data?"
+    indices, values, _ = fp.features(text)
+    logits = model.bias + values @ model.weights[indices].astype(np.float64)
+    score, levels, _ = fp.score(text)
+    assert score == pytest.approx(1 / (1 + math.exp(-logits[5])), rel=1e-9)
+    exp = np.exp(logits[:5] - logits[:5].max())
+    assert levels == pytest.approx(tuple(exp / exp.sum()), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"word_max": 0}, "n-gram ranges"),
+        ({"char_min": 6, "char_max": 5}, "n-gram ranges"),
+        ({"buckets_log2": 30}, "buckets_log2"),
+    ],
+)
+def test_bad_settings_are_rejected(
+    fastpath_impl: type[_fastpath_py.FastPath], kwargs: dict[str, int], message: str
+) -> None:
+    spec = FeaturizerSpec(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=message):
+        spec.fastpath(np.zeros((8, 6), dtype=np.float32), implementation=fastpath_impl)
+
+
+def test_weights_of_the_wrong_shape_are_rejected(fastpath_impl: type[_fastpath_py.FastPath]) -> None:
+    with pytest.raises(ValueError, match="weights must have shape"):
+        SPEC.fastpath(np.zeros((10, 6), dtype=np.float32), implementation=fastpath_impl)
+    with pytest.raises(ValueError, match="6 heads"):
+        SPEC.fastpath(np.zeros((SPEC.n_features, 4), dtype=np.float32), implementation=fastpath_impl)
