@@ -57,11 +57,18 @@ def serve_noop(port: int) -> None:
 
     response = pb.RouteResponse(
         decision=pb.RoutingDecision(
-            request_id="0123456789abcdef01", tier="cheap", model="demo-cheap", backend="demo",
-            score=0.25, level_probabilities=[0.6, 0.2, 0.1, 0.05, 0.05],
-            reason=pb.DECISION_REASON_SCORE, estimated_prompt_tokens=52,
-            estimated_cost_usd=1.2e-5, strongest_tier_cost_usd=7.8e-4,
-            model_version="noop-000000000000", decision_micros=4.0,
+            request_id="0123456789abcdef01",
+            tier="cheap",
+            model="demo-cheap",
+            backend="demo",
+            score=0.25,
+            level_probabilities=[0.6, 0.2, 0.1, 0.05, 0.05],
+            reason=pb.DECISION_REASON_SCORE,
+            estimated_prompt_tokens=52,
+            estimated_cost_usd=1.2e-5,
+            strongest_tier_cost_usd=7.8e-4,
+            model_version="noop-000000000000",
+            decision_micros=4.0,
         )
     ).SerializeToString()
 
@@ -90,8 +97,13 @@ def serve_noop(port: int) -> None:
 
 
 def _client(
-    port: int, payloads: list[bytes], concurrency: int, connections: int, warmup: float,
-    duration: float, out: Any,
+    port: int,
+    payloads: list[bytes],
+    concurrency: int,
+    connections: int,
+    warmup: float,
+    duration: float,
+    out: Any,
 ) -> None:
     import grpc
     import uvloop
@@ -102,7 +114,7 @@ def _client(
             grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
             for _ in range(connections)
         ]
-        calls = [ch.unary_unary(METHOD) for ch in channels]  # bytes in, bytes out
+        calls = [ch.unary_unary(METHOD, None, None) for ch in channels]  # bytes in and out
         for ch in channels:
             await asyncio.wait_for(ch.channel_ready(), 10)
         latencies: list[int] = []
@@ -129,7 +141,7 @@ def _client(
 
         await asyncio.gather(*(loop(i) for i in range(concurrency)))
         for ch in channels:
-            await ch.close()
+            await ch.close(None)
         return latencies, errors
 
     out.put(uvloop.run(main()))
@@ -154,10 +166,16 @@ class Result:
     p90_ms: float
     p99_ms: float
     server_cpu_us_per_request: float
+    # Mean time in the fast path (featurize, score, pick), from the RPC log lines.
+    decision_us_mean: float | None = None
 
 
 def run_load(
-    target: str, workers: int, port: int, pids: list[int], payloads: list[bytes],
+    target: str,
+    workers: int,
+    port: int,
+    pids: list[int],
+    payloads: list[bytes],
     args: argparse.Namespace,
 ) -> Result:
     """Drive one server with the client processes; return what they measured."""
@@ -167,8 +185,15 @@ def run_load(
     clients = [
         ctx.Process(
             target=_client,
-            args=(port, payloads[i::args.clients], per_client, args.connections, args.warmup,
-                  args.duration, out),
+            args=(
+                port,
+                payloads[i :: args.clients],
+                per_client,
+                args.connections,
+                args.warmup,
+                args.duration,
+                out,
+            ),
         )
         for i in range(args.clients)
     ]
@@ -193,8 +218,14 @@ def run_load(
         return latencies[min(n - 1, int(p * n))] / 1e6 if n else float("nan")
 
     result = Result(
-        target=target, workers=workers, requests=n, errors=errors, rps=n / args.duration,
-        p50_ms=pct(0.50), p90_ms=pct(0.90), p99_ms=pct(0.99),
+        target=target,
+        workers=workers,
+        requests=n,
+        errors=errors,
+        rps=n / args.duration,
+        p50_ms=pct(0.50),
+        p90_ms=pct(0.90),
+        p99_ms=pct(0.99),
         server_cpu_us_per_request=(cpu_after - cpu_before) / n * 1e6 if n else float("nan"),
     )
     print(
@@ -209,7 +240,9 @@ def run_load(
 # -- the servers ---------------------------------------------------------------------------
 
 
-def _wait_listening(log: Path, count: int, proc: list[subprocess.Popen[bytes]]) -> list[dict[str, Any]]:
+def _wait_listening(
+    log: Path, count: int, proc: list[subprocess.Popen[bytes]]
+) -> list[dict[str, Any]]:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         lines = []
@@ -250,35 +283,67 @@ def bench_noop(workers: int, payloads: list[bytes], args: argparse.Namespace, tm
     log = tmp / f"noop{workers}.log"
     with log.open("wb") as fh:
         procs = [
-            subprocess.Popen([sys.executable, __file__, "--serve-noop", str(port)], stdout=fh,
-                             stderr=subprocess.STDOUT)
+            subprocess.Popen(
+                [sys.executable, __file__, "--serve-noop", str(port)],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+            )
             for _ in range(workers)
         ]
     try:
         lines = _wait_listening(log, workers, procs)
-        return run_load("python grpc.aio no-op", workers, port, [l["pid"] for l in lines],
-                        payloads, args)
+        return run_load(
+            "python grpc.aio no-op", workers, port, [line["pid"] for line in lines], payloads, args
+        )
     finally:
         _stop(procs)
 
 
 def bench_router(
-    label: str, config: Path, workers: int, payloads: list[bytes], args: argparse.Namespace,
+    label: str,
+    config: Path,
+    workers: int,
+    payloads: list[bytes],
+    args: argparse.Namespace,
     tmp: Path,
+    env: dict[str, str] | None = None,
 ) -> Result:
-    log = tmp / f"{label}{workers}.log"
+    log = tmp / f"{label.replace(' ', '_')}{workers}.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "router.cli", "serve", "--config", str(config), "--host",
-             "127.0.0.1", "--port", "0", "--workers", str(workers)],
-            stdout=fh, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "router.cli",
+                "serve",
+                "--config",
+                str(config),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--workers",
+                str(workers),
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
     try:
         lines = _wait_listening(log, workers, [proc])
         pids = [line["pid"] for line in lines] + ([proc.pid] if workers > 1 else [])
-        return run_load(label, workers, lines[0]["port"], pids, payloads, args)
+        result = run_load(label, workers, lines[0]["port"], pids, payloads, args)
     finally:
         _stop([proc])
+    micros = []
+    for raw in log.read_text().splitlines():
+        if '"event": "rpc"' in raw:
+            value = json.loads(raw).get("decision_micros")
+            if value is not None:
+                micros.append(value)
+    if micros:
+        result.decision_us_mean = statistics.fmean(micros)
+    return result
 
 
 def load_payloads(count: int, seed: int) -> list[bytes]:
@@ -293,8 +358,11 @@ def load_payloads(count: int, seed: int) -> list[bytes]:
 
 def machine() -> dict[str, Any]:
     cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
         platform.processor(),
     )
     import grpc
@@ -302,8 +370,12 @@ def machine() -> dict[str, Any]:
     from router.fastpath import IMPLEMENTATION
 
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-        "grpcio": grpc.__version__, "fastpath": IMPLEMENTATION, "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "fastpath": IMPLEMENTATION,
+        "platform": platform.platform(),
     }
 
 
@@ -317,6 +389,9 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=2000, help="distinct queries cycled")
     parser.add_argument("--model", default="builtin", help="routing model (default: shipped)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--compare-loops", action="store_true", help="also run 1 worker on asyncio's own loop"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--serve-noop", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -332,23 +407,46 @@ def main() -> int:
 
         data = yaml.safe_load(DEFAULT_CONFIG_YAML)
         data["model"] = str(Path(args.model).resolve()) if args.model != "builtin" else "builtin"
-        logged = tmp / "logged.yaml"
-        logged.write_text(yaml.safe_dump(data))
+        logged_config = tmp / "logged.yaml"
+        logged_config.write_text(yaml.safe_dump(data))
         data["logging"] = {"rpc": False}
-        quiet = tmp / "quiet.yaml"
-        quiet.write_text(yaml.safe_dump(data))
+        quiet_config = tmp / "quiet.yaml"
+        quiet_config.write_text(yaml.safe_dump(data))
         for workers in args.workers:
             results.append(bench_noop(workers, payloads, args, tmp))
-            results.append(bench_router("modelrouter", logged, workers, payloads, args, tmp))
-            results.append(bench_router("modelrouter (no rpc log)", quiet, workers, payloads,
-                                        args, tmp))
+            results.append(bench_router("modelrouter", logged_config, workers, payloads, args, tmp))
+            results.append(
+                bench_router("modelrouter (no rpc log)", quiet_config, workers, payloads, args, tmp)
+            )
+            if workers == 1 and args.compare_loops:
+                results.append(
+                    bench_router(
+                        "modelrouter (asyncio loop)",
+                        logged_config,
+                        workers,
+                        payloads,
+                        args,
+                        tmp,
+                        env={"MODELROUTER_NO_UVLOOP": "1"},
+                    )
+                )
     by = {(r.target, r.workers): r for r in results}
-    ratios = {
-        f"modelrouter_over_noop_workers{w}": by[("modelrouter", w)].rps
-        / by[("python grpc.aio no-op", w)].rps
-        for w in args.workers
-    }
-    report = {
+    ratios: dict[str, float] = {}
+    for w in args.workers:
+        noop, logged = by["python grpc.aio no-op", w], by["modelrouter", w]
+        quiet = by["modelrouter (no rpc log)", w]
+        decision = logged.decision_us_mean or 0.0
+        ratios[f"modelrouter_over_noop_rps_workers{w}"] = logged.rps / noop.rps
+        ratios[f"modelrouter_no_rpc_log_over_noop_rps_workers{w}"] = quiet.rps / noop.rps
+        # Server CPU per request that is neither the gRPC stack nor the routing decision:
+        # what the service layer (validation, conversion, request id header, log) adds.
+        ratios[f"layer_cpu_us_per_request_workers{w}"] = (
+            logged.server_cpu_us_per_request - noop.server_cpu_us_per_request - decision
+        )
+        ratios[f"layer_cpu_us_per_request_no_rpc_log_workers{w}"] = (
+            quiet.server_cpu_us_per_request - noop.server_cpu_us_per_request - decision
+        )
+    report: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine(),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "serve_noop")},

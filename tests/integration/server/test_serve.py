@@ -84,6 +84,28 @@ def test_sigterm_lets_an_in_flight_stream_finish_and_exits_zero(
     assert server.events("stopped")
 
 
+def test_a_stream_longer_than_the_grace_period_is_cut_and_the_exit_is_still_zero(
+    serve_process: Start, tmp_path: Path, model_path: Path
+) -> None:
+    config = write_config(
+        tmp_path / "c.yaml", model_path, backends=slow_demo(5), server={"grace_period_s": 0.5}
+    )
+    server = serve_process(
+        "--config", str(config), "--host", "127.0.0.1", "--port", "0", "--workers", "1"
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stream = router_stub(channel).Complete(
+            pb.CompleteRequest(route=pb.RouteRequest(prompt="hi"))
+        )
+        assert next(stream).WhichOneof("event") == "decision"
+        server.signal(signal.SIGTERM)
+        with pytest.raises(grpc.RpcError) as cut:
+            for _ in stream:
+                pass
+        assert cut.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+    assert server.wait() == 0
+
+
 def test_two_workers_serve_from_both_and_a_dead_worker_is_restarted(
     serve_process: Start, tmp_path: Path, model_path: Path
 ) -> None:
