@@ -473,11 +473,14 @@ def summary_line(run: GhzRun) -> str:
     )
 
 
-def fast_demo_config(cache: Path) -> Path:
-    """Write the default configuration with a demo backend that streams without pausing."""
+def default_config_with(cache: Path, name: str, section: str, key: str, value: Any) -> Path:
+    """Write the embedded default configuration with one value changed; return its path."""
     config = yaml.safe_load(DEFAULT_CONFIG_YAML)
-    config["backends"]["demo"]["tokens_per_second"] = 1_000_000.0
-    path = cache / "instant_demo.yaml"
+    parent = config
+    for part in section.split("."):
+        parent = parent.setdefault(part, {})
+    parent[key] = value
+    path = cache / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
 
@@ -581,6 +584,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         half = bench.measure("router_w2_half_rate", s, rate=half_rate)
         if not args.no_soak:
             soak_result = soak(bench, s, half_rate, args.soak)
+    # The same without the per-RPC access log line (logging.rpc: false), which operators
+    # can turn off.
+    no_log = default_config_with(cache, "no_rpc_log", "logging", "rpc", False)
+    with running("router_w2_no_rpc_log", *router(2, "--config", str(no_log)), cache) as s:
+        w2_no_log = bench.measure("router_w2_no_rpc_log", s)
 
     # 3. Pinned apart: the server alone on one CPU, ghz on the other(s).
     pinned_runs: list[GhzRun] = []
@@ -597,11 +605,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 4. Complete (server streaming) on the demo backend: its default pace and instant.
     with running("complete_demo_w2", *router(2), cache) as s:
         demo = bench.measure("complete_demo_w2", s, call=COMPLETE)
-    instant_config = ("--config", str(fast_demo_config(cache)))
+    instant_demo = default_config_with(
+        cache, "instant_demo", "backends.demo", "tokens_per_second", 1e6
+    )
+    instant_config = ("--config", str(instant_demo))
     with running("complete_instant_demo_w2", *router(2, *instant_config), cache) as s:
         instant = bench.measure("complete_instant_demo_w2", s, call=COMPLETE)
 
-    for run in (base, py1, py2, py2_header, w1, w2, half):
+    for run in (base, py1, py2, py2_header, w1, w2, w2_no_log, half):
         run.ratio_to_baseline = round(run.rps / base.rps, 3) if base.rps else None
     for run in pinned_runs:
         run.ratio_to_baseline = round(run.rps / pinned_runs[0].rps, 3)
@@ -609,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def over(a: GhzRun, b: GhzRun) -> float | None:
         return round(a.rps / b.rps, 3) if b.rps else None
 
-    route_runs = (base, py1, py2, py2_header, w1, w2, half, *pinned_runs)
+    route_runs = (base, py1, py2, py2_header, w1, w2, w2_no_log, half, *pinned_runs)
     result: dict[str, Any] = {
         "baseline_rps": base.rps,
         "router_rps_workers1": w1.rps,
@@ -628,6 +639,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "python_noop_ratio_workers2": py2.ratio_to_baseline,
         "router_over_python_noop_workers2": over(w2, py2),
         "router_over_python_noop_header_workers2": over(w2, py2_header),
+        "router_rps_workers2_no_rpc_log": w2_no_log.rps,
+        "ratio_workers2_no_rpc_log": w2_no_log.ratio_to_baseline,
         "pinned_ratio_workers1": pinned_runs[1].ratio_to_baseline if pinned_runs else None,
         "complete_streams_per_s_demo": demo.rps,
         "complete_p50_ms_demo": demo.p50_ms,
@@ -637,7 +650,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "complete_p99_ms_instant": instant.p99_ms,
         "complete_errors": demo.errors + instant.errors,
         "server_cpu_us_per_call": {
-            run.name: run.server_cpu_us_per_call for run in (base, py2, py2_header, w1, w2)
+            run.name: run.server_cpu_us_per_call
+            for run in (base, py1, py2, py2_header, w1, w2, w2_no_log)
         },
         "profile_router_w1": profile,
         "targets": {
@@ -714,7 +728,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         f"- Route, --workers 2 over the no-op Go server: **{r['ratio_workers2']}** (target >= "
         f"0.4); --workers 1: {r['ratio_workers1']}; pinned apart, --workers 1: "
-        f"{r['pinned_ratio_workers1']}.",
+        f"{r['pinned_ratio_workers1']}; --workers 2 without the per-RPC log line: "
+        f"{r['ratio_workers2_no_rpc_log']}.",
         f"- The no-op Python server (grpc.aio + uvloop) with 2 processes reaches "
         f"{r['python_noop_ratio_workers2']} of the Go one; the router reaches "
         f"{r['router_over_python_noop_workers2']} of it, and "
