@@ -144,6 +144,7 @@ class _Runtime:
         "max_concurrent_rpcs",
         "max_prompt_bytes",
         "model_source",
+        "model_version",
         "retired",
         "router",
         "streams",
@@ -158,6 +159,7 @@ class _Runtime:
         self.engine = engine
         self.model_source = model_source
         self.thresholds = router.thresholds
+        self.model_version = router.version
         self.tier_index = {tier.name: i for i, tier in enumerate(config.tiers)}
         self.tier_list = ", ".join(self.tier_index)
         # Dollars per prompt token, per tier.
@@ -285,7 +287,7 @@ class RouterService:
             estimated_prompt_tokens=tokens,
             estimated_cost_usd=tokens * prices[index],
             strongest_tier_cost_usd=tokens * prices[-1],
-            model_version=rt.router.version,
+            model_version=rt.model_version,
             decision_micros=micros,
         )
         return decision, len(prices) - 1 if high is None else high

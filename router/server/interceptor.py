@@ -8,7 +8,6 @@ reflection pass through untouched, so they answer even when the service is at it
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -108,59 +107,60 @@ class ServiceInterceptor(_ServerInterceptor):
             else grpc.unary_unary_rpc_method_handler
         )
         return make(
-            functools.partial(self._handle, name, behaviour),
+            self._handler(name, behaviour),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
-    async def _handle(
-        self,
-        name: str,
-        behaviour: Callable[[Any, Any], Awaitable[Any]],
-        request: Any,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> Any:
-        started = time.perf_counter()
-        record = RpcRecord(name)
-        _current.set(record)
-        code = grpc.StatusCode.OK
-        error = ""
-        failure: BaseException | None = None
-        try:
-            limit = self._max_concurrent()
-            if self.in_flight >= limit:
-                raise Overloaded(
-                    f"{self.in_flight} RPCs in flight, the limit is {limit} "
-                    "(server.max_concurrent_rpcs): retry with backoff"
-                )
-            self.in_flight += 1
+    def _handler(
+        self, name: str, behaviour: Callable[[Any, Any], Awaitable[Any]]
+    ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+        """Return the wrapped method: a plain coroutine function, as grpc inspects it per RPC."""
+
+        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            record = RpcRecord(name)
+            _current.set(record)
+            code = grpc.StatusCode.OK
+            error = ""
+            failure: BaseException | None = None
             try:
-                return await behaviour(request, context)
+                limit = self._max_concurrent()
+                if self.in_flight >= limit:
+                    raise Overloaded(
+                        f"{self.in_flight} RPCs in flight, the limit is {limit} "
+                        "(server.max_concurrent_rpcs): retry with backoff"
+                    )
+                self.in_flight += 1
+                try:
+                    return await behaviour(request, context)
+                finally:
+                    self.in_flight -= 1
+            except RouterError as exc:
+                code, error = status_for(exc), str(exc)
+            except asyncio.CancelledError:
+                remaining = context.time_remaining()
+                expired = remaining is not None and remaining <= 0
+                code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception as exc:
+                code, failure = grpc.StatusCode.INTERNAL, exc
+                error = (
+                    f"internal error; the server log has the details under request id "
+                    f"{record.request_id}"
+                    if record.request_id
+                    else "internal error; the server log has the details"
+                )
             finally:
-                self.in_flight -= 1
-        except RouterError as exc:
-            code, error = status_for(exc), str(exc)
-        except asyncio.CancelledError:
-            remaining = context.time_remaining()
-            expired = remaining is not None and remaining <= 0
-            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-            raise
-        except grpc.aio.AbortError:
-            code = context.code() or grpc.StatusCode.UNKNOWN
-            raise
-        except Exception as exc:
-            code, failure = grpc.StatusCode.INTERNAL, exc
-            error = (
-                f"internal error; the server log has the details under request id "
-                f"{record.request_id}"
-                if record.request_id
-                else "internal error; the server log has the details"
-            )
-        finally:
-            if self._log_rpcs or failure is not None:
-                self._log(record, code, error, failure, started)
-        # Only reached after an error was recorded: end the RPC with its status.
-        await context.abort(code, error)
+                if self._log_rpcs or failure is not None:
+                    self._log(record, code, error, failure, started)
+            # Only reached after an error was recorded: end the RPC with its status.
+            await context.abort(code, error)
+
+        return handle
 
     @staticmethod
     def _log(
