@@ -253,11 +253,15 @@ def running(name: str, argv: list[str], port: int, cache: Path) -> Iterator[Serv
     try:
         server.wait_serving()
         yield server
-    finally:
-        code = server.stop()
-        # The log of a clean run is only noise (one line per RPC); keep it when a run failed.
-        if code in (0, -signal.SIGTERM) and sys.exc_info()[0] is None:
-            server.log_path.unlink(missing_ok=True)
+    except BaseException:
+        server.stop()
+        print(f"{name}: the server's output is in {server.log_path}", file=sys.stderr)
+        raise
+    # The log of a clean run is only noise (one line per RPC); keep it when the stop failed.
+    if server.stop() in (0, -signal.SIGTERM):
+        server.log_path.unlink(missing_ok=True)
+    else:
+        print(f"{name}: did not stop cleanly, see {server.log_path}", file=sys.stderr)
 
 
 def wait_sampling(
