@@ -96,7 +96,7 @@ def serve_noop(port: int) -> None:
 # -- the load ------------------------------------------------------------------------------
 
 
-def _client(
+def client_process(
     port: int,
     payloads: list[bytes],
     concurrency: int,
@@ -105,6 +105,7 @@ def _client(
     duration: float,
     out: Any,
 ) -> None:
+    """Keep ``concurrency`` Route calls in flight over ``connections``; put the latencies."""
     import grpc
     import uvloop
 
@@ -184,7 +185,7 @@ def run_load(
     per_client = max(1, args.concurrency // args.clients)
     clients = [
         ctx.Process(
-            target=_client,
+            target=client_process,
             args=(
                 port,
                 payloads[i :: args.clients],
@@ -240,9 +241,10 @@ def run_load(
 # -- the servers ---------------------------------------------------------------------------
 
 
-def _wait_listening(
+def wait_listening(
     log: Path, count: int, proc: list[subprocess.Popen[bytes]]
 ) -> list[dict[str, Any]]:
+    """Wait for ``count`` "listening" log lines in ``log``; return them."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         lines = []
@@ -267,7 +269,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM the processes and reap them (killing those that hang)."""
     for p in procs:
         p.send_signal(signal.SIGTERM)
     for p in procs:
@@ -279,6 +282,7 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def bench_noop(workers: int, payloads: list[bytes], args: argparse.Namespace, tmp: Path) -> Result:
+    """Measure the no-op server with ``workers`` processes on one port."""
     port = _free_port()
     log = tmp / f"noop{workers}.log"
     with log.open("wb") as fh:
@@ -291,12 +295,12 @@ def bench_noop(workers: int, payloads: list[bytes], args: argparse.Namespace, tm
             for _ in range(workers)
         ]
     try:
-        lines = _wait_listening(log, workers, procs)
+        lines = wait_listening(log, workers, procs)
         return run_load(
             "python grpc.aio no-op", workers, port, [line["pid"] for line in lines], payloads, args
         )
     finally:
-        _stop(procs)
+        stop_processes(procs)
 
 
 def bench_router(
@@ -308,6 +312,7 @@ def bench_router(
     tmp: Path,
     env: dict[str, str] | None = None,
 ) -> Result:
+    """Measure ``modelrouter serve`` with a configuration and a worker count."""
     log = tmp / f"{label.replace(' ', '_')}{workers}.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen(
@@ -330,11 +335,11 @@ def bench_router(
             env={**os.environ, **(env or {})},
         )
     try:
-        lines = _wait_listening(log, workers, [proc])
+        lines = wait_listening(log, workers, [proc])
         pids = [line["pid"] for line in lines] + ([proc.pid] if workers > 1 else [])
         result = run_load(label, workers, lines[0]["port"], pids, payloads, args)
     finally:
-        _stop([proc])
+        stop_processes([proc])
     micros = []
     for raw in log.read_text().splitlines():
         if '"event": "rpc"' in raw:
@@ -357,6 +362,7 @@ def load_payloads(count: int, seed: int) -> list[bytes]:
 
 
 def machine() -> dict[str, Any]:
+    """Describe the machine and the software measured."""
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -392,6 +398,7 @@ def main() -> int:
     parser.add_argument(
         "--compare-loops", action="store_true", help="also run 1 worker on asyncio's own loop"
     )
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved repeats (median)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--serve-noop", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -412,25 +419,37 @@ def main() -> int:
         data["logging"] = {"rpc": False}
         quiet_config = tmp / "quiet.yaml"
         quiet_config.write_text(yaml.safe_dump(data))
-        for workers in args.workers:
-            results.append(bench_noop(workers, payloads, args, tmp))
-            results.append(bench_router("modelrouter", logged_config, workers, payloads, args, tmp))
-            results.append(
-                bench_router("modelrouter (no rpc log)", quiet_config, workers, payloads, args, tmp)
-            )
-            if workers == 1 and args.compare_loops:
+        load_before = os.getloadavg()
+        # Rounds interleave the targets, so that a burst of other work on the machine
+        # hits all of them; each target's median round is reported.
+        for _ in range(args.rounds):
+            for workers in args.workers:
+                results.append(bench_noop(workers, payloads, args, tmp))
+                results.append(
+                    bench_router("modelrouter", logged_config, workers, payloads, args, tmp)
+                )
                 results.append(
                     bench_router(
-                        "modelrouter (asyncio loop)",
-                        logged_config,
-                        workers,
-                        payloads,
-                        args,
-                        tmp,
-                        env={"MODELROUTER_NO_UVLOOP": "1"},
+                        "modelrouter (no rpc log)", quiet_config, workers, payloads, args, tmp
                     )
                 )
-    by = {(r.target, r.workers): r for r in results}
+                if workers == 1 and args.compare_loops:
+                    results.append(
+                        bench_router(
+                            "modelrouter (asyncio loop)",
+                            logged_config,
+                            workers,
+                            payloads,
+                            args,
+                            tmp,
+                            env={"MODELROUTER_NO_UVLOOP": "1"},
+                        )
+                    )
+        load_after = os.getloadavg()
+    rounds: dict[tuple[str, int], list[Result]] = {}
+    for r in results:
+        rounds.setdefault((r.target, r.workers), []).append(r)
+    by = {key: sorted(runs, key=lambda r: r.rps)[len(runs) // 2] for key, runs in rounds.items()}
     ratios: dict[str, float] = {}
     for w in args.workers:
         noop, logged = by["python grpc.aio no-op", w], by["modelrouter", w]
@@ -450,7 +469,11 @@ def main() -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine(),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "serve_noop")},
-        "results": [asdict(r) for r in results],
+        "load_average_1min": {"before": load_before[0], "after": load_after[0]},
+        "results": [asdict(r) for r in by.values()],
+        "rounds_rps": {
+            f"{t} workers={w}": [r.rps for r in runs] for (t, w), runs in rounds.items()
+        },
         "ratios": ratios,
     }
     report["settings"]["model"] = args.model

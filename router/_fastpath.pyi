@@ -17,6 +17,7 @@ class FastPath:
     n_rules: int
     n_features: int
     n_heads: int
+    score_gate: float
     def __init__(
         self,
         *,
@@ -29,10 +30,9 @@ class FastPath:
         rule_phrases: Sequence[Sequence[str]],
         weights: npt.NDArray[np.float32],
         bias: npt.NDArray[np.float64],
+        score_gate: float = 0.0,
     ) -> None: ...
-    def features(
-        self, text: str
-    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float64], int]: ...
+    def features(self, text: str) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float64], int]: ...
     def logits(
         self, text: str, context: str = "", context_weight: float = 0.0
     ) -> tuple[list[float], int]: ...

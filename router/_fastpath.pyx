@@ -15,7 +15,6 @@ buffers safe to reuse across calls.
 from libc.math cimport exp, sqrt
 from libc.stdint cimport int32_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy
 
 import unicodedata
 
@@ -39,7 +38,9 @@ cdef extern from "Python.h":
 
 cdef enum:
     LEVELS = 5
-    HEADS = 6
+    GAIN_HEAD = 5
+    PLACE_HEAD = 6
+    HEADS = 7
     MAX_DENSE_STATS = 8
     MAX_EDGES = 16
 
@@ -100,6 +101,7 @@ cdef class FastPath:
     cdef const float[:, ::1] _weights_view
     cdef const float* w
     cdef double bias[HEADS]
+    cdef readonly double score_gate
     # Rule table: open addressing on the chained phrase hash.
     cdef uint64_t* rule_keys
     cdef int* rule_ids
@@ -128,7 +130,7 @@ cdef class FastPath:
         self.tok_hash = NULL
 
     def __init__(self, *, seed, buckets_log2, word_max, char_min, char_max, max_bytes,
-                 rule_phrases, weights, bias):
+                 rule_phrases, weights, bias, score_gate=0.0):
         cdef Py_ssize_t i, slots
         cdef uint64_t h
         if not 1 <= word_max <= 4 or not 1 <= char_min <= char_max <= 8:
@@ -181,13 +183,14 @@ cdef class FastPath:
             raise ValueError(f"weights must have shape ({self.n_features}, heads)")
         self.n_heads = weights.shape[1]
         if self.n_heads != HEADS:
-            raise ValueError(f"weights must have {HEADS} heads (5 levels + score)")
+            raise ValueError(f"weights must have {HEADS} heads (5 levels, gain, placement)")
         if bias.shape != (self.n_heads,):
             raise ValueError(f"bias must have shape ({self.n_heads},)")
         self._weights_view = weights
         self.w = &self._weights_view[0, 0]
         for i in range(HEADS):
             self.bias[i] = float(bias[i])
+        self.score_gate = float(score_gate)
 
         self.n_stats = len(DENSE_EDGES)
         if self.n_stats > MAX_DENSE_STATS:
@@ -204,7 +207,8 @@ cdef class FastPath:
         self.tok_start = <int32_t*>malloc((max_bytes + 2) * sizeof(int32_t))
         self.tok_end = <int32_t*>malloc((max_bytes + 2) * sizeof(int32_t))
         self.tok_hash = <uint64_t*>malloc((max_bytes + 2) * sizeof(uint64_t))
-        if self.buf == NULL or self.tok_start == NULL or self.tok_end == NULL or self.tok_hash == NULL:
+        if (self.buf == NULL or self.tok_start == NULL or self.tok_end == NULL
+                or self.tok_hash == NULL):
             raise MemoryError()
         self._unicode_normalize = unicodedata.normalize
 
@@ -303,7 +307,8 @@ cdef class FastPath:
                 i += 1
             self.tok_start[self.n_tokens] = <int32_t>start
             self.tok_end[self.n_tokens] = <int32_t>i
-            self.tok_hash[self.n_tokens] = XXH3_64bits_withSeed(self.buf + start, i - start, self.seed)
+            self.tok_hash[self.n_tokens] = XXH3_64bits_withSeed(
+                self.buf + start, i - start, self.seed)
             self.n_tokens += 1
 
         self.stats[0] = n
@@ -438,7 +443,7 @@ cdef class FastPath:
         for k in range(LEVELS):
             total += exps[k]
         return (
-            _sigmoid(logits[LEVELS]),
+            _sigmoid(logits[GAIN_HEAD] + self.score_gate * _sigmoid(logits[PLACE_HEAD])),
             (exps[0] / total, exps[1] / total, exps[2] / total, exps[3] / total, exps[4] / total),
             rules,
         )

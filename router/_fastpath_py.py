@@ -22,9 +22,11 @@ The algorithm (FEATURIZER_VERSION 1):
 5. Signed hashing: feature index = hash mod 2**buckets_log2, sign = the hash's top bit.
    Word features are scaled by 1/sqrt(number of word n-grams), char features by
    1/sqrt(number of char n-grams); dense bins and fired rules have value 1.
-6. Score: per head, logit = bias + scale_w * sum(word weights) + scale_c * sum(char
+6. Logits: per head, logit = bias + scale_w * sum(word weights) + scale_c * sum(char
    weights) + sum(dense and rule weights), each sum accumulated in float64 in emission
    order; a chat's earlier turns add ``context_weight`` times their own sums.
+7. Outputs: level probabilities = softmax(heads 0-4); score = sigmoid(gain head +
+   score_gate * sigmoid(placement head)).
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ import xxhash
 
 FEATURIZER_VERSION = 1
 LEVELS = 5
-HEADS = LEVELS + 1
+# Heads: 5 level logits (softmax), the gain logit and the placement logit.
+GAIN_HEAD = LEVELS
+PLACE_HEAD = LEVELS + 1
+HEADS = LEVELS + 2
 
 _xxh3 = xxhash.xxh3_64_intdigest
 _PAIR = struct.Struct("<QQ")
@@ -172,6 +177,7 @@ class FastPath:
         rule_phrases: Sequence[Sequence[str]],
         weights: npt.NDArray[np.float32],
         bias: npt.NDArray[np.float64],
+        score_gate: float = 0.0,
     ) -> None:
         if not 1 <= word_max <= 4 or not 1 <= char_min <= char_max <= 8:
             raise ValueError("n-gram ranges out of bounds (word 1..4, char 1..8)")
@@ -200,12 +206,13 @@ class FastPath:
             raise ValueError(f"weights must have shape ({self.n_features}, heads)")
         self.n_heads = weights.shape[1]
         if self.n_heads != HEADS:
-            raise ValueError(f"weights must have {HEADS} heads (5 levels + score)")
+            raise ValueError(f"weights must have {HEADS} heads (5 levels, gain, placement)")
         if bias.shape != (self.n_heads,):
             raise ValueError(f"bias must have shape ({self.n_heads},)")
         # Python floats are float64: the same values the compiled path reads.
         self._w = weights.astype(np.float64).tolist()
         self._bias = [float(b) for b in bias]
+        self.score_gate = float(score_gate)
 
     # -- featurization ---------------------------------------------------------------
 
@@ -290,7 +297,9 @@ class FastPath:
                 logits[k] += weight * row[k]
         return rules
 
-    def logits(self, text: str, context: str = "", context_weight: float = 0.0) -> tuple[list[float], int]:
+    def logits(
+        self, text: str, context: str = "", context_weight: float = 0.0
+    ) -> tuple[list[float], int]:
         """Return the heads' logits and the fired-rules mask of a query (and its context)."""
         logits = list(self._bias)
         rules = self._accumulate(text, 1.0, logits)
@@ -303,7 +312,10 @@ class FastPath:
     ) -> tuple[float, tuple[float, ...], int]:
         """Return the difficulty score, the level probabilities and the fired-rules mask.
 
-        Heads 0-4 are the level logits (softmax); head 5 is the score logit (sigmoid).
+        Heads 0-4 are the level logits (softmax). The score is
+        sigmoid(gain + score_gate * sigmoid(placement)): the placement head says whether
+        the query is of a kind the cheapest tier serves (FAQ, chit-chat, lookups), the
+        gain head how much a stronger model helps within its kind.
         """
         logits, rules = self.logits(text, context, context_weight)
         top = max(logits[:LEVELS])
@@ -312,7 +324,8 @@ class FastPath:
         for e in exps:
             total += e
         levels = tuple(e / total for e in exps)
-        return _sigmoid(logits[LEVELS]), levels, rules
+        gate = self.score_gate * _sigmoid(logits[PLACE_HEAD])
+        return _sigmoid(logits[GAIN_HEAD] + gate), levels, rules
 
 
 def _sigmoid(x: float) -> float:

@@ -219,7 +219,10 @@ _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 def substitute_env(value: Any, environ: Mapping[str, str], path: str = "") -> Any:
     """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of a parsed YAML tree."""
     if isinstance(value, dict):
-        return {k: substitute_env(v, environ, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        return {
+            k: substitute_env(v, environ, f"{path}.{k}" if path else str(k))
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [substitute_env(v, environ, f"{path}[{i}]") for i, v in enumerate(value)]
     if not isinstance(value, str):
@@ -231,7 +234,9 @@ def substitute_env(value: Any, environ: Mapping[str, str], path: str = "") -> An
             return environ[name]
         if default is not None:
             return default
-        raise ConfigError(f"{path}: environment variable {name} is not set (use ${{{name}:-default}})")
+        raise ConfigError(
+            f"{path}: environment variable {name} is not set (use ${{{name}:-default}})"
+        )
 
     return _ENV_PATTERN.sub(replace, value)
 
@@ -254,7 +259,9 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
     if "version" not in data:
         raise ConfigError(f"version: missing (this release reads version: {CONFIG_VERSION})")
     if data["version"] != CONFIG_VERSION:
-        raise ConfigError(f"version: {data['version']!r} is not supported (expected {CONFIG_VERSION})")
+        raise ConfigError(
+            f"version: {data['version']!r} is not supported (expected {CONFIG_VERSION})"
+        )
     data = substitute_env(data, os.environ if environ is None else environ)
     try:
         return Config.model_validate(data)

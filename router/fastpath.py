@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Literal
+from typing import Literal, cast
 
 from router import _fastpath_py
 
@@ -26,16 +26,29 @@ if NO_EXTENSIONS:
     IMPLEMENTATION = "python"
 else:
     try:
-        from router._fastpath import FastPath  # type: ignore[no-redef]
+        from router import _fastpath
     except ImportError:
         FastPath = _fastpath_py.FastPath
         IMPLEMENTATION = "python"
     else:
+        # Not a subclass of the twin, but the same API (router/_fastpath.pyi).
+        FastPath = cast("type[_fastpath_py.FastPath]", _fastpath.FastPath)
         IMPLEMENTATION = "compiled"
 
 FEATURIZER_VERSION = _fastpath_py.FEATURIZER_VERSION
 N_DENSE = _fastpath_py.N_DENSE
 LEVELS = _fastpath_py.LEVELS
 HEADS = _fastpath_py.HEADS
+GAIN_HEAD = _fastpath_py.GAIN_HEAD
+PLACE_HEAD = _fastpath_py.PLACE_HEAD
 
-__all__ = ["FEATURIZER_VERSION", "HEADS", "IMPLEMENTATION", "LEVELS", "N_DENSE", "FastPath"]
+__all__ = [
+    "FEATURIZER_VERSION",
+    "GAIN_HEAD",
+    "HEADS",
+    "IMPLEMENTATION",
+    "LEVELS",
+    "N_DENSE",
+    "PLACE_HEAD",
+    "FastPath",
+]

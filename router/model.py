@@ -69,6 +69,7 @@ class FeaturizerSpec:
         weights: npt.NDArray[np.float32] | None = None,
         bias: npt.NDArray[np.float64] | None = None,
         implementation: type[_fastpath_py.FastPath] = FastPath,
+        score_gate: float = 0.0,
     ) -> _fastpath_py.FastPath:
         """Return a fast path over these settings (zero weights when none are given)."""
         if weights is None:
@@ -85,6 +86,7 @@ class FeaturizerSpec:
             rule_phrases=[r.phrases for r in self.rules],
             weights=weights,
             bias=bias,
+            score_gate=score_gate,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -121,10 +123,13 @@ class RouterModel:
     """A trained routing model with its calibrated operating point."""
 
     spec: FeaturizerSpec
-    weights: npt.NDArray[np.float32]  # (n_features, HEADS): 5 level logits, 1 score logit
+    # (n_features, HEADS): 5 level logits, the gain logit, the placement logit.
+    weights: npt.NDArray[np.float32]
     bias: npt.NDArray[np.float64]  # (HEADS,)
     tier_names: tuple[str, ...]
     thresholds: tuple[float, ...]
+    # score = sigmoid(gain + score_gate * sigmoid(placement)).
+    score_gate: float = 0.0
     name: str = "model"
     info: Mapping[str, Any] = field(default_factory=dict)
     checksum: str = ""
@@ -149,7 +154,7 @@ class RouterModel:
         self, implementation: type[_fastpath_py.FastPath] = FastPath
     ) -> _fastpath_py.FastPath:
         """Return a fast path scoring with this model's weights."""
-        return self.spec.fastpath(self.weights, self.bias, implementation)
+        return self.spec.fastpath(self.weights, self.bias, implementation, self.score_gate)
 
     def with_operating_point(
         self, tier_names: Sequence[str], thresholds: Sequence[float], note: Mapping[str, Any]
@@ -158,7 +163,10 @@ class RouterModel:
         info = dict(self.info)
         info["calibration"] = dict(note)
         return replace(
-            self, tier_names=tuple(tier_names), thresholds=tuple(float(t) for t in thresholds), info=info
+            self,
+            tier_names=tuple(tier_names),
+            thresholds=tuple(float(t) for t in thresholds),
+            info=info,
         )
 
 
@@ -169,6 +177,7 @@ def _meta_without_checksum(model: RouterModel) -> dict[str, Any]:
         "name": model.name,
         "featurizer": model.spec.to_json(),
         "heads": HEADS,
+        "score_gate": model.score_gate,
         "tier_names": list(model.tier_names),
         "thresholds": list(model.thresholds),
         "info": dict(model.info),
@@ -185,7 +194,7 @@ def _digest(meta: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]]) -> 
 
 def save_model(model: RouterModel, path: str | Path) -> RouterModel:
     """Write the model to ``path`` and return it with its checksum filled in."""
-    arrays = {
+    arrays: dict[str, npt.NDArray[Any]] = {
         "weights": np.ascontiguousarray(model.weights, dtype=np.float16),
         "bias": np.ascontiguousarray(model.bias, dtype=np.float64),
     }
@@ -196,7 +205,7 @@ def save_model(model: RouterModel, path: str | Path) -> RouterModel:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("wb") as fh:
-        np.savez_compressed(fh, meta=meta_bytes, **arrays)
+        np.savez_compressed(fh, meta=meta_bytes, weights=arrays["weights"], bias=arrays["bias"])
     tmp.replace(path)
     return replace(model, checksum=checksum, weights=arrays["weights"].astype(np.float32))
 
@@ -253,6 +262,7 @@ def load_model(path: str | Path) -> RouterModel:
         bias=bias.astype(np.float64),
         tier_names=tuple(meta["tier_names"]),
         thresholds=tuple(float(t) for t in meta["thresholds"]),
+        score_gate=float(meta["score_gate"]),
         name=str(meta["name"]),
         info=meta["info"],
         checksum=checksum,

@@ -7,6 +7,7 @@ CLI and the benchmarks all go through it.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ def check_thresholds(thresholds: Sequence[float], n_tiers: int) -> tuple[float, 
         raise ValueError(f"{n_tiers} tiers need {n_tiers - 1} thresholds, got {len(result)}")
     if any(not (0.0 <= t <= 1.0) or math.isnan(t) for t in result):
         raise ValueError(f"thresholds must lie in [0, 1]: {list(result)}")
-    if any(b <= a for a, b in zip(result, result[1:], strict=False)):
+    if any(b <= a for a, b in itertools.pairwise(result)):
         raise ValueError(f"thresholds must increase: {list(result)}")
     return result
 

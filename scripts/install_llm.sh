@@ -37,6 +37,6 @@ else
 fi
 
 "$PYTHON" - <<'PY'
-from tests.llm_model import find_gguf
+from tests.integration.llm_server import find_gguf
 print(f"install_llm: Gemma 3 270M GGUF at {find_gguf()}")
 PY

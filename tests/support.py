@@ -7,6 +7,7 @@ from types import ModuleType
 
 import numpy as np
 
+from router.fastpath import HEADS
 from router.model import FeaturizerSpec, RouterModel, Rule
 
 _fastpath_c: ModuleType | None
@@ -32,8 +33,9 @@ def random_model(seed: int = 7, buckets_log2: int = 12, name: str = "test") -> R
     rng = np.random.default_rng(seed)
     return RouterModel(
         spec=spec,
-        weights=rng.normal(scale=0.5, size=(spec.n_features, 6)).astype(np.float32),
-        bias=rng.normal(size=6),
+        weights=rng.normal(scale=0.5, size=(spec.n_features, HEADS)).astype(np.float32),
+        bias=rng.normal(size=HEADS),
+        score_gate=3.0,
         tier_names=("cheap", "strong", "expert"),
         thresholds=(0.4, 0.7),
         name=name,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from router.backends.base import BackendRequest, Chunk, TokenUsage, register
@@ -59,39 +59,54 @@ class AnthropicBackend(HTTPBackend):
             body["stop_sequences"] = list(generation.stop)
         return body
 
-    async def parse(self, events: AsyncIterator[SSEEvent]) -> AsyncGenerator[Chunk, None]:
-        """Turn message_start / content_block_delta / message_delta events into chunks."""
-        prompt_tokens = 0
-        stopped = False
-        async for event in events:
-            if stopped:
-                continue  # read to the end so the connection can go back to the pool
-            obj = loads_event(event)
-            kind = obj.get("type", event.event)
-            if kind == "content_block_delta":
-                delta = obj.get("delta") or {}
-                text = delta.get("text") if isinstance(delta, dict) else None
-                if isinstance(text, str) and text:
-                    yield Chunk(text=text, tokens=1)
-            elif kind == "message_start":
-                usage = (obj.get("message") or {}).get("usage") or {}
-                prompt_tokens = _int(usage.get("input_tokens", 0), "input_tokens")
-            elif kind == "message_delta":
-                delta = obj.get("delta") or {}
-                usage = obj.get("usage") or {}
-                reason = delta.get("stop_reason") if isinstance(delta, dict) else None
-                completion = _int(usage.get("output_tokens", 0), "output_tokens")
-                yield Chunk(
-                    finish_reason=_FINISH_REASONS.get(reason, reason) if reason else None,
-                    usage=TokenUsage(prompt_tokens, completion),
-                )
-            elif kind == "message_stop":
-                stopped = True
-            elif kind == "error":
-                error = obj.get("error") or {}
-                raise ErrorEvent(f"{error.get('type', 'error')}: {error.get('message', '')}")
-            # ping, content_block_start and content_block_stop carry nothing we need.
-        if not stopped:
+    def parser(self) -> AnthropicParser:
+        """Return a parser of Messages API stream events."""
+        return AnthropicParser()
+
+
+class AnthropicParser:
+    """Turn message_start / content_block_delta / message_delta events into chunks."""
+
+    __slots__ = ("prompt_tokens", "stopped")
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.stopped = False
+
+    def feed(self, event: SSEEvent) -> Chunk | None:
+        """Return the event's chunk; raise ErrorEvent or MalformedStream."""
+        if self.stopped:
+            return None  # read to the end so the connection can go back to the pool
+        obj = loads_event(event)
+        kind = obj.get("type", event.event)
+        if kind == "content_block_delta":
+            delta = obj.get("delta") or {}
+            text = delta.get("text") if isinstance(delta, dict) else None
+            if isinstance(text, str) and text:
+                return Chunk(text=text, tokens=1)
+        elif kind == "message_start":
+            usage = (obj.get("message") or {}).get("usage") or {}
+            self.prompt_tokens = _int(usage.get("input_tokens", 0), "input_tokens")
+        elif kind == "message_delta":
+            delta = obj.get("delta") or {}
+            usage = obj.get("usage") or {}
+            reason = delta.get("stop_reason") if isinstance(delta, dict) else None
+            completion = _int(usage.get("output_tokens", 0), "output_tokens")
+            return Chunk(
+                finish_reason=_FINISH_REASONS.get(reason, reason) if reason else None,
+                usage=TokenUsage(self.prompt_tokens, completion),
+            )
+        elif kind == "message_stop":
+            self.stopped = True
+        elif kind == "error":
+            error = obj.get("error") or {}
+            raise ErrorEvent(f"{error.get('type', 'error')}: {error.get('message', '')}")
+        # ping, content_block_start and content_block_stop carry nothing we need.
+        return None
+
+    def close(self) -> None:
+        """Raise MalformedStream if message_stop never came."""
+        if not self.stopped:
             raise MalformedStream("stream ended before message_stop")
 
 

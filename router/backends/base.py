@@ -11,7 +11,7 @@ import abc
 import asyncio
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from router.backends.errors import BackendTimeout
 from router.config import BackendConfig, Timeouts
@@ -41,6 +41,17 @@ class Chunk:
     finish_reason: str | None = None
     usage: TokenUsage | None = None
 
+    def merge(self, later: Chunk) -> None:
+        """Append a later chunk's text, tokens and log-probabilities; take its ending."""
+        self.text += later.text
+        self.tokens += later.tokens
+        if later.logprobs is not None:
+            self.logprobs = [*(self.logprobs or ()), *later.logprobs]
+        if later.finish_reason is not None:
+            self.finish_reason = later.finish_reason
+        if later.usage is not None:
+            self.usage = later.usage
+
 
 @dataclass(frozen=True, slots=True)
 class BackendRequest:
@@ -67,7 +78,7 @@ class Backend(abc.ABC):
     def _stream(self, request: BackendRequest) -> AsyncGenerator[Chunk, None]:
         """Yield the completion's chunks; raise a BackendError on failure."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - a backend without connections has none
         """Release the backend's connections."""
 
     async def stream(self, request: BackendRequest) -> AsyncGenerator[Chunk, None]:
@@ -78,28 +89,100 @@ class Backend(abc.ABC):
         the generator (or cancelling its consumer) closes the upstream stream.
         """
         inner = self._stream(request)
-        loop = asyncio.get_running_loop()
-        limits = request.timeouts
-        total_deadline = loop.time() + limits.total_s
-        limit, phase = limits.first_token_s, "first_token"
+        watch = _Watchdog(asyncio.get_running_loop(), request.timeouts)
         try:
             while True:
-                deadline = loop.time() + limit
-                reason, limit_s = phase, limit
-                if deadline >= total_deadline:
-                    deadline, reason, limit_s = total_deadline, "total", limits.total_s
+                watch.wait_begins()
                 try:
-                    async with asyncio.timeout_at(deadline):
-                        chunk = await anext(inner)
+                    chunk = await anext(inner)
                 except StopAsyncIteration:
                     return
-                except TimeoutError:
-                    raise BackendTimeout(reason, limit_s) from None
-                if chunk.text and phase == "first_token":
-                    limit, phase = limits.idle_s, "idle"
+                except asyncio.CancelledError:
+                    expired = watch.expired_by_us()
+                    if expired is None:
+                        raise
+                    raise expired from None
+                finally:
+                    watch.task = None
+                if chunk.text:
+                    watch.first = False
                 yield chunk
         finally:
+            watch.stop()
             await inner.aclose()
+
+
+class _Watchdog:
+    """The first-token, idle and total limits of one stream, on one lazily moved timer.
+
+    Re-arming a timer for every chunk costs more than the rest of a chunk's handling;
+    instead the timer fires at the earliest possible deadline, and if the stream made
+    progress meanwhile it re-arms for the new deadline. Time the consumer spends holding
+    a chunk does not count as idle time; a limit that passes while the stream is waiting
+    cancels the waiting task, which ``stream`` turns into ``BackendTimeout``.
+    """
+
+    __slots__ = ("expired", "first", "handle", "limits", "loop", "since", "start", "task")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limits: Timeouts) -> None:
+        self.loop = loop
+        self.limits = limits
+        self.start = self.since = loop.time()
+        self.first = True
+        self.task: asyncio.Task[Any] | None = None
+        self.expired: BackendTimeout | None = None
+        self.handle = loop.call_at(self._deadline()[0], self._check)
+
+    def _deadline(self) -> tuple[float, str, float]:
+        limits = self.limits
+        if self.first:
+            deadline, phase, limit = (
+                self.start + limits.first_token_s,
+                "first_token",
+                limits.first_token_s,
+            )
+        else:
+            deadline, phase, limit = self.since + limits.idle_s, "idle", limits.idle_s
+        total = self.start + limits.total_s
+        if deadline >= total:
+            return total, "total", limits.total_s
+        return deadline, phase, limit
+
+    def wait_begins(self) -> None:
+        """Note that the stream waits for its next chunk (in the current task)."""
+        self.since = self.loop.time()
+        if self.since >= self.start + self.limits.total_s:
+            raise BackendTimeout("total", self.limits.total_s)
+        # The gate may read the stream from a helper task: cancel whichever waits.
+        self.task = asyncio.current_task()
+
+    def _check(self) -> None:
+        deadline, phase, limit = self._deadline()
+        now = self.loop.time()
+        task = self.task
+        if task is None or now + _CLOCK_SLACK_S < deadline:
+            # Progress moved the deadline, or the consumer holds a chunk: look again later.
+            self.handle = self.loop.call_at(
+                max(deadline, now + limit if task is None else 0), self._check
+            )
+            return
+        self.expired = BackendTimeout(phase, limit)
+        task.cancel()
+
+    def expired_by_us(self) -> BackendTimeout | None:
+        """Return the timeout if a limit (and nothing else) cancelled the waiting task."""
+        expired, task = self.expired, self.task
+        if expired is None or task is None or task.uncancel() > 0:
+            return None
+        return expired
+
+    def stop(self) -> None:
+        """Cancel the timer."""
+        self.handle.cancel()
+
+
+# asyncio may run a timer up to its clock resolution early.
+_CLOCK_SLACK_S = 0.001
 
 
 _B = TypeVar("_B", bound=type[Backend])
@@ -126,6 +209,7 @@ def create_backend(name: str, config: BackendConfig) -> Backend:
         cls = BACKENDS[config.kind]
     except KeyError:
         known = ", ".join(sorted(BACKENDS))
-        raise ValueError(f"backends.{name}.kind: unknown kind {config.kind!r} (known: {known})")
+        raise ValueError(
+            f"backends.{name}.kind: unknown kind {config.kind!r} (known: {known})"
+        ) from None
     return cls(name, config)
-

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from router.backends.base import BackendRequest, Chunk, TokenUsage, register
@@ -54,26 +54,38 @@ class OpenAIBackend(HTTPBackend):
             body["top_logprobs"] = 1
         return body
 
-    async def parse(self, events: AsyncIterator[SSEEvent]) -> AsyncGenerator[Chunk, None]:
-        """Turn ``chat.completion.chunk`` events into chunks, up to ``[DONE]``."""
-        finished = done = False
-        async for event in events:
-            if done:
-                continue  # read to the end so the connection can go back to the pool
-            if event.data == _DONE:
-                done = True
-                continue
-            obj = loads_event(event)
-            error = obj.get("error")
-            if error is not None or event.event == "error":
-                raise ErrorEvent(_error_text(error if error is not None else obj))
-            chunk = _chunk(obj)
-            if chunk is None:
-                continue
-            if chunk.finish_reason is not None:
-                finished = True
-            yield chunk
-        if not (done or finished):
+    def parser(self) -> OpenAIParser:
+        """Return a parser of ``chat.completion.chunk`` events."""
+        return OpenAIParser()
+
+
+class OpenAIParser:
+    """Turn ``chat.completion.chunk`` events into chunks, up to ``[DONE]``."""
+
+    __slots__ = ("done", "finished")
+
+    def __init__(self) -> None:
+        self.done = self.finished = False
+
+    def feed(self, event: SSEEvent) -> Chunk | None:
+        """Return the event's chunk; raise ErrorEvent or MalformedStream."""
+        if self.done:
+            return None  # read to the end so the connection can go back to the pool
+        if event.data == _DONE:
+            self.done = True
+            return None
+        obj = loads_event(event)
+        error = obj.get("error")
+        if error is not None or event.event == "error":
+            raise ErrorEvent(_error_text(error if error is not None else obj))
+        chunk = _chunk(obj)
+        if chunk is not None and chunk.finish_reason is not None:
+            self.finished = True
+        return chunk
+
+    def close(self) -> None:
+        """Raise MalformedStream if neither a finish reason nor ``[DONE]`` came."""
+        if not (self.done or self.finished):
             raise MalformedStream("stream ended before a finish reason or [DONE]")
 
 

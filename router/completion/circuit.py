@@ -51,6 +51,14 @@ class CircuitBreaker:
         self._probing = True
         return True
 
+    def available(self) -> bool:
+        """Return whether ``allow`` would let a request through now, without taking a slot."""
+        if self._state is CircuitState.CLOSED:
+            return True
+        if self._state is CircuitState.OPEN:
+            return self._clock() - self._opened_at >= self.settings.cooldown_s
+        return not self._probing
+
     def record_success(self) -> None:
         """Note that the backend answered."""
         self._probing = False
@@ -92,7 +100,8 @@ class CircuitBreaker:
 
     def _transition(self, state: CircuitState) -> None:
         previous, self._state = self._state, state
-        log.warning(
+        emit = log.warning if state is CircuitState.OPEN else log.info
+        emit(
             "circuit_" + state.value,
             backend=self.backend,
             previous=previous.value,

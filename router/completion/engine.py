@@ -47,6 +47,7 @@ class _Try:
 
     __slots__ = (
         "committed_chars",
+        "delivered_at",
         "finish_reason",
         "first_token_at",
         "gate",
@@ -65,9 +66,17 @@ class _Try:
         self.usage_completion = -1
         self.finish_reason: str | None = None
         self.committed_chars = 0
+        self.delivered_at = 0.0
         self.gate = NOT_GATED
         # The read of the next chunk still running when the gate's time window closed.
         self.pending: asyncio.Future[Chunk] | None = None
+
+    def deliver(self, text: str, now: float) -> TextDelta:
+        """Commit text to the caller: from here on this attempt's model answers."""
+        if not self.committed_chars:
+            self.delivered_at = now
+        self.committed_chars += len(text)
+        return TextDelta(text)
 
     def note(self, chunk: Chunk, now: float) -> None:
         """Count a chunk's tokens, usage and finish reason."""
@@ -138,13 +147,23 @@ class CompletionEngine:
             if not circuit.allow():
                 # A skip is not a try: it costs nothing and does not use up max_attempts.
                 attempt = self._record(
-                    decision, len(attempts), tier, AttemptOutcome.CIRCUIT_OPEN,
-                    f"circuit open for backend {tier.backend!r}", _Try(loop.time()),
-                    loop.time(), prompt_estimate,
+                    decision,
+                    len(attempts),
+                    tier,
+                    AttemptOutcome.CIRCUIT_OPEN,
+                    f"circuit open for backend {tier.backend!r}",
+                    _Try(loop.time()),
+                    loop.time(),
+                    prompt_estimate,
                 )
             else:
                 tries += 1
-                can_climb = index < max_tier_index and tries < self._max_attempts
+                # Hold a start back only if a stronger tier could take over: rejecting it
+                # with nowhere to go would turn a doubtful answer into none.
+                can_climb = tries < self._max_attempts and any(
+                    self._circuits[t.backend].available()
+                    for t in tiers[index + 1 : max_tier_index + 1]
+                )
                 state = _Try(loop.time())
                 outcome, detail = AttemptOutcome.OK, ""
                 stream = self._backends[tier.backend].stream(
@@ -165,25 +184,24 @@ class CompletionEngine:
                         else:
                             text = window.text()
                             if text:
-                                state.committed_chars += len(text)
-                                yield TextDelta(text)
+                                yield state.deliver(text, loop.time())
                             if state.pending is not None:
                                 chunk = await state.pending
                                 state.pending = None
-                                state.note(chunk, loop.time())
+                                now = loop.time()
+                                state.note(chunk, now)
                                 if chunk.text:
-                                    state.committed_chars += len(chunk.text)
-                                    yield TextDelta(chunk.text)
+                                    yield state.deliver(chunk.text, now)
                     elif tier.gate is not None:
                         state.gate = limits_report(
                             tier.gate, reason="not held: no stronger tier to climb to"
                         )
                     if outcome is AttemptOutcome.OK:
                         async for chunk in stream:
-                            state.note(chunk, loop.time())
+                            now = loop.time()
+                            state.note(chunk, now)
                             if chunk.text:
-                                state.committed_chars += len(chunk.text)
-                                yield TextDelta(chunk.text)
+                                yield state.deliver(chunk.text, now)
                 except StopAsyncIteration:
                     pass  # the stream ended right after the gate's time window closed
                 except BackendError as exc:
@@ -192,8 +210,13 @@ class CompletionEngine:
                     circuit.release()
                     await _close(stream, state)
                     self._record(
-                        decision, len(attempts), tier, AttemptOutcome.CANCELLED,
-                        "the caller cancelled or its deadline passed", state, loop.time(),
+                        decision,
+                        len(attempts),
+                        tier,
+                        AttemptOutcome.CANCELLED,
+                        "the caller cancelled or its deadline passed",
+                        state,
+                        loop.time(),
                         prompt_estimate,
                     )
                     raise
@@ -209,7 +232,13 @@ class CompletionEngine:
                     detail = f"{outcome.value}: {detail}"
                     outcome = AttemptOutcome.FAILED_AFTER_COMMIT
                 attempt = self._record(
-                    decision, len(attempts), tier, outcome, detail, state, ended_at,
+                    decision,
+                    len(attempts),
+                    tier,
+                    outcome,
+                    detail,
+                    state,
+                    ended_at,
                     prompt_estimate,
                 )
                 if committed or outcome is AttemptOutcome.OK:
@@ -332,7 +361,7 @@ class CompletionEngine:
     ) -> CompletionSummary:
         prompt, completion, reported = _usage(state, prompt_estimate)
         failed = attempts[-1].outcome is not AttemptOutcome.OK
-        first_text_at = state.first_token_at
+        first_text_at = state.delivered_at
         return CompletionSummary(
             tier=tier.name,
             tier_index=index,

@@ -9,6 +9,8 @@ log-probabilities is judged on the empty/cut rules alone.
 
 from __future__ import annotations
 
+import dataclasses
+
 from router.backends import Chunk
 from router.config import Gate
 from router.domain import GateReport
@@ -78,16 +80,11 @@ class GateWindow:
             )
         else:
             passed, reason = True, "passed" if held else "passed (no logprobs reported)"
-        return GateReport(
-            enabled=True,
+        return dataclasses.replace(
+            limits_report(gate, reason=reason),
+            passed=passed,
             held_tokens=self.tokens,
             held_ms=held_ms,
             mean_logprob=mean,
             low_logprob_share=low_share,
-            passed=passed,
-            reason=reason,
-            window_tokens=gate.window_tokens,
-            window_ms=gate.window_ms,
-            min_mean_logprob=gate.min_mean_logprob,
-            max_low_logprob_share=gate.max_low_logprob_share,
         )

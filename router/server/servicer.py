@@ -25,17 +25,19 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
     def __init__(self, service: RouterService) -> None:
         self._service = service
 
-    async def _start(self, request_id: str, tenant: str, context: Context) -> str:
-        """Assign the request id, note it for the log line and send it as a header."""
+    def _start(self, request_id: str, tenant: str) -> str:
+        """Assign the request id and note it for the log line."""
         rid = self._service.assign_request_id(request_id)
         record = current_rpc()
         record.request_id, record.tenant = rid, tenant
-        await context.send_initial_metadata(((REQUEST_ID_HEADER, rid),))
         return rid
 
     async def Route(self, request: pb.RouteRequest, context: Context) -> pb.RouteResponse:
         """Return the routing decision for a query."""
-        rid = await self._start(request.request_id, request.tenant, context)
+        rid = self._start(request.request_id, request.tenant)
+        # A trailer, not a header: on a unary call grpc.aio sends a header in a batch of
+        # its own, which cost a fifth of Route's throughput; trailers ride with the status.
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
         decision = self._service.route(convert.route_request(request, rid))
         _note_decision(decision)
         return pb.RouteResponse(decision=convert.decision(decision))
@@ -43,7 +45,9 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
     async def Complete(self, request: pb.CompleteRequest, context: Context) -> None:
         """Stream the decision, the answer's deltas and escalations, then the summary."""
         route = request.route
-        rid = await self._start(route.request_id, route.tenant, context)
+        rid = self._start(route.request_id, route.tenant)
+        # A stream sends its header with the first message anyway.
+        await context.send_initial_metadata(((REQUEST_ID_HEADER, rid),))
         events = self._service.complete(convert.complete_request(request, rid))
         # aclosing: a cancelled RPC closes the engine's upstream stream at once.
         async with aclosing(events):

@@ -1,7 +1,7 @@
 """A small OpenAI-compatible streaming server that injects the failures real providers show.
 
-Each request picks its behaviour by its model name (or an ``x-fake-scenario`` header),
-``NAME`` or ``NAME:ARG``:
+Each request picks its behaviour by its model name (or an ``x-fake-scenario`` header, or
+the server's ``scenarios`` map from model name to scenario), ``NAME`` or ``NAME:ARG``:
 
 - ``ok`` (or any unknown name): a normal stream at the server's token rate
 - ``slow-first:S``: headers at once, the first token after S seconds
@@ -30,19 +30,48 @@ import contextlib
 import json
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 ANTHROPIC_FIXTURE = FIXTURES / "anthropic_messages_stream.sse"
-WORDS = (
-    "The quick answer is that routing each query to the cheapest model able to answer "
-    "it saves money without hurting quality in any way a user would notice ."
-).split()
+WORDS = [
+    "The",
+    "quick",
+    "answer",
+    "is",
+    "that",
+    "routing",
+    "each",
+    "query",
+    "to",
+    "the",
+    "cheapest",
+    "model",
+    "able",
+    "to",
+    "answer",
+    "it",
+    "saves",
+    "money",
+    "without",
+    "hurting",
+    "quality",
+    "in",
+    "any",
+    "way",
+    "a",
+    "user",
+    "would",
+    "notice",
+    ".",
+]
 NORMAL_LOGPROB = -0.15
 LOW_LOGPROB = -6.0
 
@@ -140,6 +169,8 @@ class FakeOpenAIServer:
         self.open_connections = 0
         self.total_connections = 0
         self.requests: list[RequestRecord] = []
+        # Model name -> scenario, so a test can make a model fail and later heal it.
+        self.scenarios: dict[str, str] = {}
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
         self._extra_sockets: list[socket.socket] = []
@@ -219,10 +250,12 @@ class FakeOpenAIServer:
 
     async def _serve_one(self, conn: _Conn) -> bool:
         """Serve one request; return whether the connection stays open."""
-        head = conn.prefix + await conn.reader.readuntil(b"\r\n\r\n") if conn.prefix else (
-            await _read_head(conn.reader)
-        )
-        conn.prefix = b""
+        prefix, conn.prefix = conn.prefix, b""
+        head = await _read_head(conn.reader)
+        if prefix:
+            head = prefix + head
+            if head == prefix:
+                raise asyncio.IncompleteReadError(prefix, None)
         if not head:
             return False
         lines = head.decode("latin-1").split("\r\n")
@@ -239,7 +272,7 @@ class FakeOpenAIServer:
             return True
         body: dict[str, Any] = json.loads(raw) if raw else {}
         model = str(body.get("model", ""))
-        scenario = headers.get("x-fake-scenario", model)
+        scenario = headers.get("x-fake-scenario") or self.scenarios.get(model, model)
         record = RequestRecord(path, model, scenario, body, time.monotonic(), headers)
         self.requests.append(record)
         conn.start_watch()
@@ -263,9 +296,7 @@ class FakeOpenAIServer:
     async def _openai(self, conn: _Conn, record: RequestRecord, body: dict[str, Any]) -> bool:
         name, _, arg = record.scenario.partition(":")
         if name == "http":
-            status = int(arg or 500)
-            await _send_json(conn, status, {"error": {"message": f"injected HTTP {status}",
-                                                      "type": "fake_error"}})
+            await _send_error(conn, int(arg or 500), {"type": "fake_error"})
             return True
         max_tokens = int(body.get("max_tokens") or self.tokens)
         count = min(self.tokens, max_tokens)
@@ -277,11 +308,25 @@ class FakeOpenAIServer:
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
             b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
         )
-        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0,
-                "model": record.model}
-        await _send_event(conn, {**base, "choices": [
-            {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-        ]})
+        base = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": record.model,
+        }
+        await _send_event(
+            conn,
+            {
+                **base,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": ""},
+                        "finish_reason": None,
+                    }
+                ],
+            },
+        )
         interval = 1.0 / self.tokens_per_second
         delay = self.first_token_ms / 1000.0
         if name == "slow-first":
@@ -293,28 +338,42 @@ class FakeOpenAIServer:
             await conn.sleep(start + i * interval - time.monotonic())
             word = WORDS[i % len(WORDS)]
             text = word if i == 0 else " " + word
-            choice: dict[str, Any] = {"index": 0, "delta": {"content": text},
-                                      "finish_reason": None}
+            choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": None}
             if want_logprobs:
-                choice["logprobs"] = {"content": [{
-                    "token": text, "logprob": logprob, "bytes": list(text.encode()),
-                    "top_logprobs": [{"token": text, "logprob": logprob,
-                                      "bytes": list(text.encode())}],
-                }]}
+                choice["logprobs"] = {
+                    "content": [
+                        {
+                            "token": text,
+                            "logprob": logprob,
+                            "bytes": list(text.encode()),
+                            "top_logprobs": [
+                                {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+                            ],
+                        }
+                    ]
+                }
             await _send_event(conn, {**base, "choices": [choice]})
             record.tokens_sent += 1
         if stop_after is not None and stop_after >= count:
             return await self._fault(conn, name)
         finish = "length" if count == max_tokens and count < self.tokens else "stop"
-        await _send_event(conn, {**base, "choices": [
-            {"index": 0, "delta": {}, "finish_reason": finish}
-        ]})
+        await _send_event(
+            conn, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
+        )
         if include_usage and name != "nousage":
             prompt = sum(len(str(m.get("content", ""))) for m in body.get("messages", [])) // 4
-            await _send_event(conn, {**base, "choices": [], "usage": {
-                "prompt_tokens": max(1, prompt), "completion_tokens": count,
-                "total_tokens": max(1, prompt) + count,
-            }})
+            await _send_event(
+                conn,
+                {
+                    **base,
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": max(1, prompt),
+                        "completion_tokens": count,
+                        "total_tokens": max(1, prompt) + count,
+                    },
+                },
+            )
         await _send_chunk(conn, b"data: [DONE]\n\n")
         await conn.send(b"0\r\n\r\n")
         return True
@@ -323,11 +382,12 @@ class FakeOpenAIServer:
         if name == "stall":
             await conn.sleep(3600.0)
         elif name == "malformed":
-            await _send_chunk(conn, b"data: {\"choices\": [{\"delta\": {\"content\n\n")
+            await _send_chunk(conn, b'data: {"choices": [{"delta": {"content\n\n')
             await conn.sleep(3600.0)  # a real server may go on; the client must give up
         elif name == "error":
-            await _send_event(conn, {"error": {"message": "injected error event",
-                                               "type": "server_error"}})
+            await _send_event(
+                conn, {"error": {"message": "injected error event", "type": "server_error"}}
+            )
             await _send_chunk(conn, b"data: [DONE]\n\n")
             await conn.send(b"0\r\n\r\n")
             return True
@@ -338,9 +398,7 @@ class FakeOpenAIServer:
     async def _anthropic(self, conn: _Conn, record: RequestRecord) -> bool:
         name, _, arg = record.scenario.partition(":")
         if name == "http":
-            status = int(arg or 500)
-            await _send_json(conn, status, {"type": "error", "error": {
-                "type": "overloaded_error", "message": f"injected HTTP {status}"}})
+            await _send_error(conn, int(arg or 500), {"type": "overloaded_error"}, anthropic=True)
             return True
         events = ANTHROPIC_FIXTURE.read_bytes().split(b"\n\n")
         await conn.send(
@@ -376,6 +434,14 @@ async def _send_event(conn: _Conn, obj: dict[str, Any]) -> None:
     await _send_chunk(conn, b"data: " + json.dumps(obj).encode() + b"\n\n")
 
 
+async def _send_error(
+    conn: _Conn, status: int, error: dict[str, Any], *, anthropic: bool = False
+) -> None:
+    error = {**error, "message": f"injected HTTP {status}"}
+    body = {"type": "error", "error": error} if anthropic else {"error": error}
+    await _send_json(conn, status, body)
+
+
 async def _send_json(conn: _Conn, status: int, obj: dict[str, Any]) -> None:
     body = json.dumps(obj).encode()
     reason = {200: "OK", 404: "Not Found", 429: "Too Many Requests"}.get(status, "Error")
@@ -406,9 +472,49 @@ class FakeServerThread:
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` on the server's loop and return its result."""
+
         async def run() -> Any:
             return fn()
+
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
+
+
+@contextlib.contextmanager
+def fake_process(
+    tokens_per_second: float, tokens: int = 16, first_token_ms: float = 0.0
+) -> Iterator[str]:
+    """Run the fake as its own process on a free loopback port; yield its root URL."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.fakes.fake_openai",
+            "--port",
+            "0",
+            "--tokens-per-second",
+            str(tokens_per_second),
+            "--tokens",
+            str(tokens),
+            "--first-token-ms",
+            str(first_token_ms),
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line.startswith("fake_openai listening on "):
+            raise RuntimeError(f"the fake server did not start: {line!r}")
+        yield "http://" + line.rsplit(" ", 1)[1].strip()
+    finally:
+        process.terminate()
+        returncode = process.wait(10)
+        if process.stdout:
+            process.stdout.close()
+    if returncode != 0:
+        raise RuntimeError(f"the fake server exited {returncode}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -423,8 +529,11 @@ def main(argv: list[str] | None = None) -> None:
 
     async def serve() -> None:
         server = FakeOpenAIServer(
-            args.host, args.port, tokens_per_second=args.tokens_per_second,
-            tokens=args.tokens, first_token_ms=args.first_token_ms,
+            args.host,
+            args.port,
+            tokens_per_second=args.tokens_per_second,
+            tokens=args.tokens,
+            first_token_ms=args.first_token_ms,
         )
         await server.start()
         stop = asyncio.Event()

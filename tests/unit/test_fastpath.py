@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import router.fastpath
 from router import _fastpath_py
+from router.fastpath import HEADS
 from router.model import FeaturizerSpec
 from tests.support import SHARED_DATA, TEST_RULES, _fastpath_c, random_model
 
@@ -37,7 +38,9 @@ def _pair(model_seed: int = 7) -> tuple[_fastpath_py.FastPath, _fastpath_py.Fast
     return model.fastpath(_fastpath_py.FastPath), model.fastpath(_fastpath_c.FastPath)
 
 
-def _assert_same(py: _fastpath_py.FastPath, c: _fastpath_py.FastPath, text: str, context: str = "") -> None:
+def _assert_same(
+    py: _fastpath_py.FastPath, c: _fastpath_py.FastPath, text: str, context: str = ""
+) -> None:
     fi_py, fv_py, mask_py = py.features(text)
     fi_c, fv_c, mask_c = c.features(text)
     assert fi_py.tolist() == fi_c.tolist()
@@ -47,9 +50,7 @@ def _assert_same(py: _fastpath_py.FastPath, c: _fastpath_py.FastPath, text: str,
     assert py.logits(text) == c.logits(text)
 
 
-UNICODE_TEXT = st.text(
-    alphabet=st.characters(codec=None, exclude_categories=()), max_size=300
-)
+UNICODE_TEXT = st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=300)
 
 
 @settings(max_examples=2000, deadline=None)
@@ -124,7 +125,13 @@ def test_features_match_a_hand_computation(fastpath_impl: type[_fastpath_py.Fast
     def pair(a: int, b: int) -> int:
         return xxhash.xxh3_64_intdigest(struct.pack("<QQ", a, b), seed + 2)
 
-    words = [tokens[0], pair(tokens[0], tokens[1]), tokens[1], pair(tokens[1], tokens[2]), tokens[2]]
+    words = [
+        tokens[0],
+        pair(tokens[0], tokens[1]),
+        tokens[1],
+        pair(tokens[1], tokens[2]),
+        tokens[2],
+    ]
     buf = b" hi 00? "
     chars = [xxhash.xxh3_64_intdigest(buf[i : i + 3], seed + 1) for i in range(len(buf) - 2)]
     expected = [(h & 4095, (-1.0 if h >> 63 else 1.0) / math.sqrt(len(words))) for h in words]
@@ -169,15 +176,18 @@ def test_context_weight_zero_ignores_context(fastpath_impl: type[_fastpath_py.Fa
     assert fp.score("hello", "a long contract clause", 0.5) != fp.score("hello")
 
 
-def test_score_is_the_sigmoid_of_the_linear_model(fastpath_impl: type[_fastpath_py.FastPath]) -> None:
-    """The score equals sigmoid(bias + X @ W) computed from the features with numpy."""
+def test_score_is_the_gated_sigmoid_of_the_linear_model(
+    fastpath_impl: type[_fastpath_py.FastPath],
+) -> None:
+    """The score equals sigmoid(gain + 3 * sigmoid(placement)), heads from numpy's X @ W."""
     model = random_model()
     fp = model.fastpath(fastpath_impl)
     text = "Compare plan A vs plan B for my usage pattern: 3 calls a day, 2 GB of data?"
     indices, values, _ = fp.features(text)
     logits = model.bias + values @ model.weights[indices].astype(np.float64)
     score, levels, _ = fp.score(text)
-    assert score == pytest.approx(1 / (1 + math.exp(-logits[5])), rel=1e-9)
+    placement = 1 / (1 + math.exp(-logits[6]))
+    assert score == pytest.approx(1 / (1 + math.exp(-logits[5] - 3.0 * placement)), rel=1e-9)
     exp = np.exp(logits[:5] - logits[:5].max())
     assert levels == pytest.approx(tuple(exp / exp.sum()), rel=1e-9)
 
@@ -195,11 +205,15 @@ def test_bad_settings_are_rejected(
 ) -> None:
     spec = FeaturizerSpec(**kwargs)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=message):
-        spec.fastpath(np.zeros((8, 6), dtype=np.float32), implementation=fastpath_impl)
+        spec.fastpath(np.zeros((8, HEADS), dtype=np.float32), implementation=fastpath_impl)
 
 
-def test_weights_of_the_wrong_shape_are_rejected(fastpath_impl: type[_fastpath_py.FastPath]) -> None:
+def test_weights_of_the_wrong_shape_are_rejected(
+    fastpath_impl: type[_fastpath_py.FastPath],
+) -> None:
     with pytest.raises(ValueError, match="weights must have shape"):
-        SPEC.fastpath(np.zeros((10, 6), dtype=np.float32), implementation=fastpath_impl)
-    with pytest.raises(ValueError, match="6 heads"):
-        SPEC.fastpath(np.zeros((SPEC.n_features, 4), dtype=np.float32), implementation=fastpath_impl)
+        SPEC.fastpath(np.zeros((10, HEADS), dtype=np.float32), implementation=fastpath_impl)
+    with pytest.raises(ValueError, match=f"{HEADS} heads"):
+        SPEC.fastpath(
+            np.zeros((SPEC.n_features, 4), dtype=np.float32), implementation=fastpath_impl
+        )

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 import yaml
 
 from router._proto.modelrouter.v1 import router_pb2_grpc
 from router.config import DEFAULT_CONFIG_YAML
-from router.model import FeaturizerSpec, RouterModel, save_model
+from router.model import RouterModel, save_model
+from tests.support import random_model
 
 TIERS = ("cheap", "strong", "expert")
 SERVICE = "modelrouter.v1.ModelRouter"
@@ -34,17 +34,7 @@ def router_stub(channel: grpc.Channel | grpc.aio.Channel) -> router_pb2_grpc.Mod
 
 def make_model(path: Path, seed: int = 7, name: str = "test") -> RouterModel:
     """Write a small real model (seeded random weights) and return it with its checksum."""
-    spec = FeaturizerSpec(buckets_log2=10)
-    rng = np.random.default_rng(seed)
-    model = RouterModel(
-        spec=spec,
-        weights=rng.normal(0.0, 0.5, (spec.n_features, 6)).astype(np.float32),
-        bias=rng.normal(0.0, 0.1, 6),
-        tier_names=TIERS,
-        thresholds=(0.4, 0.7),
-        name=name,
-    )
-    return save_model(model, path)
+    return save_model(random_model(seed=seed, buckets_log2=10, name=name), path)
 
 
 def config_data(model: Path, **sections: dict[str, Any]) -> dict[str, Any]:

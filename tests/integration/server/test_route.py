@@ -25,7 +25,7 @@ async def test_route_prompt_round_trip(
     call = stub.Route(pb.RouteRequest(prompt=QUERY, tenant="acme", metadata={"team": "search"}))
     response = await call
     d = response.decision
-    metadata = dict(await call.initial_metadata())
+    metadata = dict(await call.trailing_metadata())
     assert metadata["x-request-id"] == d.request_id != ""
     router = server.service._runtime.router
     expected = router.score(QUERY)
@@ -48,7 +48,12 @@ async def test_route_prompt_round_trip(
 async def test_request_id_is_echoed_or_generated(stub: router_pb2_grpc.ModelRouterStub) -> None:
     call = stub.Route(pb.RouteRequest(prompt="hi", request_id="req-42"))
     assert (await call).decision.request_id == "req-42"
-    assert dict(await call.initial_metadata())["x-request-id"] == "req-42"
+    assert dict(await call.trailing_metadata())["x-request-id"] == "req-42"
+    rejected = stub.Route(pb.RouteRequest(prompt="", request_id="req-43"))
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await rejected
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(error.value.trailing_metadata())["x-request-id"] == "req-43"
     first = (await stub.Route(pb.RouteRequest(prompt="hi"))).decision.request_id
     second = (await stub.Route(pb.RouteRequest(prompt="hi"))).decision.request_id
     assert first and second and first != second

@@ -1,0 +1,432 @@
+"""The ``modelrouter train``, ``eval``, ``calibrate`` and ``route`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from router.model import ModelError, RouterModel, default_model_path, load_model, save_model
+from router.routing import Router, check_thresholds
+from router.training.calibrate import Target
+from router.training.data import (
+    DEFAULT_STRONG_MODEL,
+    DEFAULT_WEAK_MODEL,
+    DataError,
+    iter_rows,
+    read_rows,
+)
+
+Subparsers = Any  # argparse's _SubParsersAction is private
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _err(message: str) -> int:
+    print(f"modelrouter: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not in [0, 1]")
+    return value
+
+
+def _tier_names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(","))
+    if not 2 <= len(names) <= 5 or not all(names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError("give 2 to 5 distinct comma-separated tier names")
+    return names
+
+
+def _add_model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, help="model file (default: the shipped model)")
+
+
+def _add_outcome_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--weak-model",
+        default=DEFAULT_WEAK_MODEL,
+        help="key of the weak (cheap) model in each row's scores",
+    )
+    parser.add_argument(
+        "--strong-model",
+        default=DEFAULT_STRONG_MODEL,
+        help="key of the strong model in each row's scores",
+    )
+
+
+def _add_target_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument(
+        "--strong-share",
+        type=_fraction,
+        metavar="X",
+        help="send this share of the queries above the cheapest tier",
+    )
+    group.add_argument(
+        "--quality",
+        type=_fraction,
+        metavar="Y",
+        help="keep this share of the strong model's quality (outcome rows)",
+    )
+    group.add_argument(
+        "--max-hard-on-cheapest",
+        type=_fraction,
+        metavar="Z",
+        help="let at most this share of level 3-4 rows on the cheapest tier",
+    )
+    parser.add_argument(
+        "--top-share",
+        type=_fraction,
+        default=0.2,
+        help="share of the above-cheapest queries the strongest tier takes (0.2)",
+    )
+
+
+def _target(args: argparse.Namespace) -> Target | None:
+    if args.strong_share is None and args.quality is None and args.max_hard_on_cheapest is None:
+        return None
+    return Target(args.strong_share, args.quality, args.max_hard_on_cheapest)
+
+
+def _load(args: argparse.Namespace) -> RouterModel:
+    return load_model(args.model or default_model_path())
+
+
+# -- train -------------------------------------------------------------------------------
+
+
+def add_train_parser(subparsers: Subparsers) -> None:
+    """Register ``modelrouter train``."""
+    from router.training.fit import TrainOptions
+
+    defaults = TrainOptions()
+    parser = subparsers.add_parser(
+        "train",
+        help="fit a routing model on labelled queries",
+        description="Fit the level, gain and placement heads on JSONL rows with 'text' and a "
+        "'tier' (0-4) and/or weak/strong outcome 'scores', through the serving featurizer; "
+        "calibrate the thresholds on out-of-fold scores; write the model file.",
+    )
+    parser.add_argument(
+        "--data", type=Path, action="append", required=True, help="training JSONL file (repeatable)"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="model file to write")
+    parser.add_argument(
+        "--name", default="model", help="model name (its version is name-<checksum>)"
+    )
+    parser.add_argument(
+        "--cv-folds",
+        type=int,
+        default=5,
+        help="folds for held-out numbers and calibration; 0 or 1: none (5)",
+    )
+    parser.add_argument("--report", type=Path, help="write the cross-validated report as JSON")
+    parser.add_argument(
+        "--tiers",
+        type=_tier_names,
+        default=("cheap", "strong", "expert"),
+        help="comma-separated tier names, cheapest first (cheap,strong,expert)",
+    )
+    parser.add_argument(
+        "--buckets-log2",
+        type=int,
+        default=defaults.buckets_log2,
+        help=f"hashed feature space size, log2 ({defaults.buckets_log2})",
+    )
+    parser.add_argument(
+        "--gain-alpha",
+        type=float,
+        default=defaults.gain_alpha,
+        help=f"ridge penalty of the gain head ({defaults.gain_alpha:g})",
+    )
+    parser.add_argument(
+        "--level-c",
+        type=float,
+        default=defaults.level_c,
+        help=f"inverse penalty of the level head ({defaults.level_c:g})",
+    )
+    parser.add_argument(
+        "--place-c",
+        type=float,
+        default=defaults.place_c,
+        help=f"inverse penalty of the placement head ({defaults.place_c:g})",
+    )
+    parser.add_argument(
+        "--score-gate",
+        type=float,
+        default=defaults.score_gate,
+        help=f"weight of the placement head in the score ({defaults.score_gate:g})",
+    )
+    _add_target_options(parser, required=False)
+    _add_outcome_options(parser)
+    parser.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    try:
+        from router.training.fit import TrainOptions
+        from router.training.train import files_digest, train
+    except ImportError as exc:
+        return _err(f"training needs the 'train' extra (pip install 'modelrouter[train]'): {exc}")
+    if not 8 <= args.buckets_log2 <= 24:
+        return _err("--buckets-log2 must be in 8..24")
+    try:
+        rows = [
+            row
+            for path in args.data
+            for row in read_rows(path, weak_model=args.weak_model, strong_model=args.strong_model)
+        ]
+        target = _target(args)
+    except (DataError, ValueError) as exc:
+        return _err(str(exc))
+    options = TrainOptions(
+        buckets_log2=args.buckets_log2,
+        gain_alpha=args.gain_alpha,
+        level_c=args.level_c,
+        place_c=args.place_c,
+        score_gate=args.score_gate,
+        name=args.name,
+    )
+    try:
+        model, report = train(
+            rows,
+            options,
+            folds=args.cv_folds,
+            target=target,
+            tier_names=args.tiers,
+            top_share=args.top_share,
+            log=_log,
+            data_digest=files_digest(args.data),
+        )
+    except ValueError as exc:
+        return _err(str(exc))
+    model = save_model(model, args.out)
+    if report is not None:
+        from router.training.evaluate import format_report
+
+        print(format_report(report))
+        if args.report:
+            args.report.write_text(json.dumps(_without_curves(report), indent=1))
+    print(f"wrote {args.out} ({model.version})")
+    return EXIT_OK
+
+
+def _without_curves(report: dict[str, Any]) -> dict[str, Any]:
+    out = dict(report)
+    out["outcomes"] = [{k: v for k, v in g.items() if k != "curve"} for g in report["outcomes"]]
+    return out
+
+
+# -- eval --------------------------------------------------------------------------------
+
+
+def add_eval_parser(subparsers: Subparsers) -> None:
+    """Register ``modelrouter eval``."""
+    parser = subparsers.add_parser(
+        "eval",
+        help="measure routing quality and cost on labelled queries",
+        description="On rows with weak/strong outcome 'scores': APGR, CPT(50%%), CPT(80%%), cost "
+        "saved at 98%% quality, for the model, a random router, always-weak, always-strong and "
+        "the oracle, and the numbers at the model's thresholds. On rows with 'tier': the "
+        "confusion of levels and the share of level 3-4 rows on the cheapest tier.",
+    )
+    parser.add_argument("--data", type=Path, required=True, help="labelled JSONL file")
+    _add_model_option(parser)
+    parser.add_argument(
+        "--plot", type=Path, help="draw the PGR-versus-strong-share curve to this PNG"
+    )
+    parser.add_argument("--json", type=Path, help="also write the report as JSON")
+    _add_outcome_options(parser)
+    parser.set_defaults(handler=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from router.training.evaluate import evaluate, format_report, plot_curves
+
+    try:
+        rows = read_rows(args.data, weak_model=args.weak_model, strong_model=args.strong_model)
+        router = Router(_load(args))
+    except (DataError, ModelError) as exc:
+        return _err(str(exc))
+    if not any(r.has_outcome for r in rows) and not any(r.tier is not None for r in rows):
+        return _err(f"{args.data}: no row has outcome 'scores' or a 'tier' to evaluate against")
+    report, _ = evaluate(router, rows)
+    print(format_report(report))
+    if args.json:
+        args.json.write_text(json.dumps(_without_curves(report), indent=1))
+    if args.plot:
+        if not report["outcomes"]:
+            return _err("--plot needs rows with outcome scores")
+        try:
+            plot_curves(report, args.plot)
+        except ImportError:
+            return _err("--plot needs matplotlib (pip install 'modelrouter[plot]')")
+        print(f"wrote {args.plot}")
+    return EXIT_OK
+
+
+# -- calibrate ---------------------------------------------------------------------------
+
+
+def add_calibrate_parser(subparsers: Subparsers) -> None:
+    """Register ``modelrouter calibrate``."""
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="set the score thresholds for a cost or quality target",
+        description="Score the rows with the model and set the thresholds so that the target "
+        "holds on them; write them into a copy of the model (--out) or into a service "
+        "configuration's tiers[].min_score (--config; the file is rewritten without comments).",
+    )
+    parser.add_argument("--data", type=Path, required=True, help="JSONL file to calibrate on")
+    _add_model_option(parser)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="write the model with the new thresholds here")
+    where.add_argument(
+        "--config", type=Path, help="write the thresholds into this YAML configuration"
+    )
+    parser.add_argument(
+        "--tiers",
+        type=_tier_names,
+        help="tier names with --out (default: the model's, or the config's)",
+    )
+    _add_target_options(parser, required=True)
+    _add_outcome_options(parser)
+    parser.set_defaults(handler=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from router.training.evaluate import score_rows
+    from router.training.train import calibrate_thresholds
+
+    try:
+        rows = read_rows(args.data, weak_model=args.weak_model, strong_model=args.strong_model)
+        model = _load(args)
+        target = _target(args)
+        assert target is not None
+        config_data = _read_config_yaml(args.config) if args.config else None
+        if config_data is not None:
+            tier_names = tuple(t["name"] for t in config_data["tiers"])
+        else:
+            tier_names = args.tiers or model.tier_names
+        scores = score_rows(
+            Router(model, tier_names=tier_names, thresholds=_placeholder(len(tier_names))), rows
+        ).scores
+        thresholds = calibrate_thresholds(scores, rows, target, len(tier_names), args.top_share)
+    except (DataError, ModelError, ValueError, KeyError, TypeError) as exc:
+        return _err(str(exc))
+    shown = ", ".join(
+        f"{name} >= {t:.6f}" for name, t in zip(tier_names[1:], thresholds, strict=True)
+    )
+    print(f"{target.describe()} on {len(rows)} rows: {shown}")
+    note = {"target": target.describe(), "top_share": args.top_share, "on": str(args.data)}
+    if args.out:
+        saved = save_model(model.with_operating_point(tier_names, thresholds, note), args.out)
+        print(f"wrote {args.out} ({saved.version})")
+    else:
+        _write_config_thresholds(args.config, config_data, thresholds)
+        print(f"wrote tiers[].min_score into {args.config}")
+    return EXIT_OK
+
+
+def _placeholder(n_tiers: int) -> tuple[float, ...]:
+    return tuple((i + 1) / n_tiers for i in range(n_tiers - 1))
+
+
+def _read_config_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    from router.config import load_config
+
+    load_config(path)  # validates, naming any bad key
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def _write_config_thresholds(
+    path: Path, data: dict[str, Any] | None, thresholds: tuple[float, ...]
+) -> None:
+    import yaml
+
+    assert data is not None
+    check_thresholds(thresholds, len(data["tiers"]))
+    data["tiers"][0].pop("min_score", None)
+    for tier, threshold in zip(data["tiers"][1:], thresholds, strict=True):
+        tier["min_score"] = round(threshold, 6)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
+
+
+# -- route -------------------------------------------------------------------------------
+
+
+def add_route_parser(subparsers: Subparsers) -> None:
+    """Register ``modelrouter route``."""
+    parser = subparsers.add_parser(
+        "route",
+        help="route one query, or a JSONL file of queries",
+        description="Print the decision for one query as JSON, or read --input lines with at least "
+        '{"id", "text"} and write --output lines {"id", "tier", "tier_index", "score", "levels", '
+        '"rules"} in the same order. A malformed input line stops the run with its line and field, '
+        "and no output file is left behind.",
+    )
+    parser.add_argument("query", nargs="?", help="one query to route")
+    parser.add_argument("--input", type=Path, help="JSONL file of queries")
+    parser.add_argument("--output", type=Path, help="JSONL file of decisions to write")
+    _add_model_option(parser)
+    parser.set_defaults(handler=_run_route)
+
+
+def _decisions(router: Router, path: Path) -> Iterator[str]:
+    for row in iter_rows(path, labels=False, require_id=True):
+        yield json.dumps(router.route(row.text).as_json(row.id), ensure_ascii=False)
+
+
+def _run_route(args: argparse.Namespace) -> int:
+    if (args.query is None) == (args.input is None):
+        print(
+            "modelrouter route: give either a QUERY or --input FILE (with --output FILE)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if args.input is not None and args.output is None:
+        print("modelrouter route: --input needs --output", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        router = Router(_load(args))
+    except ModelError as exc:
+        return _err(str(exc))
+    if args.query is not None:
+        print(json.dumps(router.route(args.query).as_json(), ensure_ascii=False))
+        return EXIT_OK
+    tmp = args.output.with_name(f".{args.output.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as out:
+            for line in _decisions(router, args.input):
+                out.write(line + "\n")
+        tmp.replace(args.output)
+    except DataError as exc:
+        return _err(str(exc))
+    except OSError as exc:
+        return _err(f"{args.output}: {exc.strerror}")
+    finally:
+        tmp.unlink(missing_ok=True)
+    return EXIT_OK

@@ -1,0 +1,147 @@
+"""``modelrouter train``: featurize, cross-validate, fit, calibrate, save."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from router.model import RouterModel
+from router.routing import tier_for_score
+from router.training.calibrate import HARD_LEVELS, Target, first_threshold, thresholds_for
+from router.training.data import Row, outcome_arrays
+from router.training.evaluate import Scored, build_report
+from router.training.fit import Log, TrainOptions, build_model, cross_validate, featurize, fit_heads
+
+
+def default_target(rows: Sequence[Row]) -> Target:
+    """Return the default calibration target for the rows at hand.
+
+    With level 3-4 rows: at most 1% of them on the cheapest tier; else, with outcome
+    rows: 98% of the strong model's quality; else half the traffic above the cheapest.
+    """
+    if any(r.tier in HARD_LEVELS for r in rows):
+        return Target(max_hard_on_cheapest=0.01)
+    if any(r.has_outcome for r in rows):
+        return Target(quality=0.98)
+    return Target(strong_share=0.5)
+
+
+def calibrate_thresholds(
+    scores: np.ndarray[Any, np.dtype[np.float64]],
+    rows: Sequence[Row],
+    target: Target,
+    n_tiers: int,
+    top_share: float,
+) -> tuple[float, ...]:
+    """Return the thresholds meeting ``target`` on scored rows (outcomes and levels as needed)."""
+    outcome = np.array([r.has_outcome for r in rows])
+    weak, strong = outcome_arrays(rows)
+    first = first_threshold(
+        scores if target.quality is None else scores[outcome],
+        target,
+        weak=weak,
+        strong=strong,
+        levels=[r.tier for r in rows],
+    )
+    return thresholds_for(scores, first, n_tiers, top_share)
+
+
+def files_digest(paths: Sequence[str | Path]) -> str:
+    """Return the SHA-256 of the training files, in order."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()
+
+
+def train(
+    rows: Sequence[Row],
+    options: TrainOptions,
+    *,
+    folds: int,
+    target: Target | None,
+    tier_names: Sequence[str],
+    top_share: float,
+    log: Log,
+    data_digest: str = "",
+) -> tuple[RouterModel, dict[str, Any] | None]:
+    """Return the trained, calibrated model and its cross-validated report (None without CV).
+
+    Thresholds are calibrated on out-of-fold scores when ``folds`` >= 2, so they hold on
+    queries the model did not see; otherwise on the training scores themselves.
+    """
+    started = time.monotonic()
+    target = target or default_target(rows)
+    spec = options.spec()
+    X = featurize([r.text for r in rows], spec)
+    log(
+        f"featurized {len(rows)} rows into {spec.n_features} features ({X.nnz} non-zeros) "
+        f"in {time.monotonic() - started:.1f}s"
+    )
+    report = None
+    if folds >= 2:
+        oof_scores, oof_levels = cross_validate(X, rows, options, folds, log)
+        calibration_scores = oof_scores
+    heads = fit_heads(X, rows, options, log)
+    if folds < 2:
+        calibration_scores = heads.score(X)
+        oof_levels = heads.levels(X)
+    thresholds = calibrate_thresholds(calibration_scores, rows, target, len(tier_names), top_share)
+    log(
+        f"calibrated for {target.describe()}: "
+        f"thresholds {', '.join(f'{t:.4f}' for t in thresholds)}"
+    )
+    if folds >= 2:
+        tiers = np.array(
+            [tier_for_score(s, thresholds) for s in calibration_scores], dtype=np.int64
+        )
+        report = build_report(
+            Scored(calibration_scores, oof_levels, tiers),
+            rows,
+            version=f"{options.name} ({folds}-fold cross-validation)",
+            tier_names=tier_names,
+            thresholds=thresholds,
+        )
+    info: dict[str, Any] = {
+        "trained_rows": len(rows),
+        "data_sha256": data_digest,
+        "options": {k: v for k, v in asdict(options).items() if k != "spec_rules"},
+        "calibration": {
+            "target": target.describe(),
+            "top_share": top_share,
+            "on": f"{folds}-fold out-of-fold scores" if folds >= 2 else "training scores",
+        },
+    }
+    if report is not None:
+        info["cross_validation"] = _headline(report)
+    model = build_model(heads, options, info)
+    model = model.with_operating_point(tier_names, thresholds, info["calibration"])
+    log(f"trained in {time.monotonic() - started:.1f}s")
+    return model, report
+
+
+def _headline(report: dict[str, Any]) -> dict[str, Any]:
+    """Return the report's headline numbers, small enough to keep in the model file."""
+    out: dict[str, Any] = {"traffic": report["traffic"], "outcomes": {}}
+    for group in report["outcomes"]:
+        out["outcomes"][group["name"]] = {
+            "model": group["model"],
+            "operating_point": group["operating_point"],
+        }
+    if report["levels"]:
+        out["levels"] = {
+            k: report["levels"][k]
+            for k in (
+                "level_accuracy",
+                "hard_on_cheapest",
+                "level0_on_cheapest",
+                "level01_on_cheapest",
+            )
+        }
+    return out

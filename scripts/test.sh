@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Set up everything the test suite needs on a fresh machine and run all of it:
+#   the project with its test/dev extras (scripts/setup.sh), the local LLM for the `llm`
+#   tests (scripts/install_llm.sh), lint and types (ruff, mypy --strict, cython-lint), the
+#   Python tests (compiled fast path and local LLM required, not skipped), the smoke runs of
+#   the benchmarks, and the Go and Java client tests with the ghz smoke run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHON=.venv/bin/python
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "set up the project (.venv)"
+scripts/setup.sh test,dev,train,plot
+step "install the local LLM (llama-cpp-python[server], Gemma 3 270M)"
+scripts/install_llm.sh "$PYTHON"
+
+step "lint and types"
+.venv/bin/ruff check router tests bench
+.venv/bin/ruff format --check router tests bench
+.venv/bin/mypy router
+PATH="$PWD/.venv/bin:$PATH" .venv/bin/cython-lint router/_fastpath.pyx
+
+step "Python tests"
+MODELROUTER_REQUIRE_EXTENSIONS=1 MODELROUTER_REQUIRE_LLM=1 "$PYTHON" -m pytest -q
+
+step "benchmark smoke runs"
+scripts/ci_server.sh
+"$PYTHON" bench/bench_fastpath.py --smoke
+
+if [[ -x scripts/ci_clients.sh ]]; then
+    step "Go and Java clients, ghz smoke"
+    VENV=.venv scripts/ci_clients.sh
+fi
+step "all tests passed"

@@ -1,0 +1,3 @@
+from tests.fakes.support import fake
+
+__all__ = ["fake"]
