@@ -738,7 +738,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"{r['python_noop_ratio_workers2']} of the Go one; the router reaches "
         f"{r['router_over_python_noop_workers2']} of it, and "
         f"{r['router_over_python_noop_header_workers2']} of the no-op Python server that also "
-        "sends an x-request-id header as the router does.",
+        "sends an x-request-id header (modelrouter's Route now returns it as a trailer).",
         "- Server CPU per call (independent of how the cores were shared): "
         + ", ".join(f"{k} {v} us" for k, v in r["server_cpu_us_per_call"].items())
         + ".",

@@ -24,8 +24,9 @@ import (
 // ServiceName is the fully qualified gRPC service name, as health and reflection report it.
 const ServiceName = "modelrouter.v1.ModelRouter"
 
-// RequestIDHeader is the response header that carries the request id.
-const RequestIDHeader = "x-request-id"
+// RequestIDKey is the response metadata key of the request id: a trailer on Route and on
+// errors (capture it with grpc.Trailer), a header on Complete's stream.
+const RequestIDKey = "x-request-id"
 
 // Client calls a modelrouter server.
 type Client struct {
@@ -159,7 +160,7 @@ func (s *CompleteStream) RequestID() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return firstValue(md, RequestIDHeader), nil
+	return firstValue(md, RequestIDKey), nil
 }
 
 // Completion is a Complete call read to its end (or as far as it got).
@@ -216,7 +217,8 @@ func firstValue(md metadata.MD, key string) string {
 	return ""
 }
 
-// RequestID returns the request id from response headers captured with grpc.Header.
-func RequestID(header metadata.MD) string {
-	return firstValue(header, RequestIDHeader)
+// RequestID returns the request id from response metadata captured with grpc.Trailer
+// (Route, errors) or grpc.Header.
+func RequestID(md metadata.MD) string {
+	return firstValue(md, RequestIDKey)
 }

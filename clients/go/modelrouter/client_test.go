@@ -83,14 +83,14 @@ func checkDecision(t *testing.T, d *routerv1.RoutingDecision) {
 
 func TestRoutePrompt(t *testing.T) {
 	client := dial(t)
-	var header metadata.MD
-	d, err := client.Route(testContext(t), modelrouter.Prompt("What are your business hours?"), grpc.Header(&header))
+	var trailer metadata.MD
+	d, err := client.Route(testContext(t), modelrouter.Prompt("What are your business hours?"), grpc.Trailer(&trailer))
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkDecision(t, d)
-	if got := modelrouter.RequestID(header); got != d.GetRequestId() {
-		t.Errorf("x-request-id header %q, decision request id %q", got, d.GetRequestId())
+	if got := modelrouter.RequestID(trailer); got != d.GetRequestId() {
+		t.Errorf("x-request-id trailer %q, decision request id %q", got, d.GetRequestId())
 	}
 }
 
@@ -285,10 +285,16 @@ func TestCancelledStream(t *testing.T) {
 
 func TestEmptyPromptIsInvalidArgument(t *testing.T) {
 	client := dial(t)
-	_, err := client.Route(testContext(t), modelrouter.Prompt(""))
+	req := modelrouter.Prompt("")
+	req.RequestId = "go-client-empty-1"
+	var trailer metadata.MD
+	_, err := client.Route(testContext(t), req, grpc.Trailer(&trailer))
 	st := status.Convert(err)
 	if st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "prompt") {
 		t.Fatalf("status %v %q, want INVALID_ARGUMENT naming the prompt", st.Code(), st.Message())
+	}
+	if got := modelrouter.RequestID(trailer); got != "go-client-empty-1" {
+		t.Errorf("x-request-id trailer of the error %q, want the caller's", got)
 	}
 
 	stream, err := client.Complete(testContext(t), &routerv1.CompleteRequest{Route: modelrouter.Prompt("")})

@@ -33,8 +33,11 @@ import java.util.concurrent.TimeUnit;
  * RESOURCE_EXHAUSTED}, a passed deadline {@code DEADLINE_EXCEEDED}.
  */
 public final class ModelRouterClient implements AutoCloseable {
-  /** The response header that carries the request id. */
-  public static final String REQUEST_ID_HEADER = "x-request-id";
+  /**
+   * The response metadata key of the request id: a trailer on Route and on errors, a header on
+   * Complete's stream.
+   */
+  public static final String REQUEST_ID_KEY = "x-request-id";
 
   private final Channel channel;
   private final ManagedChannel owned;

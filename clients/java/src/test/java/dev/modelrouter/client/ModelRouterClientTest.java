@@ -96,7 +96,7 @@ class ModelRouterClientTest {
   }
 
   @Test
-  void routesAPromptAndReturnsTheRequestIdHeader() throws InterruptedException {
+  void routesAPromptAndReturnsTheRequestIdTrailer() throws InterruptedException {
     AtomicReference<Metadata> headers = new AtomicReference<>();
     AtomicReference<Metadata> trailers = new AtomicReference<>();
     ManagedChannel channel =
@@ -107,8 +107,8 @@ class ModelRouterClientTest {
       RoutingDecision d = capturing.route(ModelRouterClient.prompt("What are your business hours?"));
       checkDecision(d);
       Metadata.Key<String> key =
-          Metadata.Key.of(ModelRouterClient.REQUEST_ID_HEADER, Metadata.ASCII_STRING_MARSHALLER);
-      assertEquals(d.getRequestId(), headers.get().get(key));
+          Metadata.Key.of(ModelRouterClient.REQUEST_ID_KEY, Metadata.ASCII_STRING_MARSHALLER);
+      assertEquals(d.getRequestId(), trailers.get().get(key));
     } finally {
       channel.shutdownNow().awaitTermination(5, TimeUnit.SECONDS);
     }
@@ -259,10 +259,15 @@ class ModelRouterClientTest {
 
   @Test
   void anEmptyPromptIsInvalidArgument() {
-    StatusRuntimeException e = assertThrows(StatusRuntimeException.class,
-        () -> client.route(ModelRouterClient.prompt("")));
+    RouteRequest empty =
+        ModelRouterClient.prompt("").toBuilder().setRequestId("java-client-empty-1").build();
+    StatusRuntimeException e =
+        assertThrows(StatusRuntimeException.class, () -> client.route(empty));
     assertEquals(Status.Code.INVALID_ARGUMENT, e.getStatus().getCode());
     assertTrue(e.getStatus().getDescription().contains("prompt"), e.getStatus().toString());
+    Metadata.Key<String> key =
+        Metadata.Key.of(ModelRouterClient.REQUEST_ID_KEY, Metadata.ASCII_STRING_MARSHALLER);
+    assertEquals("java-client-empty-1", e.getTrailers().get(key));
 
     CompleteRequest request =
         CompleteRequest.newBuilder().setRoute(ModelRouterClient.prompt("")).build();
