@@ -12,6 +12,7 @@ from router._proto.modelrouter.v1 import router_pb2, router_pb2_grpc
 from router.config import Config
 from router.server.health import SERVING, HealthServicer
 from router.server.interceptor import ServiceInterceptor
+from router.server.reflection import enable_server_reflection
 from router.server.servicer import ModelRouterServicer
 from router.service import RouterService, load_router
 
@@ -77,9 +78,7 @@ def create_server(
     )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
     host = config.server.host if host is None else host
     port = config.server.port if port is None else port
     bound = server.add_insecure_port(f"{host}:{port}")

@@ -1,0 +1,170 @@
+package dev.modelrouter.client;
+
+import dev.modelrouter.v1.CompleteEvent;
+import dev.modelrouter.v1.CompleteRequest;
+import dev.modelrouter.v1.FeedbackRequest;
+import dev.modelrouter.v1.GetConfigRequest;
+import dev.modelrouter.v1.GetConfigResponse;
+import dev.modelrouter.v1.Message;
+import dev.modelrouter.v1.RouteRequest;
+import dev.modelrouter.v1.RoutingDecision;
+import io.grpc.CallOptions;
+import io.grpc.Channel;
+import io.grpc.ChannelCredentials;
+import io.grpc.Context;
+import io.grpc.Grpc;
+import io.grpc.InsecureChannelCredentials;
+import io.grpc.ManagedChannel;
+import io.grpc.health.v1.HealthCheckRequest;
+import io.grpc.health.v1.HealthCheckResponse;
+import io.grpc.health.v1.HealthGrpc;
+import io.grpc.stub.ClientCalls;
+import java.time.Duration;
+import java.util.Iterator;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * A client for the modelrouter gRPC service; thread-safe.
+ *
+ * <p>{@link #route} asks which model tier should answer a query; {@link #complete} also runs
+ * that tier and streams the answer. Failures are {@link io.grpc.StatusRuntimeException}s: an
+ * empty prompt or an unknown tier is {@code INVALID_ARGUMENT}, an overloaded server {@code
+ * RESOURCE_EXHAUSTED}, a passed deadline {@code DEADLINE_EXCEEDED}.
+ */
+public final class ModelRouterClient implements AutoCloseable {
+  /**
+   * The response metadata key of the request id: a trailer on Route and on errors, a header on
+   * Complete's stream.
+   */
+  public static final String REQUEST_ID_KEY = "x-request-id";
+
+  private final Channel channel;
+  private final ManagedChannel owned;
+  private final Duration timeout;
+
+  private ModelRouterClient(Channel channel, ManagedChannel owned, Duration timeout) {
+    this.channel = channel;
+    this.owned = owned;
+    this.timeout = timeout;
+  }
+
+  /** Connect to target ("host:port") in plaintext; {@link #close} closes the connection. */
+  public static ModelRouterClient connect(String target) {
+    return connect(target, InsecureChannelCredentials.create());
+  }
+
+  /** Connect to target with the given credentials (TLS, for example). */
+  public static ModelRouterClient connect(String target, ChannelCredentials credentials) {
+    ManagedChannel channel = Grpc.newChannelBuilder(target, credentials).build();
+    return new ModelRouterClient(channel, channel, null);
+  }
+
+  /** Use an existing channel, which the caller keeps and shuts down. */
+  public static ModelRouterClient of(Channel channel) {
+    return new ModelRouterClient(channel, null, null);
+  }
+
+  /** Return a client on the same channel whose every call has this deadline from its start. */
+  public ModelRouterClient withTimeout(Duration timeout) {
+    return new ModelRouterClient(channel, null, timeout);
+  }
+
+  /** Return a request that routes a single query. */
+  public static RouteRequest prompt(String text) {
+    return RouteRequest.newBuilder().setPrompt(text).build();
+  }
+
+  /** Return a request that routes a conversation; its last user turn is what is routed. */
+  public static RouteRequest chat(Message... messages) {
+    return RouteRequest.newBuilder().addAllMessages(List.of(messages)).build();
+  }
+
+  /** Return a system turn. */
+  public static Message system(String content) {
+    return Message.newBuilder().setRole("system").setContent(content).build();
+  }
+
+  /** Return a user turn. */
+  public static Message user(String content) {
+    return Message.newBuilder().setRole("user").setContent(content).build();
+  }
+
+  /** Return an assistant turn. */
+  public static Message assistant(String content) {
+    return Message.newBuilder().setRole("assistant").setContent(content).build();
+  }
+
+  /** Return the tier that should answer the request, without calling any model. */
+  public RoutingDecision route(RouteRequest request) {
+    return ClientCalls.blockingUnaryCall(channel, ModelRouterMethods.ROUTE, options(), request)
+        .getDecision();
+  }
+
+  /** Start a Complete call; iterate or collect the returned stream, and close it when done. */
+  public CompletionStream complete(CompleteRequest request) {
+    // The call belongs to its own cancellable context, so the stream can abandon it.
+    Context.CancellableContext context = Context.current().withCancellation();
+    Context previous = context.attach();
+    try {
+      Iterator<CompleteEvent> events =
+          ClientCalls.blockingServerStreamingCall(
+              channel, ModelRouterMethods.COMPLETE, options(), request);
+      return new CompletionStream(context, events);
+    } finally {
+      context.detach(previous);
+    }
+  }
+
+  /** Rate the answer given under requestId (0 bad to 1 good); true if the server knew it. */
+  public boolean feedback(String requestId, double rating, String comment) {
+    FeedbackRequest request =
+        FeedbackRequest.newBuilder()
+            .setRequestId(requestId)
+            .setRating(rating)
+            .setComment(comment)
+            .build();
+    return ClientCalls.blockingUnaryCall(channel, ModelRouterMethods.FEEDBACK, options(), request)
+        .getKnownRequest();
+  }
+
+  /** Return the server's tiers, prices, thresholds and routing model version. */
+  public GetConfigResponse config() {
+    return ClientCalls.blockingUnaryCall(
+        channel, ModelRouterMethods.GET_CONFIG, options(), GetConfigRequest.getDefaultInstance());
+  }
+
+  /** Return the serving status the server reports for service ("" for the whole server). */
+  public HealthCheckResponse.ServingStatus health(String service) {
+    HealthGrpc.HealthBlockingStub stub = HealthGrpc.newBlockingStub(channel);
+    if (timeout != null) {
+      stub = stub.withDeadlineAfter(timeout.toNanos(), TimeUnit.NANOSECONDS);
+    }
+    return stub.check(HealthCheckRequest.newBuilder().setService(service).build()).getStatus();
+  }
+
+  /** Close the connection opened by {@link #connect}; nothing for other clients. */
+  @Override
+  public void close() {
+    if (owned == null) {
+      return;
+    }
+    owned.shutdown();
+    try {
+      if (!owned.awaitTermination(5, TimeUnit.SECONDS)) {
+        owned.shutdownNow();
+      }
+    } catch (InterruptedException e) {
+      owned.shutdownNow();
+      Thread.currentThread().interrupt();
+    }
+  }
+
+  private CallOptions options() {
+    CallOptions options = CallOptions.DEFAULT;
+    if (timeout != null) {
+      options = options.withDeadlineAfter(timeout.toNanos(), TimeUnit.NANOSECONDS);
+    }
+    return options;
+  }
+}
