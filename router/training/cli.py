@@ -429,7 +429,9 @@ def _run_route(args: argparse.Namespace) -> int:
         return EXIT_OK
     tmp = args.output.with_name(f".{args.output.name}.{os.getpid()}.tmp")
     try:
-        with tmp.open("w", encoding="utf-8") as out:
+        # An id may hold a lone surrogate (valid JSON escapes, not encodable as UTF-8): it
+        # can only sit inside a JSON string, where backslashreplace writes the same escape.
+        with tmp.open("w", encoding="utf-8", errors="backslashreplace") as out:
             for line in _decisions(router, args.input):
                 out.write(line + "\n")
         tmp.replace(args.output)
