@@ -222,8 +222,13 @@ def save_model(model: RouterModel, path: str | Path) -> RouterModel:
 def load_model(path: str | Path) -> RouterModel:
     """Read and verify a model file; raise ModelError naming what is wrong."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
+        # Our own file object: np.load leaks the one it opens when the zip is unreadable.
+        with open(path, "rb") as fh:
+            npz = np.load(fh, allow_pickle=False)
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise ValueError("a single .npy array, not an .npz archive")
+            with npz:
+                arrays = {key: npz[key] for key in npz.files}
     except FileNotFoundError:
         raise ModelError(f"{path}: no such model file") from None
     # What zipfile and numpy raise on damaged bytes: a bad deflate stream (zlib.error), a
