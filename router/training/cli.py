@@ -219,6 +219,7 @@ def _run_train(args: argparse.Namespace) -> int:
             top_share=args.top_share,
             log=_log,
             data_digest=files_digest(args.data),
+            by_source=args.by_source,
         )
     except ValueError as exc:
         return _err(str(exc))
