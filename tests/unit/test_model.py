@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -25,44 +24,10 @@ from router.model import (
     load_model,
     save_model,
 )
+from tests.model_files import checksum_of, read_raw, write_raw
 from tests.support import TEST_RULES, random_model
 
 QUERIES = ["", "What are your business hours?", "Review this contract clause step by step"]
-
-
-def read_raw(path: Path) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
-    """Return the meta (with its checksum) and the arrays of a model file, unverified."""
-    with np.load(path, allow_pickle=False) as npz:
-        arrays = {key: npz[key] for key in npz.files}
-    meta = json.loads(arrays.pop("meta").tobytes().decode())
-    return meta, arrays
-
-
-def checksum_of(meta: dict[str, Any], arrays: dict[str, npt.NDArray[Any]]) -> str:
-    """Return the checksum as router/model.py documents it: SHA-256 of canonical meta + arrays."""
-    h = hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
-    for key in sorted(arrays):
-        h.update(key.encode())
-        h.update(np.ascontiguousarray(arrays[key]).tobytes())
-    return h.hexdigest()
-
-
-def write_raw(
-    path: Path,
-    meta: dict[str, Any],
-    arrays: dict[str, npt.NDArray[Any]],
-    *,
-    reseal: bool,
-) -> Path:
-    """Write a model file from parts; ``reseal`` recomputes the checksum (another writer's file)."""
-    meta = dict(meta)
-    if reseal:
-        meta.pop("checksum", None)
-        meta["checksum"] = checksum_of(meta, arrays)
-    blob = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    with path.open("wb") as fh:
-        np.savez_compressed(fh, meta=blob, **arrays)
-    return path
 
 
 @pytest.fixture
@@ -223,7 +188,7 @@ def test_not_a_model_file(tmp_path: Path, content: bytes) -> None:
 def test_a_single_npy_array_is_not_a_model(tmp_path: Path) -> None:
     path = tmp_path / "weights.npy"
     np.save(path, np.zeros(3))
-    with pytest.raises(ModelError, match="not an .npz archive"):
+    with pytest.raises(ModelError, match=r"not an \.npz archive"):
         load_model(path)
 
 
