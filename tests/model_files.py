@@ -36,7 +36,14 @@ def write_raw(path: Path, meta: dict[str, Any], arrays: Arrays, *, reseal: bool)
     if reseal:
         meta.pop("checksum", None)
         meta["checksum"] = checksum_of(meta, arrays)
-    blob = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    return write_entries(
+        path, {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays}
+    )
+
+
+def write_entries(path: Path, entries: Arrays) -> Path:
+    """Write arrays as the entries of an .npz file (any entries: whole, missing or odd)."""
     with path.open("wb") as fh:
-        np.savez_compressed(fh, meta=blob, **arrays)
+        # numpy's stub reads a ** mapping as possibly its allow_pickle flag.
+        np.savez_compressed(fh, **entries)  # type: ignore[arg-type]
     return path

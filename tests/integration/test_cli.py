@@ -16,7 +16,8 @@ import yaml
 
 from router.cli import main
 from router.config import DEFAULT_CONFIG_YAML, load_config
-from router.model import FEATURIZER_VERSION, RouterModel, load_model, save_model
+from router.fastpath import FEATURIZER_VERSION
+from router.model import RouterModel, load_model, save_model
 from router.routing import Router
 from router.training.data import read_rows
 from router.training.train import files_digest, train

@@ -24,7 +24,7 @@ from router.model import (
     load_model,
     save_model,
 )
-from tests.model_files import checksum_of, read_raw, write_raw
+from tests.model_files import checksum_of, read_raw, write_entries, write_raw
 from tests.support import TEST_RULES, random_model
 
 QUERIES = ["", "What are your business hours?", "Review this contract clause step by step"]
@@ -343,20 +343,15 @@ def test_a_missing_entry(saved: tuple[RouterModel, Path], tmp_path: Path, entry:
     _, path = saved
     with np.load(path, allow_pickle=False) as npz:
         arrays = {key: npz[key] for key in npz.files if key != entry}
-    bad = tmp_path / "bad.npz"
-    with bad.open("wb") as fh:
-        np.savez(fh, **arrays)
     with pytest.raises(ModelError, match=f"no '{entry}' entry"):
-        load_model(bad)
+        load_model(write_entries(tmp_path / "bad.npz", arrays))
 
 
 @pytest.mark.parametrize("blob", [b"{not json", b"\xff\xfe", b"[1, 2]", b"null"])
 def test_corrupt_metadata(saved: tuple[RouterModel, Path], tmp_path: Path, blob: bytes) -> None:
     _, path = saved
     _, arrays = read_raw(path)
-    bad = tmp_path / "bad.npz"
-    with bad.open("wb") as fh:
-        np.savez(fh, meta=np.frombuffer(blob, dtype=np.uint8), **arrays)
+    bad = write_entries(tmp_path / "bad.npz", {"meta": np.frombuffer(blob, np.uint8), **arrays})
     with pytest.raises(ModelError, match="corrupt metadata"):
         load_model(bad)
 
@@ -365,9 +360,5 @@ def test_a_pickled_entry_is_refused(saved: tuple[RouterModel, Path], tmp_path: P
     _, path = saved
     meta, arrays = read_raw(path)
     arrays["weights"] = np.array([{"evil": 1}], dtype=object)
-    bad = tmp_path / "bad.npz"
-    blob = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    with bad.open("wb") as fh:
-        np.savez(fh, meta=blob, **arrays)
     with pytest.raises(ModelError, match="not a readable model file"):
-        load_model(bad)
+        load_model(write_raw(tmp_path / "bad.npz", meta, arrays, reseal=False))
