@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tokenize
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -220,11 +222,28 @@ def save_model(model: RouterModel, path: str | Path) -> RouterModel:
 def load_model(path: str | Path) -> RouterModel:
     """Read and verify a model file; raise ModelError naming what is wrong."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
+        # Our own file object: np.load leaks the one it opens when the zip is unreadable.
+        with open(path, "rb") as fh:
+            npz = np.load(fh, allow_pickle=False)
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise ValueError("a single .npy array, not an .npz archive")
+            with npz:
+                arrays = {key: npz[key] for key in npz.files}
     except FileNotFoundError:
         raise ModelError(f"{path}: no such model file") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    # What zipfile and numpy raise on damaged bytes: a bad deflate stream (zlib.error), a
+    # mangled .npy header (TokenError), a flipped flag bit read as encryption (RuntimeError)
+    # or as an unknown compression method (NotImplementedError).
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        zipfile.BadZipFile,
+        zlib.error,
+        tokenize.TokenError,
+        RuntimeError,
+        NotImplementedError,
+    ) as exc:
         raise ModelError(f"{path}: not a readable model file ({exc})") from None
     for key in ("meta", "weights", "bias"):
         if key not in arrays:
@@ -233,6 +252,8 @@ def load_model(path: str | Path) -> RouterModel:
         meta = json.loads(arrays.pop("meta").tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"{path}: corrupt metadata ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"{path}: corrupt metadata (not a JSON object)")
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise ModelError(
             f"{path}: format {meta.get('format')!r} v{meta.get('format_version')}, "

@@ -219,6 +219,7 @@ def _run_train(args: argparse.Namespace) -> int:
             top_share=args.top_share,
             log=_log,
             data_digest=files_digest(args.data),
+            by_source=args.by_source,
         )
     except ValueError as exc:
         return _err(str(exc))
@@ -429,7 +430,9 @@ def _run_route(args: argparse.Namespace) -> int:
         return EXIT_OK
     tmp = args.output.with_name(f".{args.output.name}.{os.getpid()}.tmp")
     try:
-        with tmp.open("w", encoding="utf-8") as out:
+        # An id may hold a lone surrogate (valid JSON escapes, not encodable as UTF-8): it
+        # can only sit inside a JSON string, where backslashreplace writes the same escape.
+        with tmp.open("w", encoding="utf-8", errors="backslashreplace") as out:
             for line in _decisions(router, args.input):
                 out.write(line + "\n")
         tmp.replace(args.output)

@@ -70,19 +70,23 @@ def iter_rows(
     """
     path = Path(path)
     try:
-        fh = path.open(encoding="utf-8")
+        # Binary, decoded line by line: a text-mode file decodes in chunks, so a bad byte
+        # would escape as a UnicodeDecodeError without its line number.
+        fh = path.open("rb")
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror}") from None
     with fh:
-        for line_no, line in enumerate(fh, start=1):
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _fail(path, line_no, "(line)", f"not valid UTF-8 ({exc.reason})") from None
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise _fail(path, line_no, "(line)", f"not valid JSON ({exc.msg})") from None
-            except UnicodeDecodeError as exc:
-                raise _fail(path, line_no, "(line)", f"not valid UTF-8 ({exc.reason})") from None
             if not isinstance(obj, dict):
                 raise _fail(path, line_no, "(line)", "must be a JSON object")
             text = obj.get("text")

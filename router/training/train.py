@@ -133,7 +133,7 @@ def train(
             "on": f"{folds}-fold out-of-fold scores" if folds >= 2 else "training scores",
         },
     }
-    if report is not None:
+    if report is not None and "traffic" in report:  # not the by-source part alone (no folds)
         info["cross_validation"] = _headline(report)
     model = build_model(heads, options, info)
     model = model.with_operating_point(tier_names, thresholds, info["calibration"])

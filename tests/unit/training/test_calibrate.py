@@ -1,0 +1,221 @@
+"""Thresholds for a target: Target validation, first_threshold, thresholds_for 2..5 tiers."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from router.routing import check_thresholds, tier_for_score
+from router.training.calibrate import Target, first_threshold, thresholds_for
+from router.training.metrics import pgr_curve
+
+SCORES = np.linspace(0.05, 0.95, 10)  # ten distinct scores
+
+
+def above_mask(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Return which scores a threshold sends above the cheapest tier."""
+    return np.array([tier_for_score(float(s), (threshold,)) == 1 for s in scores], dtype=bool)
+
+
+def above(scores: np.ndarray, threshold: float) -> int:
+    """Return how many scores a threshold sends above the cheapest tier."""
+    return int(above_mask(scores, threshold).sum())
+
+
+# A score of exactly 1.0 reaches every threshold in [0, 1], so no threshold keeps it on the
+# cheapest tier: the generated scores stay below 1 (a sigmoid's never reach it in practice).
+UNIT_SCORES = st.floats(0.0, 1.0, exclude_max=True)
+
+
+# -- Target ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "give exactly one target"),
+        ({"strong_share": 0.3, "quality": 0.98}, "give exactly one target"),
+        ({"strong_share": 0.3, "max_hard_on_cheapest": 0.01}, "give exactly one target"),
+        ({"strong_share": 1.2}, "must lie in [0, 1], got 1.2"),
+        ({"quality": -0.1}, "must lie in [0, 1]"),
+        ({"max_hard_on_cheapest": 2.0}, "must lie in [0, 1]"),
+    ],
+)
+def test_target_validation(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        Target(**kwargs)
+    assert message in str(info.value)
+
+
+def test_target_descriptions() -> None:
+    assert Target(strong_share=0.3).describe() == "strong share 0.3"
+    assert Target(quality=0.98).describe() == "quality 0.98 of all-strong"
+    assert Target(max_hard_on_cheapest=0.01).describe() == (
+        "at most 0.01 of level 3-4 queries on the cheapest tier"
+    )
+    assert Target(strong_share=0.0).strong_share == 0.0  # zero is a target, not "none"
+
+
+# -- strong share ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("share", "up"), [(0.0, 0), (0.1, 1), (0.3, 3), (0.25, 3), (1.0, 10)])
+def test_strong_share_sends_that_share_up(share: float, up: int) -> None:
+    threshold = first_threshold(SCORES, Target(strong_share=share))
+    assert above(SCORES, threshold) == up
+    assert 0.0 <= threshold <= 1.0
+
+
+def test_strong_share_threshold_is_a_score_itself() -> None:
+    assert first_threshold(SCORES, Target(strong_share=0.3)) == SCORES[7]
+    assert first_threshold(SCORES, Target(strong_share=1.0)) == SCORES[0]
+
+
+def test_strong_share_with_ties_sends_the_whole_tie_up() -> None:
+    scores = np.array([0.1, 0.2, 0.5, 0.5, 0.5, 0.9])
+    assert above(scores, first_threshold(scores, Target(strong_share=0.3))) == 4
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    scores=st.lists(UNIT_SCORES, min_size=1, max_size=50, unique=True),
+    share=st.floats(0.0, 1.0),
+)
+def test_strong_share_property(scores: list[float], share: float) -> None:
+    s = np.array(scores)
+    assert above(s, first_threshold(s, Target(strong_share=share))) == math.ceil(
+        share * len(s) - 1e-9
+    )
+
+
+# -- quality ---------------------------------------------------------------------------------
+
+WEAK = np.array([0.0, 0.0, 1.0, 0.0, 1.0, 0.0])
+STRONG = np.array([1.0, 1.0, 1.0, 0.0, 1.0, 1.0])  # q_strong 5/6, q_weak 2/6
+QSCORES = np.array([0.9, 0.7, 0.2, 0.1, 0.3, 0.5])  # helped rows: 0.9, 0.7, 0.5
+
+
+@pytest.mark.parametrize(("quality", "up"), [(1.0, 3), (0.9, 3), (0.8, 2), (0.6, 1), (0.4, 0)])
+def test_quality_target_by_hand(quality: float, up: int) -> None:
+    """All-strong quality 5/6; each helped row sent up adds 1/6 to the weak 2/6."""
+    threshold = first_threshold(QSCORES, Target(quality=quality), weak=WEAK, strong=STRONG)
+    assert above(QSCORES, threshold) == up
+    routed = np.where(above_mask(QSCORES, threshold), STRONG, WEAK).mean()
+    assert routed >= quality * STRONG.mean() - 1e-12
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(UNIT_SCORES, st.sampled_from([0.0, 1.0]), st.sampled_from([0.0, 1.0])),
+        min_size=1,
+        max_size=40,
+        unique_by=lambda r: r[0],
+    ),
+    quality=st.floats(0.5, 1.0),
+)
+def test_quality_target_is_met_with_the_fewest_rows_up(
+    rows: list[tuple[float, float, float]], quality: float
+) -> None:
+    s, w, st_ = (np.array(c) for c in zip(*rows, strict=True))
+    threshold = first_threshold(s, Target(quality=quality), weak=w, strong=st_)
+    up = above_mask(s, threshold)
+    target = quality * st_.mean() - 1e-12
+    assert np.where(up, st_, w).mean() >= target
+    # Exactly as many rows go up as the PGR curve needs to first reach the target.
+    curve = pgr_curve(s, w, st_)
+    assert up.sum() == np.flatnonzero(curve.quality >= target)[0]
+
+
+def test_quality_target_needs_outcomes() -> None:
+    with pytest.raises(ValueError, match="a quality target needs rows with weak and strong"):
+        first_threshold(QSCORES, Target(quality=0.9))
+
+
+# -- hard queries on the cheapest tier -------------------------------------------------------
+
+
+def test_hard_target_by_hand() -> None:
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    levels = [3, 0, 4, 1, 3, None, 4, 2]  # hard rows score 0.1, 0.3, 0.5, 0.7
+    cheap_hard = {
+        0.0: 0,
+        0.24: 0,  # floor(0.96) = 0 allowed
+        0.25: 1,
+        0.5: 2,
+        0.75: 3,
+        1.0: 3,  # the highest hard row still goes up
+    }
+    for z, allowed in cheap_hard.items():
+        threshold = first_threshold(scores, Target(max_hard_on_cheapest=z), levels=levels)
+        hard_cheap = sum(
+            1 for s, lvl in zip(scores, levels, strict=True) if lvl in (3, 4) and s < threshold
+        )
+        assert hard_cheap == allowed, z
+
+
+@pytest.mark.parametrize(
+    ("levels", "message"),
+    [(None, "a hard-query target needs rows with levels"), ([0, 1, 2], "no level 3-4 rows")],
+)
+def test_hard_target_needs_hard_rows(levels: list[int] | None, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        first_threshold([0.1, 0.2, 0.3], Target(max_hard_on_cheapest=0.01), levels=levels)
+
+
+# -- thresholds_for --------------------------------------------------------------------------
+
+MANY = np.random.default_rng(0).random(1000)
+
+
+@pytest.mark.parametrize("n_tiers", [2, 3, 4, 5])
+def test_thresholds_for_each_tier_count(n_tiers: int) -> None:
+    first = float(np.quantile(MANY, 0.5))
+    thresholds = thresholds_for(MANY, first, n_tiers, top_share=0.2)
+    assert len(thresholds) == n_tiers - 1
+    assert thresholds[0] == first
+    assert check_thresholds(thresholds, n_tiers) == thresholds  # in [0, 1], increasing
+    tiers = np.array([tier_for_score(float(s), thresholds) for s in MANY])
+    up = tiers > 0
+    assert up.mean() == pytest.approx(0.5, abs=0.002)
+    if n_tiers > 2:
+        # The strongest tier takes the top 20% of the queries above the cheapest.
+        assert (tiers == n_tiers - 1).sum() / up.sum() == pytest.approx(0.2, abs=0.005)
+    for tier in range(n_tiers):
+        assert (tiers == tier).any()
+
+
+def test_thresholds_for_four_tiers_split_the_middle_evenly() -> None:
+    first = float(np.quantile(MANY, 0.5))
+    thresholds = thresholds_for(MANY, first, 4, top_share=0.2)
+    tiers = np.array([tier_for_score(float(s), thresholds) for s in MANY])
+    shares = np.bincount(tiers, minlength=4)[1:] / (tiers > 0).sum()
+    # Shares at tier >= 2: 0.2 + 0.8 * 1/2 = 0.6, at tier 3: 0.2; so 0.4 / 0.4 / 0.2.
+    assert shares == pytest.approx([0.4, 0.4, 0.2], abs=0.005)
+
+
+@pytest.mark.parametrize("n_tiers", [2, 3, 4, 5])
+def test_thresholds_stay_strictly_increasing_on_tied_scores(n_tiers: int) -> None:
+    scores = np.array([0.5] * 20 + [0.2] * 5)
+    thresholds = thresholds_for(scores, 0.5, n_tiers)
+    assert check_thresholds(thresholds, n_tiers) == thresholds
+    assert all(b > a for a, b in itertools.pairwise(thresholds))
+
+
+def test_thresholds_for_nothing_above_the_first() -> None:
+    scores = np.array([0.1, 0.2])
+    thresholds = thresholds_for(scores, 0.3, 3)
+    assert thresholds[0] == 0.3
+    assert check_thresholds(thresholds, 3) == thresholds
+
+
+def test_thresholds_for_rejects() -> None:
+    with pytest.raises(ValueError, match="at least two tiers"):
+        thresholds_for(MANY, 0.5, 1)
+    with pytest.raises(ValueError, match="no room for distinct thresholds"):
+        thresholds_for(np.array([1.0, 1.0]), 1.0, 3)

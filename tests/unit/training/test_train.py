@@ -1,0 +1,163 @@
+"""Training end to end in-process: deterministic, calibrated, with held-out numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from router.model import RouterModel, load_model, save_model
+from router.routing import Router
+from router.training.calibrate import Target
+from router.training.data import Row, read_rows
+from router.training.train import calibrate_thresholds, default_target, files_digest, train
+from tests.unit.training.support import SAMPLE, TIERS, quiet, small_options
+
+OPTIONS = small_options()
+
+
+def run(
+    rows: list[Row], folds: int, target: Target | None = None, **kwargs: Any
+) -> tuple[RouterModel, dict[str, Any] | None]:
+    return train(
+        rows,
+        OPTIONS,
+        folds=folds,
+        target=target,
+        tier_names=kwargs.pop("tier_names", TIERS),
+        top_share=0.2,
+        log=kwargs.pop("log", quiet),
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[Row]:
+    return read_rows(SAMPLE)
+
+
+@pytest.fixture(scope="module")
+def trained(rows: list[Row]) -> tuple[RouterModel, dict[str, Any] | None]:
+    """The sample trained with 2-fold cross-validation and the default target."""
+    return run(rows, folds=2, data_digest=files_digest([SAMPLE]))
+
+
+def test_training_is_deterministic(
+    trained: tuple[RouterModel, dict[str, Any] | None], rows: list[Row], tmp_path: Path
+) -> None:
+    again, _ = run(rows, folds=2, data_digest=files_digest([SAMPLE]))
+    first = save_model(trained[0], tmp_path / "a.npz")
+    second = save_model(again, tmp_path / "b.npz")
+    assert first.checksum == second.checksum
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+
+
+def test_held_out_numbers_with_cv_folds(trained: tuple[RouterModel, dict[str, Any] | None]) -> None:
+    model, report = trained
+    assert report is not None
+    assert report["model_version"] == "model (2-fold cross-validation)"
+    assert report["rows"] == 300
+    (group,) = report["outcomes"]  # one source with outcomes: no per-source groups
+    assert group["name"] == "all" and group["rows"] == 140
+    for key in ("apgr", "cpt50", "cpt80", "cost_saved_98", "share_98"):
+        assert key in group["model"]
+    assert 0.0 < group["model"]["apgr"] < 1.5
+    assert report["levels"]["rows"] == 300
+    headline = model.info["cross_validation"]
+    assert headline["outcomes"]["all"]["operating_point"] == group["operating_point"]
+    assert headline["levels"]["hard_on_cheapest"] == report["levels"]["hard_on_cheapest"]
+    assert model.info["calibration"]["on"] == "2-fold out-of-fold scores"
+
+
+def test_the_default_target_holds_on_held_out_scores(
+    trained: tuple[RouterModel, dict[str, Any] | None],
+) -> None:
+    """The sample has level 3-4 rows: at most 1% of them on the cheapest tier, out of fold."""
+    model, report = trained
+    assert report is not None
+    assert model.info["calibration"]["target"] == Target(max_hard_on_cheapest=0.01).describe()
+    assert report["levels"]["hard_on_cheapest"] <= 0.01
+
+
+def test_the_trained_model_is_complete(
+    trained: tuple[RouterModel, dict[str, Any] | None], tmp_path: Path
+) -> None:
+    model, _ = trained
+    assert model.tier_names == TIERS
+    assert len(model.thresholds) == 2 and model.thresholds[0] < model.thresholds[1]
+    assert model.spec.buckets_log2 == 10
+    assert model.spec.rules == OPTIONS.rules
+    assert model.info["trained_rows"] == 300
+    assert model.info["data_sha256"] == files_digest([SAMPLE])
+    assert model.info["options"]["buckets_log2"] == 10
+    saved = save_model(model, tmp_path / "m.npz")
+    loaded = load_model(tmp_path / "m.npz")
+    assert loaded.checksum == saved.checksum
+    assert Router(loaded).route("Review this contract clause").rules == ("legal",)
+
+
+def test_without_folds_there_is_no_report(rows: list[Row]) -> None:
+    subset = rows[::3]
+    model, report = run(subset, folds=0, target=Target(strong_share=0.3))
+    assert report is None
+    assert "cross_validation" not in model.info
+    assert model.info["calibration"]["on"] == "training scores"
+    # Calibrated on its own scores: 30% of the rows go above the cheapest tier.
+    router = Router(model)
+    up = sum(router.route(r.text).tier_index > 0 for r in subset)
+    assert abs(up - 30) <= 1  # the boundary row may differ by a rounding of the sum order
+
+
+@pytest.mark.parametrize("n_tiers", [2, 3, 4, 5])
+def test_two_to_five_tiers(rows: list[Row], n_tiers: int) -> None:
+    names = ("t0", "t1", "t2", "t3", "t4")[:n_tiers]
+    model, _ = run(rows[::5], folds=0, target=Target(strong_share=0.5), tier_names=names)
+    assert model.tier_names == names
+    assert len(model.thresholds) == n_tiers - 1
+    assert list(model.thresholds) == sorted(set(model.thresholds))
+
+
+def test_held_out_sources(rows: list[Row]) -> None:
+    picked = [r for r in rows if r.source in {"clinc150", "gsm8k_train", "routellm_mmlu"}][::2]
+    log: list[str] = []
+    _, report = run(picked, folds=0, by_source=True, log=log.append)
+    assert report is not None
+    held = report["held_out_sources"]
+    assert set(held) == {"clinc150", "gsm8k_train", "routellm_mmlu"}
+    for name, numbers in held.items():
+        assert numbers["rows"] == sum(r.source == name for r in picked)
+        assert sum(numbers["tier_shares"]) == pytest.approx(1.0)
+        assert len(numbers["score_quartiles"]) == 3
+        assert 0.0 <= numbers["level_accuracy"] <= 1.0
+    assert any("holding out source 'clinc150'" in line for line in log)
+
+
+def test_default_target() -> None:
+    hard = Row(1, 1, "t", tier=3)
+    outcome = Row(2, 2, "t", tier=1, weak=0.0, strong=1.0)
+    plain = Row(3, 3, "t", tier=0)
+    assert default_target([plain, hard, outcome]) == Target(max_hard_on_cheapest=0.01)
+    assert default_target([plain, outcome]) == Target(quality=0.98)
+    assert default_target([plain]) == Target(strong_share=0.5)
+
+
+def test_calibrate_a_quality_target_on_outcome_rows_only() -> None:
+    rows = [
+        Row(1, 1, "a", tier=0),  # no outcome: ignored by a quality target
+        Row(2, 2, "b", weak=0.0, strong=1.0),
+        Row(3, 3, "c", weak=1.0, strong=1.0),
+        Row(4, 4, "d", tier=1),
+    ]
+    scores = np.array([0.99, 0.6, 0.2, 0.98])
+    (threshold,) = calibrate_thresholds(scores, rows, Target(quality=1.0), 2, 0.2)
+    assert threshold == 0.6
+
+
+def test_files_digest(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"one")
+    b.write_bytes(b"two")
+    assert files_digest([a, b]) != files_digest([b, a])
+    assert len(files_digest([a])) == 64
