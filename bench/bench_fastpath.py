@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from router import _fastpath_py
-from router.model import default_model_path, load_model
+from router.model import FeaturizerSpec, default_model_path, load_model
 from router.routing import Router
 
 HERE = Path(__file__).resolve().parent
@@ -84,6 +84,13 @@ def summary(samples: list[float]) -> dict[str, float]:
         "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
         "calls": len(ordered),
     }
+
+
+def scratch_bytes(spec: FeaturizerSpec) -> int:
+    """Return the bytes of the fast path's per-instance scratch buffers (router/_fastpath.pyx)."""
+    grams_per_byte = spec.word_max + spec.char_max - spec.char_min + 1
+    # The normalised text, one token hash per byte, the n-gram hashes.
+    return (spec.max_bytes + 2) * (1 + 8 + 8 * grams_per_byte)
 
 
 def sklearn_pipeline(rows: int) -> Callable[[str], Any]:
@@ -173,10 +180,7 @@ def main() -> int:
             "version": model.version,
             "file_bytes": args.model.stat().st_size,
             "weights_bytes_in_memory": int(model.weights.nbytes),
-            "fastpath_scratch_bytes": int(
-                (model.spec.max_bytes + 2)
-                * (1 + 8 + 8 * (model.spec.word_max + model.spec.char_max - model.spec.char_min + 1))
-            ),
+            "fastpath_scratch_bytes": scratch_bytes(model.spec),
             "twin_python_bytes": int(twin_bytes),
             "load_ms_p50": statistics.median(load_times),
             "fastpath": router.implementation,

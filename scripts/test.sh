@@ -18,7 +18,7 @@ scripts/install_llm.sh "$PYTHON"
 step "lint and types"
 .venv/bin/ruff check router tests bench
 .venv/bin/ruff format --check router tests bench
-.venv/bin/mypy router
+.venv/bin/mypy router bench
 PATH="$PWD/.venv/bin:$PATH" .venv/bin/cython-lint router/_fastpath.pyx
 
 step "Python tests"

@@ -25,7 +25,7 @@ import structlog
 from router.config import Config, ConfigError, default_config, load_config
 from router.routing import Router
 from router.server.app import create_server
-from router.server.logs import configure_logging, set_worker
+from router.server.logs import configure_logging, flush_logs, set_worker
 from router.service import RouterService, load_router
 
 log = structlog.get_logger()
@@ -157,6 +157,7 @@ async def _serve_async(source: ConfigSource, loaded: Loaded, reuse_port: bool) -
     log.info("stopping", grace_s=grace, in_flight=running.interceptor.in_flight)
     await running.stop(grace)
     log.info("stopped")
+    flush_logs()
     return 0
 
 
@@ -282,6 +283,7 @@ class Supervisor:
         return self._exit_code
 
     def _spawn(self, slot: int) -> None:
+        flush_logs()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -294,6 +296,7 @@ class Supervisor:
             except BaseException:
                 traceback.print_exc()
             finally:
+                flush_logs()  # os._exit skips atexit
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)

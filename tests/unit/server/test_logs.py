@@ -1,40 +1,48 @@
-"""The log configuration: JSON lines with pid and worker, a fast ISO timestamp."""
+"""The batched log writer: RPC lines in batches, urgent lines and loop-less lines at once."""
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import re
+import asyncio
+import io
 
-import pytest
-import structlog
-
-from router.config import Logging
-from router.server.logs import IsoTimestamp, configure_logging, set_worker
+from router.server.logs import BatchedLineWriter
 
 
-def test_iso_timestamp_matches_structlogs_format_and_the_clock() -> None:
-    stamp = IsoTimestamp()
-    for _ in range(3):
-        before = dt.datetime.now(dt.UTC)
-        value = stamp(None, "info", {})["timestamp"]
-        after = dt.datetime.now(dt.UTC)
-        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", value)
-        parsed = dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
-        assert before <= parsed <= after
+def test_lines_outside_an_event_loop_are_written_at_once() -> None:
+    out = io.StringIO()
+    writer = BatchedLineWriter(out)
+    writer.info('{"event": "listening"}')
+    assert out.getvalue() == '{"event": "listening"}\n'
 
 
-def test_json_lines_carry_level_time_pid_and_worker(capsys: pytest.CaptureFixture[str]) -> None:
-    try:
-        configure_logging(Logging(level="info", format="json"))
-        set_worker(3)
-        structlog.get_logger().info("rpc", method="Route", score=0.5)
-        structlog.get_logger().debug("hidden")
-        [line] = capsys.readouterr().out.splitlines()
-        entry = json.loads(line)
-        assert entry["event"] == "rpc" and entry["level"] == "info"
-        assert entry["worker"] == 3 and isinstance(entry["pid"], int)
-        assert (entry["method"], entry["score"]) == ("Route", 0.5)
-    finally:
-        set_worker(None)
-        structlog.reset_defaults()
+async def test_lines_in_an_event_loop_are_batched_until_the_delay() -> None:
+    out = io.StringIO()
+    writer = BatchedLineWriter(out, max_delay_s=0.05)
+    writer.info("one")
+    writer.info("two")
+    assert out.getvalue() == ""
+    await asyncio.sleep(0.2)
+    assert out.getvalue() == "one\ntwo\n"
+    writer.info("three")
+    assert out.getvalue() == "one\ntwo\n"
+    await asyncio.sleep(0.2)
+    assert out.getvalue() == "one\ntwo\nthree\n"
+
+
+async def test_a_full_batch_is_written_without_waiting() -> None:
+    out = io.StringIO()
+    writer = BatchedLineWriter(out, max_delay_s=60, max_bytes=10)
+    writer.info("12345")
+    assert out.getvalue() == ""
+    writer.info("67890")
+    assert out.getvalue() == "12345\n67890\n"
+
+
+async def test_errors_flush_everything_queued_before_them_in_order() -> None:
+    out = io.StringIO()
+    writer = BatchedLineWriter(out, max_delay_s=60)
+    writer.info("rpc 1")
+    writer.error("boom")
+    assert out.getvalue() == "rpc 1\nboom\n"
+    writer.warning("careful")
+    assert out.getvalue() == "rpc 1\nboom\ncareful\n"
