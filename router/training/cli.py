@@ -139,6 +139,11 @@ def add_train_parser(subparsers: Subparsers) -> None:
     )
     parser.add_argument("--report", type=Path, help="write the cross-validated report as JSON")
     parser.add_argument(
+        "--plot",
+        type=Path,
+        help="draw the cross-validated PGR-versus-strong-share curve to this PNG",
+    )
+    parser.add_argument(
         "--by-source",
         action="store_true",
         help="also route each source with a model trained without it (slow)",
@@ -234,6 +239,8 @@ def _run_train(args: argparse.Namespace) -> int:
             print(f"held-out source {name}: {held['rows']} rows, tier shares {shares}")
         if args.report:
             args.report.write_text(json.dumps(_without_curves(report), indent=1))
+        if args.plot and report.get("outcomes"):
+            _plot(report, args.plot)
     print(f"wrote {args.out} ({model.version})")
     return EXIT_OK
 
@@ -269,7 +276,7 @@ def add_eval_parser(subparsers: Subparsers) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from router.training.evaluate import evaluate, format_report, plot_curves
+    from router.training.evaluate import evaluate, format_report
 
     try:
         rows = read_rows(args.data, weak_model=args.weak_model, strong_model=args.strong_model)
@@ -285,11 +292,18 @@ def _run_eval(args: argparse.Namespace) -> int:
     if args.plot:
         if not report["outcomes"]:
             return _err("--plot needs rows with outcome scores")
-        try:
-            plot_curves(report, args.plot)
-        except ImportError:
-            return _err("--plot needs matplotlib (pip install 'modelrouter[plot]')")
-        print(f"wrote {args.plot}")
+        return _plot(report, args.plot)
+    return EXIT_OK
+
+
+def _plot(report: dict[str, Any], path: Path) -> int:
+    from router.training.evaluate import plot_curves
+
+    try:
+        plot_curves(report, path)
+    except ImportError:
+        return _err("--plot needs matplotlib (pip install 'modelrouter[plot]')")
+    print(f"wrote {path}")
     return EXIT_OK
 
 
