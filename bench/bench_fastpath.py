@@ -45,7 +45,7 @@ SHORT = "What are your business hours?"
 TYPICAL = (
     "I was charged twice for the same order last week and the second charge still shows as "
     "pending. How do I get the duplicate payment refunded, and how long will it take to "
-    "reach my card?"
+    "reach my card? I used a Visa."
 )
 LOG_LINE = (
     "2026-11-28T04:05:{s:02d}Z ERROR worker-{w} request {r} failed: upstream timeout after "
