@@ -130,7 +130,7 @@ def build_report(
         "prices": {"strong": STRONG_PRICE, "weak": WEAK_PRICE},
         "traffic": {
             "above_cheapest": float(above.mean()),
-            "tier_shares": np.bincount(scored.tiers, minlength=len(tier_names)).tolist(),
+            "tier_counts": np.bincount(scored.tiers, minlength=len(tier_names)).tolist(),
             # Every call above the cheapest tier priced as the strong model.
             "cost_saved": 1.0 - cost_ratio(float(above.mean())),
         },
@@ -180,7 +180,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"at thresholds {', '.join(f'{t:.4f}' for t in report['thresholds'])}",
         f"{report['rows']} rows; {_pct(report['traffic']['above_cheapest'])} routed above the "
         "cheapest "
-        f"tier (tier shares {report['traffic']['tier_shares']}); cost saved on this traffic "
+        f"tier (rows per tier {report['traffic']['tier_counts']}); cost saved on this traffic "
         f"{_pct(report['traffic']['cost_saved'])} (prices per 1M tokens: strong "
         f"${report['prices']['strong']}, weak ${report['prices']['weak']})",
     ]

@@ -241,6 +241,12 @@ def cross_validate(
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Return out-of-fold scores and level probabilities for every row."""
     fold = np.array([fold_of(r, folds) for r in rows])
+    sizes = np.bincount(fold, minlength=folds)
+    if (sizes == 0).any() or (sizes == len(rows)).any():
+        raise ValueError(
+            f"{len(rows)} rows do not fill {folds} cross-validation folds (rows per fold: "
+            f"{sizes.tolist()}); give more distinct texts or fewer folds (--cv-folds)"
+        )
     scores = np.zeros(len(rows))
     levels = np.zeros((len(rows), LEVELS))
     for f in range(folds):

@@ -187,7 +187,7 @@ def test_eval_prints_writes_json_and_plots(trained: Trained, tmp_path: Path) -> 
     assert report["model_version"] == model.version
     assert report["thresholds"] == list(model.thresholds)
     assert report["rows"] == 300
-    assert set(report["traffic"]) == {"above_cheapest", "tier_shares", "cost_saved"}
+    assert set(report["traffic"]) == {"above_cheapest", "tier_counts", "cost_saved"}
     (group,) = report["outcomes"]
     for router_name in ("model", "random", "oracle"):
         assert set(group[router_name]) == {"apgr", "cpt50", "cpt80", "cost_saved_98", "share_98"}

@@ -50,7 +50,7 @@ def test_traffic(report: dict[str, object]) -> None:
     assert report["rows"] == 6
     assert report["traffic"] == {
         "above_cheapest": pytest.approx(4 / 6),
-        "tier_shares": [2, 3, 1],  # counts of rows per tier
+        "tier_counts": [2, 3, 1],
         "cost_saved": pytest.approx(1 - cost_ratio(4 / 6)),
     }
 

@@ -161,3 +161,9 @@ def test_files_digest(tmp_path: Path) -> None:
     b.write_bytes(b"two")
     assert files_digest([a, b]) != files_digest([b, a])
     assert len(files_digest([a])) == 64
+
+
+def test_too_few_distinct_texts_for_the_folds_is_a_clear_error(rows: list[Row]) -> None:
+    same_text = [Row(line=i + 1, id=i, text="the same text", tier=i % 5) for i in range(20)]
+    with pytest.raises(ValueError, match="do not fill 2 cross-validation folds"):
+        run(same_text, folds=2)
