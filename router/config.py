@@ -121,8 +121,8 @@ class CircuitBreaker(_Frozen):
 class Routing(_Frozen):
     """How scores become tiers."""
 
-    # Queries whose score lies within this margin below a tier's threshold go
-    # straight to that tier (Complete only; Route reports the same choice).
+    # Queries whose score lies within this margin below a tier's threshold go straight to
+    # that tier, in Route's decision and in Complete alike (reason MARGIN).
     escalation_margin: Annotated[float, Field(ge=0, le=1)] = 0.0
     # Weight of earlier chat turns relative to the last user turn.
     context_weight: Annotated[float, Field(ge=0, le=1)] = 0.3
