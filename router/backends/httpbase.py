@@ -90,11 +90,11 @@ class HTTPBackend(Backend):
     def _timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
         timeout = self._timeouts.get(timeouts)
         if timeout is None:
-            # Only connecting (pool wait included) is limited here: the first-token, idle
-            # and total limits are the stream's own (Backend.stream).
-            timeout = aiohttp.ClientTimeout(
-                total=None, connect=timeouts.connect_s, sock_connect=timeouts.connect_s
-            )
+            # Only making a new connection (TCP and TLS) is limited here, with sock_connect:
+            # aiohttp's `connect` would also count the wait for a free pooled connection,
+            # and a busy pool is not an unreachable backend. The wait still counts against
+            # the first-token and total limits, which are the stream's own (Backend.stream).
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_s)
             self._timeouts[timeouts] = timeout
         return timeout
 

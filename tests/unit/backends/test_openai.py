@@ -1,3 +1,4 @@
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -210,3 +211,28 @@ def test_both_logprob_shapes_are_read() -> None:
     assert _logprobs(None) is None
     with pytest.raises(MalformedStream):
         _logprobs({"content": [{"token": "a"}]})
+
+
+async def test_waiting_for_a_pooled_connection_is_not_a_connect_timeout(
+    fake: FakeOpenAIServer,
+) -> None:
+    fake.tokens_per_second = 20.0  # the first stream holds the only connection for ~0.8 s
+    backend = _backend(fake.base_url, max_connections=1)
+    slow_pool = Timeouts(connect_s=0.1, first_token_s=5.0, idle_s=1.0, total_s=10.0)
+    try:
+        first = backend.stream(_request(timeouts=slow_pool))
+        head = await anext(first)
+        # The second request must queue for the pool well past connect_s, then succeed.
+        second = asyncio.create_task(_drain(backend.stream(_request(timeouts=slow_pool))))
+        rest = await _drain(first)
+        chunks = await second
+    finally:
+        await backend.aclose()
+    assert "".join(c.text for c in [head, *rest]).startswith("The quick answer")
+    assert sum(c.tokens for c in chunks) == 16
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["stop"]
+    first_record, second_record = fake.requests
+    # The second request really waited: it reached the server after the first finished.
+    assert first_record.finished_at is not None
+    assert second_record.started_at >= first_record.finished_at
+    assert fake.total_connections == 1
