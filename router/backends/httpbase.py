@@ -169,3 +169,27 @@ def loads_event(event: SSEEvent) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise MalformedStream(f"expected a JSON object in a {event.event!r} event")
     return value
+
+
+def json_object(value: Any, name: str) -> dict[str, Any]:
+    """Return a JSON field that must be an object (missing or null reads as empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise MalformedStream(f"'{name}' is not an object: {value!r}"[:120])
+    return value
+
+
+def optional_text(value: Any, name: str) -> str | None:
+    """Return a JSON field that must be a string or null (a finish or stop reason)."""
+    if value is not None and not isinstance(value, str):
+        raise MalformedStream(f"'{name}' is not a string: {value!r}"[:120])
+    return value
+
+
+def token_count(value: Any, name: str) -> int:
+    """Return a JSON token count; raise MalformedStream unless it is a non-negative integer."""
+    # bool is an int subclass, and a float or a numeric string is no count either.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise MalformedStream(f"'{name}' is not a non-negative integer: {value!r}"[:120])
+    return value

@@ -236,3 +236,47 @@ async def test_waiting_for_a_pooled_connection_is_not_a_connect_timeout(
     assert first_record.finished_at is not None
     assert second_record.started_at >= first_record.finished_at
     assert fake.total_connections == 1
+
+
+async def test_a_recorded_stream_is_replayed_into_text_finish_and_usage(
+    fake: FakeOpenAIServer,
+) -> None:
+    backend = _backend(fake.base_url)
+    try:
+        chunks = await _drain(backend.stream(_request("replay:openai_chat_stream.sse")))
+    finally:
+        await backend.aclose()
+    assert "".join(c.text for c in chunks) == "Our business hours are 9am to 5pm."
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["stop"]
+    assert [(u.prompt_tokens, u.completion_tokens) for c in chunks if (u := c.usage)] == [(19, 7)]
+
+
+@pytest.mark.parametrize(
+    ("fixture", "detail"),
+    [
+        ("openai_finish_reason_not_a_string", "'finish_reason' is not a string: {'type': 'stop'}"),
+        ("openai_usage_negative", "'usage.completion_tokens' is not a non-negative integer: -7"),
+        (
+            "openai_usage_not_an_integer",
+            "'usage.prompt_tokens' is not a non-negative integer: '19'",
+        ),
+        ("openai_usage_fractional", "'usage.completion_tokens' is not a non-negative integer: 7.5"),
+        ("openai_usage_not_an_object", "'usage' is not an object: [19, 7]"),
+    ],
+)
+async def test_a_mistyped_finish_reason_or_usage_is_a_malformed_stream(
+    fake: FakeOpenAIServer, fixture: str, detail: str
+) -> None:
+    backend = _backend(fake.base_url)
+    chunks: list[Chunk] = []
+    try:
+        with pytest.raises(MalformedStream) as caught:
+            async for chunk in backend.stream(_request(f"replay:{fixture}.sse")):
+                chunks.append(chunk)
+    finally:
+        await backend.aclose()
+    assert str(caught.value) == detail
+    assert caught.value.outcome is AttemptOutcome.MALFORMED_STREAM
+    # The text before the bad event was passed on, and no bad value was.
+    assert "".join(c.text for c in chunks) == "Our business hours are 9am to 5pm."
+    assert all(c.finish_reason in (None, "stop") and c.usage is None for c in chunks)
