@@ -48,7 +48,7 @@ class OpenAIBackend(HTTPBackend):
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
             "stream": True,
             "stream_options": {"include_usage": True},
-            "max_tokens": request.max_tokens,
+            self.config.max_tokens_field: request.max_tokens,
         }
         generation = request.generation
         if generation.temperature is not None:

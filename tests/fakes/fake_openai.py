@@ -301,7 +301,8 @@ class FakeOpenAIServer:
         if name == "http":
             await _send_error(conn, int(arg or 500), {"type": "fake_error"})
             return True
-        max_tokens = int(body.get("max_tokens") or self.tokens)
+        # OpenAI's newer models take the limit as max_completion_tokens.
+        max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or self.tokens)
         count = min(self.tokens, max_tokens)
         want_logprobs = bool(body.get("logprobs"))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))

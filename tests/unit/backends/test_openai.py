@@ -17,8 +17,8 @@ from router.backends import (
     create_backend,
 )
 from router.backends.openai import OpenAIBackend, _logprobs
+from router.config import ConfigError, Timeouts, parse_config
 from router.config import OpenAIBackend as OpenAIConfig
-from router.config import Timeouts
 from router.domain import AttemptOutcome, ChatMessage, GenerationOptions
 from tests.fakes.fake_openai import FakeOpenAIServer
 from tests.fakes.support import eventually
@@ -280,3 +280,33 @@ async def test_a_mistyped_finish_reason_or_usage_is_a_malformed_stream(
     # The text before the bad event was passed on, and no bad value was.
     assert "".join(c.text for c in chunks) == "Our business hours are 9am to 5pm."
     assert all(c.finish_reason in (None, "stop") and c.usage is None for c in chunks)
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+async def test_the_token_limit_is_sent_in_the_configured_field(
+    fake: FakeOpenAIServer, field: str
+) -> None:
+    backend = _backend(fake.base_url, max_tokens_field=field)
+    try:
+        chunks = await _drain(backend.stream(_request(max_tokens=4)))
+    finally:
+        await backend.aclose()
+    (request,) = fake.requests
+    other = ({"max_tokens", "max_completion_tokens"} - {field}).pop()
+    assert request.body[field] == 4 and other not in request.body
+    assert sum(c.tokens for c in chunks) == 4
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["length"]
+
+
+def test_the_token_limit_field_defaults_to_max_tokens_and_rejects_others() -> None:
+    tier = {"model": "m", "backend": "api", "price": {"input_per_mtok": 1, "output_per_mtok": 1}}
+    data: dict[str, Any] = {
+        "version": 1,
+        "tiers": [{"name": "cheap", **tier}, {"name": "strong", **tier}],
+        "backends": {"api": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+    }
+    backend = parse_config(data, environ={}).backends["api"]
+    assert isinstance(backend, OpenAIConfig) and backend.max_tokens_field == "max_tokens"
+    data["backends"]["api"]["max_tokens_field"] = "max_output_tokens"
+    with pytest.raises(ConfigError, match=r"^backends\.api\.openai\.max_tokens_field: Input "):
+        parse_config(data, environ={})
