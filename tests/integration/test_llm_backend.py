@@ -50,26 +50,41 @@ def gemma_url() -> Iterator[str]:
         yield url
 
 
-def _config(url: str, gate: dict[str, Any]) -> Config:
+LENIENT_GATE = {
+    "window_tokens": 4,
+    "window_ms": 10000,
+    "min_mean_logprob": -30.0,
+    "low_logprob": -40.0,
+    "max_low_logprob_share": 1.0,
+}
+
+
+def _config(url: str, gate: dict[str, Any], *, strong_on_gemma: bool = False) -> Config:
+    """Return a gated Gemma tier under a stronger one on the demo backend (or Gemma too)."""
+    cheap = {
+        "name": "cheap",
+        "model": "gemma-3-270m",
+        "backend": "gemma",
+        "price": {"input_per_mtok": 0.02, "output_per_mtok": 0.04},
+        "timeouts": {"connect_s": 5, "first_token_s": 60, "idle_s": 30, "total_s": 120},
+        "gate": gate,
+    }
+    if strong_on_gemma:
+        strong = {**cheap, "name": "strong", "gate": None}
+        strong["price"] = {"input_per_mtok": 0.2, "output_per_mtok": 0.4}
+    else:
+        strong = {
+            "name": "strong",
+            "model": "demo-strong",
+            "backend": "demo",
+            "price": {"input_per_mtok": 2.5, "output_per_mtok": 10.0},
+        }
+    # The shipped routing model is calibrated for three tiers: a two-tier server sets its own.
+    strong["min_score"] = 0.5
     return parse_config(
         {
             "version": 1,
-            "tiers": [
-                {
-                    "name": "cheap",
-                    "model": "gemma-3-270m",
-                    "backend": "gemma",
-                    "price": {"input_per_mtok": 0.02, "output_per_mtok": 0.04},
-                    "timeouts": {"connect_s": 5, "first_token_s": 60, "idle_s": 30, "total_s": 120},
-                    "gate": gate,
-                },
-                {
-                    "name": "strong",
-                    "model": "demo-strong",
-                    "backend": "demo",
-                    "price": {"input_per_mtok": 2.5, "output_per_mtok": 10.0},
-                },
-            ],
+            "tiers": [cheap, strong],
             "backends": {
                 "gemma": {"kind": "openai", "base_url": url},
                 "demo": {"kind": "demo", "tokens_per_second": 1000},
@@ -82,14 +97,7 @@ def _config(url: str, gate: dict[str, Any]) -> Config:
 async def test_gemma_streams_through_the_engine_with_logprobs_reaching_the_gate(
     gemma_url: str,
 ) -> None:
-    lenient = {
-        "window_tokens": 4,
-        "window_ms": 10000,
-        "min_mean_logprob": -30.0,
-        "low_logprob": -40.0,
-        "max_low_logprob_share": 1.0,
-    }
-    events, error, _ = await run_engine(_config(gemma_url, lenient), MESSAGES, GENERATION)
+    events, error, _ = await run_engine(_config(gemma_url, LENIENT_GATE), MESSAGES, GENERATION)
     assert error is None, error
     deltas = [e for e in events if isinstance(e, TextDelta)]
     assert len(deltas) >= 2, "the answer was not streamed"
@@ -122,51 +130,11 @@ async def test_a_strict_gate_rejects_gemma_and_the_caller_sees_only_the_stronger
     assert isinstance(summary, CompletionSummary) and summary.tier == "strong"
 
 
-LENIENT_GATE = {
-    "window_tokens": 4,
-    "window_ms": 10000,
-    "min_mean_logprob": -30.0,
-    "low_logprob": -40.0,
-    "max_low_logprob_share": 1.0,
-}
-
-
-def _gemma_only_config(url: str) -> Config:
-    """Return a configuration whose two tiers are both Gemma on the llama.cpp server."""
-    limits = {"connect_s": 5, "first_token_s": 60, "idle_s": 30, "total_s": 120}
-    return parse_config(
-        {
-            "version": 1,
-            "tiers": [
-                {
-                    "name": "cheap",
-                    "model": "gemma-3-270m",
-                    "backend": "gemma",
-                    "price": {"input_per_mtok": 0.02, "output_per_mtok": 0.04},
-                    "timeouts": limits,
-                    "gate": LENIENT_GATE,
-                },
-                {
-                    "name": "strong",
-                    "model": "gemma-3-270m",
-                    "backend": "gemma",
-                    "price": {"input_per_mtok": 0.2, "output_per_mtok": 0.4},
-                    "min_score": 0.5,  # the shipped model is calibrated for three tiers
-                    "timeouts": limits,
-                },
-            ],
-            "backends": {"gemma": {"kind": "openai", "base_url": url}},
-        },
-        environ={},
-    )
-
-
 async def test_complete_over_grpc_streams_gemmas_answer_with_usage_and_attempts(
     gemma_url: str,
 ) -> None:
-    server = create_server(
-        _gemma_only_config(gemma_url), host="127.0.0.1", port=0, reuse_port=False
-    )
+    config = _config(gemma_url, LENIENT_GATE, strong_on_gemma=True)
+    server = create_server(config, host="127.0.0.1", port=0, reuse_port=False)
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
