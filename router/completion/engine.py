@@ -2,11 +2,12 @@
 
 ``CompletionEngine.run`` is what the gRPC ``Complete`` drives. It starts at the decided
 tier; a failure before any text reached the caller (an error, a time limit, an open
-circuit, or a start the confidence gate rejects) records the attempt, yields an
-``Escalation`` and moves to the next stronger tier, never a cheaper one. Once text is
-delivered the answering model is fixed: a later failure yields the summary (finish reason
-"error") and raises ``BackendUnavailable``. Closing or cancelling the generator closes the
-upstream stream before the cancellation propagates.
+circuit, a start the confidence gate rejects, or an unexpected exception in the backend,
+taken as a malformed stream) records the attempt, yields an ``Escalation`` and moves to
+the next stronger tier, never a cheaper one. Once text is delivered the answering model
+is fixed: a later failure yields the summary (finish reason "error") and raises
+``BackendUnavailable``. Closing or cancelling the generator closes the upstream stream
+before the cancellation propagates.
 """
 
 from __future__ import annotations
