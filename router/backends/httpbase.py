@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from router.backends.base import Backend, BackendRequest, Chunk
-from router.backends.errors import BackendError, ConnectFailed, MalformedStream, status_error
+from router.backends.errors import ConnectFailed, MalformedStream, status_error
 from router.backends.sse import SSEEvent, iter_sse
 from router.config import BackendConfig, Timeouts
 
@@ -127,9 +127,11 @@ class HTTPBackend(Backend):
                     for event in events:
                         try:
                             chunk = parser.feed(event)
-                        except BackendError:
+                        except Exception:
+                            # The text before a bad event still counts, whether the event
+                            # was malformed or the parser failed on it (a bug).
                             if merged is not None:
-                                yield merged  # the text before a bad event still counts
+                                yield merged
                             raise
                         if chunk is None:
                             continue

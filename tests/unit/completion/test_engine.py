@@ -434,7 +434,7 @@ async def test_a_client_error_on_the_half_open_probe_frees_the_probe_slot(
     fake: FakeOpenAIServer,
 ) -> None:
     fake.scenarios["flaky"] = "http:500"
-    breaker = {"circuit_breaker": {"failures": 1, "window_s": 30, "cooldown_s": 0.2}}
+    breaker = {"circuit_breaker": {"failures": 1, "window_s": 30, "cooldown_s": 0.5}}
     config = fake_config(fake, ("flaky", "ok", "ok"), completion=breaker)
     engine = CompletionEngine(config)
 
@@ -448,7 +448,7 @@ async def test_a_client_error_on_the_half_open_probe_frees_the_probe_slot(
     try:
         await run()
         assert engine.backend_states()[0].circuit is CircuitState.OPEN
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(0.55)
         fake.scenarios["flaky"] = "http:400"
         probe = await run()
         assert probe.attempts[0].outcome is AttemptOutcome.HTTP_ERROR
@@ -540,7 +540,8 @@ async def test_an_unexpected_error_in_a_backend_is_a_malformed_stream_that_climb
 async def test_an_unexpected_error_after_text_ends_with_a_summary(
     fake: FakeOpenAIServer,
 ) -> None:
-    fake.tokens_per_second = 100.0  # one token per read, so exactly 3 reach the caller
+    # So fast that the tokens arrive in bunches: the text read with the bad event counts.
+    fake.tokens_per_second = 1e6
     config = fake_config(fake)
     engine = CompletionEngine(config, backend_factory=_buggy_backends(after=3))
     try:
@@ -561,14 +562,14 @@ async def test_an_unexpected_error_after_text_ends_with_a_summary(
 async def test_an_unexpected_error_on_the_half_open_probe_reopens_the_circuit(
     fake: FakeOpenAIServer,
 ) -> None:
-    breaker = {"circuit_breaker": {"failures": 1, "window_s": 30, "cooldown_s": 0.2}}
+    breaker = {"circuit_breaker": {"failures": 1, "window_s": 30, "cooldown_s": 1.0}}
     config = fake_config(fake, completion=breaker)
     engine = CompletionEngine(config, backend_factory=_buggy_backends(after=0))
     try:
         events, error = await _run_buggy(engine, config)
         assert error is None and _summary(events).tier == "strong"
         assert engine.backend_states()[0].circuit is CircuitState.OPEN
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(1.05)
         assert engine.backend_states()[0].circuit is CircuitState.HALF_OPEN
         events, error = await _run_buggy(engine, config)  # the probe
         assert error is None
@@ -576,7 +577,7 @@ async def test_an_unexpected_error_on_the_half_open_probe_reopens_the_circuit(
         assert outcomes == [AttemptOutcome.MALFORMED_STREAM, AttemptOutcome.OK]
         # The failed probe opened the circuit again for a full cool-down (not stuck probing).
         state = engine.backend_states()[0]
-        assert state.circuit is CircuitState.OPEN and state.open_seconds_left > 0.1
+        assert state.circuit is CircuitState.OPEN and state.open_seconds_left > 0.5
         events, error = await _run_buggy(engine, config)
         assert error is None
         assert _summary(events).attempts[0].outcome is AttemptOutcome.CIRCUIT_OPEN
