@@ -85,6 +85,10 @@ class OpenAIBackend(_Frozen):
     api_key: str = ""
     max_connections: Annotated[int, Field(ge=1)] = 100
     headers: dict[str, str] = {}
+    # The request field that carries the token limit: OpenAI's newer models (o-series,
+    # GPT-5) reject "max_tokens" and take "max_completion_tokens"; most other
+    # OpenAI-compatible servers (vLLM, llama.cpp, Ollama) read "max_tokens".
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
 
 
 class AnthropicBackend(_Frozen):

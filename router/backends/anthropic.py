@@ -7,7 +7,13 @@ from typing import Any
 
 from router.backends.base import BackendRequest, Chunk, TokenUsage, register
 from router.backends.errors import ErrorEvent, MalformedStream
-from router.backends.httpbase import HTTPBackend, loads_event
+from router.backends.httpbase import (
+    HTTPBackend,
+    json_object,
+    loads_event,
+    optional_text,
+    token_count,
+)
 from router.backends.sse import SSEEvent
 from router.config import AnthropicBackend as AnthropicConfig
 
@@ -80,18 +86,18 @@ class AnthropicParser:
         obj = loads_event(event)
         kind = obj.get("type", event.event)
         if kind == "content_block_delta":
-            delta = obj.get("delta") or {}
-            text = delta.get("text") if isinstance(delta, dict) else None
+            text = json_object(obj.get("delta"), "delta").get("text")
             if isinstance(text, str) and text:
                 return Chunk(text=text, tokens=1)
         elif kind == "message_start":
-            usage = (obj.get("message") or {}).get("usage") or {}
-            self.prompt_tokens = _int(usage.get("input_tokens", 0), "input_tokens")
+            message = json_object(obj.get("message"), "message")
+            usage = json_object(message.get("usage"), "message.usage")
+            self.prompt_tokens = token_count(usage.get("input_tokens", 0), "input_tokens")
         elif kind == "message_delta":
-            delta = obj.get("delta") or {}
-            usage = obj.get("usage") or {}
-            reason = delta.get("stop_reason") if isinstance(delta, dict) else None
-            completion = _int(usage.get("output_tokens", 0), "output_tokens")
+            delta = json_object(obj.get("delta"), "delta")
+            usage = json_object(obj.get("usage"), "usage")
+            reason = optional_text(delta.get("stop_reason"), "stop_reason")
+            completion = token_count(usage.get("output_tokens", 0), "output_tokens")
             return Chunk(
                 finish_reason=_FINISH_REASONS.get(reason, reason) if reason else None,
                 usage=TokenUsage(self.prompt_tokens, completion),
@@ -99,7 +105,9 @@ class AnthropicParser:
         elif kind == "message_stop":
             self.stopped = True
         elif kind == "error":
-            error = obj.get("error") or {}
+            error = obj.get("error")
+            if not isinstance(error, dict):
+                raise ErrorEvent(f"error: {error!r}"[:200])
             raise ErrorEvent(f"{error.get('type', 'error')}: {error.get('message', '')}")
         # ping, content_block_start and content_block_stop carry nothing we need.
         return None
@@ -108,10 +116,3 @@ class AnthropicParser:
         """Raise MalformedStream if message_stop never came."""
         if not self.stopped:
             raise MalformedStream("stream ended before message_stop")
-
-
-def _int(value: Any, name: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise MalformedStream(f"unreadable '{name}': {value!r}") from None

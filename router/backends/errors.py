@@ -10,6 +10,11 @@ class BackendError(Exception):
 
     outcome: AttemptOutcome = AttemptOutcome.HTTP_ERROR
 
+    @property
+    def backend_unhealthy(self) -> bool:
+        """Whether the failure speaks against the backend (and counts for its circuit)."""
+        return True
+
 
 class ConnectFailed(BackendError):
     """The connection could not be made (refused, DNS, TLS, connect timeout)."""
@@ -38,6 +43,15 @@ class HTTPStatusFailed(BackendError):
         super().__init__(f"HTTP {status}: {snippet}" if snippet else f"HTTP {status}")
         self.status = status
 
+    @property
+    def backend_unhealthy(self) -> bool:
+        """Whether the status speaks against the backend: not a 4xx other than 408 or 429.
+
+        A 400, 401, 404 or 422 says the request or the configuration (model name, API
+        key) is wrong; the backend itself is up, so its circuit must not open over it.
+        """
+        return not 400 <= self.status < 500 or self.status in _UNHEALTHY_4XX
+
 
 class RateLimited(HTTPStatusFailed):
     """The provider answered HTTP 429."""
@@ -55,6 +69,10 @@ class ErrorEvent(BackendError):
     """The provider sent an error event inside the stream."""
 
     outcome = AttemptOutcome.ERROR_EVENT
+
+
+# 408 Request Timeout and 429 Too Many Requests: the backend is slow or overloaded.
+_UNHEALTHY_4XX = frozenset({408, 429})
 
 
 def status_error(status: int, body: str) -> HTTPStatusFailed:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from router.backends.base import Backend, BackendRequest, Chunk
-from router.backends.errors import BackendError, ConnectFailed, MalformedStream, status_error
+from router.backends.errors import ConnectFailed, MalformedStream, status_error
 from router.backends.sse import SSEEvent, iter_sse
 from router.config import BackendConfig, Timeouts
 
@@ -90,11 +90,11 @@ class HTTPBackend(Backend):
     def _timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
         timeout = self._timeouts.get(timeouts)
         if timeout is None:
-            # Only connecting (pool wait included) is limited here: the first-token, idle
-            # and total limits are the stream's own (Backend.stream).
-            timeout = aiohttp.ClientTimeout(
-                total=None, connect=timeouts.connect_s, sock_connect=timeouts.connect_s
-            )
+            # Only making a new connection (TCP and TLS) is limited here, with sock_connect:
+            # aiohttp's `connect` would also count the wait for a free pooled connection,
+            # and a busy pool is not an unreachable backend. The wait still counts against
+            # the first-token and total limits, which are the stream's own (Backend.stream).
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_s)
             self._timeouts[timeouts] = timeout
         return timeout
 
@@ -127,9 +127,11 @@ class HTTPBackend(Backend):
                     for event in events:
                         try:
                             chunk = parser.feed(event)
-                        except BackendError:
+                        except Exception:
+                            # The text before a bad event still counts, whether the event
+                            # was malformed or the parser failed on it (a bug).
                             if merged is not None:
-                                yield merged  # the text before a bad event still counts
+                                yield merged
                             raise
                         if chunk is None:
                             continue
@@ -168,4 +170,28 @@ def loads_event(event: SSEEvent) -> dict[str, Any]:
         raise MalformedStream(f"not JSON in a {event.event!r} event: {event.data[:80]!r}") from None
     if not isinstance(value, dict):
         raise MalformedStream(f"expected a JSON object in a {event.event!r} event")
+    return value
+
+
+def json_object(value: Any, name: str) -> dict[str, Any]:
+    """Return a JSON field that must be an object (missing or null reads as empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise MalformedStream(f"'{name}' is not an object: {value!r}"[:120])
+    return value
+
+
+def optional_text(value: Any, name: str) -> str | None:
+    """Return a JSON field that must be a string or null (a finish or stop reason)."""
+    if value is not None and not isinstance(value, str):
+        raise MalformedStream(f"'{name}' is not a string: {value!r}"[:120])
+    return value
+
+
+def token_count(value: Any, name: str) -> int:
+    """Return a JSON token count; raise MalformedStream unless it is a non-negative integer."""
+    # bool is an int subclass, and a float or a numeric string is no count either.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise MalformedStream(f"'{name}' is not a non-negative integer: {value!r}"[:120])
     return value

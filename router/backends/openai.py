@@ -7,7 +7,13 @@ from typing import Any
 
 from router.backends.base import BackendRequest, Chunk, TokenUsage, register
 from router.backends.errors import ErrorEvent, MalformedStream
-from router.backends.httpbase import HTTPBackend, loads_event
+from router.backends.httpbase import (
+    HTTPBackend,
+    json_object,
+    loads_event,
+    optional_text,
+    token_count,
+)
 from router.backends.sse import SSEEvent
 from router.config import OpenAIBackend as OpenAIConfig
 
@@ -42,7 +48,7 @@ class OpenAIBackend(HTTPBackend):
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
             "stream": True,
             "stream_options": {"include_usage": True},
-            "max_tokens": request.max_tokens,
+            self.config.max_tokens_field: request.max_tokens,
         }
         generation = request.generation
         if generation.temperature is not None:
@@ -90,18 +96,14 @@ class OpenAIParser:
 
 
 def _chunk(obj: Mapping[str, Any]) -> Chunk | None:
-    usage = obj.get("usage")
+    usage = _usage(obj.get("usage"))
     choices = obj.get("choices")
     if not choices:
-        if usage is None:
-            return None
-        return Chunk(usage=_usage(usage))
+        return None if usage is None else Chunk(usage=usage)
     if not isinstance(choices, list) or not isinstance(choices[0], dict):
         raise MalformedStream("'choices' is not a list of objects")
     choice = choices[0]
-    delta = choice.get("delta") or {}
-    if not isinstance(delta, dict):
-        raise MalformedStream("'delta' is not an object")
+    delta = json_object(choice.get("delta"), "delta")
     text = delta.get("content") or ""
     if not isinstance(text, str):
         raise MalformedStream("'delta.content' is not a string")
@@ -111,8 +113,8 @@ def _chunk(obj: Mapping[str, Any]) -> Chunk | None:
         text=text,
         tokens=tokens,
         logprobs=logprobs,
-        finish_reason=choice.get("finish_reason"),
-        usage=_usage(usage) if usage else None,
+        finish_reason=optional_text(choice.get("finish_reason"), "finish_reason"),
+        usage=usage,
     )
 
 
@@ -134,11 +136,15 @@ def _logprobs(value: Any) -> Sequence[float] | None:
     return None
 
 
-def _usage(value: Any) -> TokenUsage:
-    try:
-        return TokenUsage(int(value["prompt_tokens"]), int(value["completion_tokens"]))
-    except (KeyError, TypeError, ValueError):
-        raise MalformedStream(f"unreadable 'usage': {value!r}"[:120]) from None
+def _usage(value: Any) -> TokenUsage | None:
+    """Read the usage object (None when the chunk carries none)."""
+    if value is None:
+        return None
+    usage = json_object(value, "usage")
+    return TokenUsage(
+        token_count(usage.get("prompt_tokens"), "usage.prompt_tokens"),
+        token_count(usage.get("completion_tokens"), "usage.completion_tokens"),
+    )
 
 
 def _error_text(error: Any) -> str:

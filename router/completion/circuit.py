@@ -19,7 +19,8 @@ class CircuitBreaker:
 
     After the cool-down one probe request is let through (half-open): its success closes
     the circuit, its failure opens it again. An attempt that ends without a verdict
-    (the caller cancelled) frees the probe slot for the next request.
+    (the caller cancelled, or the provider refused the request itself with a 4xx other
+    than 408 or 429) frees the probe slot for the next request.
     """
 
     def __init__(

@@ -2,17 +2,18 @@
 
 ``CompletionEngine.run`` is what the gRPC ``Complete`` drives. It starts at the decided
 tier; a failure before any text reached the caller (an error, a time limit, an open
-circuit, or a start the confidence gate rejects) records the attempt, yields an
-``Escalation`` and moves to the next stronger tier, never a cheaper one. Once text is
-delivered the answering model is fixed: a later failure yields the summary (finish reason
-"error") and raises ``BackendUnavailable``. Closing or cancelling the generator closes the
-upstream stream before the cancellation propagates.
+circuit, a start the confidence gate rejects, or an unexpected exception in the backend,
+taken as a malformed stream) records the attempt, yields an ``Escalation`` and moves to
+the next stronger tier, never a cheaper one. Once text is delivered the answering model
+is fixed: a later failure yields the summary (finish reason "error") and raises
+``BackendUnavailable``. Closing or cancelling the generator closes the upstream stream
+before the cancellation propagates.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 
 import structlog
 
@@ -20,7 +21,7 @@ from router.backends import Backend, BackendError, BackendRequest, Chunk, create
 from router.completion.circuit import CircuitBreaker
 from router.completion.cost import cost_usd, estimate_prompt_tokens
 from router.completion.gate import NOT_GATED, GateWindow, limits_report
-from router.config import Config, Tier
+from router.config import BackendConfig, Config, Tier
 from router.domain import (
     Attempt,
     AttemptOutcome,
@@ -94,11 +95,16 @@ class _Try:
 class CompletionEngine:
     """Run completions over the configured tiers, backends and circuit breakers."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        backend_factory: Callable[[str, BackendConfig], Backend] = create_backend,
+    ) -> None:
         self._config = config
         self._tiers = config.tiers
         self._backends: dict[str, Backend] = {
-            name: create_backend(name, backend) for name, backend in config.backends.items()
+            name: backend_factory(name, backend) for name, backend in config.backends.items()
         }
         settings = config.completion.circuit_breaker
         self._circuits = {
@@ -166,12 +172,13 @@ class CompletionEngine:
                 )
                 state = _Try(loop.time())
                 outcome, detail = AttemptOutcome.OK, ""
+                backend_unhealthy = False
                 stream = self._backends[tier.backend].stream(
                     BackendRequest(
                         model=tier.model,
                         messages=messages,
                         generation=generation,
-                        max_tokens=generation.max_tokens or tier.max_tokens,
+                        max_tokens=_max_tokens(generation, tier),
                         logprobs=tier.gate is not None,
                         timeouts=tier.timeouts,
                     )
@@ -206,6 +213,20 @@ class CompletionEngine:
                     pass  # the stream ended right after the gate's time window closed
                 except BackendError as exc:
                     outcome, detail = exc.outcome, str(exc)
+                    backend_unhealthy = exc.backend_unhealthy
+                except Exception as exc:
+                    # A bug in a backend or its parser is that backend's failure, like an
+                    # unreadable stream: the request climbs and the circuit hears of it,
+                    # rather than the RPC crashing with a half-open probe slot held.
+                    log.exception(
+                        "backend_unexpected_error",
+                        request_id=decision.request_id,
+                        tier=tier.name,
+                        backend=tier.backend,
+                    )
+                    outcome = AttemptOutcome.MALFORMED_STREAM
+                    detail = f"unexpected {type(exc).__name__} in backend: {exc}"
+                    backend_unhealthy = True
                 except (asyncio.CancelledError, GeneratorExit):
                     circuit.release()
                     await _close(stream, state)
@@ -225,8 +246,12 @@ class CompletionEngine:
                 if outcome is AttemptOutcome.OK or outcome is AttemptOutcome.GATE_REJECTED:
                     # A rejected start is a healthy backend with an unsure answer.
                     circuit.record_success()
-                else:
+                elif backend_unhealthy:
                     circuit.record_failure()
+                else:
+                    # The request or its configuration was refused (HTTP 400, 401, 404):
+                    # no verdict on the backend, but a probe's slot must be freed.
+                    circuit.release()
                 committed = state.committed_chars > 0
                 if committed and outcome is not AttemptOutcome.OK:
                     detail = f"{outcome.value}: {detail}"
@@ -297,8 +322,7 @@ class CompletionEngine:
             if chunk.text and not first_at:
                 first_at = now
         held_ms = (loop.time() - first_at) * 1000.0 if first_at else 0.0
-        max_tokens = generation.max_tokens or tier.max_tokens
-        state.gate = window.verdict(held_ms, max_tokens=max_tokens)
+        state.gate = window.verdict(held_ms, max_tokens=_max_tokens(generation, tier))
         return window
 
     def _record(
@@ -378,6 +402,12 @@ class CompletionEngine:
         )
 
 
+def _max_tokens(generation: GenerationOptions, tier: Tier) -> int:
+    """Return the request's token limit, capped at the tier's."""
+    asked = generation.max_tokens
+    return min(asked, tier.max_tokens) if asked > 0 else tier.max_tokens
+
+
 def _usage(state: _Try, prompt_estimate: int) -> tuple[int, int, bool]:
     """Return (prompt, completion, reported): the provider's counts, else the router's."""
     if state.usage_completion >= 0:
@@ -395,7 +425,12 @@ async def _close(stream: AsyncGenerator[Chunk, None], state: _Try) -> None:
         await asyncio.wait((pending,))
     if pending is not None and not pending.cancelled():
         pending.exception()  # a read cancelled by the gate may have failed: already handled
-    await stream.aclose()
+    try:
+        await stream.aclose()
+    except Exception:
+        # The attempt's outcome is already decided; a backend whose clean-up fails (a
+        # bug) must not turn it into a crashed RPC.
+        log.exception("backend_close_failed")
 
 
 def _failure_message(attempts: Sequence[Attempt]) -> str:

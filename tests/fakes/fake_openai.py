@@ -12,6 +12,7 @@ the server's ``scenarios`` map from model name to scenario), ``NAME`` or ``NAME:
 - ``error:K``: K tokens, then an ``{"error": ...}`` event
 - ``lowlp``: a normal stream whose tokens have log-probabilities near -6
 - ``nousage``: a normal stream without the usage chunk
+- ``replay:FILE``: replay the recorded SSE stream tests/fixtures/FILE (either endpoint)
 
 ``POST /v1/messages`` replays a recorded Anthropic Messages stream from tests/fixtures/.
 The server counts open connections and records every request (when the client went
@@ -277,7 +278,9 @@ class FakeOpenAIServer:
         self.requests.append(record)
         conn.start_watch()
         try:
-            if path.endswith("/messages"):
+            if scenario.startswith("replay:"):
+                keep = await self._replay(conn, record, FIXTURES / scenario.partition(":")[2])
+            elif path.endswith("/messages"):
                 keep = await self._anthropic(conn, record)
             elif path.endswith("/chat/completions"):
                 keep = await self._openai(conn, record, body)
@@ -298,7 +301,8 @@ class FakeOpenAIServer:
         if name == "http":
             await _send_error(conn, int(arg or 500), {"type": "fake_error"})
             return True
-        max_tokens = int(body.get("max_tokens") or self.tokens)
+        # OpenAI's newer models take the limit as max_completion_tokens.
+        max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or self.tokens)
         count = min(self.tokens, max_tokens)
         want_logprobs = bool(body.get("logprobs"))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -400,7 +404,11 @@ class FakeOpenAIServer:
         if name == "http":
             await _send_error(conn, int(arg or 500), {"type": "overloaded_error"}, anthropic=True)
             return True
-        events = ANTHROPIC_FIXTURE.read_bytes().split(b"\n\n")
+        return await self._replay(conn, record, ANTHROPIC_FIXTURE)
+
+    async def _replay(self, conn: _Conn, record: RequestRecord, fixture: Path) -> bool:
+        """Send a recorded SSE stream, one event per token interval."""
+        events = fixture.read_bytes().split(b"\n\n")
         await conn.send(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
             b"transfer-encoding: chunked\r\n\r\n"
@@ -411,7 +419,7 @@ class FakeOpenAIServer:
                 continue
             await conn.sleep(interval)
             await _send_chunk(conn, event + b"\n\n")
-            if b"content_block_delta" in event:
+            if b"content_block_delta" in event or b'"content":' in event:
                 record.tokens_sent += 1
         await conn.send(b"0\r\n\r\n")
         return True

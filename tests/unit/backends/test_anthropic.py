@@ -79,3 +79,30 @@ def test_an_error_event_raises() -> None:
         parser.feed(SSEEvent("error", error))
     with pytest.raises(MalformedStream, match="before message_stop"):
         parser.close()
+
+
+@pytest.mark.parametrize(
+    ("fixture", "detail"),
+    [
+        ("anthropic_stop_reason_not_a_string", "'stop_reason' is not a string: ['end_turn']"),
+        ("anthropic_usage_negative", "'output_tokens' is not a non-negative integer: -15"),
+        ("anthropic_usage_not_an_integer", "'input_tokens' is not a non-negative integer: '25'"),
+    ],
+)
+async def test_a_mistyped_stop_reason_or_usage_is_a_malformed_stream(
+    fake: FakeOpenAIServer, fixture: str, detail: str
+) -> None:
+    backend = create_backend(
+        "claude", AnthropicConfig(kind="anthropic", base_url=fake.anthropic_url)
+    )
+    try:
+        with pytest.raises(MalformedStream) as caught:
+            _ = [chunk async for chunk in backend.stream(_request(f"replay:{fixture}.sse"))]
+    finally:
+        await backend.aclose()
+    assert str(caught.value) == detail
+
+
+def test_an_error_event_whose_error_is_not_an_object_still_raises_an_error_event() -> None:
+    with pytest.raises(ErrorEvent, match="error: 'Overloaded'"):
+        AnthropicParser().feed(SSEEvent("error", '{"type":"error","error":"Overloaded"}'))

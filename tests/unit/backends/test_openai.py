@@ -1,3 +1,4 @@
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,8 +17,8 @@ from router.backends import (
     create_backend,
 )
 from router.backends.openai import OpenAIBackend, _logprobs
+from router.config import ConfigError, Timeouts, parse_config
 from router.config import OpenAIBackend as OpenAIConfig
-from router.config import Timeouts
 from router.domain import AttemptOutcome, ChatMessage, GenerationOptions
 from tests.fakes.fake_openai import FakeOpenAIServer
 from tests.fakes.support import eventually
@@ -210,3 +211,102 @@ def test_both_logprob_shapes_are_read() -> None:
     assert _logprobs(None) is None
     with pytest.raises(MalformedStream):
         _logprobs({"content": [{"token": "a"}]})
+
+
+async def test_waiting_for_a_pooled_connection_is_not_a_connect_timeout(
+    fake: FakeOpenAIServer,
+) -> None:
+    fake.tokens_per_second = 20.0  # the first stream holds the only connection for ~0.8 s
+    backend = _backend(fake.base_url, max_connections=1)
+    slow_pool = Timeouts(connect_s=0.1, first_token_s=5.0, idle_s=1.0, total_s=10.0)
+    try:
+        first = backend.stream(_request(timeouts=slow_pool))
+        head = await anext(first)
+        # The second request must queue for the pool well past connect_s, then succeed.
+        second = asyncio.create_task(_drain(backend.stream(_request(timeouts=slow_pool))))
+        rest = await _drain(first)
+        chunks = await second
+    finally:
+        await backend.aclose()
+    assert "".join(c.text for c in [head, *rest]).startswith("The quick answer")
+    assert sum(c.tokens for c in chunks) == 16
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["stop"]
+    first_record, second_record = fake.requests
+    # The second request really waited: it reached the server after the first finished.
+    assert first_record.finished_at is not None
+    assert second_record.started_at >= first_record.finished_at
+    assert fake.total_connections == 1
+
+
+async def test_a_recorded_stream_is_replayed_into_text_finish_and_usage(
+    fake: FakeOpenAIServer,
+) -> None:
+    backend = _backend(fake.base_url)
+    try:
+        chunks = await _drain(backend.stream(_request("replay:openai_chat_stream.sse")))
+    finally:
+        await backend.aclose()
+    assert "".join(c.text for c in chunks) == "Our business hours are 9am to 5pm."
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["stop"]
+    assert [(u.prompt_tokens, u.completion_tokens) for c in chunks if (u := c.usage)] == [(19, 7)]
+
+
+@pytest.mark.parametrize(
+    ("fixture", "detail"),
+    [
+        ("openai_finish_reason_not_a_string", "'finish_reason' is not a string: {'type': 'stop'}"),
+        ("openai_usage_negative", "'usage.completion_tokens' is not a non-negative integer: -7"),
+        (
+            "openai_usage_not_an_integer",
+            "'usage.prompt_tokens' is not a non-negative integer: '19'",
+        ),
+        ("openai_usage_fractional", "'usage.completion_tokens' is not a non-negative integer: 7.5"),
+        ("openai_usage_not_an_object", "'usage' is not an object: [19, 7]"),
+    ],
+)
+async def test_a_mistyped_finish_reason_or_usage_is_a_malformed_stream(
+    fake: FakeOpenAIServer, fixture: str, detail: str
+) -> None:
+    backend = _backend(fake.base_url)
+    chunks: list[Chunk] = []
+    try:
+        with pytest.raises(MalformedStream) as caught:
+            async for chunk in backend.stream(_request(f"replay:{fixture}.sse")):
+                chunks.append(chunk)
+    finally:
+        await backend.aclose()
+    assert str(caught.value) == detail
+    assert caught.value.outcome is AttemptOutcome.MALFORMED_STREAM
+    # The text before the bad event was passed on, and no bad value was.
+    assert "".join(c.text for c in chunks) == "Our business hours are 9am to 5pm."
+    assert all(c.finish_reason in (None, "stop") and c.usage is None for c in chunks)
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+async def test_the_token_limit_is_sent_in_the_configured_field(
+    fake: FakeOpenAIServer, field: str
+) -> None:
+    backend = _backend(fake.base_url, max_tokens_field=field)
+    try:
+        chunks = await _drain(backend.stream(_request(max_tokens=4)))
+    finally:
+        await backend.aclose()
+    (request,) = fake.requests
+    other = ({"max_tokens", "max_completion_tokens"} - {field}).pop()
+    assert request.body[field] == 4 and other not in request.body
+    assert sum(c.tokens for c in chunks) == 4
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["length"]
+
+
+def test_the_token_limit_field_defaults_to_max_tokens_and_rejects_others() -> None:
+    tier = {"model": "m", "backend": "api", "price": {"input_per_mtok": 1, "output_per_mtok": 1}}
+    data: dict[str, Any] = {
+        "version": 1,
+        "tiers": [{"name": "cheap", **tier}, {"name": "strong", **tier}],
+        "backends": {"api": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+    }
+    backend = parse_config(data, environ={}).backends["api"]
+    assert isinstance(backend, OpenAIConfig) and backend.max_tokens_field == "max_tokens"
+    data["backends"]["api"]["max_tokens_field"] = "max_output_tokens"
+    with pytest.raises(ConfigError, match=r"^backends\.api\.openai\.max_tokens_field: Input "):
+        parse_config(data, environ={})

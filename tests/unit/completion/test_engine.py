@@ -2,14 +2,20 @@
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
+from router.backends import Backend, Chunk, create_backend
+from router.backends.httpbase import StreamParser
+from router.backends.openai import OpenAIBackend
+from router.backends.sse import SSEEvent
 from router.completion import CompletionEngine
 from router.completion.cost import cost_usd
-from router.config import Config, default_config
+from router.config import BackendConfig, Config, default_config
+from router.config import OpenAIBackend as OpenAIConfig
 from router.domain import (
     AttemptOutcome,
     BackendUnavailable,
@@ -385,6 +391,227 @@ async def test_the_circuit_opens_after_k_failures_skips_the_tier_and_closes_afte
     finally:
         await engine.aclose()
     await _no_leak(fake)
+
+
+ONE_STRIKE = {"circuit_breaker": {"failures": 1, "window_s": 30, "cooldown_s": 60}}
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+async def test_a_client_error_status_fails_the_attempt_but_not_the_circuit(
+    fake: FakeOpenAIServer, status: int
+) -> None:
+    config = fake_config(fake, (f"http:{status}", "ok", "ok"), completion=ONE_STRIKE)
+    engine = CompletionEngine(config)
+    try:
+        for _ in range(2):
+            events, error = await collect(
+                engine.run(decision(0, config), MESSAGES, DEFAULT_GENERATION, max_tier_index=2)
+            )
+            assert error is None
+            failed = _summary(events).attempts[0]
+            assert failed.outcome is AttemptOutcome.HTTP_ERROR
+            assert failed.detail.startswith(f"HTTP {status}")
+        cheap = engine.backend_states()[0]
+        assert cheap.circuit is CircuitState.CLOSED and cheap.recent_failures == 0
+    finally:
+        await engine.aclose()
+    # Both requests reached the cheap tier: a request's own error does not skip it.
+    assert _models_requested(fake).count(f"http:{status}") == 2
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 503])
+async def test_a_timeout_overload_or_server_error_status_counts_for_the_circuit(
+    fake: FakeOpenAIServer, status: int
+) -> None:
+    config = fake_config(fake, (f"http:{status}", "ok", "ok"), completion=ONE_STRIKE)
+    events, error, engine = await _run(config)
+    assert error is None and _summary(events).tier == "strong"
+    cheap = engine.backend_states()[0]
+    assert cheap.circuit is CircuitState.OPEN and cheap.recent_failures == 1
+
+
+async def test_a_client_error_on_the_half_open_probe_frees_the_probe_slot(
+    fake: FakeOpenAIServer,
+) -> None:
+    fake.scenarios["flaky"] = "http:500"
+    breaker = {"circuit_breaker": {"failures": 1, "window_s": 30, "cooldown_s": 0.5}}
+    config = fake_config(fake, ("flaky", "ok", "ok"), completion=breaker)
+    engine = CompletionEngine(config)
+
+    async def run() -> CompletionSummary:
+        events, error = await collect(
+            engine.run(decision(0, config), MESSAGES, DEFAULT_GENERATION, max_tier_index=2)
+        )
+        assert error is None
+        return _summary(events)
+
+    try:
+        await run()
+        assert engine.backend_states()[0].circuit is CircuitState.OPEN
+        await asyncio.sleep(0.55)
+        fake.scenarios["flaky"] = "http:400"
+        probe = await run()
+        assert probe.attempts[0].outcome is AttemptOutcome.HTTP_ERROR
+        # Not a verdict on the backend: still half-open, and the next request probes again.
+        assert engine.backend_states()[0].circuit is CircuitState.HALF_OPEN
+        fake.scenarios["flaky"] = "ok"
+        healed = await run()
+        assert [a.outcome for a in healed.attempts] == [AttemptOutcome.OK]
+        assert engine.backend_states()[0].circuit is CircuitState.CLOSED
+    finally:
+        await engine.aclose()
+
+
+# A backend with a bug.
+
+
+class _BuggyParser:
+    """Parse normally, then raise a TypeError (a parser bug) after ``after`` text chunks."""
+
+    def __init__(self, inner: StreamParser, after: int) -> None:
+        self.inner = inner
+        self.after = after
+        self.texts = 0
+
+    def feed(self, event: SSEEvent) -> Chunk | None:
+        chunk = self.inner.feed(event)
+        if chunk is not None and chunk.text:
+            self.texts += 1
+            if self.texts > self.after:
+                raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")
+        return chunk
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _buggy_backends(after: int) -> Callable[[str, BackendConfig], Backend]:
+    """Return a backend factory whose ``fake0`` backend's parser raises a TypeError."""
+
+    class BuggyBackend(OpenAIBackend):
+        def parser(self) -> _BuggyParser:  # type: ignore[override]
+            return _BuggyParser(super().parser(), after)
+
+    def make(name: str, config: BackendConfig) -> Backend:
+        if name == "fake0":
+            assert isinstance(config, OpenAIConfig)
+            return BuggyBackend(name, config)
+        return create_backend(name, config)
+
+    return make
+
+
+async def _run_buggy(
+    engine: CompletionEngine, config: Config
+) -> tuple[list[Event], BaseException | None]:
+    return await collect(
+        engine.run(decision(0, config), MESSAGES, DEFAULT_GENERATION, max_tier_index=2)
+    )
+
+
+@pytest.mark.parametrize("gated", [False, True], ids=["streaming", "holding-back"])
+async def test_an_unexpected_error_in_a_backend_is_a_malformed_stream_that_climbs(
+    fake: FakeOpenAIServer, gated: bool
+) -> None:
+    fake.tokens_per_second = 100.0
+    config = fake_config(fake, tier_extra={0: GATE} if gated else {})
+    engine = CompletionEngine(config, backend_factory=_buggy_backends(after=0))
+    try:
+        with capture_logs() as logs:
+            events, error = await _run_buggy(engine, config)
+        states = engine.backend_states()
+    finally:
+        await engine.aclose()
+    assert error is None
+    escalation = events[0]
+    assert isinstance(escalation, Escalation) and escalation.to_tier == "strong"
+    failed = escalation.attempt
+    assert failed.outcome is AttemptOutcome.MALFORMED_STREAM
+    assert failed.detail.startswith("unexpected TypeError in backend: unsupported operand")
+    assert text_of(events) == FULL_ANSWER and _summary(events).tier == "strong"
+    assert states[0].recent_failures == 1  # a circuit failure of the buggy backend
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["backend_unexpected_error"]
+    # The buggy attempt's upstream stream was closed, not left generating.
+    assert await eventually(lambda: fake.requests[0].disconnected_at is not None)
+    assert fake.requests[0].tokens_sent < 16
+    await _no_leak(fake)
+
+
+async def test_an_unexpected_error_after_text_ends_with_a_summary(
+    fake: FakeOpenAIServer,
+) -> None:
+    # So fast that the tokens arrive in bunches: the text read with the bad event counts.
+    fake.tokens_per_second = 1e6
+    config = fake_config(fake)
+    engine = CompletionEngine(config, backend_factory=_buggy_backends(after=3))
+    try:
+        events, error = await _run_buggy(engine, config)
+    finally:
+        await engine.aclose()
+    assert isinstance(error, BackendUnavailable)
+    assert text_of(events) == " ".join(WORDS[:3])
+    summary = _summary(events)
+    assert summary.finish_reason == "error" and summary.tier == "cheap"
+    (attempt,) = summary.attempts
+    assert attempt.outcome is AttemptOutcome.FAILED_AFTER_COMMIT
+    assert attempt.detail.startswith("malformed_stream: unexpected TypeError")
+    assert _models_requested(fake) == ["ok"]
+    await _no_leak(fake)
+
+
+async def test_an_unexpected_error_on_the_half_open_probe_reopens_the_circuit(
+    fake: FakeOpenAIServer,
+) -> None:
+    breaker = {"circuit_breaker": {"failures": 1, "window_s": 30, "cooldown_s": 1.0}}
+    config = fake_config(fake, completion=breaker)
+    engine = CompletionEngine(config, backend_factory=_buggy_backends(after=0))
+    try:
+        events, error = await _run_buggy(engine, config)
+        assert error is None and _summary(events).tier == "strong"
+        assert engine.backend_states()[0].circuit is CircuitState.OPEN
+        await asyncio.sleep(1.05)
+        assert engine.backend_states()[0].circuit is CircuitState.HALF_OPEN
+        events, error = await _run_buggy(engine, config)  # the probe
+        assert error is None
+        outcomes = [a.outcome for a in _summary(events).attempts]
+        assert outcomes == [AttemptOutcome.MALFORMED_STREAM, AttemptOutcome.OK]
+        # The failed probe opened the circuit again for a full cool-down (not stuck probing).
+        state = engine.backend_states()[0]
+        assert state.circuit is CircuitState.OPEN and state.open_seconds_left > 0.5
+        events, error = await _run_buggy(engine, config)
+        assert error is None
+        assert _summary(events).attempts[0].outcome is AttemptOutcome.CIRCUIT_OPEN
+    finally:
+        await engine.aclose()
+    await _no_leak(fake)
+
+
+# Limits.
+
+
+@pytest.mark.parametrize(("asked", "sent"), [(0, 5), (100, 5), (3, 3)])
+async def test_max_tokens_reaches_the_upstream_clamped_to_the_tier_cap(
+    fake: FakeOpenAIServer, asked: int, sent: int
+) -> None:
+    config = fake_config(fake, tier_extra={0: {"max_tokens": 5}})
+    events, error, _ = await _run(config, generation=GenerationOptions(max_tokens=asked))
+    assert error is None
+    (request,) = fake.requests
+    assert request.body["max_tokens"] == sent
+    assert _summary(events).usage.completion_tokens == sent
+    assert _summary(events).finish_reason == "length"
+
+
+async def test_the_gate_judges_a_start_against_the_clamped_max_tokens(
+    fake: FakeOpenAIServer,
+) -> None:
+    # A 3-token cap ends the answer inside an 8-token window: a short limit, not a cut start.
+    config = fake_config(fake, tier_extra={0: {"max_tokens": 3, **GATE}})
+    events, error, _ = await _run(config, generation=GenerationOptions(max_tokens=100))
+    assert error is None
+    summary = _summary(events)
+    assert summary.tier == "cheap" and summary.attempts[0].gate.passed
+    assert text_of(events) == " ".join(WORDS[:3])
 
 
 # Cancellation and deadlines.
