@@ -1,4 +1,4 @@
-"""Prices: what tokens cost on a tier, and the token estimate used when no count is reported."""
+"""Prices: what tokens cost on a tier, and the one token estimate used without a tokenizer."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from router.domain import ChatMessage
 
 # A rough English average; used only when neither the provider nor the router counted.
 CHARS_PER_TOKEN = 4
+# Chat framing (role markers, separators) that chat templates add around each turn.
+TOKENS_PER_MESSAGE = 4
 
 
 def cost_usd(price: Price, prompt_tokens: int, completion_tokens: int) -> float:
@@ -17,6 +19,6 @@ def cost_usd(price: Price, prompt_tokens: int, completion_tokens: int) -> float:
 
 
 def estimate_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
-    """Return an estimate of the prompt's tokens from its characters."""
-    chars = sum(len(m.content) + len(m.role) for m in messages)
-    return max(1, -(-chars // CHARS_PER_TOKEN))
+    """Return an estimate of a chat's prompt tokens: its characters plus framing per turn."""
+    chars = sum(len(m.content) for m in messages)
+    return max(1, -(-chars // CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * len(messages))

@@ -38,7 +38,7 @@ async def test_route_prompt_round_trip(
     assert d.reason == pb.DECISION_REASON_SCORE
     assert d.model_version == router.version
     assert d.decision_micros > 0
-    tokens = math.ceil(len(QUERY) / 4)
+    tokens = math.ceil(len(QUERY) / 4) + 4  # one user turn's framing
     assert d.estimated_prompt_tokens == tokens
     prices = [0.24, 2.5, 15.0]
     assert d.estimated_cost_usd == pytest.approx(tokens * prices[d.tier_index] / 1e6)
@@ -76,7 +76,7 @@ async def test_route_messages_scores_the_last_user_turn_in_context(
     assert response.decision.score == pytest.approx(expected.score, abs=1e-12)
     only_last = rt.router.score(messages[-1][1])
     assert response.decision.score != only_last.score  # the context counted
-    tokens = sum(len(c) for _, c in messages) // 4 + 4 * len(messages)
+    tokens = math.ceil(sum(len(c) for _, c in messages) / 4) + 4 * len(messages)
     assert response.decision.estimated_prompt_tokens == tokens
 
 
