@@ -15,6 +15,7 @@ from router._proto.modelrouter.v1 import router_pb2_grpc
 from router.completion.engine import CompletionEngine
 from router.config import Config
 from router.domain import ChatMessage, GenerationOptions, RoutingDecision
+from router.service import MAX_MESSAGES
 from tests.integration.server.support import router_stub, slow_demo
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -49,6 +50,10 @@ ROUTE_CASES = [
     (
         pb.RouteRequest(messages=msgs(("user", "hi"), ("robot", "beep"))),
         "messages[1].role: 'robot' is not one of system, user, assistant",
+    ),
+    (
+        pb.RouteRequest(messages=msgs(*[("user", "hi")] * 1001)),
+        "messages: 1001 turns, over the limit of 1000",
     ),
     (
         pb.RouteRequest(messages=msgs(("user", "first"), ("user", "  "))),
@@ -349,3 +354,113 @@ async def test_client_cancellation_stops_the_stream(
     assert server.interceptor.in_flight == 0
     attempts = [e for e in logs if e["event"] == "completion_attempt"]
     assert [a["outcome"] for a in attempts] == ["cancelled"]
+
+
+async def test_a_chat_of_max_messages_turns_is_accepted(
+    stub: router_pb2_grpc.ModelRouterStub,
+) -> None:
+    response = await stub.Route(pb.RouteRequest(messages=msgs(*[("user", "hi")] * MAX_MESSAGES)))
+    assert response.decision.tier
+
+
+def _trailer(error: grpc.aio.AioRpcError) -> str:
+    return dict(error.trailing_metadata() or ())["x-request-id"]  # type: ignore[arg-type]
+
+
+async def test_errors_carry_the_request_id_trailer(
+    limited: router_pb2_grpc.ModelRouterStub,
+) -> None:
+    with structlog.testing.capture_logs() as logs:
+        # Rejected after the id was accepted: the caller's id, on Route and on Complete.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await limited.Route(pb.RouteRequest(prompt=" ", request_id="bad-route"))
+        assert _trailer(caught.value) == "bad-route"
+        call = limited.Complete(pb.CompleteRequest(route=pb.RouteRequest(request_id="bad-c")))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call.read()
+        assert caught.value.code() == INVALID
+        assert _trailer(caught.value) == "bad-c"
+        generation = pb.GenerationOptions(temperature=9)
+        call = limited.Complete(
+            pb.CompleteRequest(
+                route=pb.RouteRequest(prompt="hi", request_id="g"), generation=generation
+            )
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call.read()
+        assert _trailer(caught.value) == "g"
+        # An invalid id cannot be echoed: a generated one, the same as in the log line.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await limited.Route(pb.RouteRequest(prompt="hi", request_id="has space"))
+        generated = _trailer(caught.value)
+        assert generated and " " not in generated
+    statuses = {e["request_id"]: e["status"] for e in logs if e["event"] == "rpc"}
+    assert statuses == {
+        "bad-route": "INVALID_ARGUMENT",
+        "bad-c": "INVALID_ARGUMENT",
+        "g": "INVALID_ARGUMENT",
+        generated: "INVALID_ARGUMENT",
+    }
+
+
+async def test_stream_errors_after_the_decision_carry_the_request_id_trailer(
+    start_server: Callable[..., Any], make_config: Callable[..., Config]
+) -> None:
+    backends = {"down": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}}
+    tiers = make_config().model_dump()["tiers"]
+    for tier in tiers:
+        tier["backend"] = "down"
+    down = await start_server(make_config(tiers=tiers, backends=backends))
+    exploding = await start_server(make_config(), engine_factory=ExplodingEngine)
+    for server, code in (
+        (down, grpc.StatusCode.UNAVAILABLE),
+        (exploding, grpc.StatusCode.INTERNAL),
+    ):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            call = router_stub(channel).Complete(
+                pb.CompleteRequest(route=pb.RouteRequest(prompt="hi", request_id="mid-1"))
+            )
+            kinds = []
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async for event in call:
+                    kinds.append(event.WhichOneof("event"))
+        assert kinds[0] == "decision"
+        assert caught.value.code() == code
+        assert _trailer(caught.value) == "mid-1"
+        assert dict(await call.initial_metadata())["x-request-id"] == "mid-1"
+
+
+async def test_an_rpc_over_the_cap_carries_a_generated_request_id(
+    start_server: Callable[..., Any], make_config: Callable[..., Config]
+) -> None:
+    config = make_config(server={"max_concurrent_rpcs": 1}, backends=slow_demo(20))
+    server = await start_server(config)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = router_stub(channel)
+        stream = stub.Complete(pb.CompleteRequest(route=pb.RouteRequest(prompt="hi")))
+        assert (await stream.read()).WhichOneof("event") == "decision"
+        with structlog.testing.capture_logs() as logs:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Route(pb.RouteRequest(prompt="hi"))
+        stream.cancel()
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    [line] = [e for e in logs if e["event"] == "rpc"]
+    assert line["request_id"] == _trailer(caught.value) != ""
+
+
+async def test_caller_strings_are_clipped_in_the_log(
+    stub: router_pb2_grpc.ModelRouterStub,
+) -> None:
+    huge = "t" * 100_000
+    with structlog.testing.capture_logs() as logs:
+        for call in (
+            stub.Route(pb.RouteRequest(prompt="hi", tenant=huge)),
+            stub.Feedback(pb.FeedbackRequest(request_id="r1", rating=1.0, tenant=huge)),
+            stub.Complete(pb.CompleteRequest(route=pb.RouteRequest(prompt="hi", tenant=huge))),
+        ):
+            code, message = await rejection(call)
+            assert (code, message) == (INVALID, "tenant: 100000 characters, over the limit of 128")
+    lines = [e for e in logs if e["event"] == "rpc"]
+    assert sorted(line["method"] for line in lines) == ["Complete", "Feedback", "Route"]
+    for line in lines:
+        assert line["tenant"] == "t" * 128 + "...(100000 chars)"
