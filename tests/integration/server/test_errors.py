@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -364,7 +364,10 @@ async def test_a_chat_of_max_messages_turns_is_accepted(
 
 
 def _trailer(error: grpc.aio.AioRpcError) -> str:
-    return dict(error.trailing_metadata() or ())["x-request-id"]  # type: ignore[arg-type]
+    """Return the x-request-id trailer of a failed call."""
+    # grpc.aio returns (key, value) pairs; grpc-stubs types them as _Metadatum.
+    metadata = cast(Sequence[tuple[str, str]], error.trailing_metadata())
+    return dict(metadata)["x-request-id"]
 
 
 async def test_errors_carry_the_request_id_trailer(
@@ -439,9 +442,11 @@ async def test_an_rpc_over_the_cap_carries_a_generated_request_id(
         stub = router_stub(channel)
         stream = stub.Complete(pb.CompleteRequest(route=pb.RouteRequest(prompt="hi")))
         assert (await stream.read()).WhichOneof("event") == "decision"
-        with structlog.testing.capture_logs() as logs:
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.Route(pb.RouteRequest(prompt="hi"))
+        with (
+            structlog.testing.capture_logs() as logs,
+            pytest.raises(grpc.aio.AioRpcError) as caught,
+        ):
+            await stub.Route(pb.RouteRequest(prompt="hi"))
         stream.cancel()
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     [line] = [e for e in logs if e["event"] == "rpc"]
