@@ -125,7 +125,8 @@ class Routing(_Frozen):
     """How scores become tiers."""
 
     # Queries whose score lies within this margin below a tier's threshold go straight to
-    # that tier, in Route's decision and in Complete alike (reason MARGIN).
+    # that tier, in Route's decision and in Complete alike (reason MARGIN). A tier's own
+    # escalation_margin overrides it.
     escalation_margin: Annotated[float, Field(ge=0, le=1)] = 0.0
     # Weight of earlier chat turns relative to the last user turn.
     context_weight: Annotated[float, Field(ge=0, le=1)] = 0.3

@@ -144,12 +144,16 @@ def reload_same(service: RouterService, config: Config) -> None:
     service.reload(config, router, source)
 
 
+def recording_service(config: Config) -> RouterService:
+    router, source = load_router(config)
+    return RouterService(config, router, model_source=source, engine_factory=RecordingEngine)
+
+
 async def test_a_stream_counts_from_its_decision_so_a_reload_keeps_its_engine_open(
     model_path: Path,
 ) -> None:
     config = build(model_path)
-    router, source = load_router(config)
-    service = RouterService(config, router, model_source=source, engine_factory=RecordingEngine)
+    service = recording_service(config)
     old = service._runtime.engine
     assert isinstance(old, RecordingEngine)
     stream = service.complete(CompleteRequest(RouteRequest(prompt="hi")))
@@ -169,8 +173,7 @@ async def test_a_stream_cancelled_right_after_its_decision_is_uncounted(
     model_path: Path,
 ) -> None:
     config = build(model_path)
-    router, source = load_router(config)
-    service = RouterService(config, router, model_source=source, engine_factory=RecordingEngine)
+    service = recording_service(config)
     old = service._runtime
     stream = service.complete(CompleteRequest(RouteRequest(prompt="hi")))
     assert isinstance(await anext(stream), RoutingDecision)

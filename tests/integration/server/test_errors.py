@@ -231,12 +231,18 @@ async def test_concurrency_cap_is_resource_exhausted_and_health_still_answers(
         stream = stub.Complete(pb.CompleteRequest(route=pb.RouteRequest(prompt="hi")))
         first = await stream.read()
         assert first.WhichOneof("event") == "decision"
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.Route(pb.RouteRequest(prompt="hi"))
+        with (
+            structlog.testing.capture_logs() as logs,
+            pytest.raises(grpc.aio.AioRpcError) as caught,
+        ):
+            await stub.Route(pb.RouteRequest(prompt="hi", request_id="unread"))
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert caught.value.details() == (
             "1 RPCs in flight, the limit is 1 (server.max_concurrent_rpcs): retry with backoff"
         )
+        # Rejected before the request was read: a generated id, the one in the log line.
+        [line] = [e for e in logs if e["event"] == "rpc"]
+        assert line["request_id"] == _trailer(caught.value) not in ("", "unread")
         health = health_pb2_grpc.HealthStub(channel)
         reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -284,15 +290,20 @@ async def test_unexpected_error_is_internal_without_details(
     assert isinstance(line["exc_info"], KeyError)
 
 
-async def test_all_tiers_down_is_unavailable_naming_each_attempt(
-    start_server: Callable[..., Any], make_config: Callable[..., Config]
-) -> None:
+def all_tiers_down(make_config: Callable[..., Config]) -> Config:
+    """Return a configuration whose every tier is on a backend that refuses connections."""
     # Port 9 on loopback: nothing listens, the connection is refused at once.
     backends = {"down": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}}
     tiers = make_config().model_dump()["tiers"]
     for tier in tiers:
         tier["backend"] = "down"
-    server = await start_server(make_config(tiers=tiers, backends=backends))
+    return make_config(tiers=tiers, backends=backends)
+
+
+async def test_all_tiers_down_is_unavailable_naming_each_attempt(
+    start_server: Callable[..., Any], make_config: Callable[..., Config]
+) -> None:
+    server = await start_server(all_tiers_down(make_config))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = router_stub(channel)
         request = pb.CompleteRequest(
@@ -409,11 +420,7 @@ async def test_errors_carry_the_request_id_trailer(
 async def test_stream_errors_after_the_decision_carry_the_request_id_trailer(
     start_server: Callable[..., Any], make_config: Callable[..., Config]
 ) -> None:
-    backends = {"down": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}}
-    tiers = make_config().model_dump()["tiers"]
-    for tier in tiers:
-        tier["backend"] = "down"
-    down = await start_server(make_config(tiers=tiers, backends=backends))
+    down = await start_server(all_tiers_down(make_config))
     exploding = await start_server(make_config(), engine_factory=ExplodingEngine)
     for server, code in (
         (down, grpc.StatusCode.UNAVAILABLE),
@@ -431,26 +438,6 @@ async def test_stream_errors_after_the_decision_carry_the_request_id_trailer(
         assert caught.value.code() == code
         assert _trailer(caught.value) == "mid-1"
         assert dict(await call.initial_metadata())["x-request-id"] == "mid-1"
-
-
-async def test_an_rpc_over_the_cap_carries_a_generated_request_id(
-    start_server: Callable[..., Any], make_config: Callable[..., Config]
-) -> None:
-    config = make_config(server={"max_concurrent_rpcs": 1}, backends=slow_demo(20))
-    server = await start_server(config)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        stub = router_stub(channel)
-        stream = stub.Complete(pb.CompleteRequest(route=pb.RouteRequest(prompt="hi")))
-        assert (await stream.read()).WhichOneof("event") == "decision"
-        with (
-            structlog.testing.capture_logs() as logs,
-            pytest.raises(grpc.aio.AioRpcError) as caught,
-        ):
-            await stub.Route(pb.RouteRequest(prompt="hi"))
-        stream.cancel()
-    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    [line] = [e for e in logs if e["event"] == "rpc"]
-    assert line["request_id"] == _trailer(caught.value) != ""
 
 
 async def test_caller_strings_are_clipped_in_the_log(
