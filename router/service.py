@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from router.completion.cost import estimate_prompt_tokens
+from router.completion.cost import estimate_tokens
 from router.config import Config, ConfigError
 from router.domain import (
     BackendState,
@@ -259,8 +259,8 @@ class RouterService:
         if messages:
             if prompt:
                 raise InvalidRequest("prompt", "set either prompt or messages, not both")
-            last_user = _check_messages(messages, rt.max_prompt_bytes)
-            tokens = estimate_prompt_tokens(messages)
+            last_user, chars = _check_messages(messages, rt.max_prompt_bytes)
+            tokens = estimate_tokens(chars, len(messages))
             started = time.perf_counter()
             context = "\n".join(m.content for i, m in enumerate(messages) if i != last_user)
             scored = rt.router.score(messages[last_user].content, context, rt.context_weight)
@@ -270,7 +270,7 @@ class RouterService:
                     "prompt", "empty: set a non-blank prompt or a list of messages"
                 )
             _check_size("prompt", prompt, rt.max_prompt_bytes)
-            tokens = estimate_prompt_tokens((ChatMessage("user", prompt),))
+            tokens = estimate_tokens(len(prompt))
             started = time.perf_counter()
             scored = rt.router.score(prompt)
         index, reason = choose_tier(
@@ -445,8 +445,8 @@ def _check_hints(rt: _Runtime, hints: TierHints) -> tuple[int | None, int | None
     return forced, low, high
 
 
-def _check_messages(messages: Sequence[ChatMessage], limit: int) -> int:
-    """Return the index of the last user turn after checking count, roles, that turn and size."""
+def _check_messages(messages: Sequence[ChatMessage], limit: int) -> tuple[int, int]:
+    """Check count, roles, the last user turn and size; return that turn's index and the chars."""
     if len(messages) > MAX_MESSAGES:
         raise InvalidRequest("messages", f"{len(messages)} turns, over the limit of {MAX_MESSAGES}")
     last_user = -1
@@ -467,7 +467,7 @@ def _check_messages(messages: Sequence[ChatMessage], limit: int) -> int:
         raise InvalidRequest(f"messages[{last_user}].content", "the last user turn is empty")
     if chars * MAX_UTF8_BYTES_PER_CHAR > limit:
         _check_size("messages", "".join(m.content for m in messages), limit)
-    return last_user
+    return last_user, chars
 
 
 def _check_generation(generation: GenerationOptions) -> None:

@@ -18,7 +18,11 @@ def cost_usd(price: Price, prompt_tokens: int, completion_tokens: int) -> float:
     return (prompt_tokens * price.input_per_mtok + completion_tokens * price.output_per_mtok) / 1e6
 
 
+def estimate_tokens(chars: int, turns: int = 1) -> int:
+    """Return the prompt tokens of ``chars`` characters over ``turns`` chat turns."""
+    return max(1, -(-chars // CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * turns)
+
+
 def estimate_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
     """Return an estimate of a chat's prompt tokens: its characters plus framing per turn."""
-    chars = sum(len(m.content) for m in messages)
-    return max(1, -(-chars // CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * len(messages))
+    return estimate_tokens(sum(len(m.content) for m in messages), len(messages))

@@ -1,6 +1,6 @@
 import pytest
 
-from router.completion.cost import cost_usd, estimate_prompt_tokens
+from router.completion.cost import cost_usd, estimate_prompt_tokens, estimate_tokens
 from router.config import Price
 from router.domain import ChatMessage
 
@@ -18,3 +18,5 @@ def test_the_prompt_estimate_rounds_up_and_counts_framing_per_turn() -> None:
     assert estimate_prompt_tokens([ChatMessage("user", "abcdefghi")]) == 3 + 4  # 9 chars / 4
     chat = [ChatMessage("system", "abcd"), ChatMessage("user", "abcde")]
     assert estimate_prompt_tokens(chat) == 3 + 2 * 4  # 9 chars over both turns
+    assert estimate_tokens(9, 2) == estimate_prompt_tokens(chat)
+    assert estimate_tokens(9) == estimate_prompt_tokens([ChatMessage("user", "abcdefghi")])
