@@ -1,7 +1,8 @@
 """Build the compiled fast path (when it can) and generate the gRPC code from protos/.
 
-MODELROUTER_NO_EXTENSIONS=1, a non-CPython interpreter, a missing compiler or a missing
-xxhash.h (Debian: libxxhash-dev) install the pure-Python twin instead, and say so.
+MODELROUTER_NO_EXTENSIONS=1, a non-CPython interpreter, a big-endian machine, a missing
+compiler or a missing xxhash.h (Debian: libxxhash-dev) install the pure-Python twin instead,
+and say so.
 """
 
 import os
@@ -14,8 +15,11 @@ from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
-NO_EXTENSIONS = bool(os.environ.get("MODELROUTER_NO_EXTENSIONS")) or (
-    sys.implementation.name != "cpython"
+# The extension hashes uint64 pairs in native byte order; the twin packs them little-endian.
+NO_EXTENSIONS = (
+    bool(os.environ.get("MODELROUTER_NO_EXTENSIONS"))
+    or sys.implementation.name != "cpython"
+    or sys.byteorder != "little"
 )
 
 
@@ -59,7 +63,10 @@ class OptionalBuildExt(build_ext):
 
 def extensions() -> list[Extension]:
     if NO_EXTENSIONS:
-        banner("MODELROUTER_NO_EXTENSIONS or a non-CPython interpreter: pure-Python twin only")
+        banner(
+            "MODELROUTER_NO_EXTENSIONS, a non-CPython interpreter or a big-endian machine: "
+            "pure-Python twin only"
+        )
         return []
     if not any(Path(d, "xxhash.h").exists() for d in ("/usr/include", "/usr/local/include")):
         banner("xxhash.h not found (apt-get install libxxhash-dev): pure-Python twin only")

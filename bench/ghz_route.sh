@@ -8,8 +8,9 @@
 # builds the baseline (bench/baseline/), then runs bench/ghz_route.py, which writes
 # bench/results/ghz_route.json and .md. --smoke is a few-second run of every step for CI
 # (no soak), written to bench/.cache/ghz_route_smoke.json so it never overwrites the
-# recorded results; it includes --profile. --profile samples the router_w1 run with py-spy
-# (installed into the venv, pinned). Needs the modelrouter command: $MODELROUTER_BIN, $VENV/bin/modelrouter
+# recorded results. --profile samples the router_w1 run with py-spy (installed into the venv,
+# pinned; it needs ptrace, which some containers forbid, so the smoke run leaves it out).
+# Needs the modelrouter command: $MODELROUTER_BIN, $VENV/bin/modelrouter
 # ($VENV defaults to .venv) or modelrouter on PATH.
 set -euo pipefail
 
@@ -27,7 +28,7 @@ smoke=0
 profile=0
 for arg in "$@"; do
     case "$arg" in
-        --smoke) smoke=1; profile=1 ;;
+        --smoke) smoke=1 ;;
         --profile) profile=1 ;;
         *) args+=("$arg") ;;
     esac

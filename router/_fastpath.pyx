@@ -20,7 +20,13 @@ import unicodedata
 
 import numpy as np
 
-from router._fastpath_py import DENSE_EDGES, N_DENSE, phrase_hash
+from router._fastpath_py import (
+    DENSE_EDGES,
+    N_DENSE,
+    check_settings,
+    checked_weights,
+    rule_table,
+)
 from router._fastpath_py import HEADS as _PY_HEADS
 from router._fastpath_py import LEVELS as _PY_LEVELS
 
@@ -74,8 +80,8 @@ _init_byte_classes()
 
 
 cdef inline uint64_t _pair_hash(uint64_t a, uint64_t b, uint64_t seed) noexcept nogil:
-    # Little-endian uint64 pair, as struct.pack("<QQ") in the twin (x86-64 and arm64
-    # are little-endian; setup.py only builds for those).
+    # Native-order uint64 pair; the twin packs struct.pack("<QQ"), so the two agree only on
+    # little-endian machines, and setup.py builds the extension only there.
     cdef uint64_t pair[2]
     pair[0] = a
     pair[1] = b
@@ -133,14 +139,8 @@ cdef class FastPath:
                  rule_phrases, weights, bias, score_gate=0.0):
         cdef Py_ssize_t i, slots
         cdef uint64_t h
-        if not 1 <= word_max <= 4 or not 1 <= char_min <= char_max <= 8:
-            raise ValueError("n-gram ranges out of bounds (word 1..4, char 1..8)")
-        if not 8 <= buckets_log2 <= 24:
-            raise ValueError("buckets_log2 must be in 8..24")
-        if len(rule_phrases) > 64:
-            raise ValueError("at most 64 keyword rules")
-        if max_bytes < 1:
-            raise ValueError("max_bytes must be positive")
+        check_settings(buckets_log2=buckets_log2, word_max=word_max, char_min=char_min,
+                       char_max=char_max, max_bytes=max_bytes, n_rules=len(rule_phrases))
         self.seed = seed & 0xFFFFFFFFFFFFFFFF
         self.buckets_log2 = buckets_log2
         self.word_max = word_max
@@ -152,14 +152,8 @@ cdef class FastPath:
         self.n_rules = len(rule_phrases)
         self.n_features = self.n_buckets + N_DENSE + self.n_rules
 
-        # Rule table sized to a power of two at least four times the phrase count.
-        table = {}
-        self.rule_len = 0
-        for rule_id, phrases in enumerate(rule_phrases):
-            for phrase in phrases:
-                h_py, n = phrase_hash(phrase, self.seed, max_bytes)
-                table.setdefault(h_py, rule_id)
-                self.rule_len = max(self.rule_len, n)
+        # Open-addressing rule table sized to a power of two at least four times the phrases.
+        table, self.rule_len = rule_table(rule_phrases, self.seed, max_bytes)
         slots = 64
         while slots < 4 * len(table):
             slots *= 2
@@ -178,14 +172,8 @@ cdef class FastPath:
             self.rule_keys[i] = h
             self.rule_ids[i] = rule_id
 
-        weights = np.ascontiguousarray(weights, dtype=np.float32)
-        if weights.ndim != 2 or weights.shape[0] != self.n_features:
-            raise ValueError(f"weights must have shape ({self.n_features}, heads)")
-        self.n_heads = weights.shape[1]
-        if self.n_heads != HEADS:
-            raise ValueError(f"weights must have {HEADS} heads (5 levels, gain, placement)")
-        if bias.shape != (self.n_heads,):
-            raise ValueError(f"bias must have shape ({self.n_heads},)")
+        weights = checked_weights(weights, bias, self.n_features)
+        self.n_heads = HEADS
         self._weights_view = weights
         self.w = &self._weights_view[0, 0]
         for i in range(HEADS):

@@ -162,6 +162,48 @@ def phrase_hash(phrase: str, seed: int, max_bytes: int = 1 << 15) -> tuple[int, 
     return h, len(spans)
 
 
+def check_settings(
+    *, buckets_log2: int, word_max: int, char_min: int, char_max: int, max_bytes: int, n_rules: int
+) -> None:
+    """Raise ValueError for featurizer settings neither fast path supports."""
+    if not 1 <= word_max <= 4 or not 1 <= char_min <= char_max <= 8:
+        raise ValueError("n-gram ranges out of bounds (word 1..4, char 1..8)")
+    if not 8 <= buckets_log2 <= 24:
+        raise ValueError("buckets_log2 must be in 8..24")
+    if n_rules > 64:
+        raise ValueError("at most 64 keyword rules")
+    if max_bytes < 1:
+        raise ValueError("max_bytes must be positive")
+
+
+def rule_table(
+    rule_phrases: Sequence[Sequence[str]], seed: int, max_bytes: int
+) -> tuple[dict[int, int], int]:
+    """Return phrase hash -> rule index (the first rule wins) and the longest phrase in tokens."""
+    table: dict[int, int] = {}
+    longest = 0
+    for rule_id, phrases in enumerate(rule_phrases):
+        for phrase in phrases:
+            h, n = phrase_hash(phrase, seed, max_bytes)
+            table.setdefault(h, rule_id)
+            longest = max(longest, n)
+    return table, longest
+
+
+def checked_weights(
+    weights: npt.NDArray[np.float32], bias: npt.NDArray[np.float64], n_features: int
+) -> npt.NDArray[np.float32]:
+    """Return the weights as a C-contiguous float32 matrix, checking both shapes."""
+    weights = np.ascontiguousarray(weights, dtype=np.float32)
+    if weights.ndim != 2 or weights.shape[0] != n_features:
+        raise ValueError(f"weights must have shape ({n_features}, heads)")
+    if weights.shape[1] != HEADS:
+        raise ValueError(f"weights must have {HEADS} heads (5 levels, gain, placement)")
+    if bias.shape != (HEADS,):
+        raise ValueError(f"bias must have shape ({HEADS},)")
+    return weights
+
+
 class FastPath:
     """Featurize and score queries with one linear model (the pure-Python twin)."""
 
@@ -179,12 +221,14 @@ class FastPath:
         bias: npt.NDArray[np.float64],
         score_gate: float = 0.0,
     ) -> None:
-        if not 1 <= word_max <= 4 or not 1 <= char_min <= char_max <= 8:
-            raise ValueError("n-gram ranges out of bounds (word 1..4, char 1..8)")
-        if not 8 <= buckets_log2 <= 24:
-            raise ValueError("buckets_log2 must be in 8..24")
-        if len(rule_phrases) > 64:
-            raise ValueError("at most 64 keyword rules")
+        check_settings(
+            buckets_log2=buckets_log2,
+            word_max=word_max,
+            char_min=char_min,
+            char_max=char_max,
+            max_bytes=max_bytes,
+            n_rules=len(rule_phrases),
+        )
         self.seed = seed & _MASK64
         self.buckets_log2 = buckets_log2
         self.word_max = word_max
@@ -194,21 +238,9 @@ class FastPath:
         self.n_buckets = 1 << buckets_log2
         self.n_rules = len(rule_phrases)
         self.n_features = self.n_buckets + N_DENSE + self.n_rules
-        self.rule_table: dict[int, int] = {}
-        self.rule_len = 0
-        for rule_id, phrases in enumerate(rule_phrases):
-            for phrase in phrases:
-                h, n = phrase_hash(phrase, self.seed, max_bytes)
-                self.rule_table.setdefault(h, rule_id)
-                self.rule_len = max(self.rule_len, n)
-        weights = np.ascontiguousarray(weights, dtype=np.float32)
-        if weights.ndim != 2 or weights.shape[0] != self.n_features:
-            raise ValueError(f"weights must have shape ({self.n_features}, heads)")
-        self.n_heads = weights.shape[1]
-        if self.n_heads != HEADS:
-            raise ValueError(f"weights must have {HEADS} heads (5 levels, gain, placement)")
-        if bias.shape != (self.n_heads,):
-            raise ValueError(f"bias must have shape ({self.n_heads},)")
+        self.rule_table, self.rule_len = rule_table(rule_phrases, self.seed, max_bytes)
+        weights = checked_weights(weights, bias, self.n_features)
+        self.n_heads = HEADS
         # Python floats are float64: the same values the compiled path reads.
         self._w = weights.astype(np.float64).tolist()
         self._bias = [float(b) for b in bias]

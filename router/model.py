@@ -15,6 +15,7 @@ import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -148,8 +149,9 @@ class RouterModel:
         """Return ``name-<first 12 hex digits of the checksum>``."""
         return f"{self.name}-{self.checksum[:12]}"
 
-    @property
+    @cached_property
     def rule_names(self) -> tuple[str, ...]:
+        """Return the rule names in bit order (cached: decisions with fired rules read them)."""
         return tuple(r.name for r in self.spec.rules)
 
     def rule_names_for(self, mask: int) -> tuple[str, ...]:

@@ -84,19 +84,22 @@ def completion_engine(config: Config) -> Engine:
     return CompletionEngine(config)
 
 
+def config_model_path(config: Config, base_dir: Path | None = None) -> Path:
+    """Return the model file a configuration names, a relative path taken from ``base_dir``."""
+    if config.model == "builtin":
+        return default_model_path()
+    path = Path(config.model)
+    return base_dir / path if not path.is_absolute() and base_dir is not None else path
+
+
 def load_router(config: Config, base_dir: Path | None = None) -> tuple[Router, str]:
     """Load the routing model a configuration names; return the router and where it came from.
 
     A relative model path is taken relative to ``base_dir`` (the configuration file's
     directory). Thresholds come from the tiers' ``min_score`` when set, else from the model.
     """
-    if config.model == "builtin":
-        path, source = default_model_path(), "builtin"
-    else:
-        path = Path(config.model)
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        source = str(path)
+    path = config_model_path(config, base_dir)
+    source = "builtin" if config.model == "builtin" else str(path)
     try:
         model = load_model(path)
     except ModelError as exc:

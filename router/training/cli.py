@@ -155,6 +155,11 @@ def add_train_parser(subparsers: Subparsers) -> None:
         help="comma-separated tier names, cheapest first (cheap,strong,expert)",
     )
     parser.add_argument(
+        "--rules",
+        type=Path,
+        help="keyword and phrase rules YAML (default: the shipped router/models/rules.yaml)",
+    )
+    parser.add_argument(
         "--buckets-log2",
         type=int,
         default=defaults.buckets_log2,
@@ -192,6 +197,7 @@ def add_train_parser(subparsers: Subparsers) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     try:
         from router.training.fit import TrainOptions
+        from router.training.rules import load_rules
         from router.training.train import files_digest, train
     except ImportError as exc:
         return _err(f"training needs the 'train' extra (pip install 'modelrouter[train]'): {exc}")
@@ -204,9 +210,11 @@ def _run_train(args: argparse.Namespace) -> int:
             for row in read_rows(path, weak_model=args.weak_model, strong_model=args.strong_model)
         ]
         target = _target(args)
+        rules = load_rules(args.rules)
     except (DataError, ValueError) as exc:
         return _err(str(exc))
     options = TrainOptions(
+        rules=rules,
         buckets_log2=args.buckets_log2,
         gain_alpha=args.gain_alpha,
         level_c=args.level_c,
@@ -342,13 +350,15 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 
     try:
         rows = read_rows(args.data, weak_model=args.weak_model, strong_model=args.strong_model)
-        model = _load(args)
         target = _target(args)
         assert target is not None
-        config_data = _read_config_yaml(args.config) if args.config else None
-        if config_data is not None:
+        if args.config:
+            # The thresholds must fit the model the configuration serves, not the shipped one.
+            model_path, config_data = _read_config_yaml(args.config)
+            model = load_model(args.model or model_path)
             tier_names = tuple(t["name"] for t in config_data["tiers"])
         else:
+            model, config_data = _load(args), None
             tier_names = args.tiers or model.tier_names
         scores = score_rows(
             Router(model, tier_names=tier_names, thresholds=_placeholder(len(tier_names))), rows
@@ -374,15 +384,17 @@ def _placeholder(n_tiers: int) -> tuple[float, ...]:
     return tuple((i + 1) / n_tiers for i in range(n_tiers - 1))
 
 
-def _read_config_yaml(path: Path) -> dict[str, Any]:
+def _read_config_yaml(path: Path) -> tuple[Path, dict[str, Any]]:
+    """Return the model file a configuration serves and its parsed YAML."""
     import yaml
 
     from router.config import load_config
+    from router.service import config_model_path
 
-    load_config(path)  # validates, naming any bad key
+    config = load_config(path)  # validates, naming any bad key
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert isinstance(data, dict)
-    return data
+    return config_model_path(config, path.parent), data
 
 
 def _write_config_thresholds(

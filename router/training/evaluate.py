@@ -26,7 +26,7 @@ from router.training.metrics import (
 
 
 @dataclass(frozen=True, slots=True)
-class Scored:
+class ScoredRows:
     """The model's view of each row: score, level probabilities and tier index."""
 
     scores: npt.NDArray[np.float64]
@@ -34,7 +34,7 @@ class Scored:
     tiers: npt.NDArray[np.int64]
 
 
-def score_rows(router: Router, rows: Sequence[Row]) -> Scored:
+def score_rows(router: Router, rows: Sequence[Row]) -> ScoredRows:
     """Score every row with the router's model and pick its tier."""
     scores = np.empty(len(rows))
     levels = np.empty((len(rows), LEVELS))
@@ -43,7 +43,7 @@ def score_rows(router: Router, rows: Sequence[Row]) -> Scored:
         scores[i] = scored.score
         levels[i] = scored.levels
     tiers = np.array([tier_for_score(s, router.thresholds) for s in scores], dtype=np.int64)
-    return Scored(scores, levels, tiers)
+    return ScoredRows(scores, levels, tiers)
 
 
 def _fixed_router(share: float, curve: Curve) -> dict[str, float]:
@@ -88,7 +88,9 @@ def outcome_report(
     }
 
 
-def level_report(scored: Scored, rows: Sequence[Row], tier_names: Sequence[str]) -> dict[str, Any]:
+def level_report(
+    scored: ScoredRows, rows: Sequence[Row], tier_names: Sequence[str]
+) -> dict[str, Any]:
     """Return the confusion of levels and how each level is spread over the tiers."""
     true = np.array([r.tier for r in rows], dtype=np.int64)
     predicted = scored.levels.argmax(axis=1)
@@ -113,7 +115,7 @@ def level_report(scored: Scored, rows: Sequence[Row], tier_names: Sequence[str])
 
 
 def build_report(
-    scored: Scored,
+    scored: ScoredRows,
     rows: Sequence[Row],
     *,
     version: str,
@@ -150,13 +152,15 @@ def build_report(
             )
     with_level = np.array([r.tier is not None for r in rows])
     if with_level.any():
-        sub = Scored(scored.scores[with_level], scored.levels[with_level], scored.tiers[with_level])
+        sub = ScoredRows(
+            scored.scores[with_level], scored.levels[with_level], scored.tiers[with_level]
+        )
         picked = [r for r, m in zip(rows, with_level, strict=True) if m]
         report["levels"] = level_report(sub, picked, tier_names)
     return report
 
 
-def evaluate(router: Router, rows: Sequence[Row]) -> tuple[dict[str, Any], Scored]:
+def evaluate(router: Router, rows: Sequence[Row]) -> tuple[dict[str, Any], ScoredRows]:
     """Score ``rows`` with ``router`` and return the evaluation report."""
     scored = score_rows(router, rows)
     report = build_report(

@@ -41,8 +41,10 @@ class RulePriors:
     """What a fired rule of level L adds to the fitted weights, on top of what data teaches.
 
     The level head's logit for L gets ``level``; the placement logit gets ``placement``
-    for L >= 2 (the kind of query where the model choice matters) and minus it for L = 0;
-    the gain logit gets ``gain[L]`` (level 4 rules aim at the strongest tier).
+    for L >= 2 (the kind of query where the model choice matters); the gain logit gets
+    ``gain[L]`` (level 4 rules aim at the strongest tier). Low-level rules get no placement
+    prior: a greeting in front of a hard request ("Hi! Review this contract clause...")
+    must not pull it down to the cheap tier.
     """
 
     level: float = 10.0
@@ -59,8 +61,6 @@ class RulePriors:
             row[rule.level] += self.level
             if rule.level >= 2:
                 row[PLACE_HEAD] += self.placement
-            elif rule.level == 0:
-                row[PLACE_HEAD] -= self.placement
             row[GAIN_HEAD] += self.gain[rule.level]
 
 
@@ -242,7 +242,7 @@ def cross_validate(
     """Return out-of-fold scores and level probabilities for every row."""
     fold = np.array([fold_of(r, folds) for r in rows])
     sizes = np.bincount(fold, minlength=folds)
-    if (sizes == 0).any() or (sizes == len(rows)).any():
+    if (sizes == 0).any():  # with two or more folds, this also means no fold holds every row
         raise ValueError(
             f"{len(rows)} rows do not fill {folds} cross-validation folds (rows per fold: "
             f"{sizes.tolist()}); give more distinct texts or fewer folds (--cv-folds)"

@@ -15,7 +15,7 @@ from router.model import RouterModel
 from router.routing import tier_for_score
 from router.training.calibrate import HARD_LEVELS, Target, first_threshold, thresholds_for
 from router.training.data import Row, outcome_arrays
-from router.training.evaluate import Scored, build_report
+from router.training.evaluate import ScoredRows, build_report
 from router.training.fit import (
     Log,
     TrainOptions,
@@ -113,7 +113,7 @@ def train(
             [tier_for_score(s, thresholds) for s in calibration_scores], dtype=np.int64
         )
         report = build_report(
-            Scored(calibration_scores, oof_levels, tiers),
+            ScoredRows(calibration_scores, oof_levels, tiers),
             rows,
             version=f"{options.name} ({folds}-fold cross-validation)",
             tier_names=tier_names,

@@ -154,6 +154,28 @@ def test_train_by_source(tmp_path: Path) -> None:
     assert out.exists()
 
 
+def test_train_with_other_rules(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "version: 1\nrules:\n  - {name: refund, level: 1, phrases: [refund]}\n", encoding="utf-8"
+    )
+    out = tmp_path / "m.npz"
+    args = ("train", "--data", SAMPLE, "--out", out, "--cv-folds", "0", "--buckets-log2", "8")
+    result = modelrouter(*args, "--rules", rules)
+    assert result.returncode == 0, result.stderr
+    assert load_model(out).rule_names == ("refund",)
+    assert Router.load(out).route("I want a refund").rules == ("refund",)
+
+
+def test_train_rejects_a_bad_rules_file(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\nrules:\n  - {name: x, level: 7, phrases: [a]}\n", "utf-8")
+    out = tmp_path / "m.npz"
+    result = modelrouter("train", "--data", SAMPLE, "--out", out, "--rules", rules)
+    assert_clean_error(result, f"{rules}: rules[0].level: must be an integer 0-4 or absent")
+    assert not out.exists()
+
+
 def test_train_stops_at_a_malformed_row_and_writes_nothing(tmp_path: Path) -> None:
     lines = SAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)
     bad_row = json.dumps({"id": "bad", "text": "fine", "tier": "three"}) + "\n"
@@ -260,6 +282,23 @@ def test_calibrate_into_a_config(
     assert loaded.explicit_thresholds() == tuple(round(t, 6) for t in expected)
     assert [t.name for t in loaded.tiers] == ["cheap", "strong", "expert"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+def test_calibrate_into_a_config_uses_its_model(
+    trained: Trained, calibrated: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    """Without --model the configuration's own model is scored, its path taken from the file."""
+    (tmp_path / "m.npz").write_bytes(trained.path.read_bytes())
+    config = tmp_path / "c.yaml"
+    data: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG_YAML)
+    data["model"] = "m.npz"
+    config.write_text(yaml.safe_dump(data), encoding="utf-8")
+    result = modelrouter(
+        "calibrate", "--data", SAMPLE, "--strong-share", "0.3", "--config", config, cwd=Path("/")
+    )
+    assert result.returncode == 0, result.stderr
+    expected = load_model(calibrated[0]).thresholds  # what --model m.npz gives
+    assert load_config(config).explicit_thresholds() == tuple(round(t, 6) for t in expected)
 
 
 def test_calibrate_rejects_a_bad_config(trained: Trained, tmp_path: Path) -> None:

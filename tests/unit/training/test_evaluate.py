@@ -7,7 +7,7 @@ import pytest
 
 from router.routing import Router
 from router.training.data import Row
-from router.training.evaluate import Scored, build_report, evaluate, format_report, score_rows
+from router.training.evaluate import ScoredRows, build_report, evaluate, format_report, score_rows
 from router.training.metrics import cost_ratio
 from tests.support import random_model
 
@@ -24,12 +24,12 @@ SCORES = np.array([0.9, 0.2, 0.4, 0.8, 0.1, 0.5])
 PREDICTED = [3, 1, 3, 2, 0, 0]
 
 
-def scored() -> Scored:
+def scored() -> ScoredRows:
     levels = np.full((6, 5), 0.05)
     levels[np.arange(6), PREDICTED] = 0.8
     tiers = np.searchsorted(THRESHOLDS, SCORES, side="right").astype(np.int64)
     assert tiers.tolist() == [2, 0, 1, 1, 0, 1]
-    return Scored(SCORES, levels, tiers)
+    return ScoredRows(SCORES, levels, tiers)
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ def test_levels_by_hand(report: dict[str, object]) -> None:
 def test_rows_without_outcomes_or_levels() -> None:
     rows = [Row(1, 1, "a", tier=0), Row(2, 2, "b", tier=1)]
     sub = scored()
-    two = Scored(sub.scores[:2], sub.levels[:2], sub.tiers[:2])
+    two = ScoredRows(sub.scores[:2], sub.levels[:2], sub.tiers[:2])
     report = build_report(two, rows, version="v", tier_names=("a", "b", "c"), thresholds=THRESHOLDS)
     assert report["outcomes"] == []
     assert report["levels"]["hard_on_cheapest"] is None  # no level 3-4 row to judge

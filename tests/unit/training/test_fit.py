@@ -117,7 +117,7 @@ def test_rule_priors_by_hand() -> None:
     weights: npt.NDArray[np.float64] = np.zeros((10, HEADS))
     RulePriors(level=10.0, placement=6.0, gain=(0.0, 0.0, 0.0, 0.5, 3.0)).apply(weights, rules)
     expected = np.zeros((10, HEADS))
-    expected[5, [0, PLACE_HEAD]] = [10.0, -6.0]
+    expected[5, 0] = 10.0  # no placement prior below level 2
     expected[6, 1] = 10.0
     expected[7, [2, PLACE_HEAD]] = [10.0, 6.0]
     expected[8, [4, PLACE_HEAD, GAIN_HEAD]] = [10.0, 6.0, 3.0]
