@@ -72,6 +72,9 @@ class Tier(_Frozen):
     backend: Annotated[str, Field(min_length=1)]
     price: Price
     min_score: Annotated[float, Field(ge=0, le=1)] | None = None
+    # Overrides routing.escalation_margin below this tier's threshold; the cheapest tier
+    # has no threshold, so no margin of its own.
+    escalation_margin: Annotated[float, Field(ge=0, le=1)] | None = None
     max_tokens: Annotated[int, Field(ge=1)] = 1024
     timeouts: Timeouts = Timeouts()
     gate: Gate | None = None
@@ -126,7 +129,8 @@ class Routing(_Frozen):
     """How scores become tiers."""
 
     # Queries whose score lies within this margin below a tier's threshold go straight to
-    # that tier, in Route's decision and in Complete alike (reason MARGIN).
+    # that tier, in Route's decision and in Complete alike (reason MARGIN). A tier's own
+    # escalation_margin overrides it.
     escalation_margin: Annotated[float, Field(ge=0, le=1)] = 0.0
     # Weight of earlier chat turns relative to the last user turn.
     context_weight: Annotated[float, Field(ge=0, le=1)] = 0.3
@@ -182,6 +186,11 @@ class Config(_Frozen):
                 raise ValueError(
                     f"tiers[{i}].backend: unknown backend {tier.backend!r} (configured: {known})"
                 )
+        if self.tiers[0].escalation_margin is not None:
+            raise ValueError(
+                "tiers[0].escalation_margin: the cheapest tier has no threshold to climb to; "
+                "omit it"
+            )
         if self.tiers[0].min_score not in (None, 0.0):
             raise ValueError("tiers[0].min_score: the cheapest tier takes every score; omit it")
         given = [t.min_score for t in self.tiers[1:]]
@@ -201,13 +210,6 @@ class Config(_Frozen):
                         f"({cur} is not above tiers[{i - 1}].min_score {prev})"
                     )
         return self
-
-    def tier_index(self, name: str) -> int:
-        """Return the index of the tier called ``name``; raise KeyError if none is."""
-        for i, tier in enumerate(self.tiers):
-            if tier.name == name:
-                return i
-        raise KeyError(name)
 
     def explicit_thresholds(self) -> tuple[float, ...] | None:
         """Return the thresholds set in the file (one per tier above the cheapest), if any."""
@@ -245,14 +247,32 @@ def substitute_env(value: Any, environ: Mapping[str, str], path: str = "") -> An
     return _ENV_PATTERN.sub(replace, value)
 
 
+# The tagged union of backends puts the tag (the backend's kind) into an error's location
+# right after the backend's name: ("backends", "local", "openai", "base_url").
+_BACKEND_KIND_AT = 2
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    """Return an error location as a key path: ``tiers[1].price.input_per_mtok``."""
+    if len(loc) > _BACKEND_KIND_AT and loc[0] == "backends":
+        loc = loc[:_BACKEND_KIND_AT] + loc[_BACKEND_KIND_AT + 1 :]
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else part
+    return path
+
+
 def _format_validation_error(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
         msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{loc}: {msg}")
+        # Whole-config checks (_check_tiers) name the key in the message itself.
+        lines.append(f"{_key_path(item['loc'])}: {msg}" if item["loc"] else msg)
     return "; ".join(lines)
 
 
@@ -276,13 +296,23 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
     """Read, substitute and validate a YAML configuration file."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}: not valid UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
+            f"(line {line}): {exc.reason}; save the file as UTF-8"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     return parse_config(data, environ)
 
 

@@ -59,22 +59,25 @@ def choose_tier(
     score: float,
     thresholds: Sequence[float],
     *,
-    margin: float = 0.0,
+    margin: float | Sequence[float] = 0.0,
     forced: int | None = None,
     min_index: int | None = None,
     max_index: int | None = None,
 ) -> tuple[int, DecisionReason]:
     """Return the tier index and the reason, applying the margin rule and caller hints.
 
-    A score within ``margin`` below the next threshold climbs one tier. A forced tier
+    A score within the margin below the next threshold climbs one tier; ``margin`` is one
+    value for every threshold or one per threshold (a tier's own margin). A forced tier
     wins over the score; ``min_index`` and ``max_index`` then clamp the result.
     """
     if forced is not None:
         index, reason = forced, DecisionReason.FORCED
     else:
         index, reason = tier_for_score(score, thresholds), DecisionReason.SCORE
-        if margin > 0.0 and index < len(thresholds) and score >= thresholds[index] - margin:
-            index, reason = index + 1, DecisionReason.MARGIN
+        if index < len(thresholds):
+            below = margin if isinstance(margin, float | int) else margin[index]
+            if below > 0.0 and score >= thresholds[index] - below:
+                index, reason = index + 1, DecisionReason.MARGIN
     if min_index is not None and index < min_index:
         index, reason = min_index, DecisionReason.MIN_TIER
     if max_index is not None and index > max_index:

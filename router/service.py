@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from router.completion.cost import estimate_tokens
 from router.config import Config, ConfigError
 from router.domain import (
     BackendState,
@@ -42,6 +43,7 @@ from router.routing import Router, choose_tier
 # Request limits that are part of the API contract (documented in router.proto).
 MAX_REQUEST_ID_CHARS = 128
 MAX_TENANT_CHARS = 128
+MAX_MESSAGES = 1000
 MAX_METADATA_ENTRIES = 32
 MAX_METADATA_KEY_CHARS = 64
 MAX_METADATA_VALUE_CHARS = 256
@@ -51,10 +53,6 @@ MAX_COMMENT_CHARS = 2048
 MAX_TEMPERATURE = 2.0
 ROLES = frozenset({"system", "user", "assistant"})
 
-# Prompt tokens are estimated without a tokenizer: about four characters per token for
-# English text, plus a few tokens of chat framing per message.
-CHARS_PER_TOKEN = 4
-TOKENS_PER_MESSAGE = 4
 # UTF-8 needs at most this many bytes per character: shorter strings skip the encode.
 MAX_UTF8_BYTES_PER_CHAR = 4
 
@@ -131,6 +129,8 @@ class ServiceInfo:
     thresholds: tuple[float, ...]
     model_version: str
     model_source: str
+    # The escalation margin below each threshold (tiers[1:]): the tier's own or the global.
+    margins: tuple[float, ...]
     fastpath: str
     backends: tuple[BackendState, ...]
 
@@ -143,7 +143,7 @@ class _Runtime:
         "context_weight",
         "engine",
         "input_price",
-        "margin",
+        "margins",
         "max_concurrent_rpcs",
         "max_prompt_bytes",
         "model_source",
@@ -167,7 +167,11 @@ class _Runtime:
         self.tier_list = ", ".join(self.tier_index)
         # Dollars per prompt token, per tier.
         self.input_price = tuple(t.price.input_per_mtok / 1e6 for t in config.tiers)
-        self.margin = config.routing.escalation_margin
+        default = config.routing.escalation_margin
+        self.margins = tuple(
+            default if t.escalation_margin is None else t.escalation_margin
+            for t in config.tiers[1:]
+        )
         self.context_weight = config.routing.context_weight
         self.max_prompt_bytes = config.server.max_prompt_bytes
         self.max_concurrent_rpcs = config.server.max_concurrent_rpcs
@@ -220,10 +224,14 @@ class RouterService:
 
     # -- request ids -------------------------------------------------------------------
 
+    def new_request_id(self) -> str:
+        """Return a fresh request id."""
+        return f"{self._id_prefix}{next(self._id_counter):08x}"
+
     def assign_request_id(self, given: str) -> str:
         """Return the caller's request id after checking it, or a fresh one when it is empty."""
         if not given:
-            return f"{self._id_prefix}{next(self._id_counter):08x}"
+            return self.new_request_id()
         if len(given) > MAX_REQUEST_ID_CHARS:
             raise InvalidRequest(
                 "request_id", f"{len(given)} characters, over the limit of {MAX_REQUEST_ID_CHARS}"
@@ -235,13 +243,17 @@ class RouterService:
     # -- Route -------------------------------------------------------------------------
 
     def route(self, request: RouteRequest) -> RoutingDecision:
-        """Validate a request and return its routing decision."""
+        """Validate a request and return its routing decision.
+
+        ``request.request_id`` is taken as assigned (by ``assign_request_id``, which checks
+        the caller's id once at the edge); an empty one is replaced by a fresh id.
+        """
         decision, _ = self._decide(self._runtime, request)
         return decision
 
     def _decide(self, rt: _Runtime, request: RouteRequest) -> tuple[RoutingDecision, int]:
         """Return the decision and the highest tier index the request allows."""
-        request_id = self.assign_request_id(request.request_id)
+        request_id = request.request_id or self.new_request_id()
         _check_tenant(request.tenant)
         if request.metadata:
             _check_metadata(request.metadata)
@@ -250,25 +262,24 @@ class RouterService:
         if messages:
             if prompt:
                 raise InvalidRequest("prompt", "set either prompt or messages, not both")
-            pairs = _check_messages(messages, rt.max_prompt_bytes)
-            tokens = sum(len(c) for _, c in pairs) // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE * len(
-                pairs
-            )
+            last_user, chars = _check_messages(messages, rt.max_prompt_bytes)
+            tokens = estimate_tokens(chars, len(messages))
             started = time.perf_counter()
-            scored = rt.router.score_chat(pairs, rt.context_weight)
+            context = "\n".join(m.content for i, m in enumerate(messages) if i != last_user)
+            scored = rt.router.score(messages[last_user].content, context, rt.context_weight)
         else:
             if not prompt or prompt.isspace():
                 raise InvalidRequest(
                     "prompt", "empty: set a non-blank prompt or a list of messages"
                 )
             _check_size("prompt", prompt, rt.max_prompt_bytes)
-            tokens = -(-len(prompt) // CHARS_PER_TOKEN)
+            tokens = estimate_tokens(len(prompt))
             started = time.perf_counter()
             scored = rt.router.score(prompt)
         index, reason = choose_tier(
             scored.score,
             rt.thresholds,
-            margin=rt.margin,
+            margin=rt.margins,
             forced=forced,
             min_index=low,
             max_index=high,
@@ -302,11 +313,13 @@ class RouterService:
         rt = self._runtime
         _check_generation(request.generation)
         decision, max_index = self._decide(rt, request.route)
-        yield decision
         route = request.route
         messages = route.messages or (ChatMessage("user", route.prompt),)
+        # Counted before the first yield: a reload while the decision is being sent must
+        # not close the engine this stream is about to run on.
         rt.streams += 1
         try:
+            yield decision
             run = rt.engine.run(decision, messages, request.generation, max_tier_index=max_index)
             async with aclosing(run) as events:
                 async for event in events:
@@ -341,6 +354,7 @@ class RouterService:
             thresholds=rt.thresholds,
             model_version=rt.router.version,
             model_source=rt.model_source,
+            margins=rt.margins,
             fastpath=rt.router.implementation,
             backends=tuple(rt.engine.backend_states()),
         )
@@ -434,9 +448,10 @@ def _check_hints(rt: _Runtime, hints: TierHints) -> tuple[int | None, int | None
     return forced, low, high
 
 
-def _check_messages(messages: Sequence[ChatMessage], limit: int) -> list[tuple[str, str]]:
-    """Return the chat as (role, content) pairs after checking roles, the user turn and size."""
-    pairs = []
+def _check_messages(messages: Sequence[ChatMessage], limit: int) -> tuple[int, int]:
+    """Check count, roles, the last user turn and size; return that turn's index and the chars."""
+    if len(messages) > MAX_MESSAGES:
+        raise InvalidRequest("messages", f"{len(messages)} turns, over the limit of {MAX_MESSAGES}")
     last_user = -1
     chars = 0
     for i, message in enumerate(messages):
@@ -448,15 +463,14 @@ def _check_messages(messages: Sequence[ChatMessage], limit: int) -> list[tuple[s
         if role == "user":
             last_user = i
         chars += len(message.content)
-        pairs.append((role, message.content))
     if last_user < 0:
         raise InvalidRequest("messages", "no turn has role 'user'")
     content = messages[last_user].content
     if not content or content.isspace():
         raise InvalidRequest(f"messages[{last_user}].content", "the last user turn is empty")
     if chars * MAX_UTF8_BYTES_PER_CHAR > limit:
-        _check_size("messages", "".join(c for _, c in pairs), limit)
-    return pairs
+        _check_size("messages", "".join(m.content for m in messages), limit)
+    return last_user, chars
 
 
 def _check_generation(generation: GenerationOptions) -> None:

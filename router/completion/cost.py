@@ -1,4 +1,4 @@
-"""Prices: what tokens cost on a tier, and the token estimate used when no count is reported."""
+"""Prices: what tokens cost on a tier, and the one token estimate used without a tokenizer."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from router.domain import ChatMessage
 
 # A rough English average; used only when neither the provider nor the router counted.
 CHARS_PER_TOKEN = 4
+# Chat framing (role markers, separators) that chat templates add around each turn.
+TOKENS_PER_MESSAGE = 4
 
 
 def cost_usd(price: Price, prompt_tokens: int, completion_tokens: int) -> float:
@@ -16,7 +18,11 @@ def cost_usd(price: Price, prompt_tokens: int, completion_tokens: int) -> float:
     return (prompt_tokens * price.input_per_mtok + completion_tokens * price.output_per_mtok) / 1e6
 
 
+def estimate_tokens(chars: int, turns: int = 1) -> int:
+    """Return the prompt tokens of ``chars`` characters over ``turns`` chat turns."""
+    return max(1, -(-chars // CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * turns)
+
+
 def estimate_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
-    """Return an estimate of the prompt's tokens from its characters."""
-    chars = sum(len(m.content) + len(m.role) for m in messages)
-    return max(1, -(-chars // CHARS_PER_TOKEN))
+    """Return an estimate of a chat's prompt tokens: its characters plus framing per turn."""
+    return estimate_tokens(sum(len(m.content) for m in messages), len(messages))

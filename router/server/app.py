@@ -70,7 +70,10 @@ def create_server(
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     interceptor = ServiceInterceptor(
-        SERVICE_NAME, lambda: service.max_concurrent_rpcs, log_rpcs=config.logging.rpc
+        SERVICE_NAME,
+        lambda: service.max_concurrent_rpcs,
+        service.new_request_id,
+        log_rpcs=config.logging.rpc,
     )
     server = grpc.aio.server(interceptors=[interceptor], options=options)
     router_pb2_grpc.add_ModelRouterServicer_to_server(  # type: ignore[no-untyped-call]

@@ -186,6 +186,7 @@ def config_response(info: ServiceInfo) -> pb.GetConfigResponse:
                 input_price_per_mtok=tier.price.input_per_mtok,
                 output_price_per_mtok=tier.price.output_per_mtok,
                 min_score=info.thresholds[i - 1] if i else 0.0,
+                escalation_margin=info.margins[i - 1] if i else 0.0,
                 gate=(
                     pb.GateReport(
                         enabled=True,

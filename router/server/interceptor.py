@@ -20,6 +20,11 @@ from router.domain import BackendUnavailable, InvalidRequest, Overloaded, Router
 
 log = structlog.get_logger()
 
+REQUEST_ID_HEADER = "x-request-id"
+# Caller-controlled strings are clipped to this many characters in log lines, so that a
+# request the service rejects for its size cannot blow up the log.
+MAX_LOGGED_CHARS = 128
+
 if TYPE_CHECKING:
     # Returns None for a method no servicer implements (grpc-stubs says otherwise).
     Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]]
@@ -59,6 +64,13 @@ class RpcRecord:
 _current: ContextVar[RpcRecord | None] = ContextVar("modelrouter_rpc", default=None)
 
 
+def clip_for_log(text: str) -> str:
+    """Return a caller-controlled string clipped to a bounded length for a log line."""
+    if len(text) <= MAX_LOGGED_CHARS:
+        return text
+    return f"{text[:MAX_LOGGED_CHARS]}...({len(text)} chars)"
+
+
 def current_rpc() -> RpcRecord:
     """Return the record of the RPC being handled (a throwaway one outside the interceptor)."""
     record = _current.get()
@@ -66,13 +78,23 @@ def current_rpc() -> RpcRecord:
 
 
 class ServiceInterceptor(_ServerInterceptor):
-    """Map domain errors to status codes, cap concurrent RPCs and log one line per RPC."""
+    """Map domain errors to status codes, cap concurrent RPCs and log one line per RPC.
+
+    Every error status carries the request id in the ``x-request-id`` trailer: the one the
+    servicer assigned, or ``new_request_id()`` when the RPC failed before it had one.
+    """
 
     def __init__(
-        self, service_name: str, max_concurrent: Callable[[], int], *, log_rpcs: bool = True
+        self,
+        service_name: str,
+        max_concurrent: Callable[[], int],
+        new_request_id: Callable[[], str],
+        *,
+        log_rpcs: bool = True,
     ) -> None:
         self._prefix = f"/{service_name}/"
         self._max_concurrent = max_concurrent
+        self._new_request_id = new_request_id
         self._log_rpcs = log_rpcs
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         self.in_flight = 0
@@ -155,10 +177,12 @@ class ServiceInterceptor(_ServerInterceptor):
                     else "internal error; the server log has the details"
                 )
             finally:
+                if code is not grpc.StatusCode.OK and not record.request_id:
+                    record.request_id = self._new_request_id()
                 if self._log_rpcs or failure is not None:
                     self._log(record, code, error, failure, started)
             # Only reached after an error was recorded: end the RPC with its status.
-            await context.abort(code, error)
+            await context.abort(code, error, ((REQUEST_ID_HEADER, record.request_id),))
 
         return handle
 
@@ -172,8 +196,8 @@ class ServiceInterceptor(_ServerInterceptor):
     ) -> None:
         fields: dict[str, Any] = {
             "method": record.method,
-            "request_id": record.request_id,
-            "tenant": record.tenant,
+            "request_id": clip_for_log(record.request_id),
+            "tenant": clip_for_log(record.tenant),
             "tier": record.tier,
             "score": record.score,
             "decision_micros": record.decision_micros,

@@ -25,6 +25,7 @@ import structlog
 from router.config import Config, ConfigError, default_config, load_config
 from router.routing import Router
 from router.server.app import create_server
+from router.server.cpus import usable_cpus
 from router.server.logs import configure_logging, flush_logs, set_worker
 from router.service import RouterService, load_router
 
@@ -91,7 +92,7 @@ def load(source: ConfigSource) -> Loaded:
 
 def worker_count(config: Config) -> int:
     """Return the number of workers: the configured one, or one per usable core."""
-    return config.server.workers or len(os.sched_getaffinity(0))
+    return config.server.workers or usable_cpus()
 
 
 def serve(source: ConfigSource) -> int:
@@ -359,6 +360,10 @@ class Supervisor:
             self.loaded = load(self.source)
         except ConfigError as exc:
             log.info("supervisor keeps its configuration", error=str(exc))
+        except Exception as exc:
+            # Whatever a bad file or model throws, the supervisor must outlive it: its
+            # workers keep serving the old configuration.
+            log.error("supervisor keeps its configuration", error=repr(exc), exc_info=exc)
 
     def _reap(self) -> None:
         while True:

@@ -11,10 +11,8 @@ from router._proto.modelrouter.v1 import router_pb2 as pb
 from router._proto.modelrouter.v1 import router_pb2_grpc
 from router.domain import CompletionSummary, RoutingDecision
 from router.server import convert
-from router.server.interceptor import current_rpc
+from router.server.interceptor import REQUEST_ID_HEADER, current_rpc
 from router.service import RouterService
-
-REQUEST_ID_HEADER = "x-request-id"
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -26,10 +24,10 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         self._service = service
 
     def _start(self, request_id: str, tenant: str) -> str:
-        """Assign the request id and note it for the log line."""
-        rid = self._service.assign_request_id(request_id)
+        """Check or generate the request id, once per request, and note it for the log line."""
         record = current_rpc()
-        record.request_id, record.tenant = rid, tenant
+        record.tenant = tenant  # clipped when logged
+        rid = record.request_id = self._service.assign_request_id(request_id)
         return rid
 
     async def Route(self, request: pb.RouteRequest, context: Context) -> pb.RouteResponse:
@@ -61,8 +59,10 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
     async def Feedback(self, request: pb.FeedbackRequest, context: Context) -> pb.FeedbackResponse:
         """Store a rating of an answer."""
         record = current_rpc()
-        record.request_id, record.tenant = request.request_id[:128], request.tenant[:128]
+        record.tenant = request.tenant
         known = self._service.feedback(convert.feedback(request))
+        # Noted once checked: it also goes into the x-request-id trailer of an error.
+        record.request_id = request.request_id
         return pb.FeedbackResponse(known_request=known)
 
     async def GetConfig(

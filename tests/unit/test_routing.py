@@ -68,6 +68,24 @@ def test_choose_tier(
     assert choose_tier(score, THRESHOLDS, **kwargs) == expected  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("score", "margins", "expected"),
+    [
+        # One margin per threshold: the one below the threshold the score is short of.
+        (0.25, (0.05, 0.0, 0.0), (1, DecisionReason.MARGIN)),
+        (0.25, (0.0, 0.5, 0.5), (0, DecisionReason.SCORE)),
+        (0.55, (0.5, 0.0, 0.5), (1, DecisionReason.SCORE)),
+        (0.55, (0.0, 0.05, 0.0), (2, DecisionReason.MARGIN)),
+        (0.85, (0.0, 0.0, 0.05), (3, DecisionReason.MARGIN)),
+        (0.95, (0.5, 0.5, 0.5), (3, DecisionReason.SCORE)),
+    ],
+)
+def test_choose_tier_with_a_margin_per_threshold(
+    score: float, margins: tuple[float, ...], expected: tuple[int, DecisionReason]
+) -> None:
+    assert choose_tier(score, THRESHOLDS, margin=margins) == expected
+
+
 def test_choose_tier_without_hints_is_tier_for_score() -> None:
     for i in range(101):
         score = i / 100

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from router.completion.engine import CompletionEngine
 from router.config import Config, ConfigError, parse_config
 from router.domain import (
     ChatMessage,
@@ -19,7 +20,7 @@ from router.domain import (
     TextDelta,
     TierHints,
 )
-from router.service import RouterService, load_router
+from router.service import MAX_MESSAGES, RouterService, load_router
 from tests.integration.server.support import config_data, make_model, slow_demo
 
 
@@ -123,4 +124,84 @@ async def test_complete_wraps_a_prompt_as_one_user_message(model_path: Path) -> 
     events = [e async for e in service.complete(CompleteRequest(chat))]
     assert isinstance(events[-1], CompletionSummary)
     await asyncio.sleep(0)
+    await service.aclose()
+
+
+class RecordingEngine(CompletionEngine):
+    """The real engine, noting when it is closed."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.closed = False
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await super().aclose()
+
+
+def reload_same(service: RouterService, config: Config) -> None:
+    router, source = load_router(config)
+    service.reload(config, router, source)
+
+
+def recording_service(config: Config) -> RouterService:
+    router, source = load_router(config)
+    return RouterService(config, router, model_source=source, engine_factory=RecordingEngine)
+
+
+async def test_a_stream_counts_from_its_decision_so_a_reload_keeps_its_engine_open(
+    model_path: Path,
+) -> None:
+    config = build(model_path)
+    service = recording_service(config)
+    old = service._runtime.engine
+    assert isinstance(old, RecordingEngine)
+    stream = service.complete(CompleteRequest(RouteRequest(prompt="hi")))
+    assert isinstance(await anext(stream), RoutingDecision)
+    # Suspended right after the decision (as while gRPC sends it), a reload comes in.
+    reload_same(service, config)
+    await asyncio.sleep(0)
+    assert not old.closed
+    rest = [event async for event in stream]
+    assert isinstance(rest[-1], CompletionSummary)
+    await asyncio.sleep(0)
+    assert old.closed  # the last stream on the retired engine closed it
+    await service.aclose()
+
+
+async def test_a_stream_cancelled_right_after_its_decision_is_uncounted(
+    model_path: Path,
+) -> None:
+    config = build(model_path)
+    service = recording_service(config)
+    old = service._runtime
+    stream = service.complete(CompleteRequest(RouteRequest(prompt="hi")))
+    assert isinstance(await anext(stream), RoutingDecision)
+    assert old.streams == 1
+    reload_same(service, config)
+    await stream.aclose()  # the caller cancelled after the decision
+    assert old.streams == 0
+    await asyncio.sleep(0)
+    assert isinstance(old.engine, RecordingEngine) and old.engine.closed
+    await service.aclose()
+
+
+async def test_route_uses_each_tiers_own_escalation_margin(model_path: Path) -> None:
+    tiers = build(model_path).model_dump(exclude_none=True)["tiers"]
+    tiers[1]["min_score"], tiers[2]["min_score"] = 0.98, 0.99
+    tiers[1]["escalation_margin"] = 0.99
+    service = await service_for(build(model_path, tiers=tiers))
+    decision = service.route(RouteRequest(prompt="hi"))
+    assert decision.score < 0.98
+    assert (decision.tier, decision.reason) == ("strong", DecisionReason.MARGIN)
+    assert service.info().margins == (0.99, 0.0)
+    await service.aclose()
+
+
+async def test_chat_turns_are_limited(model_path: Path) -> None:
+    service = await service_for(build(model_path))
+    turns = (ChatMessage("user", "hi"),) * MAX_MESSAGES
+    assert service.route(RouteRequest(messages=turns)).tier
+    with pytest.raises(InvalidRequest, match=r"^messages: 1001 turns, over the limit of 1000$"):
+        service.route(RouteRequest(messages=(*turns, ChatMessage("user", "hi"))))
     await service.aclose()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -15,6 +15,7 @@ from router._proto.modelrouter.v1 import router_pb2_grpc
 from router.completion.engine import CompletionEngine
 from router.config import Config
 from router.domain import ChatMessage, GenerationOptions, RoutingDecision
+from router.service import MAX_MESSAGES
 from tests.integration.server.support import router_stub, slow_demo
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -49,6 +50,10 @@ ROUTE_CASES = [
     (
         pb.RouteRequest(messages=msgs(("user", "hi"), ("robot", "beep"))),
         "messages[1].role: 'robot' is not one of system, user, assistant",
+    ),
+    (
+        pb.RouteRequest(messages=msgs(*[("user", "hi")] * 1001)),
+        "messages: 1001 turns, over the limit of 1000",
     ),
     (
         pb.RouteRequest(messages=msgs(("user", "first"), ("user", "  "))),
@@ -226,12 +231,18 @@ async def test_concurrency_cap_is_resource_exhausted_and_health_still_answers(
         stream = stub.Complete(pb.CompleteRequest(route=pb.RouteRequest(prompt="hi")))
         first = await stream.read()
         assert first.WhichOneof("event") == "decision"
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.Route(pb.RouteRequest(prompt="hi"))
+        with (
+            structlog.testing.capture_logs() as logs,
+            pytest.raises(grpc.aio.AioRpcError) as caught,
+        ):
+            await stub.Route(pb.RouteRequest(prompt="hi", request_id="unread"))
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert caught.value.details() == (
             "1 RPCs in flight, the limit is 1 (server.max_concurrent_rpcs): retry with backoff"
         )
+        # Rejected before the request was read: a generated id, the one in the log line.
+        [line] = [e for e in logs if e["event"] == "rpc"]
+        assert line["request_id"] == _trailer(caught.value) not in ("", "unread")
         health = health_pb2_grpc.HealthStub(channel)
         reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -279,15 +290,20 @@ async def test_unexpected_error_is_internal_without_details(
     assert isinstance(line["exc_info"], KeyError)
 
 
-async def test_all_tiers_down_is_unavailable_naming_each_attempt(
-    start_server: Callable[..., Any], make_config: Callable[..., Config]
-) -> None:
+def all_tiers_down(make_config: Callable[..., Config]) -> Config:
+    """Return a configuration whose every tier is on a backend that refuses connections."""
     # Port 9 on loopback: nothing listens, the connection is refused at once.
     backends = {"down": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}}
     tiers = make_config().model_dump()["tiers"]
     for tier in tiers:
         tier["backend"] = "down"
-    server = await start_server(make_config(tiers=tiers, backends=backends))
+    return make_config(tiers=tiers, backends=backends)
+
+
+async def test_all_tiers_down_is_unavailable_naming_each_attempt(
+    start_server: Callable[..., Any], make_config: Callable[..., Config]
+) -> None:
+    server = await start_server(all_tiers_down(make_config))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = router_stub(channel)
         request = pb.CompleteRequest(
@@ -349,3 +365,94 @@ async def test_client_cancellation_stops_the_stream(
     assert server.interceptor.in_flight == 0
     attempts = [e for e in logs if e["event"] == "completion_attempt"]
     assert [a["outcome"] for a in attempts] == ["cancelled"]
+
+
+async def test_a_chat_of_max_messages_turns_is_accepted(
+    stub: router_pb2_grpc.ModelRouterStub,
+) -> None:
+    response = await stub.Route(pb.RouteRequest(messages=msgs(*[("user", "hi")] * MAX_MESSAGES)))
+    assert response.decision.tier
+
+
+def _trailer(error: grpc.aio.AioRpcError) -> str:
+    """Return the x-request-id trailer of a failed call."""
+    # grpc.aio returns (key, value) pairs; grpc-stubs types them as _Metadatum.
+    metadata = cast(Sequence[tuple[str, str]], error.trailing_metadata())
+    return dict(metadata)["x-request-id"]
+
+
+async def test_errors_carry_the_request_id_trailer(
+    limited: router_pb2_grpc.ModelRouterStub,
+) -> None:
+    with structlog.testing.capture_logs() as logs:
+        # Rejected after the id was accepted: the caller's id, on Route and on Complete.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await limited.Route(pb.RouteRequest(prompt=" ", request_id="bad-route"))
+        assert _trailer(caught.value) == "bad-route"
+        call = limited.Complete(pb.CompleteRequest(route=pb.RouteRequest(request_id="bad-c")))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call.read()
+        assert caught.value.code() == INVALID
+        assert _trailer(caught.value) == "bad-c"
+        generation = pb.GenerationOptions(temperature=9)
+        call = limited.Complete(
+            pb.CompleteRequest(
+                route=pb.RouteRequest(prompt="hi", request_id="g"), generation=generation
+            )
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call.read()
+        assert _trailer(caught.value) == "g"
+        # An invalid id cannot be echoed: a generated one, the same as in the log line.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await limited.Route(pb.RouteRequest(prompt="hi", request_id="has space"))
+        generated = _trailer(caught.value)
+        assert generated and " " not in generated
+    statuses = {e["request_id"]: e["status"] for e in logs if e["event"] == "rpc"}
+    assert statuses == {
+        "bad-route": "INVALID_ARGUMENT",
+        "bad-c": "INVALID_ARGUMENT",
+        "g": "INVALID_ARGUMENT",
+        generated: "INVALID_ARGUMENT",
+    }
+
+
+async def test_stream_errors_after_the_decision_carry_the_request_id_trailer(
+    start_server: Callable[..., Any], make_config: Callable[..., Config]
+) -> None:
+    down = await start_server(all_tiers_down(make_config))
+    exploding = await start_server(make_config(), engine_factory=ExplodingEngine)
+    for server, code in (
+        (down, grpc.StatusCode.UNAVAILABLE),
+        (exploding, grpc.StatusCode.INTERNAL),
+    ):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            call = router_stub(channel).Complete(
+                pb.CompleteRequest(route=pb.RouteRequest(prompt="hi", request_id="mid-1"))
+            )
+            kinds = []
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async for event in call:
+                    kinds.append(event.WhichOneof("event"))
+        assert kinds[0] == "decision"
+        assert caught.value.code() == code
+        assert _trailer(caught.value) == "mid-1"
+        assert dict(await call.initial_metadata())["x-request-id"] == "mid-1"
+
+
+async def test_caller_strings_are_clipped_in_the_log(
+    stub: router_pb2_grpc.ModelRouterStub,
+) -> None:
+    huge = "t" * 100_000
+    with structlog.testing.capture_logs() as logs:
+        for call in (
+            stub.Route(pb.RouteRequest(prompt="hi", tenant=huge)),
+            stub.Feedback(pb.FeedbackRequest(request_id="r1", rating=1.0, tenant=huge)),
+            stub.Complete(pb.CompleteRequest(route=pb.RouteRequest(prompt="hi", tenant=huge))),
+        ):
+            code, message = await rejection(call)
+            assert (code, message) == (INVALID, "tenant: 100000 characters, over the limit of 128")
+    lines = [e for e in logs if e["event"] == "rpc"]
+    assert sorted(line["method"] for line in lines) == ["Complete", "Feedback", "Route"]
+    for line in lines:
+        assert line["tenant"] == "t" * 128 + "...(100000 chars)"

@@ -8,6 +8,7 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from router._proto.modelrouter.v1 import router_pb2
 from router.server import RunningServer
 from tests.integration.server.support import SERVICE
 
@@ -80,3 +81,33 @@ async def test_reflection_describes_the_api(channel: grpc.aio.Channel) -> None:
             False,
         ),
     }
+
+
+@pytest.mark.parametrize("symbol", [f"{SERVICE}.Route", f"{SERVICE}.Complete"])
+async def test_reflection_resolves_a_method_symbol_to_the_api_file(
+    channel: grpc.aio.Channel, symbol: str
+) -> None:
+    # ghz asks for the file of "package.Service.Method"; the stock pool cannot answer it.
+    reply = await _reflect(
+        channel, reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+    )
+    assert reply.WhichOneof("message_response") == "file_descriptor_response"
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in reply.file_descriptor_response.file_descriptor_proto
+    ]
+    # The first file is the one declaring the symbol; its imports follow.
+    assert files[0].name == router_pb2.DESCRIPTOR.name
+    [service] = files[0].service
+    assert f"{files[0].package}.{service.name}" == SERVICE
+    assert symbol.rsplit(".", 1)[1] in {m.name for m in service.method}
+
+
+async def test_reflection_reports_an_unknown_method_symbol_as_not_found(
+    channel: grpc.aio.Channel,
+) -> None:
+    reply = await _reflect(
+        channel,
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol=f"{SERVICE}.Nope"),
+    )
+    assert reply.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]

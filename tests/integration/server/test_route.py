@@ -38,7 +38,7 @@ async def test_route_prompt_round_trip(
     assert d.reason == pb.DECISION_REASON_SCORE
     assert d.model_version == router.version
     assert d.decision_micros > 0
-    tokens = math.ceil(len(QUERY) / 4)
+    tokens = math.ceil(len(QUERY) / 4) + 4  # one user turn's framing
     assert d.estimated_prompt_tokens == tokens
     prices = [0.24, 2.5, 15.0]
     assert d.estimated_cost_usd == pytest.approx(tokens * prices[d.tier_index] / 1e6)
@@ -76,7 +76,7 @@ async def test_route_messages_scores_the_last_user_turn_in_context(
     assert response.decision.score == pytest.approx(expected.score, abs=1e-12)
     only_last = rt.router.score(messages[-1][1])
     assert response.decision.score != only_last.score  # the context counted
-    tokens = sum(len(c) for _, c in messages) // 4 + 4 * len(messages)
+    tokens = math.ceil(sum(len(c) for _, c in messages) / 4) + 4 * len(messages)
     assert response.decision.estimated_prompt_tokens == tokens
 
 
@@ -122,6 +122,48 @@ async def test_escalation_margin_climbs_one_tier(
         d = (await stub.Route(pb.RouteRequest(prompt="hello"))).decision
         assert d.score < 0.98
         assert (d.tier, d.reason) == ("strong", pb.DECISION_REASON_MARGIN)
+
+
+async def test_a_tier_margin_overrides_the_global_one_in_route_and_get_config(
+    start_server: Callable[..., Any], make_config: Callable[..., Config]
+) -> None:
+    tiers = make_config().model_dump(exclude_none=True)["tiers"]
+    tiers[1]["min_score"], tiers[2]["min_score"] = 0.98, 0.99
+    wide = make_config(tiers=tiers, routing={"escalation_margin": 0.99})
+    tiers[1]["escalation_margin"] = 0.0  # strong: none of its own, whatever the default
+    narrow = make_config(tiers=tiers, routing={"escalation_margin": 0.99})
+    for config, tier, reason, margins in [
+        (wide, "strong", pb.DECISION_REASON_MARGIN, [0.0, 0.99, 0.99]),
+        (narrow, "cheap", pb.DECISION_REASON_SCORE, [0.0, 0.0, 0.99]),
+    ]:
+        server = await start_server(config)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = router_stub(channel)
+            d = (await stub.Route(pb.RouteRequest(prompt="hello"))).decision
+            assert d.score < 0.98
+            assert (d.tier, d.reason) == (tier, reason)
+            response = await stub.GetConfig(pb.GetConfigRequest())
+            assert [t.escalation_margin for t in response.tiers] == pytest.approx(margins)
+            assert response.escalation_margin == pytest.approx(0.99)
+
+
+async def test_the_request_id_is_checked_once_per_request(
+    server: RunningServer, stub: router_pb2_grpc.ModelRouterStub
+) -> None:
+    service = server.service
+    checked: list[str] = []
+    original = service.assign_request_id
+
+    def counting(given: str) -> str:
+        checked.append(given)
+        return original(given)
+
+    service.assign_request_id = counting  # type: ignore[method-assign]
+    await stub.Route(pb.RouteRequest(prompt="hi", request_id="once-1"))
+    assert checked == ["once-1"]
+    request = pb.CompleteRequest(route=pb.RouteRequest(prompt="hi", request_id="once-2"))
+    assert [e.WhichOneof("event") async for e in stub.Complete(request)][-1] == "summary"
+    assert checked == ["once-1", "once-2"]
 
 
 async def test_get_config(server: RunningServer, stub: router_pb2_grpc.ModelRouterStub) -> None:

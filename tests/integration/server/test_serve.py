@@ -18,7 +18,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router._proto.modelrouter.v1 import router_pb2 as pb
 from router._proto.modelrouter.v1 import router_pb2_grpc
-from router.model import default_model_path
 from tests.integration.server.support import (
     SERVICE,
     ServeProcess,
@@ -168,7 +167,7 @@ def test_sighup_reloads_every_worker_and_rejects_a_bad_file(
     config.write_text(yaml.safe_dump(data))
     server.signal(signal.SIGHUP)
     rejected = server.wait_for("reload rejected", count=2)
-    assert all("tiers.0.modle: unknown key" in line["error"] for line in rejected)
+    assert all("tiers[0].modle: unknown key" in line["error"] for line in rejected)
     for _ in range(8):
         assert route(port).model.startswith("v2-")
 
@@ -176,6 +175,16 @@ def test_sighup_reloads_every_worker_and_rejects_a_bad_file(
     server.signal(signal.SIGHUP)
     rejected = server.wait_for("reload rejected", count=4)
     assert all("not valid YAML" in line["error"] for line in rejected[2:])
+    assert route(port).model.startswith("v2-")
+
+    # Not UTF-8: every process, the supervisor included, keeps serving the old file.
+    config.write_bytes(b"version: 1\n# caf\xe9\n")
+    server.signal(signal.SIGHUP)
+    rejected = server.wait_for("reload rejected", count=6)
+    utf8 = f"{config}: not valid UTF-8: byte 0xe9 at offset 16 (line 2)"
+    assert all(utf8 in line["error"] for line in rejected[4:])
+    [kept] = server.wait_for("supervisor keeps its configuration", count=3)[2:]
+    assert utf8 in kept["error"]
     assert route(port).model.startswith("v2-")
     server.signal(signal.SIGTERM)
     assert server.wait() == 0
@@ -194,9 +203,13 @@ def test_a_taken_port_is_an_error(serve_process: Start, tmp_path: Path, model_pa
     assert second.events("cannot listen")
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "router.cli", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "router.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -215,13 +228,13 @@ def _bad(data: dict[str, Any], path: tuple[str | int, ...], value: object) -> di
 _DELETE = object()
 
 BAD_CONFIGS = [
-    (("tiers", 0, "modle"), "x", "tiers.0.modle: unknown key"),
+    (("tiers", 0, "modle"), "x", "tiers[0].modle: unknown key"),
     (("servr",), {}, "servr: unknown key"),
     (("tiers",), "ONE", "tiers: Input should be a valid list"),
     (
         ("tiers", 0, "price", "input_per_mtok"),
         -1,
-        "tiers.0.price.input_per_mtok: Input should be greater than or equal to 0",
+        "tiers[0].price.input_per_mtok: Input should be greater than or equal to 0",
     ),
     (("version",), 2, "version: 2 is not supported (expected 1)"),
     (("version",), _DELETE, "version: missing (this release reads version: 1)"),
@@ -230,7 +243,28 @@ BAD_CONFIGS = [
         "nowhere",
         "tiers[1].backend: unknown backend 'nowhere' (configured: demo)",
     ),
-    (("backends", "demo", "api_key"), "x", "backends.demo.demo.api_key: unknown key"),
+    (("backends", "demo", "api_key"), "x", "backends.demo.api_key: unknown key"),
+    (
+        ("backends", "demo", "tokens_per_second"),
+        0,
+        "backends.demo.tokens_per_second: Input should be greater than 0",
+    ),
+    (
+        ("backends", "demo"),
+        {"kind": "grpc"},
+        "backends.demo: Input tag 'grpc' found using 'kind' does not match any of the expected "
+        "tags: 'openai', 'anthropic', 'demo'",
+    ),
+    (
+        ("tiers", 1, "timeouts"),
+        {"idle_s": -1},
+        "tiers[1].timeouts.idle_s: Input should be greater than 0",
+    ),
+    (
+        ("tiers", 0, "escalation_margin"),
+        0.1,
+        "tiers[0].escalation_margin: the cheapest tier has no threshold to climb to; omit it",
+    ),
 ]
 
 
@@ -245,8 +279,8 @@ def test_config_check_names_the_bad_key(
     result = run_cli("config", "check", str(config))
     assert result.returncode == 1
     assert result.stdout == ""
-    assert message in result.stderr
-    assert result.stderr.startswith(f"modelrouter: {config}: ")
+    # The whole message: one uniform key path, no pydantic location artefacts.
+    assert result.stderr == f"modelrouter: {config}: {message}\n"
 
 
 def test_config_check_rejects_missing_tier_thresholds_out_of_order_and_env(
@@ -289,6 +323,25 @@ def test_config_check_accepts_a_good_file(tmp_path: Path, model_path: Path) -> N
     assert result.stdout.startswith(f"{config}: OK: tiers cheap, strong (>= 0.4), expert (>= 0.7)")
 
 
+README = Path(__file__).resolve().parents[3] / "README.md"
+
+
+def readme_config_example() -> str:
+    """Return the YAML example of the README's Configuration section."""
+    section = README.read_text(encoding="utf-8").split("### Configuration", 1)[1]
+    return section.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
+def test_config_check_accepts_the_readme_example(tmp_path: Path) -> None:
+    config = tmp_path / "router.yaml"
+    config.write_text(readme_config_example(), encoding="utf-8")
+    keys = {"OPENAI_API_KEY": "sk-test", "ANTHROPIC_API_KEY": "sk-ant-test"}
+    result = run_cli("config", "check", str(config), env=keys)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{config}: OK: tiers cheap, strong (>= ")
+    assert "backends anthropic, local, openai" in result.stdout
+
+
 def test_serve_exits_non_zero_on_a_bad_config(tmp_path: Path, model_path: Path) -> None:
     data = config_data(model_path)
     data["tiers"][0]["price"]["output_per_mtok"] = -0.5
@@ -297,16 +350,14 @@ def test_serve_exits_non_zero_on_a_bad_config(tmp_path: Path, model_path: Path) 
     result = run_cli("serve", "--config", str(config), "--port", "0")
     assert result.returncode == 1
     assert (
-        "tiers.0.price.output_per_mtok: Input should be greater than or equal to 0" in result.stderr
+        "tiers[0].price.output_per_mtok: Input should be greater than or equal to 0"
+        in result.stderr
     )
     missing = run_cli("serve", "--config", str(tmp_path / "nope.yaml"), "--port", "0")
     assert missing.returncode == 1
     assert "cannot read" in missing.stderr
 
 
-@pytest.mark.skipif(
-    not default_model_path().exists(), reason="the shipped model has not landed on this branch"
-)
 def test_serve_without_a_config_serves_the_shipped_model(serve_process: Start) -> None:
     server = serve_process("--host", "127.0.0.1", "--port", "0", "--workers", "1")
     port = server.port

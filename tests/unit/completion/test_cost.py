@@ -1,6 +1,6 @@
 import pytest
 
-from router.completion.cost import cost_usd, estimate_prompt_tokens
+from router.completion.cost import cost_usd, estimate_prompt_tokens, estimate_tokens
 from router.config import Price
 from router.domain import ChatMessage
 
@@ -12,6 +12,11 @@ def test_cost_prices_input_and_output_per_million_tokens() -> None:
     assert cost_usd(price, 0, 0) == 0.0
 
 
-def test_the_prompt_estimate_rounds_up_and_is_never_zero() -> None:
-    assert estimate_prompt_tokens([ChatMessage("user", "")]) == 1
-    assert estimate_prompt_tokens([ChatMessage("user", "abcdefghi")]) == 4  # 13 chars / 4
+def test_the_prompt_estimate_rounds_up_and_counts_framing_per_turn() -> None:
+    assert estimate_prompt_tokens([]) == 1
+    assert estimate_prompt_tokens([ChatMessage("user", "")]) == 4
+    assert estimate_prompt_tokens([ChatMessage("user", "abcdefghi")]) == 3 + 4  # 9 chars / 4
+    chat = [ChatMessage("system", "abcd"), ChatMessage("user", "abcde")]
+    assert estimate_prompt_tokens(chat) == 3 + 2 * 4  # 9 chars over both turns
+    assert estimate_tokens(9, 2) == estimate_prompt_tokens(chat)
+    assert estimate_tokens(9) == estimate_prompt_tokens([ChatMessage("user", "abcdefghi")])

@@ -6,10 +6,19 @@ import socket
 from pathlib import Path
 
 import pytest
+import structlog
 
-from router.config import ConfigError
-from router.server.process import ConfigSource, reserve_port
+from router.config import Config, ConfigError
+from router.server.process import ConfigSource, Reloader, Supervisor, load, reserve_port
+from router.service import RouterService
 from tests.integration.server.support import make_model, write_config
+
+
+class BrokenSource(ConfigSource):
+    """A configuration source whose loading fails with an error no one planned for."""
+
+    def load(self) -> Config:
+        raise RecursionError("maximum recursion depth exceeded")
 
 
 def test_flags_override_the_file(tmp_path: Path) -> None:
@@ -39,3 +48,37 @@ def test_reserved_port_is_shared_with_reuseport_sockets() -> None:
         plain.close()
     finally:
         held.close()
+
+
+def test_the_supervisor_keeps_its_configuration_whatever_a_reload_raises(
+    tmp_path: Path,
+) -> None:
+    make_model(tmp_path / "m.npz")
+    source = ConfigSource(write_config(tmp_path / "c.yaml", tmp_path / "m.npz"))
+    supervisor = Supervisor(source, load(source), workers=2)
+    before = supervisor.loaded
+    errors = []
+    for bad in (BrokenSource(), ConfigSource(tmp_path / "missing.yaml")):
+        supervisor.source = bad
+        with structlog.testing.capture_logs() as logs:
+            supervisor._reload()
+        assert supervisor.loaded is before
+        [line] = logs
+        assert line["event"] == "supervisor keeps its configuration"
+        errors.append(line["error"])
+    assert errors[0].startswith("RecursionError(")
+    assert errors[1].startswith("cannot read")
+
+
+async def test_a_worker_keeps_serving_whatever_a_reload_raises(tmp_path: Path) -> None:
+    make_model(tmp_path / "m.npz")
+    source = ConfigSource(write_config(tmp_path / "c.yaml", tmp_path / "m.npz"))
+    loaded = load(source)
+    service = RouterService(loaded.config, loaded.router, model_source=loaded.model_source)
+    with structlog.testing.capture_logs() as logs:
+        assert await Reloader(BrokenSource(), service).reload() is False
+    assert service.config is loaded.config
+    [line] = logs
+    assert line["event"] == "reload rejected"
+    assert "RecursionError" in line["error"]
+    await service.aclose()

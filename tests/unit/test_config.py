@@ -1,0 +1,96 @@
+"""Configuration loading: encodings, error key paths, per-tier escalation margins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from router.config import DEFAULT_CONFIG_YAML, Config, ConfigError, load_config, parse_config
+
+
+def default_data() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG_YAML)
+    return data
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error_naming_path_byte_and_line(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(DEFAULT_CONFIG_YAML.encode() + "# Zürich\n".encode("latin-1"))
+    offset = len(DEFAULT_CONFIG_YAML.encode()) + len(b"# Z")
+    line = DEFAULT_CONFIG_YAML.count("\n") + 1
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == (
+        f"{path}: not valid UTF-8: byte 0xfc at offset {offset} (line {line}): "
+        "invalid start byte; save the file as UTF-8"
+    )
+
+
+def test_yaml_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text("version: 1\nx: " + "[" * 5000 + "]" * 5000 + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"deep\.yaml: not valid YAML: nested too deeply$"):
+        load_config(path)
+
+
+def test_a_utf8_file_with_non_ascii_text_loads(tmp_path: Path) -> None:
+    path = tmp_path / "utf8.yaml"
+    path.write_text(DEFAULT_CONFIG_YAML + "# Zürich ✓\n", encoding="utf-8")
+    assert load_config(path).tiers[0].name == "cheap"
+
+
+def error_of(data: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, environ={})
+    return str(caught.value)
+
+
+def test_error_paths_index_lists_and_drop_the_backend_union_tag() -> None:
+    data = default_data()
+    data["tiers"][1]["price"]["input_per_mtok"] = -1
+    data["tiers"][2]["gate"] = {"window_tokens": 0}
+    data["backends"]["demo"]["tokens_per_second"] = 0
+    data["backends"]["remote"] = {"kind": "openai", "base_url": "http://x", "retries": 2}
+    assert error_of(data).split("; ") == [
+        "tiers[1].price.input_per_mtok: Input should be greater than or equal to 0",
+        "tiers[2].gate.window_tokens: Input should be greater than or equal to 1",
+        "backends.demo.tokens_per_second: Input should be greater than 0",
+        "backends.remote.retries: unknown key",
+    ]
+
+
+def test_a_backend_named_like_a_kind_keeps_its_name_in_the_path() -> None:
+    data = default_data()
+    data["backends"] = {"openai": {"kind": "demo", "first_token_ms": -1}}
+    for tier in data["tiers"]:
+        tier["backend"] = "openai"
+    assert (
+        error_of(data)
+        == "backends.openai.first_token_ms: Input should be greater than or equal to 0"
+    )
+
+
+def test_whole_config_checks_print_their_own_path_only() -> None:
+    data = default_data()
+    data["tiers"][2]["backend"] = "nowhere"
+    assert error_of(data) == "tiers[2].backend: unknown backend 'nowhere' (configured: demo)"
+
+
+def test_a_tier_may_override_the_escalation_margin_but_not_the_cheapest() -> None:
+    data = default_data()
+    data["routing"] = {"escalation_margin": 0.05}
+    data["tiers"][2]["escalation_margin"] = 0.2
+    config: Config = parse_config(data, environ={})
+    assert [t.escalation_margin for t in config.tiers] == [None, None, 0.2]
+    data["tiers"][2]["escalation_margin"] = 1.5
+    assert error_of(data) == ("tiers[2].escalation_margin: Input should be less than or equal to 1")
+    data["tiers"][2]["escalation_margin"] = 0.2
+    data["tiers"][0]["escalation_margin"] = 0.1
+    assert error_of(data) == (
+        "tiers[0].escalation_margin: the cheapest tier has no threshold to climb to; omit it"
+    )
