@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router.domain import DecisionReason
+from router.domain import ChatMessage, DecisionReason
 from router.fastpath import IMPLEMENTATION, Implementation
 from router.model import RouterModel, default_model_path, load_model
 
@@ -137,13 +137,19 @@ class Router:
         score, levels, mask = self._fastpath.score(text, context, context_weight)
         return Scored(score, levels, self.model.rule_names_for(mask))
 
-    def score_chat(self, messages: Sequence[tuple[str, str]], context_weight: float) -> Scored:
-        """Score a chat given as (role, content) pairs: its last user turn, in context."""
-        last_user = max((i for i, (role, _) in enumerate(messages) if role == "user"), default=-1)
-        if last_user < 0:
-            raise ValueError("messages: no turn has role 'user'")
-        context = "\n".join(content for i, (_, content) in enumerate(messages) if i != last_user)
-        return self.score(messages[last_user][1], context, context_weight)
+    def score_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        context_weight: float,
+        last_user: int | None = None,
+    ) -> Scored:
+        """Score a chat: its last user turn (found, unless given), the other turns as context."""
+        if last_user is None:
+            last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+            if last_user < 0:
+                raise ValueError("messages: no turn has role 'user'")
+        context = "\n".join(m.content for i, m in enumerate(messages) if i != last_user)
+        return self.score(messages[last_user].content, context, context_weight)
 
     def route(self, text: str) -> Decision:
         """Score a query and return the tier its score picks."""

@@ -265,8 +265,7 @@ class RouterService:
             last_user, chars = _check_messages(messages, rt.max_prompt_bytes)
             tokens = estimate_tokens(chars, len(messages))
             started = time.perf_counter()
-            context = "\n".join(m.content for i, m in enumerate(messages) if i != last_user)
-            scored = rt.router.score(messages[last_user].content, context, rt.context_weight)
+            scored = rt.router.score_chat(messages, rt.context_weight, last_user)
         else:
             if not prompt or prompt.isspace():
                 raise InvalidRequest(

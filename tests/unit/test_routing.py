@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from router import Decision, Router, Scored, _fastpath_py
-from router.domain import DecisionReason
+from router.domain import ChatMessage, DecisionReason
 from router.fastpath import IMPLEMENTATION, LEVELS
 from router.model import ModelError, load_model, save_model
 from router.routing import check_thresholds, choose_tier, tier_for_score
@@ -246,11 +246,11 @@ def test_score_chat_scores_the_last_user_turn_in_context(
 ) -> None:
     router = router_with(fastpath_impl)
     messages = [
-        ("system", "You are a lawyer."),
-        ("user", "Review this contract"),
-        ("assistant", "Which clause?"),
-        ("user", "The liability clause, step by step"),
-        ("assistant", "Sure."),
+        ChatMessage("system", "You are a lawyer."),
+        ChatMessage("user", "Review this contract"),
+        ChatMessage("assistant", "Which clause?"),
+        ChatMessage("user", "The liability clause, step by step"),
+        ChatMessage("assistant", "Sure."),
     ]
     expected = router.score(
         "The liability clause, step by step",
@@ -260,12 +260,17 @@ def test_score_chat_scores_the_last_user_turn_in_context(
     assert router.score_chat(messages, 0.3) == expected
     # With no weight on the context, only the last user turn counts.
     assert router.score_chat(messages, 0.0) == router.score("The liability clause, step by step")
+    assert router.score_chat(messages, 0.3, last_user=1) == router.score(
+        "Review this contract",
+        "You are a lawyer.\nWhich clause?\nThe liability clause, step by step\nSure.",
+        0.3,
+    )
 
 
 def test_score_chat_without_a_user_turn() -> None:
     router = Router(random_model())
     with pytest.raises(ValueError, match="messages: no turn has role 'user'"):
-        router.score_chat([("system", "hi"), ("assistant", "hello")], 0.3)
+        router.score_chat([ChatMessage("system", "hi"), ChatMessage("assistant", "hello")], 0.3)
     with pytest.raises(ValueError, match="messages"):
         router.score_chat([], 0.3)
 

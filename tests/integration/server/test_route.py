@@ -13,6 +13,7 @@ import pytest
 from router._proto.modelrouter.v1 import router_pb2 as pb
 from router._proto.modelrouter.v1 import router_pb2_grpc
 from router.config import Config
+from router.domain import ChatMessage
 from router.server import RunningServer
 from tests.integration.server.support import TIERS, router_stub
 
@@ -72,7 +73,7 @@ async def test_route_messages_scores_the_last_user_turn_in_context(
         pb.RouteRequest(messages=[pb.Message(role=r, content=c) for r, c in messages])
     )
     rt = server.service._runtime
-    expected = rt.router.score_chat(messages, rt.context_weight)
+    expected = rt.router.score_chat([ChatMessage(r, c) for r, c in messages], rt.context_weight)
     assert response.decision.score == pytest.approx(expected.score, abs=1e-12)
     only_last = rt.router.score(messages[-1][1])
     assert response.decision.score != only_last.score  # the context counted

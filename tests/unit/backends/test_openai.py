@@ -308,5 +308,5 @@ def test_the_token_limit_field_defaults_to_max_tokens_and_rejects_others() -> No
     backend = parse_config(data, environ={}).backends["api"]
     assert isinstance(backend, OpenAIConfig) and backend.max_tokens_field == "max_tokens"
     data["backends"]["api"]["max_tokens_field"] = "max_output_tokens"
-    with pytest.raises(ConfigError, match=r"^backends\.api\.openai\.max_tokens_field: Input "):
+    with pytest.raises(ConfigError, match=r"^backends\.api\.max_tokens_field: Input "):
         parse_config(data, environ={})
