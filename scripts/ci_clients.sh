@@ -4,9 +4,9 @@
 # Runs on a fresh machine with Go, Java 17 and Maven preinstalled, after the Python package
 # has been installed in the venv at $VENV (default .venv) so that `modelrouter` exists there.
 # Generates the Go code (pinned protoc plugins from the Go module proxy), runs the Go tests
-# and the Java tests (protoc and the libraries from Maven Central) against a real
-# `modelrouter serve`, then a few-second smoke run of bench/ghz_route.sh. Idempotent; the
-# Go module and build caches and ~/.m2 are reused between runs.
+# and the Java tests (protoc, protoc-gen-grpc-java and the libraries from Maven Central)
+# against a real `modelrouter serve`, then a few-second smoke run of bench/ghz_route.sh.
+# Idempotent; the Go module and build caches and ~/.m2 are reused between runs.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -6,9 +6,9 @@ import dev.modelrouter.v1.FeedbackRequest;
 import dev.modelrouter.v1.GetConfigRequest;
 import dev.modelrouter.v1.GetConfigResponse;
 import dev.modelrouter.v1.Message;
+import dev.modelrouter.v1.ModelRouterGrpc;
 import dev.modelrouter.v1.RouteRequest;
 import dev.modelrouter.v1.RoutingDecision;
-import io.grpc.CallOptions;
 import io.grpc.Channel;
 import io.grpc.ChannelCredentials;
 import io.grpc.Context;
@@ -18,7 +18,7 @@ import io.grpc.ManagedChannel;
 import io.grpc.health.v1.HealthCheckRequest;
 import io.grpc.health.v1.HealthCheckResponse;
 import io.grpc.health.v1.HealthGrpc;
-import io.grpc.stub.ClientCalls;
+import io.grpc.stub.AbstractStub;
 import java.time.Duration;
 import java.util.Iterator;
 import java.util.List;
@@ -31,6 +31,9 @@ import java.util.concurrent.TimeUnit;
  * that tier and streams the answer. Failures are {@link io.grpc.StatusRuntimeException}s: an
  * empty prompt or an unknown tier is {@code INVALID_ARGUMENT}, an overloaded server {@code
  * RESOURCE_EXHAUSTED}, a passed deadline {@code DEADLINE_EXCEEDED}.
+ *
+ * <p>It wraps the generated {@link ModelRouterGrpc} blocking stub; use {@link
+ * ModelRouterGrpc#newStub} or {@link ModelRouterGrpc#newFutureStub} for asynchronous calls.
  */
 public final class ModelRouterClient implements AutoCloseable {
   /**
@@ -42,11 +45,15 @@ public final class ModelRouterClient implements AutoCloseable {
   private final Channel channel;
   private final ManagedChannel owned;
   private final Duration timeout;
+  private final ModelRouterGrpc.ModelRouterBlockingStub router;
+  private final HealthGrpc.HealthBlockingStub healthChecks;
 
   private ModelRouterClient(Channel channel, ManagedChannel owned, Duration timeout) {
     this.channel = channel;
     this.owned = owned;
     this.timeout = timeout;
+    this.router = ModelRouterGrpc.newBlockingStub(channel);
+    this.healthChecks = HealthGrpc.newBlockingStub(channel);
   }
 
   /** Connect to target ("host:port") in plaintext; {@link #close} closes the connection. */
@@ -97,8 +104,7 @@ public final class ModelRouterClient implements AutoCloseable {
 
   /** Return the tier that should answer the request, without calling any model. */
   public RoutingDecision route(RouteRequest request) {
-    return ClientCalls.blockingUnaryCall(channel, ModelRouterMethods.ROUTE, options(), request)
-        .getDecision();
+    return withDeadline(router).route(request).getDecision();
   }
 
   /** Start a Complete call; iterate or collect the returned stream, and close it when done. */
@@ -107,9 +113,7 @@ public final class ModelRouterClient implements AutoCloseable {
     Context.CancellableContext context = Context.current().withCancellation();
     Context previous = context.attach();
     try {
-      Iterator<CompleteEvent> events =
-          ClientCalls.blockingServerStreamingCall(
-              channel, ModelRouterMethods.COMPLETE, options(), request);
+      Iterator<CompleteEvent> events = withDeadline(router).complete(request);
       return new CompletionStream(context, events);
     } finally {
       context.detach(previous);
@@ -124,23 +128,19 @@ public final class ModelRouterClient implements AutoCloseable {
             .setRating(rating)
             .setComment(comment)
             .build();
-    return ClientCalls.blockingUnaryCall(channel, ModelRouterMethods.FEEDBACK, options(), request)
-        .getKnownRequest();
+    return withDeadline(router).feedback(request).getKnownRequest();
   }
 
   /** Return the server's tiers, prices, thresholds and routing model version. */
   public GetConfigResponse config() {
-    return ClientCalls.blockingUnaryCall(
-        channel, ModelRouterMethods.GET_CONFIG, options(), GetConfigRequest.getDefaultInstance());
+    return withDeadline(router).getConfig(GetConfigRequest.getDefaultInstance());
   }
 
   /** Return the serving status the server reports for service ("" for the whole server). */
   public HealthCheckResponse.ServingStatus health(String service) {
-    HealthGrpc.HealthBlockingStub stub = HealthGrpc.newBlockingStub(channel);
-    if (timeout != null) {
-      stub = stub.withDeadlineAfter(timeout.toNanos(), TimeUnit.NANOSECONDS);
-    }
-    return stub.check(HealthCheckRequest.newBuilder().setService(service).build()).getStatus();
+    return withDeadline(healthChecks)
+        .check(HealthCheckRequest.newBuilder().setService(service).build())
+        .getStatus();
   }
 
   /** Close the connection opened by {@link #connect}; nothing for other clients. */
@@ -160,11 +160,9 @@ public final class ModelRouterClient implements AutoCloseable {
     }
   }
 
-  private CallOptions options() {
-    CallOptions options = CallOptions.DEFAULT;
-    if (timeout != null) {
-      options = options.withDeadlineAfter(timeout.toNanos(), TimeUnit.NANOSECONDS);
-    }
-    return options;
+  // A deadline is a point in time fixed when it is set, so each call takes its own from the
+  // timeout rather than the stubs carrying one from the client's creation.
+  private <S extends AbstractStub<S>> S withDeadline(S stub) {
+    return timeout == null ? stub : stub.withDeadlineAfter(timeout.toNanos(), TimeUnit.NANOSECONDS);
   }
 }

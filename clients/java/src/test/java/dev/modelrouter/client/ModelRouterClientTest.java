@@ -17,6 +17,7 @@ import dev.modelrouter.v1.DecisionReason;
 import dev.modelrouter.v1.Escalation;
 import dev.modelrouter.v1.GenerationOptions;
 import dev.modelrouter.v1.GetConfigResponse;
+import dev.modelrouter.v1.ModelRouterGrpc;
 import dev.modelrouter.v1.RouteRequest;
 import dev.modelrouter.v1.RouterProto;
 import dev.modelrouter.v1.RoutingDecision;
@@ -306,7 +307,7 @@ class ModelRouterClientTest {
   @Test
   void reportsHealth() {
     assertEquals(ServingStatus.SERVING, client.health(""));
-    assertEquals(ServingStatus.SERVING, client.health(ModelRouterMethods.SERVICE_NAME));
+    assertEquals(ServingStatus.SERVING, client.health(ModelRouterGrpc.SERVICE_NAME));
     StatusRuntimeException e =
         assertThrows(StatusRuntimeException.class, () -> client.health("no.such.Service"));
     assertEquals(Status.Code.NOT_FOUND, e.getStatus().getCode());
@@ -337,11 +338,11 @@ class ModelRouterClientTest {
       requests.onNext(ServerReflectionRequest.newBuilder().setListServices("").build());
       List<String> services = reply(replies).getListServicesResponse().getServiceList().stream()
           .map(ServiceResponse::getName).collect(Collectors.toList());
-      assertTrue(services.containsAll(List.of(ModelRouterMethods.SERVICE_NAME,
+      assertTrue(services.containsAll(List.of(ModelRouterGrpc.SERVICE_NAME,
           "grpc.health.v1.Health")), services.toString());
       // ghz asks for the method itself, grpcurl for the service: both must resolve.
-      for (String symbol : List.of(ModelRouterMethods.SERVICE_NAME,
-          ModelRouterMethods.SERVICE_NAME + ".Route")) {
+      for (String symbol : List.of(ModelRouterGrpc.SERVICE_NAME,
+          ModelRouterGrpc.SERVICE_NAME + ".Route")) {
         requests.onNext(
             ServerReflectionRequest.newBuilder().setFileContainingSymbol(symbol).build());
         ServerReflectionResponse file = reply(replies);
@@ -368,7 +369,7 @@ class ModelRouterClientTest {
       FileDescriptorProto file = FileDescriptorProto.parseFrom(raw);
       for (var service : file.getServiceList()) {
         String name = file.getPackage() + "." + service.getName();
-        if (name.equals(ModelRouterMethods.SERVICE_NAME) && service.getMethodCount() == 4) {
+        if (name.equals(ModelRouterGrpc.SERVICE_NAME) && service.getMethodCount() == 4) {
           return true;
         }
       }
@@ -379,10 +380,14 @@ class ModelRouterClientTest {
   @Test
   void methodsMatchTheProto() {
     Map<String, MethodDescriptor<?, ?>> methods = Map.of(
-        "Route", ModelRouterMethods.ROUTE, "Complete", ModelRouterMethods.COMPLETE,
-        "Feedback", ModelRouterMethods.FEEDBACK, "GetConfig", ModelRouterMethods.GET_CONFIG);
+        "Route", ModelRouterGrpc.getRouteMethod(), "Complete", ModelRouterGrpc.getCompleteMethod(),
+        "Feedback", ModelRouterGrpc.getFeedbackMethod(),
+        "GetConfig", ModelRouterGrpc.getGetConfigMethod());
     var service = RouterProto.getDescriptor().findServiceByName("ModelRouter");
+    assertEquals(service.getFullName(), ModelRouterGrpc.SERVICE_NAME);
     assertEquals(service.getMethods().size(), methods.size());
+    assertEquals(service.getMethods().size(),
+        ModelRouterGrpc.getServiceDescriptor().getMethods().size());
     for (var declared : service.getMethods()) {
       MethodDescriptor<?, ?> method = methods.get(declared.getName());
       assertEquals(service.getFullName() + "/" + declared.getName(), method.getFullMethodName());
