@@ -75,7 +75,8 @@ def choose_tier(
     else:
         index, reason = tier_for_score(score, thresholds), DecisionReason.SCORE
         if index < len(thresholds):
-            below = margin if isinstance(margin, float | int) else margin[index]
+            # A tuple, not `float | int`: that union would be built again on every call.
+            below = margin if isinstance(margin, (float, int)) else margin[index]
             if below > 0.0 and score >= thresholds[index] - below:
                 index, reason = index + 1, DecisionReason.MARGIN
     if min_index is not None and index < min_index:
