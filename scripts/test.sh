@@ -3,7 +3,9 @@
 #   the project with its test/dev extras (scripts/setup.sh), the local LLM for the `llm`
 #   tests (scripts/install_llm.sh), lint and types (ruff, mypy --strict, cython-lint), the
 #   Python tests (compiled fast path and local LLM required, not skipped), the smoke runs of
-#   the benchmarks, and the Go and Java client tests with the ghz smoke run.
+#   the benchmarks, the install paths (scripts/ci_install.sh: base install, wheel, sdist and
+#   scripts/serve.sh, each from a fresh clone of HEAD into a new venv), and the Go and Java
+#   client tests with the ghz smoke run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHON=.venv/bin/python
@@ -27,6 +29,9 @@ MODELROUTER_REQUIRE_EXTENSIONS=1 MODELROUTER_REQUIRE_LLM=1 "$PYTHON" -m pytest -
 step "benchmark smoke runs"
 scripts/ci_server.sh
 "$PYTHON" bench/bench_fastpath.py --smoke
+
+step "install paths: pip install ., the wheel, the sdist, scripts/serve.sh on a fresh clone"
+scripts/ci_install.sh
 
 if [[ -x scripts/ci_clients.sh ]]; then
     step "Go and Java clients, ghz smoke"
