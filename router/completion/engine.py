@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 import structlog
 
 from router.backends import Backend, BackendError, BackendRequest, Chunk, create_backend
+from router.backends.redact import Redactor
 from router.completion.circuit import CircuitBreaker
 from router.completion.cost import cost_usd, estimate_prompt_tokens
 from router.completion.gate import NOT_GATED, GateWindow, limits_report
@@ -112,6 +113,7 @@ class CompletionEngine:
             for name, backend in config.backends.items()
         }
         self._max_attempts = config.completion.max_attempts
+        self._redactor = Redactor.for_config(config)
 
     def backend_states(self) -> list[BackendState]:
         """Return every backend's circuit-breaker state."""
@@ -171,7 +173,7 @@ class CompletionEngine:
                     for t in tiers[index + 1 : max_tier_index + 1]
                 )
                 state = _Try(loop.time())
-                outcome, detail = AttemptOutcome.OK, ""
+                outcome, detail, upstream = AttemptOutcome.OK, "", ""
                 backend_unhealthy = False
                 stream = self._backends[tier.backend].stream(
                     BackendRequest(
@@ -212,7 +214,7 @@ class CompletionEngine:
                 except StopAsyncIteration:
                     pass  # the stream ended right after the gate's time window closed
                 except BackendError as exc:
-                    outcome, detail = exc.outcome, str(exc)
+                    outcome, detail, upstream = exc.outcome, str(exc), exc.upstream
                     backend_unhealthy = exc.backend_unhealthy
                 except Exception as exc:
                     # A bug in a backend or its parser is that backend's failure, like an
@@ -225,7 +227,8 @@ class CompletionEngine:
                         backend=tier.backend,
                     )
                     outcome = AttemptOutcome.MALFORMED_STREAM
-                    detail = f"unexpected {type(exc).__name__} in backend: {exc}"
+                    # Its message may quote what the provider sent: the log above has it.
+                    detail = f"unexpected {type(exc).__name__} in backend"
                     backend_unhealthy = True
                 except (asyncio.CancelledError, GeneratorExit):
                     circuit.release()
@@ -265,6 +268,7 @@ class CompletionEngine:
                     state,
                     ended_at,
                     prompt_estimate,
+                    upstream=upstream,
                 )
                 if committed or outcome is AttemptOutcome.OK:
                     attempts.append(attempt)
@@ -335,8 +339,10 @@ class CompletionEngine:
         state: _Try,
         ended_at: float,
         prompt_estimate: int,
+        *,
+        upstream: str = "",
     ) -> Attempt:
-        """Build an attempt's record and log it."""
+        """Build an attempt's record and log it, with what the provider said masked."""
         prompt, completion, _ = _usage(state, prompt_estimate)
         first_token_ms = (
             (state.first_token_at - state.started_at) * 1000.0 if state.first_token_at else 0.0
@@ -370,6 +376,7 @@ class CompletionEngine:
             completion_tokens=completion,
             cost_usd=attempt.cost_usd,
             gate=_gate_log(state.gate),
+            **({"upstream": self._redactor.excerpt(upstream)} if upstream else {}),
         )
         return attempt
 

@@ -127,7 +127,7 @@ async def test_usage_is_absent_when_the_server_sends_none(fake: FakeOpenAIServer
         ("stall:3", BackendTimeout, AttemptOutcome.TIMEOUT, "idle timeout"),
         ("malformed:2", MalformedStream, AttemptOutcome.MALFORMED_STREAM, "not JSON"),
         ("cut:4", MalformedStream, AttemptOutcome.MALFORMED_STREAM, "stream cut"),
-        ("error:2", ErrorEvent, AttemptOutcome.ERROR_EVENT, "injected error event"),
+        ("error:2", ErrorEvent, AttemptOutcome.ERROR_EVENT, "the provider sent an error event"),
     ],
 )
 async def test_each_fault_raises_its_typed_error_and_closes_the_connection(
@@ -165,11 +165,12 @@ async def test_a_total_timeout_ends_a_slow_but_steady_stream(fake: FakeOpenAISer
 async def test_connection_refused_is_a_connect_error(fake: FakeOpenAIServer) -> None:
     backend = _backend(f"http://127.0.0.1:{fake.refused_port}/v1")
     try:
-        with pytest.raises(ConnectFailed, match="Cannot connect") as caught:
+        with pytest.raises(ConnectFailed, match=r"^connect failed: ClientConnectorError") as caught:
             await _drain(backend.stream(_request()))
     finally:
         await backend.aclose()
     assert caught.value.outcome is AttemptOutcome.CONNECT_ERROR
+    assert "Cannot connect" in caught.value.upstream
 
 
 async def test_a_connect_that_hangs_times_out_as_a_connect_error(
@@ -274,7 +275,8 @@ async def test_a_mistyped_finish_reason_or_usage_is_a_malformed_stream(
                 chunks.append(chunk)
     finally:
         await backend.aclose()
-    assert str(caught.value) == detail
+    # The value the provider sent is for the log only.
+    assert f"{caught.value}: {caught.value.upstream}" == detail
     assert caught.value.outcome is AttemptOutcome.MALFORMED_STREAM
     # The text before the bad event was passed on, and no bad value was.
     assert "".join(c.text for c in chunks) == "Our business hours are 9am to 5pm."
