@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import structlog
+from google.protobuf import descriptor_pool
+from google.protobuf.message import DecodeError
 
 from router.domain import BackendUnavailable, InvalidRequest, Overloaded, RouterError
 
@@ -129,13 +131,36 @@ class ServiceInterceptor(_ServerInterceptor):
             else grpc.unary_unary_rpc_method_handler
         )
         return make(
-            self._handler(name, behaviour),
-            request_deserializer=handler.request_deserializer,
+            self._handler(name, behaviour, self._decoder(name, handler.request_deserializer)),
+            # Decoded inside the handler: an undecodable request is then a bad input like any
+            # other (INVALID_ARGUMENT, the request id trailer, a log line), not grpc's UNKNOWN.
+            request_deserializer=None,
             response_serializer=handler.response_serializer,
         )
 
+    def _decoder(self, name: str, decode: Callable[[bytes], Any] | None) -> Callable[[Any], Any]:
+        """Return the method's request decoder, which raises InvalidRequest on bad bytes."""
+        if decode is None:
+            return lambda request: request
+        service = descriptor_pool.Default().FindServiceByName(self._prefix.strip("/"))
+        problem = (
+            f"not a valid {service.FindMethodByName(name).input_type.full_name} "
+            "(not protobuf, truncated, or a string field that is not UTF-8)"
+        )
+
+        def decoded(raw: bytes) -> Any:
+            try:
+                return decode(raw)
+            except DecodeError:
+                raise InvalidRequest("request", problem) from None
+
+        return decoded
+
     def _handler(
-        self, name: str, behaviour: Callable[[Any, Any], Awaitable[Any]]
+        self,
+        name: str,
+        behaviour: Callable[[Any, Any], Awaitable[Any]],
+        decode: Callable[[Any], Any],
     ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
         """Return the wrapped method: a plain coroutine function, as grpc inspects it per RPC."""
 
@@ -155,7 +180,7 @@ class ServiceInterceptor(_ServerInterceptor):
                     )
                 self.in_flight += 1
                 try:
-                    return await behaviour(request, context)
+                    return await behaviour(decode(request), context)
                 finally:
                     self.in_flight -= 1
             except RouterError as exc:
