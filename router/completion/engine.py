@@ -37,6 +37,7 @@ from router.domain import (
     TextDelta,
     Usage,
 )
+from router.telemetry import metrics
 
 log = structlog.get_logger()
 
@@ -112,6 +113,7 @@ class CompletionEngine:
             for name, backend in config.backends.items()
         }
         self._max_attempts = config.completion.max_attempts
+        self._metrics = metrics.current()
 
     def backend_states(self) -> list[BackendState]:
         """Return every backend's circuit-breaker state."""
@@ -281,6 +283,8 @@ class CompletionEngine:
             if index >= max_tier_index or tries >= self._max_attempts:
                 raise BackendUnavailable(_failure_message(attempts))
             index += 1
+            if self._metrics is not None:
+                self._metrics.escalated(tier.name, tiers[index].name, attempt.outcome.value)
             yield Escalation(tier.name, tiers[index].name, attempt)
 
     async def _hold(
@@ -355,6 +359,16 @@ class CompletionEngine:
             cost_usd=cost_usd(tier.price, prompt, completion),
             gate=state.gate,
         )
+        if self._metrics is not None:
+            self._metrics.attempt(
+                tier.name,
+                tier.backend,
+                outcome.value,
+                first_token_ms / 1000.0 if state.first_token_at else None,
+                prompt,
+                completion,
+                attempt.cost_usd,
+            )
         log.info(
             "completion_attempt",
             request_id=decision.request_id,
@@ -386,6 +400,9 @@ class CompletionEngine:
         prompt, completion, reported = _usage(state, prompt_estimate)
         failed = attempts[-1].outcome is not AttemptOutcome.OK
         first_text_at = state.delivered_at
+        strongest_cost = cost_usd(self._tiers[-1].price, prompt, completion)
+        if self._metrics is not None:
+            self._metrics.completed(tier.name, ended_at - started_at, strongest_cost)
         return CompletionSummary(
             tier=tier.name,
             tier_index=index,
@@ -393,7 +410,7 @@ class CompletionEngine:
             backend=tier.backend,
             usage=Usage(prompt, completion, reported),
             cost_usd=sum(a.cost_usd for a in attempts),
-            strongest_tier_cost_usd=cost_usd(self._tiers[-1].price, prompt, completion),
+            strongest_tier_cost_usd=strongest_cost,
             finish_reason="error" if failed else (state.finish_reason or "stop"),
             attempts=tuple(attempts),
             delivered_chars=state.committed_chars,

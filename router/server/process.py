@@ -9,6 +9,7 @@ a worker that dies, and relays SIGTERM/SIGINT (graceful stop) and SIGHUP (reload
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import signal
@@ -23,16 +24,25 @@ from pathlib import Path
 import structlog
 
 from router.config import Config, ConfigError, default_config, load_config
+from router.domain import CircuitState
 from router.routing import Router
-from router.server.app import create_server
+from router.server.app import RunningServer, create_server
 from router.server.cpus import usable_cpus
 from router.server.logs import configure_logging, flush_logs, set_worker
 from router.service import RouterService, load_router
+from router.telemetry import metrics
+from router.telemetry.exporter import (
+    MultiprocessDir,
+    bind_metrics_socket,
+    run_exporter,
+    serve_in_thread,
+    use_process_values,
+)
 
 log = structlog.get_logger()
 
 # Settings a reload cannot change in a running process.
-RESTART_ONLY = ("host", "port", "workers", "max_message_bytes")
+RESTART_ONLY = ("host", "port", "workers", "max_message_bytes", "metrics_port")
 SUPERVISOR_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
 # A worker that dies sooner than this after its start counts towards a crash loop.
 CRASH_WINDOW_S = 5.0
@@ -42,6 +52,10 @@ MAX_RESTART_DELAY_S = 5.0
 KILL_MARGIN_S = 5.0
 EXIT_CONFIG = 1
 EXIT_LISTEN = 3
+# How often a worker moves its pending metric counts into the shared files.
+METRICS_FLUSH_S = 1.0
+# The supervisor's slot number for the child that serves /metrics.
+EXPORTER_SLOT = -1
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,7 @@ class ConfigSource:
     host: str | None = None
     port: int | None = None
     workers: int | None = None
+    metrics_port: int | None = None
 
     @property
     def base_dir(self) -> Path | None:
@@ -64,11 +79,13 @@ class ConfigSource:
     def load(self) -> Config:
         """Read and validate the configuration, then apply the command-line flags."""
         config = default_config() if self.path is None else load_config(self.path)
-        flags = {
-            key: value
-            for key, value in (("host", self.host), ("port", self.port), ("workers", self.workers))
-            if value is not None
-        }
+        given = (
+            ("host", self.host),
+            ("port", self.port),
+            ("workers", self.workers),
+            ("metrics_port", self.metrics_port),
+        )
+        flags = {key: value for key, value in given if value is not None}
         if not flags:
             return config
         return config.model_copy(update={"server": config.server.model_copy(update=flags)})
@@ -105,8 +122,41 @@ def serve(source: ConfigSource) -> int:
     configure_logging(loaded.config.logging)
     workers = worker_count(loaded.config)
     if workers == 1:
-        return run_worker(source, loaded, index=None, reuse_port=False)
+        return _serve_single(source, loaded)
     return Supervisor(source, loaded, workers).run()
+
+
+def _serve_single(source: ConfigSource, loaded: Loaded) -> int:
+    """Serve from this one process; its metrics live in memory and a thread serves them."""
+    server = loaded.config.server
+    if not server.metrics_port:
+        return run_worker(source, loaded, index=None, reuse_port=False)
+    try:
+        listener = bind_metrics_socket(server.host, server.metrics_port)
+    except OSError as exc:
+        _cannot_listen_for_metrics(server.host, server.metrics_port, exc)
+        return EXIT_LISTEN
+    from prometheus_client import CollectorRegistry
+
+    use_process_values()
+    registry = CollectorRegistry()
+    metrics.install(metrics.Metrics(registry))
+    http = serve_in_thread(listener, registry)
+    try:
+        return run_worker(source, loaded, index=None, reuse_port=False)
+    finally:
+        http.shutdown()
+        http.server_close()
+        metrics.install(None)
+
+
+def _cannot_listen_for_metrics(host: str, port: int, exc: OSError) -> None:
+    log.error(
+        "cannot listen",
+        address=f"{host}:{port}",
+        error=str(exc),
+        hint="server.metrics_port (--metrics-port) is taken; 0 turns metrics off",
+    )
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -149,25 +199,55 @@ async def _serve_async(source: ConfigSource, loaded: Loaded, reuse_port: bool) -
         event_loop=type(loop).__module__.split(".")[0],
     )
     stop = asyncio.Event()
-    reloader = Reloader(source, service)
+    supervised = reuse_port
+    reloader = Reloader(source, service, count=None if supervised else metrics.current())
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
+    current_metrics = metrics.current()
+    flusher = None
+    if current_metrics is not None:
+        flusher = loop.create_task(_flush_metrics_every(current_metrics, running))
     await stop.wait()
     grace = service.config.server.grace_period_s
     log.info("stopping", grace_s=grace, in_flight=running.interceptor.in_flight)
     await running.stop(grace)
+    if flusher is not None and current_metrics is not None:
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        _flush_metrics(current_metrics, running)
     log.info("stopped")
     flush_logs()
     return 0
 
 
+def _flush_metrics(current: metrics.Metrics, running: RunningServer) -> None:
+    """Move pending metric counts into prometheus-client and sample the gauges."""
+    info = running.service.info()
+    current.flush(
+        running.interceptor.in_flight,
+        info.model_version,
+        ((b.name, b.circuit is not CircuitState.CLOSED) for b in info.backends),
+    )
+
+
+async def _flush_metrics_every(current: metrics.Metrics, running: RunningServer) -> None:
+    """Flush the metrics every METRICS_FLUSH_S seconds until cancelled."""
+    while True:
+        _flush_metrics(current, running)
+        await asyncio.sleep(METRICS_FLUSH_S)
+
+
 class Reloader:
     """Reload configuration and model on SIGHUP; keep the old ones when the new are bad."""
 
-    def __init__(self, source: ConfigSource, service: RouterService) -> None:
+    def __init__(
+        self, source: ConfigSource, service: RouterService, *, count: metrics.Metrics | None = None
+    ) -> None:
         self._source = source
         self._service = service
+        self._count = count
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
 
@@ -179,6 +259,12 @@ class Reloader:
 
     async def reload(self) -> bool:
         """Reload; return whether the new configuration is now in force."""
+        done = await self._reload()
+        if self._count is not None:
+            self._count.reloaded(done)
+        return done
+
+    async def _reload(self) -> bool:
         async with self._lock:
             old = self._service.config
             try:
@@ -253,6 +339,9 @@ class Supervisor:
     _kill_at: float = 0.0
     _exit_code: int = 0
     _sock: socket.socket | None = None
+    _metrics_sock: socket.socket | None = None
+    _metrics_dir: MultiprocessDir | None = None
+    _metrics: metrics.Metrics | None = None
 
     def run(self) -> int:
         """Supervise until every worker has stopped; return the exit code."""
@@ -262,6 +351,16 @@ class Supervisor:
         except OSError as exc:
             log.error("cannot listen", address=f"{server.host}:{server.port}", error=str(exc))
             return EXIT_LISTEN
+        if server.metrics_port:
+            try:
+                self._metrics_sock = bind_metrics_socket(server.host, server.metrics_port)
+            except OSError as exc:
+                self._sock.close()
+                _cannot_listen_for_metrics(server.host, server.metrics_port, exc)
+                return EXIT_LISTEN
+            # Before any fork: the workers inherit the directory and the value class.
+            self._metrics_dir = MultiprocessDir()
+            self._metrics = metrics.Metrics()
         # Workers bind the reserved port, also when the configuration asked for port 0.
         port = self._sock.getsockname()[1]
         self.source = replace(self.source, port=port)
@@ -273,12 +372,24 @@ class Supervisor:
         )
         signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
         try:
+            if self._metrics_sock is not None:
+                self._spawn(EXPORTER_SLOT)
             for slot in range(self.workers):
                 self._spawn(slot)
-            log.info("supervising", workers=self.workers, port=port, pids=sorted(self._children))
+            log.info(
+                "supervising",
+                workers=self.workers,
+                port=port,
+                metrics_port=server.metrics_port or None,
+                pids=sorted(self._children),
+            )
             self._loop()
         finally:
             self._sock.close()
+            if self._metrics_sock is not None:
+                self._metrics_sock.close()
+            if self._metrics_dir is not None:
+                self._metrics_dir.close()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
         log.info("supervisor stopped", exit_code=self._exit_code)
         return self._exit_code
@@ -291,9 +402,16 @@ class Supervisor:
         if pid == 0:  # the worker
             code = 1
             try:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
                 _die_with_parent()
-                code = run_worker(self.source, self.loaded, index=slot, reuse_port=True)
+                if slot == EXPORTER_SLOT:
+                    assert self._metrics_sock is not None
+                    code = run_exporter(self._metrics_sock)
+                else:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
+                    if self._metrics_sock is not None:
+                        self._metrics_sock.close()
+                        metrics.install(metrics.Metrics())
+                    code = run_worker(self.source, self.loaded, index=slot, reuse_port=True)
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -302,7 +420,13 @@ class Supervisor:
                 sys.stderr.flush()
                 os._exit(code)
         self._children[pid] = _Worker(slot, time.monotonic())
-        log.info("worker started", worker_pid=pid, slot=slot)
+        if slot == EXPORTER_SLOT:
+            log.info("metrics exporter started", pid=pid, metrics_port=self._metrics_port())
+        else:
+            log.info("worker started", worker_pid=pid, slot=slot)
+
+    def _metrics_port(self) -> int | None:
+        return None if self._metrics_sock is None else int(self._metrics_sock.getsockname()[1])
 
     def _loop(self) -> None:
         while self._children or self._restarts:
@@ -355,15 +479,23 @@ class Supervisor:
                 continue  # already gone; _reap collects it
 
     def _reload(self) -> None:
-        """Reload the supervisor's own copy, which workers forked from now on start with."""
+        """Reload the supervisor's own copy, which workers forked from now on start with.
+
+        It is also the one count of the reload in ``modelrouter_config_reloads_total``:
+        the workers load the same file.
+        """
+        success = False
         try:
             self.loaded = load(self.source)
+            success = True
         except ConfigError as exc:
             log.info("supervisor keeps its configuration", error=str(exc))
         except Exception as exc:
             # Whatever a bad file or model throws, the supervisor must outlive it: its
             # workers keep serving the old configuration.
             log.error("supervisor keeps its configuration", error=repr(exc), exc_info=exc)
+        if self._metrics is not None:
+            self._metrics.reloaded(success)
 
     def _reap(self) -> None:
         while True:
@@ -376,6 +508,8 @@ class Supervisor:
             worker = self._children.pop(pid, None)
             if worker is None:
                 continue
+            if self._metrics_dir is not None:
+                self._metrics_dir.process_dead(pid)
             code = os.waitstatus_to_exitcode(status)
             if self._stopping:
                 log.info("worker stopped", worker_pid=pid, slot=worker.slot, exit_code=code)
