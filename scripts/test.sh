@@ -2,8 +2,8 @@
 # Set up everything the test suite needs on a fresh machine and run all of it:
 #   the project with its test/dev extras (scripts/setup.sh), the local LLM for the `llm`
 #   tests (scripts/install_llm.sh), lint and types (ruff, mypy --strict, cython-lint), the
-#   Python tests (compiled fast path and local LLM required, not skipped), the smoke runs of
-#   the benchmarks, and the Go and Java client tests with the ghz smoke run.
+#   Python tests (compiled fast path, local LLM and Prometheus required, not skipped), the
+#   smoke runs of the benchmarks, and the Go and Java client tests with the ghz smoke run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHON=.venv/bin/python
@@ -15,6 +15,16 @@ scripts/setup.sh test,dev,train,plot
 step "install the local LLM (llama-cpp-python[server], Gemma 3 270M)"
 scripts/install_llm.sh "$PYTHON"
 
+step "install Prometheus (Debian's package) for the metrics test, when missing"
+if ! command -v prometheus >/dev/null; then
+    SUDO=""
+    if [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null; then SUDO=sudo; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        prometheus >/dev/null
+fi
+prometheus --version 2>&1 | sed -n 1p
+
 step "lint and types"
 .venv/bin/ruff check router tests bench
 .venv/bin/ruff format --check router tests bench
@@ -22,7 +32,8 @@ step "lint and types"
 PATH="$PWD/.venv/bin:$PATH" .venv/bin/cython-lint router/_fastpath.pyx
 
 step "Python tests"
-MODELROUTER_REQUIRE_EXTENSIONS=1 MODELROUTER_REQUIRE_LLM=1 "$PYTHON" -m pytest -q
+MODELROUTER_REQUIRE_EXTENSIONS=1 MODELROUTER_REQUIRE_LLM=1 MODELROUTER_REQUIRE_PROMETHEUS=1 \
+    "$PYTHON" -m pytest -q
 
 step "benchmark smoke runs"
 scripts/ci_server.sh
