@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -37,7 +38,11 @@ from router.domain import (
     TextDelta,
     Usage,
 )
-from router.telemetry import metrics
+from router.telemetry import current_tracing, metrics
+from router.telemetry.attributes import attempt_attributes, attempt_failed
+
+if TYPE_CHECKING:
+    from router.telemetry.tracing import AttemptTrace
 
 log = structlog.get_logger()
 
@@ -114,6 +119,8 @@ class CompletionEngine:
         }
         self._max_attempts = config.completion.max_attempts
         self._metrics = metrics.current()
+        self._tracing = current_tracing()
+        self._kinds = {name: backend.kind for name, backend in config.backends.items()}
 
     def backend_states(self) -> list[BackendState]:
         """Return every backend's circuit-breaker state."""
@@ -152,6 +159,11 @@ class CompletionEngine:
         while True:
             tier = tiers[index]
             circuit = self._circuits[tier.backend]
+            trace = (
+                None
+                if self._tracing is None
+                else self._tracing.start_attempt(tier.name, _max_tokens(generation, tier))
+            )
             if not circuit.allow():
                 # A skip is not a try: it costs nothing and does not use up max_attempts.
                 attempt = self._record(
@@ -163,6 +175,7 @@ class CompletionEngine:
                     _Try(loop.time()),
                     loop.time(),
                     prompt_estimate,
+                    trace,
                 )
             else:
                 tries += 1
@@ -183,6 +196,7 @@ class CompletionEngine:
                         max_tokens=_max_tokens(generation, tier),
                         logprobs=tier.gate is not None,
                         timeouts=tier.timeouts,
+                        trace=trace,
                     )
                 )
                 try:
@@ -241,6 +255,7 @@ class CompletionEngine:
                         state,
                         loop.time(),
                         prompt_estimate,
+                        trace,
                     )
                     raise
                 await _close(stream, state)
@@ -267,6 +282,7 @@ class CompletionEngine:
                     state,
                     ended_at,
                     prompt_estimate,
+                    trace,
                 )
                 if committed or outcome is AttemptOutcome.OK:
                     attempts.append(attempt)
@@ -339,8 +355,9 @@ class CompletionEngine:
         state: _Try,
         ended_at: float,
         prompt_estimate: int,
+        trace: AttemptTrace | None,
     ) -> Attempt:
-        """Build an attempt's record and log it."""
+        """Build an attempt's record, count it, end its span and log it."""
         prompt, completion, _ = _usage(state, prompt_estimate)
         first_token_ms = (
             (state.first_token_at - state.started_at) * 1000.0 if state.first_token_at else 0.0
@@ -368,6 +385,10 @@ class CompletionEngine:
                 prompt,
                 completion,
                 attempt.cost_usd,
+            )
+        if trace is not None:
+            trace.end(
+                attempt_attributes(attempt, self._kinds[tier.backend]), attempt_failed(attempt)
             )
         log.info(
             "completion_attempt",

@@ -15,7 +15,7 @@ from router.server.interceptor import ServiceInterceptor
 from router.server.reflection import enable_server_reflection
 from router.server.servicer import ModelRouterServicer
 from router.service import RouterService, load_router
-from router.telemetry import metrics
+from router.telemetry import current_tracing, metrics
 
 SERVICE_NAME: str = router_pb2.DESCRIPTOR.services_by_name["ModelRouter"].full_name
 HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -77,6 +77,7 @@ def create_server(
         log_rpcs=config.logging.rpc,
         rpc_sample=config.logging.rpc_sample,
         metrics=metrics.current(),
+        tracing=current_tracing(),
     )
     server = grpc.aio.server(interceptors=[interceptor], options=options)
     router_pb2_grpc.add_ModelRouterServicer_to_server(  # type: ignore[no-untyped-call]

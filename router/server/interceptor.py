@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, cast
 
@@ -20,6 +20,11 @@ import structlog
 
 from router.domain import BackendUnavailable, InvalidRequest, Overloaded, RouterError
 from router.telemetry.metrics import SERVER_STREAM, UNARY, Metrics, RpcMetrics
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from router.telemetry.tracing import Tracing
 
 log = structlog.get_logger()
 
@@ -53,7 +58,16 @@ def status_for(error: RouterError) -> grpc.StatusCode:
 class RpcRecord:
     """What the servicer learns about an RPC, for its log line."""
 
-    __slots__ = ("decision_micros", "escalated", "method", "request_id", "score", "tenant", "tier")
+    __slots__ = (
+        "decision_micros",
+        "escalated",
+        "method",
+        "request_id",
+        "score",
+        "span",
+        "tenant",
+        "tier",
+    )
 
     def __init__(self, method: str) -> None:
         self.method = method
@@ -63,6 +77,7 @@ class RpcRecord:
         self.score: float | None = None
         self.decision_micros: float | None = None
         self.escalated = False
+        self.span: Span | None = None  # the RPC's span, when tracing is on
 
 
 _current: ContextVar[RpcRecord | None] = ContextVar("modelrouter_rpc", default=None)
@@ -110,6 +125,7 @@ class ServiceInterceptor(_ServerInterceptor):
         log_rpcs: bool = True,
         rpc_sample: float = 1.0,
         metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._service_name = service_name
         self._prefix = f"/{service_name}/"
@@ -118,6 +134,7 @@ class ServiceInterceptor(_ServerInterceptor):
         self._log_rpcs = log_rpcs
         self._rpc_sample = rpc_sample
         self._metrics = metrics
+        self._tracing = tracing
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         self.in_flight = 0
 
@@ -199,6 +216,7 @@ class ServiceInterceptor(_ServerInterceptor):
         log_rpcs, sample = self._log_rpcs, self._rpc_sample
         log_all = sample >= 1.0
         uniform = random.random
+        tracing, service = self._tracing, self._service_name
 
         async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
@@ -206,6 +224,10 @@ class ServiceInterceptor(_ServerInterceptor):
                 rpc.started.n += 1
             record = RpcRecord(name)
             _current.set(record)
+            token = None
+            if tracing is not None:
+                metadata = cast("Sequence[tuple[str, Any]] | None", context.invocation_metadata())
+                record.span, token = tracing.start_rpc(service, name, metadata)
             code = grpc.StatusCode.OK
             error = ""
             failure: BaseException | None = None
@@ -249,6 +271,8 @@ class ServiceInterceptor(_ServerInterceptor):
                     log_rpcs and (log_all or not ok or record.escalated or uniform() < sample)
                 ):
                     self._log(record, code, error, failure, started)
+                if tracing is not None and record.span is not None:
+                    tracing.end_rpc(record.span, token, code.name, error)
             # Only reached after an error was recorded: end the RPC with its status.
             await context.abort(code, error, ((REQUEST_ID_HEADER, record.request_id),))
 
@@ -272,6 +296,12 @@ class ServiceInterceptor(_ServerInterceptor):
             "status": code.name,
             "duration_ms": round((time.perf_counter() - started) * 1e3, 3),
         }
+        if record.span is not None:
+            from router.telemetry.tracing import ids
+
+            found = ids(record.span)
+            if found is not None:
+                fields["trace_id"], fields["span_id"] = found
         if failure is not None:
             log.error("rpc", **fields, error=repr(failure), exc_info=failure)
         elif error:

@@ -30,7 +30,7 @@ from router.server.app import RunningServer, create_server
 from router.server.cpus import usable_cpus
 from router.server.logs import configure_logging, flush_logs, set_worker
 from router.service import RouterService, load_router
-from router.telemetry import metrics
+from router.telemetry import install_tracing, metrics
 from router.telemetry.exporter import (
     MultiprocessDir,
     bind_metrics_socket,
@@ -173,8 +173,20 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def run_worker(source: ConfigSource, loaded: Loaded, *, index: int | None, reuse_port: bool) -> int:
     """Run one server process on an event loop (uvloop when installed) until it stops."""
     set_worker(index)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(_serve_async(source, loaded, reuse_port))
+    tracing = None
+    if loaded.config.tracing.enabled:
+        # After the fork: the exporter's batch thread and channel belong to this process.
+        from router.telemetry.tracing import Tracing
+
+        tracing = Tracing(loaded.config.tracing)
+        install_tracing(tracing)
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(_serve_async(source, loaded, reuse_port))
+    finally:
+        if tracing is not None:
+            install_tracing(None)
+            tracing.shutdown()
 
 
 async def _serve_async(source: ConfigSource, loaded: Loaded, reuse_port: bool) -> int:
@@ -289,8 +301,11 @@ class Reloader:
                 for key in RESTART_ONLY
                 if getattr(old.server, key) != getattr(loaded.config.server, key)
             ]
-            if old.logging != loaded.config.logging:
-                stale.append("logging")
+            stale.extend(
+                key
+                for key in ("logging", "tracing")
+                if getattr(old, key) != getattr(loaded.config, key)
+            )
             if stale:
                 log.warning("restart to apply", keys=stale)
             return True

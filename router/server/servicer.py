@@ -13,6 +13,7 @@ from router.domain import CompletionSummary, Escalation, RoutingDecision
 from router.server import convert
 from router.server.interceptor import REQUEST_ID_HEADER, current_rpc
 from router.service import RouterService
+from router.telemetry.attributes import decision_attributes
 from router.telemetry.metrics import Metrics
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -84,5 +85,7 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         record.tier = decision.tier
         record.score = decision.score
         record.decision_micros = decision.decision_micros
+        if record.span is not None:
+            record.span.set_attributes(decision_attributes(decision))
         if self._metrics is not None:
             self._metrics.decided(decision.tier, decision.decision_micros * 1e-6, decision.score)
