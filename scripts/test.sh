@@ -2,8 +2,8 @@
 # Set up everything the test suite needs on a fresh machine and run all of it:
 #   the project with its test/dev extras (scripts/setup.sh), the local LLM for the `llm`
 #   tests (scripts/install_llm.sh), lint and types (ruff, mypy --strict, cython-lint), the
-#   Python tests (compiled fast path, local LLM and Prometheus required, not skipped), the
-#   smoke runs of the benchmarks, and the Go and Java client tests with the ghz smoke run.
+#   Python tests (compiled fast path, local LLM, Prometheus and Go required, not skipped),
+#   the smoke runs of the benchmarks, and the Go and Java client tests with the ghz smoke run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHON=.venv/bin/python
@@ -33,7 +33,7 @@ PATH="$PWD/.venv/bin:$PATH" .venv/bin/cython-lint router/_fastpath.pyx
 
 step "Python tests"
 MODELROUTER_REQUIRE_EXTENSIONS=1 MODELROUTER_REQUIRE_LLM=1 MODELROUTER_REQUIRE_PROMETHEUS=1 \
-    "$PYTHON" -m pytest -q
+    MODELROUTER_REQUIRE_GO=1 "$PYTHON" -m pytest -q
 
 step "benchmark smoke runs"
 scripts/ci_server.sh
