@@ -22,7 +22,7 @@ import aiohttp
 from router.backends.base import Backend, BackendRequest, Chunk
 from router.backends.errors import BackendError, ConnectFailed, MalformedStream, status_error
 from router.backends.sse import SSEEvent, iter_sse
-from router.config import BackendConfig, Timeouts
+from router.config import BackendConfig, TimeoutsConfig
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -54,7 +54,7 @@ class HTTPBackend(Backend):
         self._headers = {**self.headers(), **_JSON_HEADERS}
         # Made on first use: an aiohttp session belongs to the running event loop.
         self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
+        self._timeouts: dict[TimeoutsConfig, aiohttp.ClientTimeout] = {}
 
     @abc.abstractmethod
     def base_url(self) -> str:
@@ -93,7 +93,7 @@ class HTTPBackend(Backend):
             )
         return session
 
-    def _timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
+    def _timeout(self, timeouts: TimeoutsConfig) -> aiohttp.ClientTimeout:
         timeout = self._timeouts.get(timeouts)
         if timeout is None:
             # Only making a new connection (TCP and TLS) is limited here, with sock_connect:

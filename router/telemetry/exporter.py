@@ -21,10 +21,23 @@ import threading
 from http.server import HTTPServer, ThreadingHTTPServer
 from pathlib import Path
 
+import structlog
 from prometheus_client import CollectorRegistry, multiprocess, values
 from prometheus_client.exposition import MetricsHandler
 
+log = structlog.get_logger()
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def cannot_listen_for_metrics(host: str, port: int, exc: OSError) -> None:
+    """Log that the metrics port cannot be bound (the server then exits)."""
+    log.error(
+        "cannot listen",
+        address=f"{host}:{port}",
+        error=str(exc),
+        hint="server.metrics_port (--metrics-port) is taken; 0 turns metrics off",
+    )
 
 
 def bind_metrics_socket(host: str, port: int) -> socket.socket:
