@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
-import pytest
-
 from router.store import Record, StatsQuery, Store, StoreWriter, open_store
 from tests.integration.store.test_store import request
 
@@ -40,9 +38,7 @@ async def test_everything_queued_is_written_by_the_drain(store_target: str) -> N
         reopened.close()
 
 
-async def test_a_full_queue_drops_and_counts(
-    store: Store, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_a_full_queue_drops_and_counts(store: Store) -> None:
     writer = StoreWriter(store, queue_size=5, batch_size=100, flush_interval_s=60.0)
     writer.start()
     accepted = [writer.put(request(f"r{i}", method="route")) for i in range(8)]
