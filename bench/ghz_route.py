@@ -107,6 +107,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="py-spy the router_w1 run")
     p.add_argument("--py-spy", default=shutil.which("py-spy"), help="path of py-spy")
     p.add_argument(
+        "--overhead-only",
+        action="store_true",
+        help="run only the observability comparison and replace it in the existing --output",
+    )
+    p.add_argument(
         "--overhead-rounds",
         type=int,
         default=2,
@@ -571,6 +576,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd = [sys.executable, script, "--port", str(port), "--workers", str(workers), *extra]
         return cmd, port
 
+    if args.overhead_only:
+        return rerun_overhead(args, bench, router)
+
     soak_result: dict[str, Any] = dict.fromkeys(
         ("soak_errors", "soak_p99_ms", "rss_mb_start", "rss_mb_end", "rss_mb_max", "rss_flat")
     )
@@ -780,6 +788,26 @@ def overhead_comparison(
     return summary
 
 
+def rerun_overhead(
+    args: argparse.Namespace, bench: Bench, router: Callable[..., tuple[list[str], int]]
+) -> int:
+    """Measure the observability comparison again and put it into the recorded results."""
+    result: dict[str, Any] = json.loads(args.output.read_text(encoding="utf-8"))
+    overhead = overhead_comparison(bench, router, args.cache, args.overhead_rounds)
+    overhead["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    overhead["command"] = args.command
+    overhead["duration_s"] = args.duration
+    result["observability_overhead"] = overhead
+    result["runs"] = [
+        run for run in result["runs"] if not run["name"].startswith(OVERHEAD_PREFIX)
+    ] + [asdict(run) for run in bench.runs]
+    args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    markdown = args.markdown or args.output.with_suffix(".md")
+    markdown.write_text(render_markdown(result), encoding="utf-8")
+    print(render_markdown(result))
+    return 0
+
+
 class OtlpSink:
     """An OTLP/gRPC trace receiver that counts and drops what it gets (for tracing runs)."""
 
@@ -879,7 +907,14 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += [
             "",
             f"Observability overhead on Route (--workers 2), mean of {overhead['rounds']} "
-            "interleaved rounds per variant:",
+            "interleaved rounds per variant"
+            + (
+                f" (measured {overhead['date']} with `{overhead['command']}`, "
+                f"{overhead['duration_s']:g} s per run)"
+                if overhead.get("date")
+                else ""
+            )
+            + ":",
             "",
             "| variant | rps | rps vs metrics off | server CPU us/call | CPU vs metrics off "
             "| p99 ms | errors |",
