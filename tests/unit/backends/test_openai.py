@@ -22,7 +22,10 @@ from router.domain import AttemptOutcome, ChatMessage, GenerationOptions
 from tests.fakes.fake_openai import FakeOpenAIServer
 from tests.fakes.support import eventually
 
+# Limits that the fault tests reach; the other tests stream under limits that a loaded
+# machine (a load average of 18 on two cores) does not reach by accident.
 FAST = TimeoutsConfig(connect_s=0.3, first_token_s=0.5, idle_s=0.3, total_s=5.0)
+PATIENT = TimeoutsConfig(connect_s=10.0, first_token_s=30.0, idle_s=30.0, total_s=60.0)
 
 
 def _backend(base_url: str, **extra: Any) -> OpenAIBackend:
@@ -36,7 +39,7 @@ def _request(
     *,
     logprobs: bool = False,
     max_tokens: int = 64,
-    timeouts: TimeoutsConfig = FAST,
+    timeouts: TimeoutsConfig = PATIENT,
     **generation: Any,
 ) -> BackendRequest:
     return BackendRequest(
@@ -140,7 +143,7 @@ async def test_each_fault_raises_its_typed_error_and_closes_the_connection(
     backend = _backend(fake.base_url)
     try:
         with pytest.raises(error, match=detail) as caught:
-            await _drain(backend.stream(_request(model)))
+            await _drain(backend.stream(_request(model, timeouts=FAST)))
         assert caught.value.outcome is outcome
         # Nothing is left streaming at the server: the failed response was closed.
         assert await eventually(lambda: fake.requests[-1].finished_at is not None)
@@ -179,7 +182,9 @@ async def test_a_connect_that_hangs_times_out_as_a_connect_error(
     backend = _backend(f"http://127.0.0.1:{fake.blackhole_port}/v1")
     try:
         with pytest.raises(ConnectFailed, match=r"connect timeout after 0\.3 s"):
-            await _drain(backend.stream(_request()))
+            # Only the connect limit is short: the first-token one also runs during connect.
+            hang = TimeoutsConfig(connect_s=0.3, first_token_s=30.0, idle_s=30.0, total_s=60.0)
+            await _drain(backend.stream(_request(timeouts=hang)))
     finally:
         await backend.aclose()
 
