@@ -112,6 +112,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="run only the observability comparison and replace it in the existing --output",
     )
     p.add_argument(
+        "--route-cpu-only",
+        action="store_true",
+        help="run only the Route CPU comparison and replace it in the existing --output",
+    )
+    p.add_argument(
+        "--route-cpu-rounds",
+        type=int,
+        default=3,
+        help="rounds of the Route CPU comparison (each server once a round)",
+    )
+    p.add_argument(
+        "--before",
+        help="another modelrouter command (an earlier build) to run beside this one in the "
+        "Route CPU comparison, as 'before'",
+    )
+    p.add_argument(
         "--overhead-rounds",
         type=int,
         default=2,
@@ -578,6 +594,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.overhead_only:
         return rerun_overhead(args, bench, router)
+    if args.route_cpu_only:
+        return rerun_route_cpu(args, bench, router, python_noop)
 
     soak_result: dict[str, Any] = dict.fromkeys(
         ("soak_errors", "soak_p99_ms", "rss_mb_start", "rss_mb_end", "rss_mb_max", "rss_flat")
@@ -617,6 +635,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # metrics on (the default) and off, tracing on at 1% and 100% of traces, and the
     # per-RPC log line sampled at 1%.
     overhead = overhead_comparison(bench, router, cache, args.overhead_rounds)
+    # Server CPU per Route against the no-op Python server, interleaved round by round.
+    route_cpu = route_cpu_comparison(bench, router, python_noop, args)
 
     # 3. Pinned apart: the server alone on one CPU, ghz on the other(s).
     pinned_runs: list[GhzRun] = []
@@ -648,7 +668,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def over(a: GhzRun, b: GhzRun) -> float | None:
         return round(a.rps / b.rps, 3) if b.rps else None
 
-    overhead_runs = [r for r in bench.runs if r.name.startswith(OVERHEAD_PREFIX)]
+    overhead_runs = [
+        r for r in bench.runs if r.name.startswith((OVERHEAD_PREFIX, ROUTE_CPU_PREFIX))
+    ]
     route_runs = (base, py1, py2, py2_header, w1, w2, w2_no_log, half, *pinned_runs, *overhead_runs)
     result: dict[str, Any] = {
         "baseline_rps": base.rps,
@@ -670,6 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "router_over_python_noop_header_workers2": over(w2, py2_header),
         "router_rps_workers2_no_rpc_log": w2_no_log.rps,
         "observability_overhead": overhead,
+        "route_cpu": route_cpu,
         "ratio_workers2_no_rpc_log": w2_no_log.ratio_to_baseline,
         "pinned_ratio_workers1": pinned_runs[1].ratio_to_baseline if pinned_runs else None,
         "complete_streams_per_s_demo": demo.rps,
@@ -808,6 +831,109 @@ def rerun_overhead(
     return 0
 
 
+ROUTE_CPU_PREFIX = "cpu_"
+# name -> what it is; each runs once a round, in this order.
+ROUTE_CPU_SERVERS: dict[str, str] = {
+    "python_noop_w1": "the no-op Python server (bench/noop_aio_server.py), 1 process",
+    "router_w1": "modelrouter serve --workers 1 (metrics on, the default)",
+    "router_w1_metrics_off": "modelrouter serve --workers 1 --metrics-port 0",
+    "python_noop_w2": "the no-op Python server, 2 processes",
+    "router_w2": "modelrouter serve --workers 2 (metrics on)",
+    "router_w2_metrics_off": "modelrouter serve --workers 2 --metrics-port 0",
+}
+# The target: server CPU per Route at most this multiple of the no-op Python server's.
+ROUTE_CPU_MAX_RATIO = 1.25
+
+
+def route_cpu_comparison(
+    bench: Bench,
+    router: Callable[..., tuple[list[str], int]],
+    python_noop: Callable[..., tuple[list[str], int]],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Measure server CPU per Route against the no-op Python server, rounds interleaved.
+
+    ``args.before``, when given, is an earlier build's modelrouter command, run as
+    ``before_w1`` and ``before_w2`` in every round (the before/after of a change).
+    """
+    servers = dict(ROUTE_CPU_SERVERS)
+    if args.before:
+        servers["before_w1"] = f"{args.before} serve --workers 1 (metrics on)"
+        servers["before_w2"] = f"{args.before} serve --workers 2 (metrics on)"
+    rounds = args.route_cpu_rounds
+    for round_number in range(1, rounds + 1):
+        for name in servers:
+            workers = 2 if name.endswith(("_w2", "_w2_metrics_off")) else 1
+            if name.startswith("python_noop"):
+                argv, port = python_noop(workers)
+            else:
+                extra = ["--metrics-port", "0"] if name.endswith("metrics_off") else []
+                argv, port = router(workers, *extra)
+                if name.startswith("before"):
+                    argv = [args.before, *argv[1:]]
+            run_name = f"{ROUTE_CPU_PREFIX}{name}_{round_number}"
+            with running(run_name, argv, port, bench.cache) as s:
+                bench.measure(run_name, s)
+    runs = {r.name: r for r in bench.runs}
+    summary: dict[str, Any] = {
+        "rounds": rounds,
+        "target_max_ratio": ROUTE_CPU_MAX_RATIO,
+        "before": args.before,
+        "servers": {},
+    }
+    for name, what in servers.items():
+        mine = [runs[f"{ROUTE_CPU_PREFIX}{name}_{n}"] for n in range(1, rounds + 1)]
+        cpu = sorted(r.server_cpu_us_per_call or 0.0 for r in mine)
+        summary["servers"][name] = {
+            "what": what,
+            "server_cpu_us_per_call": [r.server_cpu_us_per_call for r in mine],
+            "median_us_per_call": cpu[len(cpu) // 2],
+            "rps": [r.rps for r in mine],
+            "loadavg_before": [r.loadavg_before for r in mine],
+        }
+    # Each round's ratio to that round's no-op server of the same worker count, then the
+    # median: rounds run minutes apart on a shared machine, the servers of one round do not.
+    ratios: dict[str, Any] = {}
+    for name in servers:
+        if name.startswith("python_noop"):
+            continue
+        floor = "python_noop_w2" if "_w2" in name else "python_noop_w1"
+        per_round = [
+            round(
+                (runs[f"{ROUTE_CPU_PREFIX}{name}_{n}"].server_cpu_us_per_call or 0.0)
+                / (runs[f"{ROUTE_CPU_PREFIX}{floor}_{n}"].server_cpu_us_per_call or 1.0),
+                3,
+            )
+            for n in range(1, rounds + 1)
+        ]
+        ratios[name] = {"per_round": per_round, "median": sorted(per_round)[len(per_round) // 2]}
+    summary["ratio_to_python_noop"] = ratios
+    return summary
+
+
+def rerun_route_cpu(
+    args: argparse.Namespace,
+    bench: Bench,
+    router: Callable[..., tuple[list[str], int]],
+    python_noop: Callable[..., tuple[list[str], int]],
+) -> int:
+    """Measure the Route CPU comparison again and put it into the recorded results."""
+    result: dict[str, Any] = json.loads(args.output.read_text(encoding="utf-8"))
+    route_cpu = route_cpu_comparison(bench, router, python_noop, args)
+    route_cpu["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    route_cpu["command"] = args.command
+    route_cpu["duration_s"] = args.duration
+    result["route_cpu"] = route_cpu
+    result["runs"] = [
+        run for run in result["runs"] if not run["name"].startswith(ROUTE_CPU_PREFIX)
+    ] + [asdict(run) for run in bench.runs]
+    args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    markdown = args.markdown or args.output.with_suffix(".md")
+    markdown.write_text(render_markdown(result), encoding="utf-8")
+    print(render_markdown(result))
+    return 0
+
+
 class OtlpSink:
     """An OTLP/gRPC trace receiver that counts and drops what it gets (for tracing runs)."""
 
@@ -935,6 +1061,36 @@ def render_markdown(result: dict[str, Any]) -> str:
             "tests one None per RPC and attempt); spans received by the OTLP sink: "
             f"{overhead['spans_received']}.",
         ]
+    route_cpu = r.get("route_cpu")
+    if route_cpu:
+        lines += [
+            "",
+            f"Server CPU per Route against the no-op Python server, {route_cpu['rounds']} "
+            "interleaved rounds"
+            + (
+                f" (measured {route_cpu['date']} with `{route_cpu['command']}`, "
+                f"{route_cpu['duration_s']:g} s per run)"
+                if route_cpu.get("date")
+                else ""
+            )
+            + ":",
+            "",
+            "| server | CPU us/call, each round | median | ratio to the no-op Python server, "
+            "each round | median ratio (target <= "
+            f"{route_cpu['target_max_ratio']}) |",
+            "|---|---|---:|---|---:|",
+        ]
+        for name, v in route_cpu["servers"].items():
+            ratio = route_cpu["ratio_to_python_noop"].get(name)
+            each = ", ".join(f"{x:.0f}" for x in v["server_cpu_us_per_call"] if x is not None)
+            lines.append(
+                f"| {name}: {v['what']} | {each} | {v['median_us_per_call']:.0f} | "
+                + (
+                    f"{', '.join(f'{x:.2f}' for x in ratio['per_round'])} | {ratio['median']:.2f} |"
+                    if ratio
+                    else " | |"
+                )
+            )
     if r["profile_router_w1"]:
         shares = ", ".join(
             f"{area} {share:.0%}" for area, share in r["profile_router_w1"]["share_by_area"].items()

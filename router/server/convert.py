@@ -47,13 +47,16 @@ _CIRCUITS: dict[CircuitState, pb.CircuitState] = {
 
 def route_request(message: pb.RouteRequest, request_id: str) -> RouteRequest:
     """Return the domain request of a RouteRequest, under the request id already assigned."""
+    # Positional, and no generator for the usual request without messages, metadata or
+    # hints: this runs on every Route.
+    messages = message.messages
     return RouteRequest(
-        prompt=message.prompt,
-        messages=tuple(ChatMessage(m.role, m.content) for m in message.messages),
-        request_id=request_id,
-        tenant=message.tenant,
-        metadata=dict(message.metadata) if message.metadata else _NO_METADATA,
-        hints=(
+        message.prompt,
+        tuple([ChatMessage(m.role, m.content) for m in messages]) if messages else (),
+        request_id,
+        message.tenant,
+        dict(message.metadata) if message.metadata else _NO_METADATA,
+        (
             TierHints(message.hints.min_tier, message.hints.max_tier, message.hints.tier)
             if message.HasField("hints")
             else _NO_HINTS
@@ -79,24 +82,39 @@ def feedback(message: pb.FeedbackRequest) -> Feedback:
     return Feedback(message.request_id, message.rating, message.comment, message.tenant)
 
 
+def fill_decision(target: pb.RoutingDecision, d: RoutingDecision) -> None:
+    """Write a routing decision into an empty RoutingDecision message (a response's own)."""
+    # Field by field into the response's own submessage: half the cost of building a
+    # RoutingDecision from keywords and copying it into the response.
+    target.request_id = d.request_id
+    target.tier = d.tier
+    target.tier_index = d.tier_index
+    target.model = d.model
+    target.backend = d.backend
+    target.score = d.score
+    target.level_probabilities.extend(d.levels)
+    if d.rules:
+        target.rules.extend(d.rules)
+    target.reason = _REASONS[d.reason]
+    target.estimated_prompt_tokens = d.estimated_prompt_tokens
+    target.estimated_cost_usd = d.estimated_cost_usd
+    target.strongest_tier_cost_usd = d.strongest_tier_cost_usd
+    target.model_version = d.model_version
+    target.decision_micros = d.decision_micros
+
+
 def decision(d: RoutingDecision) -> pb.RoutingDecision:
     """Return the protobuf of a routing decision."""
-    return pb.RoutingDecision(
-        request_id=d.request_id,
-        tier=d.tier,
-        tier_index=d.tier_index,
-        model=d.model,
-        backend=d.backend,
-        score=d.score,
-        level_probabilities=d.levels,
-        rules=d.rules,
-        reason=_REASONS[d.reason],
-        estimated_prompt_tokens=d.estimated_prompt_tokens,
-        estimated_cost_usd=d.estimated_cost_usd,
-        strongest_tier_cost_usd=d.strongest_tier_cost_usd,
-        model_version=d.model_version,
-        decision_micros=d.decision_micros,
-    )
+    message = pb.RoutingDecision()
+    fill_decision(message, d)
+    return message
+
+
+def route_response(d: RoutingDecision) -> pb.RouteResponse:
+    """Return the Route answer of a routing decision."""
+    response = pb.RouteResponse()
+    fill_decision(response.decision, d)
+    return response
 
 
 def gate(g: GateReport) -> pb.GateReport:
@@ -161,7 +179,9 @@ def event(e: CompleteEvent) -> pb.CompleteEvent:
     if isinstance(e, TextDelta):
         return pb.CompleteEvent(delta=pb.TextDelta(text=e.text))
     if isinstance(e, RoutingDecision):
-        return pb.CompleteEvent(decision=decision(e))
+        message = pb.CompleteEvent()
+        fill_decision(message.decision, e)
+        return message
     if isinstance(e, Escalation):
         return pb.CompleteEvent(
             escalation=pb.Escalation(

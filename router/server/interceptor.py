@@ -21,6 +21,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf.message import DecodeError
 
 from router.domain import BackendUnavailable, InvalidRequest, Overloaded, RouterError
+from router.server.logs import write_rpc_line
 from router.telemetry.metrics import SERVER_STREAM, UNARY, Metrics, RpcMetrics
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 else:
     _ServerInterceptor = grpc.aio.ServerInterceptor
 
+_OK = grpc.StatusCode.OK
 _STATUS_OF: tuple[tuple[type[RouterError], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -287,7 +289,7 @@ class ServiceInterceptor(_ServerInterceptor):
                     else "internal error; the server log has the details"
                 )
             finally:
-                ok = code is grpc.StatusCode.OK
+                ok = code is _OK
                 if not ok and not record.request_id:
                     record.request_id = self._new_request_id()
                 if rpc is not None:
@@ -311,25 +313,47 @@ class ServiceInterceptor(_ServerInterceptor):
         failure: BaseException | None,
         started: float,
     ) -> None:
-        fields: dict[str, Any] = {
-            "method": record.method,
-            "request_id": clip_for_log(record.request_id),
-            "tenant": clip_for_log(record.tenant),
-            "tier": record.tier,
-            "score": record.score,
-            "decision_micros": record.decision_micros,
-            "status": code.name,
-            "duration_ms": round((time.perf_counter() - started) * 1e3, 3),
-        }
+        duration_ms = round((time.perf_counter() - started) * 1e3, 3)
+        extra: tuple[tuple[str, str], ...] = ()
         if record.span is not None:
             from router.telemetry.tracing import ids
 
             found = ids(record.span)
             if found is not None:
-                fields["trace_id"], fields["span_id"] = found
+                extra = (("trace_id", found[0]), ("span_id", found[1]))
+        if error and failure is None:
+            extra = (*extra, ("error", error))
+        request_id, tenant = record.request_id, record.tenant
+        if len(request_id) > MAX_LOGGED_CHARS:
+            request_id = clip_for_log(request_id)
+        if len(tenant) > MAX_LOGGED_CHARS:
+            tenant = clip_for_log(tenant)
+        # Not code.name for OK: an Enum's name is a Python-level property.
+        status = "OK" if code is _OK else code.name
+        if failure is None and write_rpc_line(
+            record.method,
+            request_id,
+            tenant,
+            record.tier,
+            record.score,
+            record.decision_micros,
+            status,
+            duration_ms,
+            extra,
+        ):
+            return
+        fields: dict[str, Any] = {
+            "method": record.method,
+            "request_id": request_id,
+            "tenant": tenant,
+            "tier": record.tier,
+            "score": record.score,
+            "decision_micros": record.decision_micros,
+            "status": status,
+            "duration_ms": duration_ms,
+            **dict(extra),
+        }
         if failure is not None:
             log.error("rpc", **fields, error=repr(failure), exc_info=failure)
-        elif error:
-            log.info("rpc", **fields, error=error)
         else:
             log.info("rpc", **fields)

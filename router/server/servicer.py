@@ -11,7 +11,7 @@ from router._proto.modelrouter.v1 import router_pb2 as pb
 from router._proto.modelrouter.v1 import router_pb2_grpc
 from router.domain import CompletionSummary, Escalation, RoutingDecision
 from router.server import convert
-from router.server.interceptor import REQUEST_ID_HEADER, current_rpc
+from router.server.interceptor import REQUEST_ID_HEADER, RpcRecord, current_rpc
 from router.service import RouterService
 from router.telemetry.attributes import decision_attributes
 from router.telemetry.metrics import Metrics
@@ -26,27 +26,28 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         self._service = service
         self._metrics = metrics
 
-    def _start(self, request_id: str, tenant: str) -> str:
+    def _start(self, record: RpcRecord, request_id: str, tenant: str) -> str:
         """Check or generate the request id, once per request, and note it for the log line."""
-        record = current_rpc()
         record.tenant = tenant  # clipped when logged
         rid = record.request_id = self._service.assign_request_id(request_id)
         return rid
 
     async def Route(self, request: pb.RouteRequest, context: Context) -> pb.RouteResponse:
         """Return the routing decision for a query."""
-        rid = self._start(request.request_id, request.tenant)
+        record = current_rpc()
+        rid = self._start(record, request.request_id, request.tenant)
         # A trailer, not a header: on a unary call grpc.aio sends a header in a batch of
         # its own, which cost a fifth of Route's throughput; trailers ride with the status.
         context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
         decision = self._service.route(convert.route_request(request, rid))
-        self._note_decision(decision)
-        return pb.RouteResponse(decision=convert.decision(decision))
+        self._note_decision(record, decision)
+        return convert.route_response(decision)
 
     async def Complete(self, request: pb.CompleteRequest, context: Context) -> None:
         """Stream the decision, the answer's deltas and escalations, then the summary."""
         route = request.route
-        rid = self._start(route.request_id, route.tenant)
+        record = current_rpc()
+        rid = self._start(record, route.request_id, route.tenant)
         # A stream sends its header with the first message anyway.
         await context.send_initial_metadata(((REQUEST_ID_HEADER, rid),))
         events = self._service.complete(convert.complete_request(request, rid))
@@ -54,11 +55,11 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         async with aclosing(events):
             async for event in events:
                 if isinstance(event, RoutingDecision):
-                    self._note_decision(event)
+                    self._note_decision(record, event)
                 elif isinstance(event, Escalation):
-                    current_rpc().escalated = True
+                    record.escalated = True
                 elif isinstance(event, CompletionSummary):
-                    current_rpc().tier = event.tier
+                    record.tier = event.tier
                 await context.write(convert.event(event))
 
     async def Feedback(self, request: pb.FeedbackRequest, context: Context) -> pb.FeedbackResponse:
@@ -79,9 +80,8 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         """Describe the configuration in force."""
         return convert.config_response(self._service.info())
 
-    def _note_decision(self, decision: RoutingDecision) -> None:
+    def _note_decision(self, record: RpcRecord, decision: RoutingDecision) -> None:
         """Note a decision for the RPC's log line and count it."""
-        record = current_rpc()
         record.tier = decision.tier
         record.score = decision.score
         record.decision_micros = decision.decision_micros

@@ -33,6 +33,7 @@ FIRST_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 COMPLETION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 GRPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+_OK = grpc.StatusCode.OK
 UNARY = "unary"
 SERVER_STREAM = "server_stream"
 
@@ -90,7 +91,7 @@ class Observations:
 class RpcMetrics:
     """The counters of one gRPC method, bound once when the interceptor wraps it."""
 
-    __slots__ = ("_handled", "_labels", "_metrics", "handled", "seconds", "started")
+    __slots__ = ("_handled", "_labels", "_metrics", "handled", "ok", "seconds", "started")
 
     def __init__(self, metrics: Metrics, labels: tuple[str, str, str]) -> None:
         self._metrics = metrics
@@ -98,7 +99,7 @@ class RpcMetrics:
         self.started = metrics.count(metrics.grpc_started, labels)
         self.seconds = metrics.observations(metrics.grpc_seconds, labels, HANDLING_BUCKETS)
         self.handled: dict[grpc.StatusCode, Count] = {}
-        self.handled_count(grpc.StatusCode.OK)
+        self.ok = self.handled_count(grpc.StatusCode.OK)
 
     def handled_count(self, code: grpc.StatusCode) -> Count:
         """Return the handled counter of a status code (bound on first use)."""
@@ -111,9 +112,8 @@ class RpcMetrics:
 
     def done(self, code: grpc.StatusCode, seconds: float) -> None:
         """Count a finished RPC and its duration."""
-        count = self.handled.get(code)
-        if count is None:
-            count = self.handled_count(code)
+        # OK without a dictionary look-up: hashing a StatusCode runs Enum.__hash__ in Python.
+        count = self.ok if code is _OK else self.handled_count(code)
         count.n += 1
         self.seconds.observe(seconds)
 

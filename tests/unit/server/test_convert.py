@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from router._proto.modelrouter.v1 import router_pb2 as pb
-from router.domain import AttemptOutcome, CircuitState, DecisionReason, GateReport
+from router.domain import (
+    AttemptOutcome,
+    ChatMessage,
+    CircuitState,
+    DecisionReason,
+    GateReport,
+    RoutingDecision,
+    TierHints,
+)
 from router.server import convert
 
 
@@ -29,3 +37,48 @@ def test_gate_report_optional_logprobs() -> None:
     assert not absent.HasField("mean_logprob")
     present = convert.gate(GateReport(enabled=True, mean_logprob=-0.5, low_logprob_share=0.0))
     assert present.mean_logprob == -0.5 and present.HasField("low_logprob_share")
+
+
+def test_a_decision_fills_every_field_of_its_message() -> None:
+    decision = RoutingDecision(
+        request_id="r-1",
+        tier="strong",
+        tier_index=1,
+        model="gpt",
+        backend="openai",
+        score=0.625,
+        levels=(0.1, 0.2, 0.3, 0.25, 0.15),
+        rules=("code", "legal"),
+        reason=DecisionReason.MARGIN,
+        estimated_prompt_tokens=12,
+        estimated_cost_usd=3e-5,
+        strongest_tier_cost_usd=1.8e-4,
+        model_version="default-abc",
+        decision_micros=4.5,
+    )
+    response = convert.route_response(decision)
+    event = convert.event(decision)
+    assert response.decision == event.decision == convert.decision(decision)
+    # Every field of the message set, each to the decision's value.
+    filled = {field.name: value for field, value in response.decision.ListFields()}
+    assert set(filled) == {field.name for field in pb.RoutingDecision.DESCRIPTOR.fields}
+    assert filled["level_probabilities"] == list(decision.levels)
+    assert filled["rules"] == list(decision.rules)
+    assert filled["reason"] == pb.DECISION_REASON_MARGIN
+    assert filled["request_id"] == "r-1" and filled["decision_micros"] == 4.5
+
+
+def test_route_request_conversion_reads_every_part() -> None:
+    message = pb.RouteRequest(
+        messages=[pb.Message(role="user", content="hi")],
+        tenant="t",
+        metadata={"k": "v"},
+        hints=pb.TierHints(min_tier="strong"),
+    )
+    request = convert.route_request(message, "rid")
+    assert request.messages == (ChatMessage("user", "hi"),)
+    assert (request.tenant, request.request_id, dict(request.metadata)) == ("t", "rid", {"k": "v"})
+    assert request.hints == TierHints(min_tier="strong")
+    bare = convert.route_request(pb.RouteRequest(prompt="hi"), "rid")
+    assert (bare.prompt, bare.messages, bare.hints) == ("hi", (), TierHints())
+    assert dict(bare.metadata) == {}
