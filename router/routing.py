@@ -73,7 +73,8 @@ def choose_tier(
     if forced is not None:
         index, reason = forced, DecisionReason.FORCED
     else:
-        index, reason = tier_for_score(score, thresholds), DecisionReason.SCORE
+        # tier_for_score, inlined: this runs for every request.
+        index, reason = bisect.bisect_right(thresholds, score), DecisionReason.SCORE
         if index < len(thresholds):
             # A tuple, not `float | int`: that union would be built again on every call.
             below = margin if isinstance(margin, (float, int)) else margin[index]
@@ -136,7 +137,7 @@ class Router:
     def score(self, text: str, context: str = "", context_weight: float = 0.0) -> Scored:
         """Score a query; ``context`` (earlier chat turns) counts ``context_weight`` as much."""
         score, levels, mask = self._fastpath.score(text, context, context_weight)
-        return Scored(score, levels, self.model.rule_names_for(mask))
+        return Scored(score, levels, self.model.rule_names_for(mask) if mask else ())
 
     def score_chat(
         self,
