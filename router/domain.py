@@ -99,6 +99,14 @@ class RoutingDecision:
     decision_micros: float
 
 
+@dataclass(frozen=True, slots=True)
+class RouteFailure:
+    """Why one request of a batch got no decision: the error Route would have ended it with."""
+
+    request_id: str
+    error: RouterError
+
+
 class AttemptOutcome(enum.Enum):
     """How one attempt at one tier ended (mirrors the proto's AttemptOutcome)."""
 

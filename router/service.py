@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -23,7 +23,9 @@ from router.domain import (
     CompleteRequest,
     Feedback,
     InvalidRequest,
+    RouteFailure,
     RouteRequest,
+    RouterError,
     RoutingDecision,
 )
 from router.feedback import FeedbackStore
@@ -31,6 +33,7 @@ from router.request_ids import RequestIds
 from router.routing import Router, choose_tier
 from router.runtime import EngineFactory, Runtime, completion_engine
 from router.validation import (
+    check_batch,
     check_feedback,
     check_generation,
     check_hints,
@@ -102,12 +105,34 @@ class RouterService:
         ``request.request_id`` is taken as assigned (by ``assign_request_id``, which checks
         the caller's id once at the edge); an empty one is replaced by a fresh id.
         """
-        decision, _ = self._decide(self._runtime, request)
+        request_id = request.request_id or self._ids.new()
+        decision, _ = self._decide(self._runtime, request, request_id)
         return decision
 
-    def _decide(self, rt: Runtime, request: RouteRequest) -> tuple[RoutingDecision, int]:
-        """Return the decision and the highest tier index the request allows."""
-        request_id = request.request_id or self._ids.new()
+    def route_batch(self, requests: Sequence[RouteRequest]) -> list[RoutingDecision | RouteFailure]:
+        """Return each request's decision, or the error Route would have ended it with, in order.
+
+        Unlike ``route``, each ``request.request_id`` is the caller's as sent: it is checked
+        here, request by request, and an empty one is replaced by a fresh id. Only a batch
+        over the size limit raises.
+        """
+        check_batch(len(requests))
+        rt = self._runtime
+        ids = self._ids
+        results: list[RoutingDecision | RouteFailure] = []
+        for request in requests:
+            request_id = ""
+            try:
+                request_id = ids.assign(request.request_id)
+                results.append(self._decide(rt, request, request_id)[0])
+            except RouterError as exc:
+                results.append(RouteFailure(request_id or ids.new(), exc))
+        return results
+
+    def _decide(
+        self, rt: Runtime, request: RouteRequest, request_id: str
+    ) -> tuple[RoutingDecision, int]:
+        """Return the decision under ``request_id`` and the highest tier index allowed."""
         check_tenant(request.tenant)
         if request.metadata:
             check_metadata(request.metadata)
@@ -161,8 +186,8 @@ class RouterService:
         """Yield the decision, then the engine's deltas and escalations, then its summary."""
         rt = self._runtime
         check_generation(request.generation)
-        decision, max_index = self._decide(rt, request.route)
         route = request.route
+        decision, max_index = self._decide(rt, route, route.request_id or self._ids.new())
         messages = route.messages or (ChatMessage("user", route.prompt),)
         # Counted before the first yield: a reload while the decision is being sent must
         # not close the engine this stream is about to run on.

@@ -14,6 +14,7 @@ from router.domain import ChatMessage, Feedback, GenerationOptions, InvalidReque
 MAX_REQUEST_ID_CHARS = 128
 MAX_TENANT_CHARS = 128
 MAX_MESSAGES = 1000
+MAX_BATCH_REQUESTS = 1000
 MAX_METADATA_ENTRIES = 32
 MAX_METADATA_KEY_CHARS = 64
 MAX_METADATA_VALUE_CHARS = 256
@@ -148,6 +149,12 @@ def check_messages(messages: Sequence[ChatMessage], limit: int) -> tuple[int, in
     if chars * MAX_UTF8_BYTES_PER_CHAR > limit:
         check_size("messages", "".join(m.content for m in messages), limit)
     return last_user, chars
+
+
+def check_batch(size: int) -> None:
+    """Check the number of requests in a RouteBatch."""
+    if size > MAX_BATCH_REQUESTS:
+        raise InvalidRequest("requests", f"{size} requests, over the limit of {MAX_BATCH_REQUESTS}")
 
 
 def check_generation(generation: GenerationOptions) -> None:

@@ -18,6 +18,7 @@ from router.domain import (
     Feedback,
     GateReport,
     GenerationOptions,
+    RouteFailure,
     RouteRequest,
     RoutingDecision,
     TextDelta,
@@ -101,6 +102,13 @@ def fill_decision(target: pb.RoutingDecision, d: RoutingDecision) -> None:
     target.strongest_tier_cost_usd = d.strongest_tier_cost_usd
     target.model_version = d.model_version
     target.decision_micros = d.decision_micros
+
+
+def fill_route_error(target: pb.RouteError, failure: RouteFailure, code: int) -> None:
+    """Write why one request of a batch got no decision (``code``: its gRPC status number)."""
+    target.code = code
+    target.message = str(failure.error)
+    target.request_id = failure.request_id
 
 
 def decision(d: RoutingDecision) -> pb.RoutingDecision:

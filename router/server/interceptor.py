@@ -65,6 +65,7 @@ class RpcRecord:
     __slots__ = (
         "decision_micros",
         "escalated",
+        "extra",
         "method",
         "request_id",
         "score",
@@ -82,6 +83,8 @@ class RpcRecord:
         self.decision_micros: float | None = None
         self.escalated = False
         self.span: Span | None = None  # the RPC's span, when tracing is on
+        # More fields for the log line, after the usual ones (RouteBatch's counts).
+        self.extra: tuple[tuple[str, str | int], ...] = ()
 
 
 _current: ContextVar[RpcRecord | None] = ContextVar("modelrouter_rpc", default=None)
@@ -314,13 +317,13 @@ class ServiceInterceptor(_ServerInterceptor):
         started: float,
     ) -> None:
         duration_ms = round((time.perf_counter() - started) * 1e3, 3)
-        extra: tuple[tuple[str, str], ...] = ()
+        extra = record.extra
         if record.span is not None:
             from router.telemetry.tracing import ids
 
             found = ids(record.span)
             if found is not None:
-                extra = (("trace_id", found[0]), ("span_id", found[1]))
+                extra = (*extra, ("trace_id", found[0]), ("span_id", found[1]))
         if error and failure is None:
             extra = (*extra, ("error", error))
         request_id, tenant = record.request_id, record.tenant

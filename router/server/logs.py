@@ -140,7 +140,7 @@ def write_rpc_line(
     decision_micros: float | None,
     status: str,
     duration_ms: float,
-    extra: tuple[tuple[str, str], ...] = (),
+    extra: tuple[tuple[str, str | int], ...] = (),
 ) -> bool:
     """Write an info-level "rpc" line as the JSON pipeline would; False when it is not in force.
 
@@ -154,7 +154,11 @@ def write_rpc_line(
     if processors[-1] is not renderer:
         return False  # someone (a test's capture_logs) replaced the pipeline
     pairs = (
-        "".join(f", {json_string(key)}: {json_string(value)}" for key, value in extra)
+        "".join(
+            f", {json_string(key)}: "
+            + (json_string(value) if isinstance(value, str) else int.__repr__(value))
+            for key, value in extra
+        )
         if extra
         else ""
     )

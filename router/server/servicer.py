@@ -9,9 +9,9 @@ import grpc
 
 from router._proto.modelrouter.v1 import router_pb2 as pb
 from router._proto.modelrouter.v1 import router_pb2_grpc
-from router.domain import CompletionSummary, Escalation, RoutingDecision
+from router.domain import CompletionSummary, Escalation, RouteFailure, RoutingDecision
 from router.server import convert
-from router.server.interceptor import REQUEST_ID_HEADER, RpcRecord, current_rpc
+from router.server.interceptor import REQUEST_ID_HEADER, RpcRecord, current_rpc, status_for
 from router.service import RouterService
 from router.telemetry.attributes import decision_attributes
 from router.telemetry.metrics import Metrics
@@ -42,6 +42,39 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         decision = self._service.route(convert.route_request(request, rid))
         self._note_decision(record, decision)
         return convert.route_response(decision)
+
+    async def RouteBatch(
+        self, request: pb.RouteBatchRequest, context: Context
+    ) -> pb.RouteBatchResponse:
+        """Return the decisions of a batch of queries, or each one's error, in order."""
+        record = current_rpc()
+        # The batch's own id, for its trailer and log line; each request has its own.
+        rid = record.request_id = self._service.new_request_id()
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
+        results = self._service.route_batch(
+            [convert.route_request(r, r.request_id) for r in request.requests]
+        )
+        response = pb.RouteBatchResponse()
+        add = response.results.add
+        metrics = self._metrics
+        errors = 0
+        decision_micros = 0.0
+        for result in results:
+            if isinstance(result, RouteFailure):
+                errors += 1
+                code = status_for(result.error)
+                convert.fill_route_error(add().error, result, code.value[0])
+                if metrics is not None:
+                    metrics.batch_item(code.name)
+                continue
+            decision_micros += result.decision_micros
+            convert.fill_decision(add().decision, result)
+            if metrics is not None:
+                metrics.decided(result.tier, result.decision_micros * 1e-6, result.score)
+                metrics.batch_item("OK")
+        record.decision_micros = decision_micros
+        record.extra = (("items", len(results)), ("item_errors", errors))
+        return response
 
     async def Complete(self, request: pb.CompleteRequest, context: Context) -> None:
         """Stream the decision, the answer's deltas and escalations, then the summary."""

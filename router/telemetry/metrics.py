@@ -158,6 +158,12 @@ class Metrics:
             buckets=SCORE_BUCKETS,
             registry=r,
         )
+        self.batch_items = Counter(
+            "modelrouter_route_batch_items_total",
+            "Requests of RouteBatch calls, by the status code of each one's result.",
+            ("grpc_code",),
+            registry=r,
+        )
         self.attempts = Counter(
             "modelrouter_completion_attempts_total",
             "Attempts at a tier during Complete, by how they ended.",
@@ -237,6 +243,7 @@ class Metrics:
         self._counts: dict[tuple[Any, tuple[str, ...]], Count] = {}
         self._by_tier: dict[tuple[Any, str], Observations] = {}
         self._decisions: dict[str, Count] = {}
+        self._batch_items: dict[str, Count] = {}
         self._circuits: dict[str, bool] = {}
         self._model_version = ""
         self.decision_time = self.observations(self.decision_seconds, (), DECISION_BUCKETS)
@@ -278,6 +285,13 @@ class Metrics:
         count.n += 1
         self.decision_time.observe(seconds)
         self.score.observe(score)
+
+    def batch_item(self, code_name: str) -> None:
+        """Count one request of a RouteBatch by its result's status code (OK: a decision)."""
+        count = self._batch_items.get(code_name)
+        if count is None:
+            count = self._batch_items[code_name] = self.count(self.batch_items, (code_name,))
+        count.n += 1
 
     def attempt(
         self,
