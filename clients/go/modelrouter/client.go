@@ -15,8 +15,10 @@ import (
 	"strings"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	routerv1 "github.com/modelrouter/modelrouter/clients/go/gen/modelrouter/v1"
 )
@@ -104,6 +106,41 @@ func (c *Client) Route(ctx context.Context, req *routerv1.RouteRequest, opts ...
 		return nil, err
 	}
 	return resp.GetDecision(), nil
+}
+
+// MaxBatch is the most requests one RouteBatch call may carry.
+const MaxBatch = 1000
+
+// BatchResult is RouteBatch's answer for one request: its decision, or Err.
+type BatchResult struct {
+	// Decision is the routing decision, as Route returns it; nil when Err is set.
+	Decision *routerv1.RoutingDecision
+	// Err is the status Route would have ended this request with (a gRPC status
+	// error: status.Code(Err) is codes.InvalidArgument for an invalid request,
+	// status.Convert(Err).Message() names the field); nil with a decision.
+	Err error
+	// RequestID is the request's id: the caller's, or the one the server generated.
+	RequestID string
+}
+
+// RouteBatch returns the tiers of up to MaxBatch requests in one call, one result per
+// request and in their order, as Route would answer each. An invalid request gets its own
+// error in its place; only the call itself failing (more than MaxBatch requests, the
+// server overloaded, the deadline) returns an error.
+func (c *Client) RouteBatch(ctx context.Context, reqs []*routerv1.RouteRequest, opts ...grpc.CallOption) ([]BatchResult, error) {
+	resp, err := c.router.RouteBatch(ctx, &routerv1.RouteBatchRequest{Requests: reqs}, opts...)
+	if err != nil {
+		return nil, err
+	}
+	results := make([]BatchResult, len(resp.GetResults()))
+	for i, r := range resp.GetResults() {
+		if e := r.GetError(); e != nil {
+			results[i] = BatchResult{Err: status.Error(codes.Code(e.GetCode()), e.GetMessage()), RequestID: e.GetRequestId()}
+			continue
+		}
+		results[i] = BatchResult{Decision: r.GetDecision(), RequestID: r.GetDecision().GetRequestId()}
+	}
+	return results, nil
 }
 
 // Feedback rates the answer given under requestID (rating in [0, 1]) and reports

@@ -418,3 +418,77 @@ func describesService(t *testing.T, resp *reflectionpb.ServerReflectionResponse)
 	}
 	return false
 }
+
+func TestRouteBatchAnswersEachRequestInOrder(t *testing.T) {
+	client := dial(t)
+	ctx := testContext(t)
+	forced := modelrouter.Prompt("hi")
+	forced.Hints = &routerv1.TierHints{Tier: "expert"}
+	mine := modelrouter.Prompt("What are your business hours?")
+	mine.RequestId = "go-batch-1"
+	reqs := []*routerv1.RouteRequest{
+		mine,
+		modelrouter.Prompt("   "),
+		forced,
+		modelrouter.Chat(modelrouter.System("no user turn")),
+		modelrouter.Prompt("Analyze this error log and suggest a fix: panic: nil map write"),
+	}
+	var trailer metadata.MD
+	results, err := client.RouteBatch(ctx, reqs, grpc.Trailer(&trailer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(results) != len(reqs) {
+		t.Fatalf("%d results for %d requests", len(results), len(reqs))
+	}
+	if modelrouter.RequestID(trailer) == "" {
+		t.Error("no x-request-id trailer on the batch")
+	}
+	ids := map[string]bool{}
+	for i, r := range results {
+		// What Route says of the same request, one by one.
+		d, routeErr := client.Route(ctx, reqs[i])
+		if routeErr != nil {
+			if r.Err == nil || status.Code(r.Err) != status.Code(routeErr) || status.Convert(r.Err).Message() != status.Convert(routeErr).Message() {
+				t.Errorf("request %d: batch says %v, Route says %v", i, r.Err, routeErr)
+			}
+			if status.Code(r.Err) != codes.InvalidArgument || r.Decision != nil {
+				t.Errorf("request %d: want INVALID_ARGUMENT and no decision, got %v, %v", i, r.Err, r.Decision)
+			}
+		} else {
+			if r.Err != nil {
+				t.Fatalf("request %d: batch error %v, Route decided", i, r.Err)
+			}
+			checkDecision(t, r.Decision)
+			if r.Decision.GetTier() != d.GetTier() || r.Decision.GetScore() != d.GetScore() {
+				t.Errorf("request %d: batch %s (%v), Route %s (%v)", i, r.Decision.GetTier(), r.Decision.GetScore(), d.GetTier(), d.GetScore())
+			}
+		}
+		if r.RequestID == "" || ids[r.RequestID] {
+			t.Errorf("request %d: request id %q empty or repeated", i, r.RequestID)
+		}
+		ids[r.RequestID] = true
+	}
+	if results[0].RequestID != "go-batch-1" {
+		t.Errorf("request id %q, want the caller's", results[0].RequestID)
+	}
+	if results[2].Decision.GetTier() != "expert" {
+		t.Errorf("forced tier: got %q", results[2].Decision.GetTier())
+	}
+}
+
+func TestRouteBatchOverTheLimitFails(t *testing.T) {
+	client := dial(t)
+	reqs := make([]*routerv1.RouteRequest, modelrouter.MaxBatch+1)
+	for i := range reqs {
+		reqs[i] = modelrouter.Prompt("hi")
+	}
+	_, err := client.RouteBatch(testContext(t), reqs)
+	if status.Code(err) != codes.InvalidArgument || !strings.HasPrefix(status.Convert(err).Message(), "requests:") {
+		t.Fatalf("want INVALID_ARGUMENT naming requests, got %v", err)
+	}
+	results, err := client.RouteBatch(testContext(t), nil)
+	if err != nil || len(results) != 0 {
+		t.Fatalf("empty batch: %v, %v", results, err)
+	}
+}

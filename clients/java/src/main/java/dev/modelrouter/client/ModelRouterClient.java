@@ -7,6 +7,9 @@ import dev.modelrouter.v1.GetConfigRequest;
 import dev.modelrouter.v1.GetConfigResponse;
 import dev.modelrouter.v1.Message;
 import dev.modelrouter.v1.ModelRouterGrpc;
+import dev.modelrouter.v1.RouteBatchRequest;
+import dev.modelrouter.v1.RouteBatchResponse;
+import dev.modelrouter.v1.RouteBatchResult;
 import dev.modelrouter.v1.RouteRequest;
 import dev.modelrouter.v1.RoutingDecision;
 import io.grpc.Channel;
@@ -22,6 +25,7 @@ import io.grpc.health.v1.HealthGrpc;
 import io.grpc.stub.AbstractStub;
 import io.grpc.stub.MetadataUtils;
 import java.time.Duration;
+import java.util.ArrayList;
 import java.util.Iterator;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
@@ -29,7 +33,8 @@ import java.util.concurrent.TimeUnit;
 /**
  * A client for the modelrouter gRPC service; thread-safe.
  *
- * <p>{@link #route} asks which model tier should answer a query; {@link #complete} also runs
+ * <p>{@link #route} asks which model tier should answer a query ({@link #routeBatch} for many at
+ * once); {@link #complete} also runs
  * that tier and streams the answer. Failures are {@link io.grpc.StatusRuntimeException}s: an
  * empty prompt or an unknown tier is {@code INVALID_ARGUMENT}, an overloaded server {@code
  * RESOURCE_EXHAUSTED}, a passed deadline {@code DEADLINE_EXCEEDED}.
@@ -43,6 +48,9 @@ public final class ModelRouterClient implements AutoCloseable {
    * Complete's stream.
    */
   public static final String REQUEST_ID_KEY = "x-request-id";
+
+  /** The most requests one {@link #routeBatch} call may carry. */
+  public static final int MAX_BATCH = 1000;
 
   /** The request metadata key of a W3C Trace Context traceparent. */
   public static final String TRACEPARENT_KEY = "traceparent";
@@ -139,6 +147,23 @@ public final class ModelRouterClient implements AutoCloseable {
   /** Return the tier that should answer the request, without calling any model. */
   public RoutingDecision route(RouteRequest request) {
     return withDeadline(router).route(request).getDecision();
+  }
+
+  /**
+   * Return the tiers of up to {@link #MAX_BATCH} requests in one call: one result per request, in
+   * their order, as {@link #route} would answer each. An invalid request gets its own error in its
+   * place; only the call itself failing (more than {@link #MAX_BATCH} requests, an overloaded
+   * server, the deadline) throws.
+   */
+  public List<BatchResult> routeBatch(List<RouteRequest> requests) {
+    RouteBatchResponse response =
+        withDeadline(router)
+            .routeBatch(RouteBatchRequest.newBuilder().addAllRequests(requests).build());
+    List<BatchResult> results = new ArrayList<>(response.getResultsCount());
+    for (RouteBatchResult result : response.getResultsList()) {
+      results.add(BatchResult.of(result));
+    }
+    return results;
   }
 
   /** Start a Complete call; iterate or collect the returned stream, and close it when done. */

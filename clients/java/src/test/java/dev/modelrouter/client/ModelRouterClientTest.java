@@ -413,7 +413,9 @@ class ModelRouterClientTest {
       FileDescriptorProto file = FileDescriptorProto.parseFrom(raw);
       for (var service : file.getServiceList()) {
         String name = file.getPackage() + "." + service.getName();
-        if (name.equals(ModelRouterGrpc.SERVICE_NAME) && service.getMethodCount() == 4) {
+        if (name.equals(ModelRouterGrpc.SERVICE_NAME)
+            && service.getMethodCount()
+                == ModelRouterGrpc.getServiceDescriptor().getMethods().size()) {
           return true;
         }
       }
@@ -425,6 +427,7 @@ class ModelRouterClientTest {
   void methodsMatchTheProto() {
     Map<String, MethodDescriptor<?, ?>> methods = Map.of(
         "Route", ModelRouterGrpc.getRouteMethod(), "Complete", ModelRouterGrpc.getCompleteMethod(),
+        "RouteBatch", ModelRouterGrpc.getRouteBatchMethod(),
         "Feedback", ModelRouterGrpc.getFeedbackMethod(),
         "GetConfig", ModelRouterGrpc.getGetConfigMethod());
     var service = RouterProto.getDescriptor().findServiceByName("ModelRouter");
@@ -438,5 +441,57 @@ class ModelRouterClientTest {
       assertEquals(declared.isServerStreaming(),
           method.getType() == MethodDescriptor.MethodType.SERVER_STREAMING);
     }
+  }
+
+  @Test
+  void routeBatchAnswersEachRequestAsRouteWouldInOrder() {
+    RouteRequest mine = ModelRouterClient.prompt("What are your business hours?").toBuilder()
+        .setRequestId("java-batch-1").build();
+    RouteRequest forced = ModelRouterClient.prompt("hi").toBuilder()
+        .setHints(TierHints.newBuilder().setTier("expert")).build();
+    List<RouteRequest> requests = List.of(
+        mine,
+        ModelRouterClient.prompt("   "),
+        forced,
+        ModelRouterClient.chat(ModelRouterClient.system("no user turn")),
+        ModelRouterClient.prompt("Analyze this error log and suggest a fix: panic: nil map write"));
+    List<BatchResult> results = client.routeBatch(requests);
+    assertEquals(requests.size(), results.size());
+    for (int i = 0; i < requests.size(); i++) {
+      BatchResult result = results.get(i);
+      RoutingDecision alone;
+      try {
+        alone = client.route(requests.get(i));
+      } catch (StatusRuntimeException e) {
+        assertFalse(result.ok(), "request " + i);
+        assertEquals(e.getStatus().getCode(), result.error().getCode(), "request " + i);
+        assertEquals(Status.Code.INVALID_ARGUMENT, result.error().getCode());
+        assertEquals(e.getStatus().getDescription(), result.error().getDescription());
+        assertFalse(result.requestId().isEmpty());
+        continue;
+      }
+      assertTrue(result.ok(), "request " + i + ": " + result.error());
+      checkDecision(result.decision());
+      assertEquals(alone.getTier(), result.decision().getTier());
+      assertEquals(alone.getScore(), result.decision().getScore());
+      assertEquals(result.decision().getRequestId(), result.requestId());
+    }
+    assertEquals("java-batch-1", results.get(0).requestId());
+    assertEquals("expert", results.get(2).decision().getTier());
+    assertEquals(
+        requests.size(), results.stream().map(BatchResult::requestId).distinct().count());
+  }
+
+  @Test
+  void routeBatchOverTheLimitThrowsInvalidArgument() {
+    List<RouteRequest> requests = new ArrayList<>();
+    for (int i = 0; i <= ModelRouterClient.MAX_BATCH; i++) {
+      requests.add(ModelRouterClient.prompt("hi"));
+    }
+    StatusRuntimeException e =
+        assertThrows(StatusRuntimeException.class, () -> client.routeBatch(requests));
+    assertEquals(Status.Code.INVALID_ARGUMENT, e.getStatus().getCode());
+    assertTrue(e.getStatus().getDescription().startsWith("requests:"), e.getMessage());
+    assertEquals(List.of(), client.routeBatch(List.of()));
   }
 }
