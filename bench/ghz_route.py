@@ -37,6 +37,9 @@ from router.config import DEFAULT_CONFIG_YAML
 SERVICE = "modelrouter.v1.ModelRouter"
 ROUTE = f"{SERVICE}.Route"
 COMPLETE = f"{SERVICE}.Complete"
+ROUTE_BATCH = f"{SERVICE}.RouteBatch"
+# RouteBatch sizes measured against unary Route (decisions per second).
+BATCH_SIZES = (1, 16, 256)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 # The soak's RSS counts as flat when it grows by at most this much from start to end.
@@ -69,6 +72,7 @@ class GhzRun:
     ghz_cpu_percent: float = 0.0
     loadavg_before: float = 0.0
     ratio_to_baseline: float | None = None
+    batch_size: int | None = None  # requests per RouteBatch call (None: not RouteBatch)
 
 
 @dataclass
@@ -128,6 +132,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "Route CPU comparison, as 'before'",
     )
     p.add_argument(
+        "--batch-only",
+        action="store_true",
+        help="run only the RouteBatch comparison and replace it in the existing --output",
+    )
+    p.add_argument(
+        "--batch-rounds", type=int, default=2, help="rounds of the RouteBatch comparison"
+    )
+    p.add_argument(
         "--overhead-rounds",
         type=int,
         default=2,
@@ -162,7 +174,20 @@ def build_payloads(
     route_path, complete_path = cache / "route_payload.json", cache / "complete_payload.json"
     route_path.write_text(json.dumps(route), encoding="utf-8")
     complete_path.write_text(json.dumps(complete), encoding="utf-8")
+    for size in BATCH_SIZES:
+        # The same queries in order, cut into batches (the last one filled from the start).
+        count = -(-len(route) // size)
+        batches = [
+            {"requests": [route[(i * size + j) % len(route)] for j in range(size)]}
+            for i in range(count)
+        ]
+        batch_payload(cache, size).write_text(json.dumps(batches), encoding="utf-8")
     return route_path, complete_path, dict(sorted(mix.items()))
+
+
+def batch_payload(cache: Path, size: int) -> Path:
+    """Return the path of the RouteBatch payload of batches of ``size`` requests."""
+    return cache / f"route_batch_{size}_payload.json"
 
 
 def free_port() -> int:
@@ -353,6 +378,7 @@ class Bench:
         record: bool = True,
         profile: bool = False,
         sample: Callable[[], None] | None = None,
+        batch_size: int | None = None,
     ) -> GhzRun:
         """Run ghz once against server and return (and record) the measurements.
 
@@ -360,7 +386,11 @@ class Bench:
         to follow the server's memory).
         """
         duration = self.args.duration if duration_s is None else duration_s
-        payload = self.route_payload if call == ROUTE else self.complete_payload
+        payload = {ROUTE: self.route_payload, COMPLETE: self.complete_payload}.get(call)
+        if call == ROUTE_BATCH:
+            assert batch_size is not None
+            payload = batch_payload(self.cache, batch_size)
+        assert payload is not None
         argv = pinned(self.ghz_argv(call, payload, duration, rate, server.addr), ghz_cpus)
         run = GhzRun(
             name=name,
@@ -370,6 +400,7 @@ class Bench:
             rate=rate,
             duration_s=duration,
             loadavg_before=loadavg(),
+            batch_size=batch_size,
         )
         pids = server.pids()
         before = [cpu_ticks(pid) for pid in pids]
@@ -596,6 +627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return rerun_overhead(args, bench, router)
     if args.route_cpu_only:
         return rerun_route_cpu(args, bench, router, python_noop)
+    if args.batch_only:
+        return rerun_batch(args, bench, router)
 
     soak_result: dict[str, Any] = dict.fromkeys(
         ("soak_errors", "soak_p99_ms", "rss_mb_start", "rss_mb_end", "rss_mb_max", "rss_flat")
@@ -637,6 +670,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     overhead = overhead_comparison(bench, router, cache, args.overhead_rounds)
     # Server CPU per Route against the no-op Python server, interleaved round by round.
     route_cpu = route_cpu_comparison(bench, router, python_noop, args)
+    # Decisions per second: RouteBatch at several sizes against unary Route.
+    batch = batch_comparison(bench, router, args.batch_rounds)
 
     # 3. Pinned apart: the server alone on one CPU, ghz on the other(s).
     pinned_runs: list[GhzRun] = []
@@ -669,7 +704,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return round(a.rps / b.rps, 3) if b.rps else None
 
     overhead_runs = [
-        r for r in bench.runs if r.name.startswith((OVERHEAD_PREFIX, ROUTE_CPU_PREFIX))
+        r
+        for r in bench.runs
+        if r.name.startswith((OVERHEAD_PREFIX, ROUTE_CPU_PREFIX, BATCH_PREFIX))
     ]
     route_runs = (base, py1, py2, py2_header, w1, w2, w2_no_log, half, *pinned_runs, *overhead_runs)
     result: dict[str, Any] = {
@@ -693,6 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "router_rps_workers2_no_rpc_log": w2_no_log.rps,
         "observability_overhead": overhead,
         "route_cpu": route_cpu,
+        "route_batch": batch,
         "ratio_workers2_no_rpc_log": w2_no_log.ratio_to_baseline,
         "pinned_ratio_workers1": pinned_runs[1].ratio_to_baseline if pinned_runs else None,
         "complete_streams_per_s_demo": demo.rps,
@@ -934,6 +972,65 @@ def rerun_route_cpu(
     return 0
 
 
+BATCH_PREFIX = "batch_"
+
+
+def batch_comparison(
+    bench: Bench, router: Callable[..., tuple[list[str], int]], rounds: int
+) -> dict[str, Any]:
+    """Measure decisions per second of RouteBatch at each size against unary Route.
+
+    One ``--workers 2`` server per round; within a round, unary Route, then each size.
+    """
+    variants: list[tuple[str, str, int | None]] = [("route", ROUTE, None)]
+    variants += [(f"batch_{size}", ROUTE_BATCH, size) for size in BATCH_SIZES]
+    for round_number in range(1, rounds + 1):
+        argv, port = router(2)
+        with running(f"{BATCH_PREFIX}router_w2_{round_number}", argv, port, bench.cache) as s:
+            for name, call, size in variants:
+                bench.measure(f"{BATCH_PREFIX}{name}_{round_number}", s, call=call, batch_size=size)
+    runs = {r.name: r for r in bench.runs}
+    summary: dict[str, Any] = {"rounds": rounds, "sizes": list(BATCH_SIZES), "variants": {}}
+    for name, _, size in variants:
+        mine = [runs[f"{BATCH_PREFIX}{name}_{n}"] for n in range(1, rounds + 1)]
+        per_call = size or 1
+        decisions = [r.rps * per_call for r in mine]
+        cpu = [r.server_cpu_us_per_call / per_call for r in mine if r.server_cpu_us_per_call]
+        summary["variants"][name] = {
+            "requests_per_call": per_call,
+            "decisions_per_s": round(sum(decisions) / len(decisions), 1),
+            "calls_per_s": round(sum(r.rps for r in mine) / len(mine), 1),
+            "server_cpu_us_per_decision": round(sum(cpu) / len(cpu), 1) if cpu else None,
+            "p50_ms": round(sum(r.p50_ms for r in mine) / len(mine), 3),
+            "p99_ms": round(sum(r.p99_ms for r in mine) / len(mine), 3),
+            "errors": sum(r.errors for r in mine),
+        }
+    unary = summary["variants"]["route"]["decisions_per_s"]
+    for entry in summary["variants"].values():
+        entry["decisions_vs_route"] = round(entry["decisions_per_s"] / unary, 2) if unary else None
+    return summary
+
+
+def rerun_batch(
+    args: argparse.Namespace, bench: Bench, router: Callable[..., tuple[list[str], int]]
+) -> int:
+    """Measure the RouteBatch comparison again and put it into the recorded results."""
+    result: dict[str, Any] = json.loads(args.output.read_text(encoding="utf-8"))
+    batch = batch_comparison(bench, router, args.batch_rounds)
+    batch["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    batch["command"] = args.command
+    batch["duration_s"] = args.duration
+    result["route_batch"] = batch
+    result["runs"] = [run for run in result["runs"] if not run["name"].startswith(BATCH_PREFIX)] + [
+        asdict(run) for run in bench.runs
+    ]
+    args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    markdown = args.markdown or args.output.with_suffix(".md")
+    markdown.write_text(render_markdown(result), encoding="utf-8")
+    print(render_markdown(result))
+    return 0
+
+
 class OtlpSink:
     """An OTLP/gRPC trace receiver that counts and drops what it gets (for tracing runs)."""
 
@@ -1061,6 +1158,29 @@ def render_markdown(result: dict[str, Any]) -> str:
             "tests one None per RPC and attempt); spans received by the OTLP sink: "
             f"{overhead['spans_received']}.",
         ]
+    batch = r.get("route_batch")
+    if batch:
+        lines += [
+            "",
+            f"RouteBatch against unary Route (--workers 2), mean of {batch['rounds']} rounds"
+            + (
+                f" (measured {batch['date']} with `{batch['command']}`, "
+                f"{batch['duration_s']:g} s per run)"
+                if batch.get("date")
+                else ""
+            )
+            + ":",
+            "",
+            "| call | requests per call | decisions/s | vs unary Route | server CPU us/decision "
+            "| p50 ms | p99 ms | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, v in batch["variants"].items():
+            lines.append(
+                f"| {name} | {v['requests_per_call']} | {v['decisions_per_s']:.0f} | "
+                f"{v['decisions_vs_route']} | {v['server_cpu_us_per_decision']} | "
+                f"{v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v['errors']} |"
+            )
     route_cpu = r.get("route_cpu")
     if route_cpu:
         lines += [

@@ -68,7 +68,7 @@ out=(--output "$bench/results/ghz_route.json")
 if (( smoke )); then
     # The flags given after --smoke still win: argparse keeps the last value.
     out=(--output "$bench/.cache/ghz_route_smoke.json" --duration 2 --warmup 0.5 --no-soak --queries 200
-         --overhead-rounds 1 --route-cpu-rounds 1)
+         --overhead-rounds 1 --route-cpu-rounds 1 --batch-rounds 1)
 fi
 
 cd "$repo"
