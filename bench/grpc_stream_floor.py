@@ -1,7 +1,9 @@
 """The floor of a Python gRPC stream on this machine: what any grpc.aio router must add.
 
-A no-op grpc.aio server (uvloop) streams a fixed decision and one text delta for each call
-of a grpc.aio client: no routing, no backend. Two set-ups, in one run:
+A no-op grpc.aio server (uvloop) streams a fixed decision and one text delta (``--tokens``
+of them, ``--rate`` a second, then a summary, as ``bench/overhead.py`` runs it to mirror
+its fake provider's answer) for each call of a grpc.aio client: no routing, no backend.
+Two set-ups, in one run:
 - in-process: server and client on the same event loop, the delta sent at once;
 - separate process: the server in a process of its own (as ``modelrouter serve`` is in
   ``bench/overhead.py``) waits ``--first-token-ms`` (20, the fake provider's first token)
@@ -38,34 +40,56 @@ HERE = Path(__file__).resolve().parent
 
 
 class NoopStream(pb_grpc.ModelRouterServicer):
-    """Stream a fixed decision and, after ``wait_s``, one delta, nothing else."""
+    """Stream a fixed decision and, after ``wait_s``, one delta (or ``tokens``), nothing else.
 
-    def __init__(self, wait_s: float = 0.0) -> None:
+    With more than one token, the others follow ``1 / rate`` seconds apart and a summary
+    ends the stream, as a model's answer through the router would.
+    """
+
+    def __init__(self, wait_s: float = 0.0, tokens: int = 1, rate: float = 100.0) -> None:
         self.wait_s = wait_s
+        self.tokens = tokens
+        self.gap_s = 1.0 / rate
 
     async def Complete(self, request: pb.CompleteRequest, context: Any) -> None:
         await context.write(pb.CompleteEvent(decision=pb.RoutingDecision(tier="cheap")))
-        waited_ms = 0.0
-        if self.wait_s:
-            # The timer's own overshoot (uvloop's clock ticks in milliseconds) is the
-            # server's, not gRPC's: the delta says how long it really waited.
-            started = time.perf_counter()
-            await asyncio.sleep(self.wait_s)
-            waited_ms = (time.perf_counter() - started) * 1e3
+        # The timer's own overshoot (uvloop's clock ticks in milliseconds) is the server's,
+        # not gRPC's: the first delta says how long the server really waited for it, the
+        # summary how long in all.
+        waited_ms = await self._wait(self.wait_s)
         await context.write(pb.CompleteEvent(delta=pb.TextDelta(text=f"{waited_ms:.6f}")))
+        if self.tokens == 1:
+            return
+        total_ms = waited_ms
+        for _ in range(self.tokens - 1):
+            total_ms += await self._wait(self.gap_s)
+            await context.write(pb.CompleteEvent(delta=pb.TextDelta(text=" token")))
+        await context.write(
+            pb.CompleteEvent(summary=pb.CompletionSummary(tier="cheap", duration_ms=total_ms))
+        )
+
+    @staticmethod
+    async def _wait(seconds: float) -> float:
+        if not seconds:
+            return 0.0
+        started = time.perf_counter()
+        await asyncio.sleep(seconds)
+        return (time.perf_counter() - started) * 1e3
 
 
-async def start_server(wait_s: float) -> tuple[grpc.aio.Server, int]:
+async def start_server(
+    wait_s: float, tokens: int = 1, rate: float = 100.0
+) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server()
-    pb_grpc.add_ModelRouterServicer_to_server(NoopStream(wait_s), server)  # type: ignore[no-untyped-call]
+    pb_grpc.add_ModelRouterServicer_to_server(NoopStream(wait_s, tokens, rate), server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, port
 
 
-async def serve(wait_s: float) -> None:
+async def serve(wait_s: float, tokens: int = 1, rate: float = 100.0) -> None:
     """Serve until stdin closes; print the port first (the separate-process set-up)."""
-    server, port = await start_server(wait_s)
+    server, port = await start_server(wait_s, tokens, rate)
     print(port, flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await server.stop(None)
@@ -131,11 +155,13 @@ def main() -> None:
     )
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--first-token-ms", type=float, default=20.0)
+    parser.add_argument("--tokens", type=int, default=1, help="deltas per stream (--serve)")
+    parser.add_argument("--rate", type=float, default=100.0, help="deltas a second (--serve)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "grpc_stream_floor.json")
     args = parser.parse_args()
     if args.serve:
-        uvloop.run(serve(args.first_token_ms / 1e3))
+        uvloop.run(serve(args.first_token_ms / 1e3, args.tokens, args.rate))
         return
     result: dict[str, Any] = uvloop.run(in_process(args.calls, warmup=200))
     # Fewer calls: each waits for its "first token".
