@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from router.server.cli import add_config_parser, add_serve_parser
+from router.store.cli import add_stats_parser
 from router.training.cli import (
     add_calibrate_parser,
     add_eval_parser,
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(subparsers)
     add_eval_parser(subparsers)
     add_calibrate_parser(subparsers)
+    add_stats_parser(subparsers)
     return parser
 
 

@@ -134,6 +134,11 @@ class RoutingConfig(_Frozen):
     escalation_margin: Annotated[float, Field(ge=0, le=1)] = 0.0
     # Weight of earlier chat turns relative to the last user turn.
     context_weight: Annotated[float, Field(ge=0, le=1)] = 0.3
+    # A request with a session_id never goes to a cheaper tier than its session already
+    # used (reason SESSION_FLOOR); a caller's hints.tier and hints.max_tier still win.
+    session_floor: bool = True
+    # Sessions each worker remembers (the store keeps them all when there is one).
+    max_sessions: Annotated[int, Field(ge=1)] = 100_000
 
 
 class CompletionConfig(_Frozen):
@@ -150,7 +155,45 @@ class ServerConfig(_Frozen):
     max_prompt_bytes: Annotated[int, Field(ge=1)] = 256 * 1024
     max_concurrent_rpcs: Annotated[int, Field(ge=1)] = 1000
     grace_period_s: NonNegative = 10.0
+    # Request ids each worker remembers, to answer Feedback's known_request without a
+    # store look-up.
     feedback_capacity: Annotated[int, Field(ge=1)] = 10_000
+
+
+class StoreConfig(_Frozen):
+    """Where requests, their outcomes and feedback are kept (router/store/)."""
+
+    # A SQLite file (relative to the configuration file), or a PostgreSQL URL
+    # (postgresql://user:password@host/db) for several replicas. Neither: the SQLite file
+    # in the per-user state directory ($XDG_STATE_HOME/modelrouter/modelrouter.db, else
+    # ~/.local/state/modelrouter/modelrouter.db).
+    path: Annotated[str, Field(min_length=1)] | None = None
+    url: Annotated[str, Field(min_length=1)] | None = None
+    # Keep the prompt text (the relabel loop needs it). Off by default: prompts may hold
+    # personal data, and a store keeps them until someone deletes them.
+    keep_text: bool = False
+    # Records waiting to be written; beyond this they are dropped and counted.
+    queue_size: Annotated[int, Field(ge=1)] = 10_000
+    batch_size: Annotated[int, Field(ge=1)] = 500
+    # A record waits at most this long before its batch is written.
+    flush_interval_s: Positive = 0.5
+
+    @model_validator(mode="after")
+    def _check_target(self) -> StoreConfig:
+        if self.path is not None and self.url is not None:
+            raise ValueError("set path (SQLite) or url (PostgreSQL), not both")
+        if self.url is not None and not self.url.startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                "url must start with postgresql:// or postgres:// (a SQLite file is path)"
+            )
+        return self
+
+
+class FeedbackConfig(_Frozen):
+    """How ratings are read."""
+
+    # A rating at or above this counts as a satisfied user (GetStats' satisfaction).
+    satisfied_at: Annotated[float, Field(ge=0, le=1)] = 0.7
 
 
 class LoggingConfig(_Frozen):
@@ -171,6 +214,9 @@ class Config(_Frozen):
     routing: RoutingConfig = RoutingConfig()
     completion: CompletionConfig = CompletionConfig()
     logging: LoggingConfig = LoggingConfig()
+    # `store: null` keeps nothing.
+    store: StoreConfig | None = StoreConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
     tiers: Annotated[list[TierConfig], Field(min_length=MIN_TIERS, max_length=MAX_TIERS)]
     backends: dict[str, BackendConfig]
 

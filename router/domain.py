@@ -30,6 +30,19 @@ class Overloaded(RouterError):
 class BackendUnavailable(RouterError):
     """No allowed tier could answer (UNAVAILABLE); the message names each attempt's failure."""
 
+    def __init__(self, message: str, attempts: tuple[Attempt, ...] = ()) -> None:
+        super().__init__(message)
+        # Every attempt made, the failed last one included (for the store).
+        self.attempts = attempts
+
+
+class NotConfigured(RouterError):
+    """The request needs something this server's configuration turned off (FAILED_PRECONDITION)."""
+
+
+class StoreUnavailable(RouterError):
+    """The store could not be read (UNAVAILABLE)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
@@ -56,6 +69,8 @@ class RouteRequest:
     tenant: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
     hints: TierHints = TierHints()
+    # A conversation's id: its requests never go to a cheaper tier than it already used.
+    session_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +92,7 @@ class DecisionReason(enum.Enum):
     MAX_TIER = "max_tier"
     FORCED = "forced"
     MARGIN = "margin"
+    SESSION_FLOOR = "session_floor"
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,3 +230,12 @@ class Feedback:
     rating: float
     comment: str = ""
     tenant: str = ""
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackResult:
+    """What Feedback answers: whether the request id is known, and whether it was kept."""
+
+    known_request: bool
+    stored: bool

@@ -1,9 +1,10 @@
-"""The transport-neutral service: decide a request's tier, run it, record feedback.
+"""The transport-neutral service: decide a request's tier, run it, record it and its feedback.
 
 The gRPC servicer converts protobuf to the domain types of ``router.domain`` and calls this
 module; nothing here knows about gRPC. Requests are checked by ``router.validation``; what
-they run on (configuration, routing model, engine) is one ``router.runtime.Runtime`` that
-``reload`` replaces with a single assignment.
+they run on (configuration, routing model, engine, store writer) is one
+``router.runtime.Runtime`` that ``reload`` replaces with a single assignment. Records go to
+the store through its writer's queue (``router.recording`` builds them), never waiting on it.
 """
 
 from __future__ import annotations
@@ -14,22 +15,35 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
 
+import structlog
+
 from router.completion.cost import estimate_tokens
 from router.config import Config
 from router.domain import (
+    Attempt,
     BackendState,
+    BackendUnavailable,
     ChatMessage,
     CompleteEvent,
     CompleteRequest,
+    CompletionSummary,
+    DecisionReason,
+    Escalation,
     Feedback,
+    FeedbackResult,
     InvalidRequest,
+    NotConfigured,
     RouteRequest,
     RoutingDecision,
+    StoreUnavailable,
 )
-from router.feedback import FeedbackStore
+from router.recording import complete_record, route_record
 from router.request_ids import RequestIds
 from router.routing import Router, choose_tier
 from router.runtime import EngineFactory, Runtime, completion_engine
+from router.sessions import BoundedMap, Sessions
+from router.store import FeedbackRecord, StateRecord, Stats, StatsQuery, StoreWriter
+from router.store.stats import SATISFIED_AT_STATE
 from router.validation import (
     check_feedback,
     check_generation,
@@ -37,8 +51,11 @@ from router.validation import (
     check_messages,
     check_metadata,
     check_prompt,
+    check_session_id,
     check_tenant,
 )
+
+log = structlog.get_logger()
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +72,28 @@ class ServiceInfo:
     backends: tuple[BackendState, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class StoreStatus:
+    """The store a worker writes to, and its writer's counters."""
+
+    kind: str
+    location: str
+    queued: int
+    written: int
+    dropped: int
+    failed_writes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStats:
+    """What GetStats reports: the stats read from the store, and the store's state."""
+
+    stats: Stats
+    store: StoreStatus
+
+
 class RouterService:
-    """Route and complete requests against the runtime in force; reload it atomically."""
+    """Route, complete and record requests against the runtime in force; reload it atomically."""
 
     def __init__(
         self,
@@ -65,12 +102,18 @@ class RouterService:
         *,
         model_source: str = "builtin",
         engine_factory: EngineFactory = completion_engine,
+        store: StoreWriter | None = None,
     ) -> None:
         self._engine_factory = engine_factory
-        self._runtime = Runtime(config, router, engine_factory(config), model_source)
-        self._feedback = FeedbackStore(config.server.feedback_capacity)
+        self._runtime = Runtime(config, router, engine_factory(config), model_source, store)
+        # Request ids served lately (-> tier), to answer Feedback's known_request at once.
+        self._served: BoundedMap[str, str] = BoundedMap(config.server.feedback_capacity)
+        self._sessions = Sessions(config.routing.max_sessions)
         self._ids = RequestIds()
+        # Keys of stored records: unique across workers, whatever the callers' ids.
+        self._record_keys = RequestIds()
         self._closing: set[asyncio.Task[None]] = set()
+        _note_settings(self._runtime)
 
     @property
     def config(self) -> Config:
@@ -81,8 +124,13 @@ class RouterService:
         return self._runtime.max_concurrent_rpcs
 
     @property
-    def feedback_store(self) -> FeedbackStore:
-        return self._feedback
+    def store(self) -> StoreWriter | None:
+        """Return the store writer in force (None without a store)."""
+        return self._runtime.writer
+
+    def served_tier(self, request_id: str) -> str | None:
+        """Return the tier a request this worker served lately was routed to, if known."""
+        return self._served.get(request_id)
 
     # -- request ids -------------------------------------------------------------------
 
@@ -96,16 +144,38 @@ class RouterService:
 
     # -- Route -------------------------------------------------------------------------
 
-    def route(self, request: RouteRequest) -> RoutingDecision:
-        """Validate a request and return its routing decision.
+    async def route(self, request: RouteRequest) -> RoutingDecision:
+        """Validate a request, return its routing decision and record it.
 
         ``request.request_id`` is taken as assigned (by ``assign_request_id``, which checks
         the caller's id once at the edge); an empty one is replaced by a fresh id.
         """
-        decision, _ = self._decide(self._runtime, request)
+        rt = self._runtime
+        floor = await self._session_floor(rt, request) if request.session_id else None
+        decision, _ = self._decide(rt, request, floor)
+        if request.session_id and rt.session_floor:
+            self._sessions.used(
+                request.tenant, request.session_id, decision.tier, rt.tier_index, rt.writer
+            )
+        if rt.writer is not None:
+            rt.writer.put(
+                route_record(self._record_keys.new(), request, decision, keep_text=rt.keep_text)
+            )
         return decision
 
-    def _decide(self, rt: Runtime, request: RouteRequest) -> tuple[RoutingDecision, int]:
+    async def _session_floor(self, rt: Runtime, request: RouteRequest) -> int | None:
+        """Return the tier index the request's session already reached (None: no floor)."""
+        check_session_id(request.session_id)
+        if not rt.session_floor:
+            return None
+        check_tenant(request.tenant)
+        return await self._sessions.floor(
+            request.tenant, request.session_id, rt.tier_index, rt.writer
+        )
+
+    def _decide(
+        self, rt: Runtime, request: RouteRequest, floor: int | None = None
+    ) -> tuple[RoutingDecision, int]:
         """Return the decision and the highest tier index the request allows."""
         request_id = request.request_id or self._ids.new()
         check_tenant(request.tenant)
@@ -133,10 +203,17 @@ class RouterService:
             min_index=low,
             max_index=high,
         )
+        # The session's floor: above the score and min_tier, below a forced tier and
+        # max_tier (the caller's explicit limits win).
+        if floor is not None and forced is None and index < floor:
+            if high is None or floor <= high:
+                index, reason = floor, DecisionReason.SESSION_FLOOR
+            else:  # the floor lies above max_tier: the cap decides
+                index, reason = high, DecisionReason.MAX_TIER
         micros = (time.perf_counter() - started) * 1e6
         tier = rt.config.tiers[index]
         prices = rt.input_price
-        self._feedback.remember(request_id, tier.name)
+        self._served.put(request_id, tier.name)
         decision = RoutingDecision(
             request_id=request_id,
             tier=tier.name,
@@ -158,12 +235,27 @@ class RouterService:
     # -- Complete ----------------------------------------------------------------------
 
     async def complete(self, request: CompleteRequest) -> AsyncGenerator[CompleteEvent, None]:
-        """Yield the decision, then the engine's deltas and escalations, then its summary."""
+        """Yield the decision, then the engine's deltas and escalations, then its summary.
+
+        The request is recorded when the stream ends, however it ends.
+        """
         rt = self._runtime
         check_generation(request.generation)
-        decision, max_index = self._decide(rt, request.route)
         route = request.route
+        floor = await self._session_floor(rt, route) if route.session_id else None
+        decision, max_index = self._decide(rt, route, floor)
+        session = route.session_id and rt.session_floor
+        if session:
+            self._sessions.used(
+                route.tenant, route.session_id, decision.tier, rt.tier_index, rt.writer
+            )
         messages = route.messages or (ChatMessage("user", route.prompt),)
+        started_unix, started = time.time(), time.perf_counter()
+        summary: CompletionSummary | None = None
+        escalated: list[Attempt] = []
+        # Every attempt, when no tier answered: the last one failed without escalating.
+        all_failed = False
+        outcome = "error"
         # Counted before the first yield: a reload while the decision is being sent must
         # not close the engine this stream is about to run on.
         rt.streams += 1
@@ -172,18 +264,70 @@ class RouterService:
             run = rt.engine.run(decision, messages, request.generation, max_tier_index=max_index)
             async with aclosing(run) as events:
                 async for event in events:
+                    if isinstance(event, Escalation):
+                        escalated.append(event.attempt)
+                    elif isinstance(event, CompletionSummary):
+                        summary = event
+                        if session:
+                            self._sessions.used(
+                                route.tenant, route.session_id, event.tier, rt.tier_index, rt.writer
+                            )
                     yield event
+            outcome = "ok"
+        except BackendUnavailable as exc:
+            if exc.attempts:
+                escalated, all_failed = list(exc.attempts), True
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "cancelled"
+            raise
         finally:
+            if rt.writer is not None:
+                rt.writer.put(
+                    complete_record(
+                        self._record_keys.new(),
+                        route,
+                        decision,
+                        summary,
+                        escalated,
+                        outcome=outcome,
+                        escalations=len(escalated) - all_failed,
+                        started=started_unix,
+                        duration_ms=(time.perf_counter() - started) * 1000.0,
+                        tier_index=rt.tier_index,
+                        keep_text=rt.keep_text,
+                    )
+                )
             rt.streams -= 1
             if rt.retired and rt.streams == 0:
                 self._close_later(rt)
 
-    # -- Feedback and GetConfig --------------------------------------------------------
+    # -- Feedback, GetConfig, GetStats --------------------------------------------------
 
-    def feedback(self, feedback: Feedback) -> bool:
-        """Validate and store feedback; return whether its request id was served here."""
+    async def feedback(self, feedback: Feedback) -> FeedbackResult:
+        """Validate and store feedback; say whether its request id is known and if it was kept.
+
+        Feedback for an unknown request id is kept all the same (the stats report it).
+        """
         check_feedback(feedback)
-        return self._feedback.add(feedback)
+        writer = self._runtime.writer
+        known = self._served.get(feedback.request_id) is not None
+        if not known and writer is not None:
+            try:
+                known = await asyncio.to_thread(writer.store.has_request, feedback.request_id)
+            except Exception as exc:
+                log.warning("request look-up failed", store=writer.store.location, error=str(exc))
+        stored = writer is not None and writer.put(
+            FeedbackRecord(
+                request_id=feedback.request_id,
+                time=time.time(),
+                tenant=feedback.tenant,
+                rating=feedback.rating,
+                comment=feedback.comment,
+                label=feedback.label,
+            )
+        )
+        return FeedbackResult(known_request=known, stored=stored)
 
     def info(self) -> ServiceInfo:
         """Return the configuration in force, the model and the backends' circuit states."""
@@ -198,27 +342,81 @@ class RouterService:
             backends=tuple(rt.engine.backend_states()),
         )
 
+    async def stats(self, since: float | None, tenant: str | None) -> ServiceStats:
+        """Return satisfaction, escalation, errors and cost per tier and model, from the store."""
+        if tenant is not None:
+            check_tenant(tenant)
+        rt = self._runtime
+        writer = rt.writer
+        if writer is None:
+            raise NotConfigured("no store is configured (store: null): there are no stats")
+        query = StatsQuery(since=since, tenant=tenant, satisfied_at=rt.config.feedback.satisfied_at)
+        try:
+            stats = await asyncio.to_thread(writer.store.stats, query)
+        except Exception as exc:
+            log.error("store read failed", store=writer.store.location, error=str(exc))
+            raise StoreUnavailable(f"the store cannot be read: {exc}") from None
+        return ServiceStats(stats, store_status(writer))
+
     # -- reload and shutdown -----------------------------------------------------------
 
-    def reload(self, config: Config, router: Router, model_source: str) -> None:
-        """Swap in a new configuration, model and engine; in-flight streams finish on the old."""
-        new = Runtime(config, router, self._engine_factory(config), model_source)
+    def reload(
+        self,
+        config: Config,
+        router: Router,
+        model_source: str,
+        store: StoreWriter | None = None,
+    ) -> None:
+        """Swap in a new configuration, model, engine and store writer.
+
+        In-flight streams finish (and are recorded) on the old ones; a writer the new
+        runtime does not keep is drained once they have.
+        """
+        new = Runtime(config, router, self._engine_factory(config), model_source, store)
         old, self._runtime = self._runtime, new
-        self._feedback.capacity = config.server.feedback_capacity
+        _note_settings(new)
+        self._served.capacity = config.server.feedback_capacity
+        self._sessions.capacity = config.routing.max_sessions
         old.retired = True
         if old.streams == 0:
             self._close_later(old)
 
     def _close_later(self, rt: Runtime) -> None:
-        task = asyncio.get_running_loop().create_task(rt.engine.aclose())
+        task = asyncio.get_running_loop().create_task(self._close(rt))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
+    async def _close(self, rt: Runtime) -> None:
+        await rt.engine.aclose()
+        if rt.writer is not None and rt.writer is not self._runtime.writer:
+            await rt.writer.aclose()
+
     async def aclose(self) -> None:
-        """Close the engine in force and wait for retired ones to close."""
-        await self._runtime.engine.aclose()
+        """Close the engine in force, write what is queued, and wait for retired runtimes."""
+        rt = self._runtime
+        await rt.engine.aclose()
         if self._closing:
             await asyncio.gather(*self._closing)
+        if rt.writer is not None:
+            await rt.writer.aclose()
 
 
-__all__ = ["RouterService", "ServiceInfo"]
+def _note_settings(rt: Runtime) -> None:
+    """Write the satisfaction threshold to the store, for readers of the store itself."""
+    if rt.writer is not None:
+        rt.writer.put(StateRecord(SATISFIED_AT_STATE, rt.config.feedback.satisfied_at, time.time()))
+
+
+def store_status(writer: StoreWriter) -> StoreStatus:
+    """Return the store's kind and location and its writer's counters."""
+    return StoreStatus(
+        kind=writer.store.kind,
+        location=writer.store.location,
+        queued=writer.queued,
+        written=writer.written,
+        dropped=writer.dropped,
+        failed_writes=writer.failed_writes,
+    )
+
+
+__all__ = ["RouterService", "ServiceInfo", "ServiceStats", "StoreStatus"]

@@ -16,6 +16,7 @@ from router.domain import (
     DecisionReason,
     Escalation,
     Feedback,
+    FeedbackResult,
     GateReport,
     GenerationOptions,
     RouteRequest,
@@ -23,7 +24,8 @@ from router.domain import (
     TextDelta,
     TierHints,
 )
-from router.service import ServiceInfo
+from router.service import ServiceInfo, ServiceStats, StoreStatus
+from router.store import Stats, TierStats
 
 _NO_METADATA: MappingProxyType[str, str] = MappingProxyType({})
 _NO_HINTS = TierHints()
@@ -35,6 +37,7 @@ _REASONS = {
     DecisionReason.MAX_TIER: pb.DECISION_REASON_MAX_TIER,
     DecisionReason.FORCED: pb.DECISION_REASON_FORCED,
     DecisionReason.MARGIN: pb.DECISION_REASON_MARGIN,
+    DecisionReason.SESSION_FLOOR: pb.DECISION_REASON_SESSION_FLOOR,
 }
 # The proto enums mirror the domain's by name.
 _OUTCOMES: dict[AttemptOutcome, pb.AttemptOutcome] = {
@@ -58,6 +61,7 @@ def route_request(message: pb.RouteRequest, request_id: str) -> RouteRequest:
             if message.HasField("hints")
             else _NO_HINTS
         ),
+        session_id=message.session_id,
     )
 
 
@@ -76,7 +80,62 @@ def complete_request(message: pb.CompleteRequest, request_id: str) -> CompleteRe
 
 def feedback(message: pb.FeedbackRequest) -> Feedback:
     """Return the domain feedback of a FeedbackRequest."""
-    return Feedback(message.request_id, message.rating, message.comment, message.tenant)
+    return Feedback(
+        message.request_id, message.rating, message.comment, message.tenant, message.label
+    )
+
+
+def feedback_response(result: FeedbackResult) -> pb.FeedbackResponse:
+    """Return the protobuf of what Feedback did with a rating."""
+    return pb.FeedbackResponse(known_request=result.known_request, stored=result.stored)
+
+
+def stats_query(message: pb.GetStatsRequest) -> tuple[float | None, str | None]:
+    """Return the time and tenant a GetStatsRequest asks for (None: no limit)."""
+    since = message.since_unix_seconds or None
+    return since, message.tenant if message.HasField("tenant") else None
+
+
+def tier_stats(row: TierStats) -> pb.TierStats:
+    """Return the protobuf of one stats row."""
+    return pb.TierStats(
+        tier=row.tier,
+        tier_index=row.tier_index,
+        model=row.model,
+        requests=row.requests,
+        share=row.share,
+        completions=row.completions,
+        escalation_rate=row.escalation_rate,
+        gate_rejection_rate=row.gate_rejection_rate,
+        error_rate=row.error_rate,
+        ttft_p50_ms=row.ttft_p50_ms,
+        ttft_p95_ms=row.ttft_p95_ms,
+        rated=row.rated,
+        mean_rating=row.mean_rating,
+        satisfaction=row.satisfaction,
+        cost_usd=row.cost_usd,
+        strongest_cost_usd=row.strongest_cost_usd,
+        saved_usd=row.saved_usd,
+    )
+
+
+def stats_response(report: ServiceStats) -> pb.GetStatsResponse:
+    """Return the GetStats answer."""
+    stats, store = report.stats, report.store
+    return pb.GetStatsResponse(
+        tiers=[tier_stats(row) for row in stats.tiers],
+        total=tier_stats(stats.total),
+        satisfied_at=stats.satisfied_at,
+        unmatched_feedback=stats.unmatched_feedback,
+        store=pb.StoreStatus(
+            kind=store.kind,
+            location=store.location,
+            queued=store.queued,
+            written=store.written,
+            dropped=store.dropped,
+            failed_writes=store.failed_writes,
+        ),
+    )
 
 
 def decision(d: RoutingDecision) -> pb.RoutingDecision:
@@ -219,4 +278,53 @@ def config_response(info: ServiceInfo) -> pb.GetConfigResponse:
         fastpath=info.fastpath,
         max_prompt_bytes=config.server.max_prompt_bytes,
         max_concurrent_rpcs=config.server.max_concurrent_rpcs,
+    )
+
+
+def _optional(message: pb.TierStats, name: str) -> float | None:
+    value: float | None = getattr(message, name) if message.HasField(name) else None
+    return value
+
+
+def tier_stats_of(message: pb.TierStats) -> TierStats:
+    """Return the domain row of a TierStats message."""
+    return TierStats(
+        tier=message.tier,
+        tier_index=message.tier_index,
+        model=message.model,
+        requests=message.requests,
+        share=message.share,
+        completions=message.completions,
+        escalation_rate=_optional(message, "escalation_rate"),
+        gate_rejection_rate=_optional(message, "gate_rejection_rate"),
+        error_rate=_optional(message, "error_rate"),
+        ttft_p50_ms=_optional(message, "ttft_p50_ms"),
+        ttft_p95_ms=_optional(message, "ttft_p95_ms"),
+        rated=message.rated,
+        mean_rating=_optional(message, "mean_rating"),
+        satisfaction=_optional(message, "satisfaction"),
+        cost_usd=message.cost_usd,
+        strongest_cost_usd=message.strongest_cost_usd,
+        saved_usd=message.saved_usd,
+    )
+
+
+def stats_of(message: pb.GetStatsResponse) -> ServiceStats:
+    """Return the domain stats of a GetStats answer (for ``modelrouter stats --target``)."""
+    store = message.store
+    return ServiceStats(
+        stats=Stats(
+            tiers=tuple(tier_stats_of(row) for row in message.tiers),
+            total=tier_stats_of(message.total),
+            satisfied_at=message.satisfied_at,
+            unmatched_feedback=message.unmatched_feedback,
+        ),
+        store=StoreStatus(
+            kind=store.kind,
+            location=store.location,
+            queued=store.queued,
+            written=store.written,
+            dropped=store.dropped,
+            failed_writes=store.failed_writes,
+        ),
     )

@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 import structlog
 
-from router.domain import BackendUnavailable, InvalidRequest, Overloaded, RouterError
+from router.domain import (
+    BackendUnavailable,
+    InvalidRequest,
+    NotConfigured,
+    Overloaded,
+    RouterError,
+    StoreUnavailable,
+)
 
 log = structlog.get_logger()
 
@@ -36,6 +43,8 @@ _STATUS_OF: tuple[tuple[type[RouterError], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (BackendUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (NotConfigured, grpc.StatusCode.FAILED_PRECONDITION),
 )
 
 

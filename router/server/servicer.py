@@ -36,7 +36,7 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         # A trailer, not a header: on a unary call grpc.aio sends a header in a batch of
         # its own, which cost a fifth of Route's throughput; trailers ride with the status.
         context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
-        decision = self._service.route(convert.route_request(request, rid))
+        decision = await self._service.route(convert.route_request(request, rid))
         _note_decision(decision)
         return pb.RouteResponse(decision=convert.decision(decision))
 
@@ -60,16 +60,21 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         """Store a rating of an answer."""
         record = current_rpc()
         record.tenant = request.tenant
-        known = self._service.feedback(convert.feedback(request))
+        result = await self._service.feedback(convert.feedback(request))
         # Noted once checked: it also goes into the x-request-id trailer of an error.
         record.request_id = request.request_id
-        return pb.FeedbackResponse(known_request=known)
+        return convert.feedback_response(result)
 
     async def GetConfig(
         self, request: pb.GetConfigRequest, context: Context
     ) -> pb.GetConfigResponse:
         """Describe the configuration in force."""
         return convert.config_response(self._service.info())
+
+    async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.GetStatsResponse:
+        """Report satisfaction, escalation, errors and cost per tier and model."""
+        since, tenant = convert.stats_query(request)
+        return convert.stats_response(await self._service.stats(since, tenant))
 
 
 def _note_decision(decision: RoutingDecision) -> None:

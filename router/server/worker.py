@@ -14,12 +14,14 @@ from router.loading import ConfigSource, Loaded, load
 from router.server.app import create_server
 from router.server.logs import flush_logs, set_worker
 from router.service import RouterService
+from router.store import StoreError, StoreWriter, start_writer
 
 log = structlog.get_logger()
 
 # Settings a reload cannot change in a running process.
 RESTART_ONLY = ("host", "port", "workers", "max_message_bytes")
 EXIT_LISTEN = 3
+EXIT_STORE = 4
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -43,7 +45,14 @@ def run_worker(source: ConfigSource, loaded: Loaded, *, index: int | None, reuse
 async def _serve_async(source: ConfigSource, loaded: Loaded, reuse_port: bool) -> int:
     loop = asyncio.get_running_loop()
     config = loaded.config
-    service = RouterService(config, loaded.router, model_source=loaded.model_source)
+    writer = None
+    if loaded.store is not None and config.store is not None:
+        try:
+            writer = await start_writer(loaded.store, config.store)
+        except StoreError as exc:
+            log.error("cannot open the store", error=str(exc))
+            return EXIT_STORE
+    service = RouterService(config, loaded.router, model_source=loaded.model_source, store=writer)
     address = f"{config.server.host}:{config.server.port}"
     try:
         running = create_server(config, service, reuse_port=reuse_port)
@@ -60,6 +69,7 @@ async def _serve_async(source: ConfigSource, loaded: Loaded, reuse_port: bool) -
         model_version=loaded.router.version,
         fastpath=loaded.router.implementation,
         event_loop=type(loop).__module__.split(".")[0],
+        store=None if writer is None else writer.store.location,
     )
     stop = asyncio.Event()
     reloader = Reloader(source, service)
@@ -70,7 +80,15 @@ async def _serve_async(source: ConfigSource, loaded: Loaded, reuse_port: bool) -
     grace = service.config.server.grace_period_s
     log.info("stopping", grace_s=grace, in_flight=running.interceptor.in_flight)
     await running.stop(grace)
-    log.info("stopped")
+    store = service.store
+    log.info(
+        "stopped",
+        **(
+            {}
+            if store is None
+            else {"store_written": store.written, "store_dropped": store.dropped}
+        ),
+    )
     flush_logs()
     return 0
 
@@ -84,6 +102,15 @@ class Reloader:
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
 
+    async def _writer_for(self, loaded: Loaded) -> StoreWriter | None:
+        """Return the writer the new configuration's store needs: the same one, or a new one."""
+        current = self._service.store
+        if current is not None and current.serves(loaded.store, loaded.config.store):
+            return current
+        if loaded.store is None or loaded.config.store is None:
+            return None
+        return await start_writer(loaded.store, loaded.config.store)
+
     def trigger(self) -> None:
         """Start a reload in the background (called from the signal handler)."""
         task = asyncio.get_running_loop().create_task(self.reload())
@@ -96,8 +123,9 @@ class Reloader:
             old = self._service.config
             try:
                 loaded = await asyncio.to_thread(load, self._source)
-                self._service.reload(loaded.config, loaded.router, loaded.model_source)
-            except ConfigError as exc:
+                writer = await self._writer_for(loaded)
+                self._service.reload(loaded.config, loaded.router, loaded.model_source, writer)
+            except (ConfigError, StoreError) as exc:
                 log.error("reload rejected", config=self._source.describe(), error=str(exc))
                 return False
             except Exception as exc:

@@ -16,6 +16,7 @@ import time
 
 import structlog
 
+from router.config import StoreConfig
 from router.store.base import Store
 from router.store.records import Record
 
@@ -37,8 +38,11 @@ class StoreWriter:
         batch_size: int = 500,
         flush_interval_s: float = 0.5,
         drain_timeout_s: float = 30.0,
+        target: str = "",
     ) -> None:
         self.store = store
+        # The path or URL it was opened from: a reload naming the same keeps this writer.
+        self.target = target
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
@@ -54,6 +58,15 @@ class StoreWriter:
         self._closing = False
         self._last_drop_log = 0.0
         self._task: asyncio.Task[None] | None = None
+
+    def serves(self, target: str | None, settings: StoreConfig | None) -> bool:
+        """Return whether this writer is the one a configuration's store asks for."""
+        return (
+            settings is not None
+            and target == self.target
+            and (settings.queue_size, settings.batch_size, settings.flush_interval_s)
+            == (self.queue_size, self.batch_size, self.flush_interval_s)
+        )
 
     @property
     def queued(self) -> int:

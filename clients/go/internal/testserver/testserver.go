@@ -55,6 +55,8 @@ type Server struct {
 	cmd  *exec.Cmd
 	log  *syncBuffer
 	done chan error
+	// The server's own state directory ($XDG_STATE_HOME): its store starts empty.
+	state string
 }
 
 // Binary returns the modelrouter command: $MODELROUTER_BIN, else `modelrouter` on PATH.
@@ -100,13 +102,19 @@ func Start(args ...string) (*Server, error) {
 
 func start(bin string, port int, args []string) (*Server, error) {
 	argv := append([]string{"serve", "--host", "127.0.0.1", "--port", strconv.Itoa(port)}, args...)
+	state, err := os.MkdirTemp("", "modelrouter-client-state-")
+	if err != nil {
+		return nil, err
+	}
 	cmd := exec.Command(bin, argv...)
+	cmd.Env = append(os.Environ(), "XDG_STATE_HOME="+state)
 	log := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
+		os.RemoveAll(state)
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd, log: log, done: make(chan error, 1)}
+	s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd, log: log, done: make(chan error, 1), state: state}
 	go func() { s.done <- cmd.Wait() }()
 	if err := s.waitServing(); err != nil {
 		s.Stop()
@@ -146,6 +154,7 @@ func (s *Server) Output() string { return s.log.String() }
 
 // Stop sends SIGTERM, waits for the graceful stop (SIGKILL after a timeout) and returns the exit error.
 func (s *Server) Stop() error {
+	defer os.RemoveAll(s.state)
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-s.done:
