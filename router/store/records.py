@@ -34,7 +34,9 @@ class AttemptRecord:
     gate_reason: str
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: built on the request path, where a frozen dataclass's __init__ (one
+# object.__setattr__ per field) costs twice as much. Treat it as immutable all the same.
+@dataclass(slots=True)
 class RequestRecord:
     """A request: who sent it, what was decided, and for Complete what happened."""
 
