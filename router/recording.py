@@ -117,52 +117,30 @@ def complete_record(
 
     ``summary`` is None when no tier answered (``outcome`` "error" or "cancelled"); the
     cost is then that of the failed attempts, against nothing delivered. ``started`` is
-    the Unix time of the decision.
+    the Unix time of the decision. It is the decision's record with the outcome filled in.
     """
-    prompt, messages = _text(request, keep_text)
+    record = route_record(key, request, decision, keep_text=keep_text)
     if summary is not None:
         attempts = summary.attempts
-    records = tuple(_attempt(a, tier_index) for a in attempts)
-    return RequestRecord(
-        key=key,
-        request_id=decision.request_id,
-        time=started,
-        method="complete",
-        tenant=request.tenant,
-        session_id=request.session_id,
-        tier=decision.tier,
-        tier_index=decision.tier_index,
-        model=decision.model,
-        backend=decision.backend,
-        score=decision.score,
-        levels=decision.levels,
-        rules=decision.rules,
-        reason=decision.reason.value,
-        model_version=decision.model_version,
-        hints=_hints(request.hints),
-        outcome=outcome,
-        prompt_tokens=(
-            summary.usage.prompt_tokens
-            if summary is not None
-            else sum(a.prompt_tokens for a in attempts)
-        ),
-        completion_tokens=(
-            summary.usage.completion_tokens
-            if summary is not None
-            else sum(a.completion_tokens for a in attempts)
-        ),
-        cost_usd=summary.cost_usd if summary is not None else sum(a.cost_usd for a in attempts),
-        strongest_cost_usd=summary.strongest_tier_cost_usd if summary is not None else 0.0,
-        answered_tier=None if summary is None else summary.tier,
-        answered_tier_index=None if summary is None else summary.tier_index,
-        answered_model=None if summary is None else summary.model,
-        finish_reason="" if summary is None else summary.finish_reason,
-        escalations=escalations,
-        first_text_ms=(
-            summary.first_text_ms if summary is not None and summary.delivered_chars else None
-        ),
-        duration_ms=duration_ms,
-        attempts=records,
-        prompt=prompt,
-        messages=messages,
-    )
+        record.prompt_tokens = summary.usage.prompt_tokens
+        record.completion_tokens = summary.usage.completion_tokens
+        record.cost_usd = summary.cost_usd
+        record.strongest_cost_usd = summary.strongest_tier_cost_usd
+        record.answered_tier = summary.tier
+        record.answered_tier_index = summary.tier_index
+        record.answered_model = summary.model
+        record.finish_reason = summary.finish_reason
+        if summary.delivered_chars:
+            record.first_text_ms = summary.first_text_ms
+    else:
+        record.prompt_tokens = sum(a.prompt_tokens for a in attempts)
+        record.completion_tokens = sum(a.completion_tokens for a in attempts)
+        record.cost_usd = sum(a.cost_usd for a in attempts)
+        record.strongest_cost_usd = 0.0
+    record.time = started
+    record.method = "complete"
+    record.outcome = outcome
+    record.escalations = escalations
+    record.duration_ms = duration_ms
+    record.attempts = tuple(_attempt(a, tier_index) for a in attempts)
+    return record

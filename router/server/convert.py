@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import MappingProxyType
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
 
 from router._proto.modelrouter.v1 import router_pb2 as pb
 from router.domain import (
@@ -27,6 +31,7 @@ from router.domain import (
 from router.service import ServiceInfo, ServiceStats, StoreStatus
 from router.store import Stats, TierStats
 
+_Row = TypeVar("_Row", TierStats, StoreStatus)
 _NO_METADATA: MappingProxyType[str, str] = MappingProxyType({})
 _NO_HINTS = TierHints()
 _NO_GENERATION = GenerationOptions()
@@ -96,45 +101,26 @@ def stats_query(message: pb.GetStatsRequest) -> tuple[float | None, str | None]:
     return since, message.tenant if message.HasField("tenant") else None
 
 
-def tier_stats(row: TierStats) -> pb.TierStats:
-    """Return the protobuf of one stats row."""
-    return pb.TierStats(
-        tier=row.tier,
-        tier_index=row.tier_index,
-        model=row.model,
-        requests=row.requests,
-        share=row.share,
-        completions=row.completions,
-        escalation_rate=row.escalation_rate,
-        gate_rejection_rate=row.gate_rejection_rate,
-        error_rate=row.error_rate,
-        ttft_p50_ms=row.ttft_p50_ms,
-        ttft_p95_ms=row.ttft_p95_ms,
-        rated=row.rated,
-        mean_rating=row.mean_rating,
-        satisfaction=row.satisfaction,
-        cost_usd=row.cost_usd,
-        strongest_cost_usd=row.strongest_cost_usd,
-        saved_usd=row.saved_usd,
-    )
+def _values(row: Any) -> dict[str, Any]:
+    """Return a dataclass's fields by name (the stats messages mirror them by name)."""
+    return {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}
+
+
+def _read(message: Message, name: str) -> Any:
+    """Return a field's value, None for an optional one that is not set."""
+    field = message.DESCRIPTOR.fields_by_name[name]
+    return getattr(message, name) if not field.has_presence or message.HasField(name) else None
 
 
 def stats_response(report: ServiceStats) -> pb.GetStatsResponse:
     """Return the GetStats answer."""
-    stats, store = report.stats, report.store
+    stats = report.stats
     return pb.GetStatsResponse(
-        tiers=[tier_stats(row) for row in stats.tiers],
-        total=tier_stats(stats.total),
+        tiers=[pb.TierStats(**_values(row)) for row in stats.tiers],
+        total=pb.TierStats(**_values(stats.total)),
         satisfied_at=stats.satisfied_at,
         unmatched_feedback=stats.unmatched_feedback,
-        store=pb.StoreStatus(
-            kind=store.kind,
-            location=store.location,
-            queued=store.queued,
-            written=store.written,
-            dropped=store.dropped,
-            failed_writes=store.failed_writes,
-        ),
+        store=pb.StoreStatus(**_values(report.store)),
     )
 
 
@@ -281,50 +267,19 @@ def config_response(info: ServiceInfo) -> pb.GetConfigResponse:
     )
 
 
-def _optional(message: pb.TierStats, name: str) -> float | None:
-    value: float | None = getattr(message, name) if message.HasField(name) else None
-    return value
-
-
-def tier_stats_of(message: pb.TierStats) -> TierStats:
-    """Return the domain row of a TierStats message."""
-    return TierStats(
-        tier=message.tier,
-        tier_index=message.tier_index,
-        model=message.model,
-        requests=message.requests,
-        share=message.share,
-        completions=message.completions,
-        escalation_rate=_optional(message, "escalation_rate"),
-        gate_rejection_rate=_optional(message, "gate_rejection_rate"),
-        error_rate=_optional(message, "error_rate"),
-        ttft_p50_ms=_optional(message, "ttft_p50_ms"),
-        ttft_p95_ms=_optional(message, "ttft_p95_ms"),
-        rated=message.rated,
-        mean_rating=_optional(message, "mean_rating"),
-        satisfaction=_optional(message, "satisfaction"),
-        cost_usd=message.cost_usd,
-        strongest_cost_usd=message.strongest_cost_usd,
-        saved_usd=message.saved_usd,
-    )
+def _dataclass_of(kind: type[_Row], message: Message) -> _Row:
+    """Return the dataclass a stats message mirrors field by field."""
+    return kind(**{f.name: _read(message, f.name) for f in dataclasses.fields(kind)})
 
 
 def stats_of(message: pb.GetStatsResponse) -> ServiceStats:
     """Return the domain stats of a GetStats answer (for ``modelrouter stats --target``)."""
-    store = message.store
     return ServiceStats(
         stats=Stats(
-            tiers=tuple(tier_stats_of(row) for row in message.tiers),
-            total=tier_stats_of(message.total),
+            tiers=tuple(_dataclass_of(TierStats, row) for row in message.tiers),
+            total=_dataclass_of(TierStats, message.total),
             satisfied_at=message.satisfied_at,
             unmatched_feedback=message.unmatched_feedback,
         ),
-        store=StoreStatus(
-            kind=store.kind,
-            location=store.location,
-            queued=store.queued,
-            written=store.written,
-            dropped=store.dropped,
-            failed_writes=store.failed_writes,
-        ),
+        store=_dataclass_of(StoreStatus, message.store),
     )

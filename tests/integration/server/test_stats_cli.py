@@ -15,20 +15,10 @@ from router.store.cli import parse_since
 from tests.integration.server.support import ServeProcess, write_config
 from tests.integration.server.test_serve import stub_for
 from tests.integration.server.test_serve_store import stats_when, store_section
+from tests.integration.store.test_store import JSON_ROW_KEYS
 from tests.integration.test_cli import modelrouter
 
 Start = Callable[..., ServeProcess]
-ROW_KEYS = {
-    "tier",
-    "model",
-    "requests",
-    "rated",
-    "mean_rating",
-    "satisfaction",
-    "escalation_rate",
-    "cost_usd",
-    "saved_usd",
-}
 
 
 def test_stats_from_the_store_and_from_the_server_agree(
@@ -66,7 +56,7 @@ def test_stats_from_the_store_and_from_the_server_agree(
     from_server, from_store = json.loads(asked.stdout), json.loads(read.stdout)
     assert from_server == from_store
     assert set(from_store) == {"tiers", "total"}
-    assert all(set(row) >= ROW_KEYS for row in from_store["tiers"])
+    assert all(set(row) >= JSON_ROW_KEYS for row in from_store["tiers"])
     total = from_store["total"]
     assert (total["requests"], total["rated"], total["unmatched_feedback"]) == (4, 3, 1)
     # Ratings 0.5, 0.75 and 1.0 against the server's satisfied_at of 0.8.
