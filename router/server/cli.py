@@ -10,6 +10,7 @@ from typing import Any
 from router.config import DEFAULT_CONFIG_YAML, ConfigError
 from router.loading import ConfigSource, load
 from router.server.process import EXIT_CONFIG, serve, worker_count
+from router.store import is_url
 
 Subparsers = Any  # argparse's _SubParsersAction is private
 
@@ -92,9 +93,21 @@ def _run_check(args: argparse.Namespace) -> int:
     print(
         f"{source.describe()}: OK: tiers {tiers}; model {loaded.router.version} from "
         f"{loaded.model_source}; backends {', '.join(sorted(config.backends))}; "
-        f"{worker_count(config)} worker(s) on {config.server.host}:{config.server.port}"
+        f"{worker_count(config)} worker(s) on {config.server.host}:{config.server.port}; "
+        f"store {_describe_store(loaded.store)}"
     )
     return 0
+
+
+def _describe_store(target: str | None) -> str:
+    """Return where the store is, without a password (the store is not opened here)."""
+    if target is None:
+        return "off"
+    if is_url(target):
+        from router.store.postgres import redact
+
+        return f"postgres {redact(target)}"
+    return f"sqlite {target}"
 
 
 def _run_default(args: argparse.Namespace) -> int:
