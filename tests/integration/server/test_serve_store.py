@@ -24,6 +24,7 @@ from tests.integration.server.support import (
 from tests.integration.server.test_serve import route, stub_for
 
 Start = Callable[..., ServeProcess]
+START_S = 120.0
 # Records sit in the queue until a batch is full or the drain: nothing is written by time.
 HOLD = {"flush_interval_s": 3600.0}
 
@@ -47,6 +48,11 @@ def serve(start: Start, config: Path, workers: int = 1) -> ServeProcess:
     )
 
 
+def port_of(server: ServeProcess, workers: int = 1) -> int:
+    """Return the port once the workers listen (start-up is slow on a loaded machine)."""
+    return int(server.wait_for("listening", count=workers, timeout=START_S)[0]["port"])
+
+
 def get_stats(port: int) -> pb.GetStatsResponse:
     with stub_for(port) as stub:
         stats: pb.GetStatsResponse = stub.GetStats(pb.GetStatsRequest(), timeout=30)
@@ -68,13 +74,13 @@ def test_sigterm_writes_every_queued_record_of_every_worker(
         tmp_path / "c.yaml", model_path, store=store_section(store_target, **HOLD)
     )
     server = serve(serve_process, config, workers=2)
-    port = server.wait_for("listening", count=2)[0]["port"]
+    port = port_of(server, workers=2)
     for i in range(40):
         route(port, f"query number {i}")  # a connection each: both workers serve
-    assert {line["worker"] for line in server.wait_for("rpc", count=40)} == {0, 1}
+    assert {line["worker"] for line in server.wait_for("rpc", count=40, timeout=START_S)} == {0, 1}
     assert stored_requests(store_target) == 0  # all of them still queued
     server.signal(signal.SIGTERM)
-    assert server.wait() == 0
+    assert server.wait(START_S) == 0
     assert stored_requests(store_target) == 40
     stopped = server.events("stopped")
     # Each worker also wrote one record of its settings (feedback.satisfied_at).
@@ -91,7 +97,7 @@ def test_sigkill_loses_only_what_sat_in_the_queue(
         store=store_section(store_target, batch_size=10, **HOLD),
     )
     server = serve(serve_process, config)
-    port = server.port
+    port = port_of(server)
     for i in range(25):
         route(port, f"query number {i}")
     # The settings record and 25 requests: two full batches are written at once, and six
@@ -99,14 +105,14 @@ def test_sigkill_loses_only_what_sat_in_the_queue(
     stats = stats_when(port, lambda s: s.store.written == 20)
     assert (stats.store.queued, stats.total.requests) == (6, 19)
     server.proc.kill()
-    server.wait()
+    server.wait(START_S)
     lost = 25 - stored_requests(store_target)
     assert lost == stats.store.queued == 6
     # The store survives the kill: a new server opens it and records again.
     again = serve(serve_process, config)
-    route(again.port, "after the crash")
+    route(port_of(again), "after the crash")
     again.signal(signal.SIGTERM)
-    assert again.wait() == 0
+    assert again.wait(START_S) == 0
     assert stored_requests(store_target) == 20
 
 
@@ -118,12 +124,12 @@ def test_a_reload_never_loses_records(
     sections: dict[str, Any] = {"store": {"path": str(first), **HOLD}, "backends": slow_demo(20)}
     write_config(config, model_path, **sections)
     server = serve(serve_process, config)
-    port = server.port
+    port = port_of(server)
     for i in range(10):
         route(port, f"before {i}")
     # A reload keeping the store keeps its writer and its queue.
     server.signal(signal.SIGHUP)
-    server.wait_for("reloaded")
+    server.wait_for("reloaded", timeout=START_S)
     for i in range(5):
         route(port, f"between {i}")
     assert stored_requests(str(first)) == 0
@@ -141,7 +147,7 @@ def test_a_reload_never_loses_records(
         sections["store"]["path"] = str(second)
         write_config(config, model_path, **sections)
         server.signal(signal.SIGHUP)
-        server.wait_for("reloaded", count=2)
+        server.wait_for("reloaded", count=2, timeout=START_S)
         for i in range(7):
             route(port, f"after {i}")
         reader.join(timeout=120)
@@ -152,7 +158,7 @@ def test_a_reload_never_loses_records(
         assert time.monotonic() < deadline
         time.sleep(0.05)
     server.signal(signal.SIGTERM)
-    assert server.wait() == 0
+    assert server.wait(START_S) == 0
     assert (stored_requests(str(first)), stored_requests(str(second))) == (16, 7)
 
 
@@ -164,7 +170,7 @@ def test_serve_stops_on_a_store_it_cannot_open(
         tmp_path / "c.yaml", model_path, store={"path": str(tmp_path / "file" / "s.db")}
     )
     server = serve(serve_process, config)
-    assert server.wait() == 1
+    assert server.wait(START_S) == 1
     assert "modelrouter: store: " in "".join(server.raw)
 
 
@@ -186,9 +192,9 @@ def test_the_default_store_is_in_the_state_directory(
         "1",
         env={"XDG_STATE_HOME": str(state)},
     )
-    route(server.port)
+    route(port_of(server))
     server.signal(signal.SIGTERM)
-    assert server.wait() == 0
+    assert server.wait(START_S) == 0
     path = state / "modelrouter" / "modelrouter.db"
     if value == "null":
         assert not path.exists()

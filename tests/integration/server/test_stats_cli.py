@@ -14,7 +14,12 @@ from router._proto.modelrouter.v1 import router_pb2 as pb
 from router.store.cli import parse_since
 from tests.integration.server.support import ServeProcess, write_config
 from tests.integration.server.test_serve import stub_for
-from tests.integration.server.test_serve_store import stats_when, store_section
+from tests.integration.server.test_serve_store import (
+    START_S,
+    port_of,
+    stats_when,
+    store_section,
+)
 from tests.integration.store.test_store import JSON_ROW_KEYS
 from tests.integration.test_cli import modelrouter
 
@@ -33,7 +38,7 @@ def test_stats_from_the_store_and_from_the_server_agree(
     server = serve_process(
         "--config", str(config), "--host", "127.0.0.1", "--port", "0", "--workers", "1"
     )
-    port = server.port
+    port = port_of(server)
     with stub_for(port) as stub:
         for i, tenant in enumerate(("acme", "acme", "globex")):
             rid = f"q-{i}"
@@ -49,7 +54,7 @@ def test_stats_from_the_store_and_from_the_server_agree(
     by_tenant = modelrouter("stats", "--target", f"127.0.0.1:{port}", "--tenant", "acme", "--json")
     table = modelrouter("stats", "--target", f"127.0.0.1:{port}")
     server.signal(signal.SIGTERM)
-    assert server.wait() == 0
+    assert server.wait(START_S) == 0
     read = modelrouter("stats", "--store", store_target, "--json")
     assert read.returncode == 0, read.stderr
 
