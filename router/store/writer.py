@@ -5,7 +5,9 @@ records once the batch is full or ``flush_interval_s`` after the first one arriv
 writes them in one transaction from a worker thread. A full queue drops the new record,
 counts it and logs (at most one line per ``DROP_LOG_INTERVAL_S``): the request it belongs
 to still succeeds. A failed write is retried with a growing pause, the batch kept in
-front of the queue. ``aclose`` writes everything still queued, then closes the store.
+front of the queue. ``aclose`` writes everything still queued, then closes the store; a
+store still failing after ``drain_timeout_s`` (5 s: well inside the supervisor's grace
+before it kills a stopping worker) has the rest counted as dropped and logged.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class StoreWriter:
         queue_size: int = 10_000,
         batch_size: int = 500,
         flush_interval_s: float = 0.5,
-        drain_timeout_s: float = 30.0,
+        drain_timeout_s: float = 5.0,
         target: str = "",
     ) -> None:
         self.store = store
