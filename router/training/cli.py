@@ -47,6 +47,20 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _data_file(text: str) -> tuple[Path, float]:
+    """Parse ``FILE`` or ``FILE:WEIGHT`` (a positive number; 1 when omitted)."""
+    name, sep, weight = text.rpartition(":")
+    if sep and name:
+        try:
+            value = float(weight)
+        except ValueError:
+            return Path(text), 1.0  # a colon in the file name, not a weight
+        if not (value > 0 and value < float("inf")):
+            raise argparse.ArgumentTypeError(f"{text!r}: the weight must be a positive number")
+        return Path(name), value
+    return Path(text), 1.0
+
+
 def _tier_names(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(","))
     if not 2 <= len(names) <= 5 or not all(names) or len(set(names)) != len(names):
@@ -125,7 +139,14 @@ def add_train_parser(subparsers: Subparsers) -> None:
         "calibrate the thresholds on out-of-fold scores; write the model file.",
     )
     parser.add_argument(
-        "--data", type=Path, action="append", required=True, help="training JSONL file (repeatable)"
+        "--data",
+        type=_data_file,
+        action="append",
+        required=True,
+        metavar="FILE[:WEIGHT]",
+        help="training JSONL file, repeatable: the files' rows are merged; each row of FILE "
+        "counts WEIGHT times as much as it would alone (1), on top of the 1/sqrt(rows of its "
+        "source) weighting; a row without 'source' takes the file's name as its source",
     )
     parser.add_argument("--out", type=Path, required=True, help="model file to write")
     parser.add_argument(
@@ -206,8 +227,14 @@ def _run_train(args: argparse.Namespace) -> int:
     try:
         rows = [
             row
-            for path in args.data
-            for row in read_rows(path, weak_model=args.weak_model, strong_model=args.strong_model)
+            for path, weight in args.data
+            for row in read_rows(
+                path,
+                weak_model=args.weak_model,
+                strong_model=args.strong_model,
+                default_source=path.stem,
+                weight=weight,
+            )
         ]
         target = _target(args)
         rules = load_rules(args.rules)
@@ -231,7 +258,8 @@ def _run_train(args: argparse.Namespace) -> int:
             tier_names=args.tiers,
             top_share=args.top_share,
             log=_log,
-            data_digest=files_digest(args.data),
+            data_digest=files_digest([path for path, _ in args.data]),
+            data_weights=[(path.name, weight) for path, weight in args.data],
             by_source=args.by_source,
         )
     except ValueError as exc:
