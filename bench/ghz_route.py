@@ -415,7 +415,10 @@ PROFILE_AREAS = (
     ("logging (structlog, one JSON line per RPC)", ("structlog/", "json/", "logs.py")),
     ("interceptor", ("router/server/interceptor",)),
     ("servicer + conversion", ("router/server/servicer", "router/server/convert")),
-    ("service: validation, ids, decision", ("router/service", "router/domain")),
+    (
+        "service: validation, ids, decision",
+        ("router/service", "router/validation", "router/request_ids", "router/domain"),
+    ),
     ("protobuf", ("google/protobuf",)),
     ("gRPC + event loop (C, called from asyncio)", ("asyncio/", "grpc/", "uvloop", "threading")),
 )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from router.backends.errors import BackendTimeout
-from router.config import BackendConfig, Timeouts
+from router.config import BackendConfig, TimeoutsConfig
 from router.domain import ChatMessage, GenerationOptions
 
 
@@ -62,7 +62,7 @@ class BackendRequest:
     generation: GenerationOptions
     max_tokens: int
     logprobs: bool
-    timeouts: Timeouts
+    timeouts: TimeoutsConfig
 
 
 class Backend(abc.ABC):
@@ -124,7 +124,7 @@ class _Watchdog:
 
     __slots__ = ("expired", "first", "handle", "limits", "loop", "since", "start", "task")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, limits: Timeouts) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, limits: TimeoutsConfig) -> None:
         self.loop = loop
         self.limits = limits
         self.start = self.since = loop.time()

@@ -21,7 +21,7 @@ import aiohttp
 from router.backends.base import Backend, BackendRequest, Chunk
 from router.backends.errors import ConnectFailed, MalformedStream, status_error
 from router.backends.sse import SSEEvent, iter_sse
-from router.config import BackendConfig, Timeouts
+from router.config import BackendConfig, TimeoutsConfig
 
 # Bytes of an error body kept for the attempt's detail.
 _ERROR_BODY_LIMIT = 4096
@@ -48,7 +48,7 @@ class HTTPBackend(Backend):
         self._headers = {**self.headers(), **_JSON_HEADERS}
         # Made on first use: an aiohttp session belongs to the running event loop.
         self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
+        self._timeouts: dict[TimeoutsConfig, aiohttp.ClientTimeout] = {}
 
     @abc.abstractmethod
     def base_url(self) -> str:
@@ -87,7 +87,7 @@ class HTTPBackend(Backend):
             )
         return session
 
-    def _timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
+    def _timeout(self, timeouts: TimeoutsConfig) -> aiohttp.ClientTimeout:
         timeout = self._timeouts.get(timeouts)
         if timeout is None:
             # Only making a new connection (TCP and TLS) is limited here, with sock_connect:

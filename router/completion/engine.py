@@ -21,7 +21,7 @@ from router.backends import Backend, BackendError, BackendRequest, Chunk, create
 from router.completion.circuit import CircuitBreaker
 from router.completion.cost import cost_usd, estimate_prompt_tokens
 from router.completion.gate import NOT_GATED, GateWindow, limits_report
-from router.config import BackendConfig, Config, Tier
+from router.config import BackendConfig, Config, TierConfig
 from router.domain import (
     Attempt,
     AttemptOutcome,
@@ -286,7 +286,7 @@ class CompletionEngine:
     async def _hold(
         self,
         stream: AsyncGenerator[Chunk, None],
-        tier: Tier,
+        tier: TierConfig,
         generation: GenerationOptions,
         state: _Try,
         loop: asyncio.AbstractEventLoop,
@@ -329,7 +329,7 @@ class CompletionEngine:
         self,
         decision: RoutingDecision,
         number: int,
-        tier: Tier,
+        tier: TierConfig,
         outcome: AttemptOutcome,
         detail: str,
         state: _Try,
@@ -375,7 +375,7 @@ class CompletionEngine:
 
     def _summary(
         self,
-        tier: Tier,
+        tier: TierConfig,
         index: int,
         state: _Try,
         attempts: Sequence[Attempt],
@@ -402,7 +402,7 @@ class CompletionEngine:
         )
 
 
-def _max_tokens(generation: GenerationOptions, tier: Tier) -> int:
+def _max_tokens(generation: GenerationOptions, tier: TierConfig) -> int:
     """Return the request's token limit, capped at the tier's."""
     asked = generation.max_tokens
     return min(asked, tier.max_tokens) if asked > 0 else tier.max_tokens

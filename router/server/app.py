@@ -10,11 +10,12 @@ from grpc_reflection.v1alpha import reflection
 
 from router._proto.modelrouter.v1 import router_pb2, router_pb2_grpc
 from router.config import Config
+from router.loading import load_router
 from router.server.health import SERVING, HealthServicer
 from router.server.interceptor import ServiceInterceptor
 from router.server.reflection import enable_server_reflection
 from router.server.servicer import ModelRouterServicer
-from router.service import RouterService, load_router
+from router.service import RouterService
 
 SERVICE_NAME: str = router_pb2.DESCRIPTOR.services_by_name["ModelRouter"].full_name
 HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name

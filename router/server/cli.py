@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from router.config import DEFAULT_CONFIG_YAML, ConfigError
-from router.server.process import EXIT_CONFIG, ConfigSource, load, serve, worker_count
+from router.loading import ConfigSource, load
+from router.server.process import EXIT_CONFIG, serve, worker_count
 
 Subparsers = Any  # argparse's _SubParsersAction is private
 
