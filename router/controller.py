@@ -25,12 +25,14 @@ Pure logic, no I/O: the clock is injected, and the state to persist is a plain d
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+
+from router.config import DEFAULT_TENANT, MAX_OFFSET, Config, ControllerConfig
 
 TargetKind = Literal["strong_share", "usd_per_hour"]
 STATE_VERSION = 1
@@ -151,8 +153,8 @@ _COLUMNS = (
 )
 _Array = npt.NDArray[np.float64]
 _Ints = npt.NDArray[np.int64]
-# Breakpoints are kept finite: an offset beyond this many logits is never allowed.
-MAX_LOGITS = 20.0
+# Breakpoints are kept finite: an offset beyond MAX_LOGITS is never allowed.
+MAX_LOGITS = MAX_OFFSET
 
 
 def _logit(p: _Array) -> _Array:
@@ -344,6 +346,8 @@ class TenantController:
         return np.asarray(cost / hours, dtype=np.float64)
 
     def _realised(self, window: _Window, hours: float) -> float:
+        if self.target.kind == "strong_share":
+            return float(np.mean(window.answered >= 1))
         return float(self._quantity(window, window.answered, hours).sum())
 
     def _curve(self, window: _Window, hours: float) -> _Curve:
@@ -456,6 +460,72 @@ class TenantController:
         return True
 
 
+def settings_of(config: ControllerConfig) -> Settings:
+    """Return the controller settings of the configuration's ``controller`` section."""
+    return Settings(
+        window_requests=config.window_requests,
+        window_s=config.window_s,
+        min_requests=config.min_requests,
+        update_every=config.update_every,
+        max_step=config.max_step,
+        catch_up=config.catch_up,
+        min_offset=config.min_offset,
+        max_offset=config.max_offset,
+    )
+
+
+def targets_of(config: Config) -> dict[str, Target]:
+    """Return the tenants' targets of a configuration."""
+    out = {}
+    for tenant, tenant_config in config.tenants.items():
+        target = tenant_config.target
+        if target is None:
+            continue
+        if target.strong_share is not None:
+            out[tenant] = Target("strong_share", target.strong_share)
+        elif target.usd_per_hour is not None:
+            out[tenant] = Target("usd_per_hour", target.usd_per_hour)
+    return out
+
+
+class Controllers:
+    """The controllers of the tenants with a target; they outlive reloads."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._by_tenant: dict[str, TenantController] = {}
+
+    def get(self, tenant: str) -> TenantController | None:
+        """Return the controller of a request's tenant, or None when it has no target."""
+        return self._by_tenant.get(tenant or DEFAULT_TENANT)
+
+    def configure(self, config: Config, pricing: Pricing) -> None:
+        """Hold the targets of a (new) configuration, carrying each tenant's state over.
+
+        A tenant whose target kind, model version and tiers are unchanged keeps its window
+        and offset; a new target value is aimed at from there.
+        """
+        settings = settings_of(config.controller)
+        old = self._by_tenant
+        new = {}
+        for tenant, target in targets_of(config).items():
+            controller = TenantController(tenant, target, settings, pricing, clock=self._clock)
+            if tenant in old:
+                controller.restore(old[tenant].state())
+            new[tenant] = controller
+        self._by_tenant = new
+
+    def __iter__(self) -> Iterator[TenantController]:
+        return iter(self._by_tenant.values())
+
+    def __len__(self) -> int:
+        return len(self._by_tenant)
+
+    def snapshots(self) -> list[Snapshot]:
+        """Return every controller's state, by tenant name."""
+        return [self._by_tenant[t].snapshot() for t in sorted(self._by_tenant)]
+
+
 def _record(values: Any, n_tiers: int) -> tuple[float, ...]:
     """Return a persisted window record, checked: finite numbers, tiers that exist."""
     if not isinstance(values, list) or len(values) != len(_COLUMNS):
@@ -475,11 +545,14 @@ def _record(values: Any, n_tiers: int) -> tuple[float, ...]:
 
 __all__ = [
     "NO_TIER",
+    "Controllers",
     "Pricing",
     "Served",
     "Settings",
     "Snapshot",
     "Target",
     "TenantController",
+    "settings_of",
     "shift_thresholds",
+    "targets_of",
 ]
