@@ -158,6 +158,7 @@ def simulate(
     times = np.zeros(len(queries))
     offsets = np.zeros(len(queries))
     gaps = rng.exponential(1.0 / REQUESTS_PER_SECOND, size=len(queries))
+    spent = 0.0
     for i, q in enumerate(queries):
         clock.now += float(gaps[i])
         decided, _ = choose_tier(
@@ -178,6 +179,7 @@ def simulate(
         )
         times[i] = clock.now
         offsets[i] = controller.offset
+        started = time.process_time()
         controller.record(
             Served(
                 score=q.score,
@@ -190,7 +192,14 @@ def simulate(
                 extra_cost_usd=extra,
             )
         )
-    return {"answered": answered, "cost": cost, "time": times, "offset": offsets}
+        spent += time.process_time() - started
+    return {
+        "answered": answered,
+        "cost": cost,
+        "time": times,
+        "offset": offsets,
+        "controller_us_per_request": np.array(1e6 * spent / len(queries)),
+    }
 
 
 def windows(
@@ -407,6 +416,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     else {"max_relative_error": 0.1, "max_relative_swing": 0.2, "note": "ours"}
                 ),
                 "verdict": verdict,
+                # What the controller costs the request path: record() and, every
+                # update_every requests, the solve (CPU time, amortised over the run).
+                "controller_us_per_request": float(run["controller_us_per_request"]),
                 "windows": rows,
                 "uncontrolled": windows(baseline, target.kind, regime_requests),
             }
@@ -419,7 +431,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             swing = f"{100 * r['swing']:.1f} points" if share else f"{100 * r['swing']:.1f}%"
             print(f"{target.describe()}: {r['name']:<12} worst settled error {err}, swing {swing}")
-        print(f"{target.describe()}: {'pass' if verdict['pass'] else 'FAIL'}")
+        print(
+            f"{target.describe()}: {'pass' if verdict['pass'] else 'FAIL'}; the controller "
+            f"costs {float(run['controller_us_per_request']):.1f} us per request"
+        )
     report["seconds"] = round(time.monotonic() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     name = "controller_smoke" if args.smoke else "controller"

@@ -27,6 +27,8 @@ MODELROUTER_REQUIRE_EXTENSIONS=1 MODELROUTER_REQUIRE_LLM=1 "$PYTHON" -m pytest -
 step "benchmark smoke runs"
 scripts/ci_server.sh
 "$PYTHON" bench/bench_fastpath.py --smoke
+"$PYTHON" bench/controller.py --smoke --out "$(mktemp -d)"
+"$PYTHON" bench/learning_curve.py --smoke --out "$(mktemp -d)"
 
 if [[ -x scripts/ci_clients.sh ]]; then
     step "Go and Java clients, ghz smoke"
