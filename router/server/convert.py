@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from router._proto.modelrouter.v1 import router_pb2 as pb
+from router.controller import Snapshot
 from router.domain import (
     Attempt,
     AttemptOutcome,
@@ -23,7 +24,6 @@ from router.domain import (
     TextDelta,
     TierHints,
 )
-from router.controller import Snapshot
 from router.service import ServiceInfo
 
 _NO_METADATA: MappingProxyType[str, str] = MappingProxyType({})
