@@ -56,6 +56,11 @@ def _outcome(path: Path, line: int, scores: Any, model: str) -> float:
     return float(value)
 
 
+def _outcome_if(path: Path, line: int, scores: Any, model: str) -> float | None:
+    """Return a model's outcome when the row has one, else None."""
+    return _outcome(path, line, scores, model) if model in scores else None
+
+
 def _model_name(path: Path, line: int, obj: dict[str, Any], field: str, default: str) -> str:
     """Return the model a row names in ``field`` for its outcome, or the default."""
     name = obj.get(field)
@@ -83,7 +88,8 @@ def iter_rows(
     ``scores`` is null or an object holding both models' outcomes in [0, 1]: those of
     ``weak_model`` and ``strong_model``, unless the row names its own pair in
     ``weak_model`` and ``strong_model`` fields (as ``modelrouter export`` writes: the
-    models of its cheapest and strongest tiers). A row without ``source`` gets
+    models of its cheapest and strongest tiers); such a row may hold the outcome of one
+    of them only, and then has no outcome. A row without ``source`` gets
     ``default_source``; every row gets ``weight``. Other fields are ignored. The first
     malformed row raises DataError.
     """
@@ -142,8 +148,14 @@ def iter_rows(
                     )
                 row_weak = _model_name(path, line_no, obj, "weak_model", weak_model)
                 row_strong = _model_name(path, line_no, obj, "strong_model", strong_model)
-                weak = _outcome(path, line_no, scores, row_weak)
-                strong = _outcome(path, line_no, scores, row_strong)
+                if "weak_model" in obj or "strong_model" in obj:
+                    # A row that names its own pair may hold one model's outcome only (a
+                    # rating of one answer): no outcome for training, not an error.
+                    weak = _outcome_if(path, line_no, scores, row_weak)
+                    strong = _outcome_if(path, line_no, scores, row_strong)
+                else:
+                    weak = _outcome(path, line_no, scores, row_weak)
+                    strong = _outcome(path, line_no, scores, row_strong)
             yield Row(
                 line=line_no,
                 id=row.id,
