@@ -9,12 +9,13 @@ were the user's own labelled traffic: text and outcomes only (no level), as
 --data base.jsonl --data rows.jsonl`` merges them. Each step trains with the project's
 training code (``router.training.train.train``, the function behind ``modelrouter
 train``) and measures, on the evaluation split, APGR and the cost saved at 98% of the
-strong model's quality (PRODUCT.md's prices). Smaller steps are repeated on other
-draws of the fed rows, to show how much the result depends on which rows a user has.
+strong model's quality (PRODUCT.md's prices). With ``--draws K`` the smaller steps are
+repeated on other draws of the fed rows, to show how much the result depends on which rows
+a user has (each draw is one more training).
 
 Writes ``bench/results/learning_curve.json`` and ``bench/results/learning_curve.png``.
 
-    .venv/bin/python bench/learning_curve.py            # ~20-40 minutes on 2 cores
+    .venv/bin/python bench/learning_curve.py            # 6 trainings: ~15 minutes on 2 quiet cores
     .venv/bin/python bench/learning_curve.py --smoke    # a minute: CI checks it still runs
 """
 
@@ -48,8 +49,9 @@ RESULTS = HERE / "results"
 SOURCE = "routellm_mmlu"
 STEPS: tuple[int, ...] = (0, 100, 300, 1000, 3000)
 FEED_POOL = 3000
-# Draws of the fed rows per step (one for the largest: the pool is the same 3,000).
-DRAWS = {100: 3, 300: 3, 1000: 2, 3000: 1}
+# Draws of the fed rows per step with --draws K (the largest step has one: the pool is
+# the same 3,000 rows).
+LARGEST = 3000
 TIERS = ("cheap", "strong", "expert")
 SEED = 11
 
@@ -152,13 +154,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--verbose", action="store_true", help="show the training log")
+    parser.add_argument(
+        "--draws",
+        type=int,
+        default=1,
+        help="draws of the fed rows for each step below 3,000 (1; each is one more training)",
+    )
     args = parser.parse_args(argv)
 
     started = time.monotonic()
     rows = read_rows(args.data)
     held = [r for r in rows if r.source == SOURCE]
     base = [r for r in rows if r.source != SOURCE]
-    steps, draws, pool_size = STEPS, DRAWS, FEED_POOL
+    draws = {fed: 1 if fed in (0, LARGEST) else max(1, args.draws) for fed in STEPS}
+    steps, pool_size = STEPS, FEED_POOL
     options = TrainOptions(name="learning-curve")
     if args.smoke:
         rng = np.random.default_rng(SEED)

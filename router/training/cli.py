@@ -353,7 +353,8 @@ def add_calibrate_parser(subparsers: Subparsers) -> None:
         help="set the score thresholds for a cost or quality target",
         description="Score the rows with the model and set the thresholds so that the target "
         "holds on them; write them into a copy of the model (--out) or into a service "
-        "configuration's tiers[].min_score (--config; the file is rewritten without comments).",
+        "configuration's tiers[].min_score (--config; with --model, its model too; the file "
+        "is rewritten without comments).",
     )
     parser.add_argument("--data", type=Path, required=True, help="JSONL file to calibrate on")
     _add_model_option(parser)
@@ -403,9 +404,21 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         saved = save_model(model.with_operating_point(tier_names, thresholds, note), args.out)
         print(f"wrote {args.out} ({saved.version})")
     else:
+        assert config_data is not None
+        if args.model is not None:
+            # The thresholds fit this model: the configuration must serve it.
+            config_data["model"] = _config_relative(args.model, args.config)
         _write_config_thresholds(args.config, config_data, thresholds)
-        print(f"wrote tiers[].min_score into {args.config}")
+        written = "model and tiers[].min_score" if args.model is not None else "tiers[].min_score"
+        print(f"wrote {written} into {args.config}")
     return EXIT_OK
+
+
+def _config_relative(model: Path, config: Path) -> str:
+    """Return a model path as a configuration file names it: relative to the file's
+    directory when the model lies under it, else absolute."""
+    model, base = model.resolve(), config.resolve().parent
+    return str(model.relative_to(base)) if model.is_relative_to(base) else str(model)
 
 
 def _placeholder(n_tiers: int) -> tuple[float, ...]:

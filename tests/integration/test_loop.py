@@ -21,7 +21,7 @@ import yaml
 
 from router.store import FeedbackRecord, RequestRecord, open_store
 from router.training.data import read_rows
-from tests.fakes.fake_openai import FakeOpenAI
+from tests.fakes.fake_openai import FakeOpenAIServer
 from tests.integration.test_cli import modelrouter
 
 T0 = 1_700_000_000.0
@@ -94,14 +94,14 @@ def store_path(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeOpenAI]:
-    server = FakeOpenAI(tokens_per_second=10_000)
+async def fake() -> AsyncIterator[FakeOpenAIServer]:
+    server = FakeOpenAIServer(tokens_per_second=10_000)
     await server.start()
     yield server
     await server.stop()
 
 
-def loop_config(path: Path, fake: FakeOpenAI, judge_says: str = "PASS") -> Path:
+def loop_config(path: Path, fake: FakeOpenAIServer, judge_says: str = "PASS") -> Path:
     """Write a configuration whose tiers and judge are the fake server's models."""
     price = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
     data = {
@@ -133,7 +133,7 @@ def label(store: Path, config: Path, out: Path, *extra: str) -> subprocess.Compl
 
 
 async def test_label_grades_both_answers_and_writes_outcome_rows(
-    store_path: Path, fake: FakeOpenAI, tmp_path: Path
+    store_path: Path, fake: FakeOpenAIServer, tmp_path: Path
 ) -> None:
     config = loop_config(tmp_path / "router.yaml", fake)
     out = tmp_path / "labels.jsonl"
@@ -158,7 +158,7 @@ async def test_label_grades_both_answers_and_writes_outcome_rows(
 
 
 async def test_a_reply_that_is_not_a_grade_leaves_no_outcome(
-    store_path: Path, fake: FakeOpenAI, tmp_path: Path
+    store_path: Path, fake: FakeOpenAIServer, tmp_path: Path
 ) -> None:
     config = loop_config(tmp_path / "router.yaml", fake, judge_says="Probably_PASS")
     out = tmp_path / "labels.jsonl"
@@ -170,7 +170,7 @@ async def test_a_reply_that_is_not_a_grade_leaves_no_outcome(
 
 
 async def test_resume_after_an_interruption_pays_for_no_step_twice(
-    store_path: Path, fake: FakeOpenAI, tmp_path: Path
+    store_path: Path, fake: FakeOpenAIServer, tmp_path: Path
 ) -> None:
     config = loop_config(tmp_path / "router.yaml", fake)
     out = tmp_path / "labels.jsonl"
@@ -224,7 +224,7 @@ async def test_resume_after_an_interruption_pays_for_no_step_twice(
 
 
 async def test_label_errors_are_one_line(
-    store_path: Path, fake: FakeOpenAI, tmp_path: Path
+    store_path: Path, fake: FakeOpenAIServer, tmp_path: Path
 ) -> None:
     config = loop_config(tmp_path / "router.yaml", fake)
     out = tmp_path / "labels.jsonl"
@@ -251,7 +251,7 @@ async def test_label_errors_are_one_line(
 
 
 async def test_export_writes_text_ratings_and_labels(
-    store_path: Path, fake: FakeOpenAI, tmp_path: Path
+    store_path: Path, fake: FakeOpenAIServer, tmp_path: Path
 ) -> None:
     config = loop_config(tmp_path / "router.yaml", fake)
     labels = tmp_path / "labels.jsonl"
@@ -272,7 +272,7 @@ async def test_export_writes_text_ratings_and_labels(
 
 
 async def test_export_filters_and_keeps_one_sided_ratings(
-    store_path: Path, tmp_path: Path, fake: FakeOpenAI
+    store_path: Path, tmp_path: Path, fake: FakeOpenAIServer
 ) -> None:
     out = tmp_path / "rows.jsonl"
     result = modelrouter(

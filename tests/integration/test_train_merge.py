@@ -96,3 +96,21 @@ def test_a_weight_must_be_a_positive_number(tmp_path: Path, weight: str) -> None
 def test_a_colon_that_is_not_a_weight_belongs_to_the_file_name(tmp_path: Path) -> None:
     result = modelrouter("train", "--data", f"{tmp_path}/a:b.jsonl", "--out", tmp_path / "m.npz")
     assert_clean_error(result, f"{tmp_path}/a:b.jsonl: cannot read")
+
+
+def test_calibrate_into_a_config_makes_it_serve_the_model(tmp_path: Path) -> None:
+    """The thresholds fit the model they were set for: --model goes into the file too."""
+    model = tmp_path / "models" / "mine.npz"
+    model.parent.mkdir()
+    assert modelrouter("train", "--data", SAMPLE, "--out", model, *SMALL).returncode == 0
+    config = tmp_path / "router.yaml"
+    assert modelrouter("config", "default").returncode == 0
+    config.write_text(modelrouter("config", "default").stdout)
+    args = ("calibrate", "--data", SAMPLE, "--model", model, "--strong-share", "0.3")
+    result = modelrouter(*args, "--config", config)
+    assert result.returncode == 0, result.stderr
+    from router.config import load_config
+
+    loaded = load_config(config)
+    assert loaded.model == "models/mine.npz"  # relative to the configuration's directory
+    assert loaded.explicit_thresholds() is not None
