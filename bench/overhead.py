@@ -141,6 +141,9 @@ def router_server(config: dict[str, Any], workdir: Path) -> Iterator[str]:
             str(port),
             "--workers",
             "1",
+            # Metrics on, as by default, on a port of their own.
+            "--metrics-port",
+            str(_free_port()),
         ],
         cwd=ROOT,
         stdout=log,

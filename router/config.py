@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from router.validation import MAX_TENANT_CHARS
 
@@ -157,6 +164,8 @@ class ServerConfig(_Frozen):
     max_concurrent_rpcs: Annotated[int, Field(ge=1)] = 1000
     grace_period_s: NonNegative = 10.0
     feedback_capacity: Annotated[int, Field(ge=1)] = 10_000
+    # Prometheus metrics over HTTP on their own port (GET /metrics); 0 turns them off.
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9464
 
 
 class LoggingConfig(_Frozen):
@@ -165,6 +174,33 @@ class LoggingConfig(_Frozen):
     # One line per RPC (request id, tenant, method, tier, score, status, duration); off
     # saves its cost on very busy servers. Unexpected errors are logged either way.
     rpc: bool = True
+    # The share of successful RPCs whose line is written (0 to 1); errors and Complete
+    # calls that escalated are always written.
+    rpc_sample: Annotated[float, Field(ge=0, le=1)] = 1.0
+
+
+class TracingConfig(_Frozen):
+    """OpenTelemetry traces, exported over OTLP/gRPC; off while ``otlp_endpoint`` is empty."""
+
+    # An OTLP/gRPC collector: "http://host:4317" (plaintext) or "https://host:4317".
+    otlp_endpoint: str = ""
+    # The share of new traces recorded; a caller's traceparent decides for its own trace.
+    sample_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0
+    service_name: Annotated[str, Field(min_length=1, max_length=128)] = "modelrouter"
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _check_endpoint(cls, endpoint: str) -> str:
+        if endpoint and not re.fullmatch(r"https?://[^/\s]+/?", endpoint):
+            raise ValueError(
+                f"{endpoint!r} is not http://HOST:PORT or https://HOST:PORT (an OTLP/gRPC "
+                "collector)"
+            )
+        return endpoint
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.otlp_endpoint)
 
 
 TenantName = Annotated[str, Field(min_length=1, max_length=MAX_TENANT_CHARS)]
@@ -233,6 +269,7 @@ class Config(_Frozen):
     routing: RoutingConfig = RoutingConfig()
     completion: CompletionConfig = CompletionConfig()
     logging: LoggingConfig = LoggingConfig()
+    tracing: TracingConfig = TracingConfig()
     tiers: Annotated[list[TierConfig], Field(min_length=MIN_TIERS, max_length=MAX_TIERS)]
     backends: dict[str, BackendConfig]
     # Per tenant, by the request's tenant field ("default": requests without one).

@@ -60,6 +60,7 @@ class ConfigSource:
     host: str | None = None
     port: int | None = None
     workers: int | None = None
+    metrics_port: int | None = None
 
     @property
     def base_dir(self) -> Path | None:
@@ -72,11 +73,13 @@ class ConfigSource:
     def load(self) -> Config:
         """Read and validate the configuration, then apply the command-line flags."""
         config = default_config() if self.path is None else load_config(self.path)
-        flags = {
-            key: value
-            for key, value in (("host", self.host), ("port", self.port), ("workers", self.workers))
-            if value is not None
-        }
+        given = (
+            ("host", self.host),
+            ("port", self.port),
+            ("workers", self.workers),
+            ("metrics_port", self.metrics_port),
+        )
+        flags = {key: value for key, value in given if value is not None}
         if not flags:
             return config
         return config.model_copy(update={"server": config.server.model_copy(update=flags)})

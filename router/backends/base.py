@@ -11,11 +11,14 @@ import abc
 import asyncio
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from router.backends.errors import BackendTimeout
 from router.config import BackendConfig, TimeoutsConfig
 from router.domain import ChatMessage, GenerationOptions
+
+if TYPE_CHECKING:
+    from router.telemetry.tracing import AttemptTrace
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,8 @@ class BackendRequest:
     max_tokens: int
     logprobs: bool
     timeouts: TimeoutsConfig
+    # The attempt's span when tracing is on: an HTTP backend traces its call under it.
+    trace: AttemptTrace | None = None
 
 
 class Backend(abc.ABC):

@@ -9,11 +9,18 @@ from __future__ import annotations
 import sys
 
 from router.config import Config, ConfigError
-from router.loading import ConfigSource, load
+from router.loading import ConfigSource, Loaded, load
 from router.server.cpus import usable_cpus
 from router.server.logs import configure_logging
 from router.server.supervisor import Supervisor
-from router.server.worker import run_worker
+from router.server.worker import EXIT_LISTEN, run_worker
+from router.telemetry import metrics
+from router.telemetry.exporter import (
+    bind_metrics_socket,
+    cannot_listen_for_metrics,
+    serve_in_thread,
+    use_process_values,
+)
 
 EXIT_CONFIG = 1
 
@@ -33,5 +40,29 @@ def serve(source: ConfigSource) -> int:
     configure_logging(loaded.config.logging)
     workers = worker_count(loaded.config)
     if workers == 1:
-        return run_worker(source, loaded, index=None, reuse_port=False)
+        return _serve_single(source, loaded)
     return Supervisor(source, loaded, workers).run()
+
+
+def _serve_single(source: ConfigSource, loaded: Loaded) -> int:
+    """Serve from this one process; its metrics live in memory and a thread serves them."""
+    server = loaded.config.server
+    if not server.metrics_port:
+        return run_worker(source, loaded, index=None, reuse_port=False)
+    try:
+        listener = bind_metrics_socket(server.host, server.metrics_port)
+    except OSError as exc:
+        cannot_listen_for_metrics(server.host, server.metrics_port, exc)
+        return EXIT_LISTEN
+    from prometheus_client import CollectorRegistry
+
+    use_process_values()
+    registry = CollectorRegistry()
+    metrics.install(metrics.Metrics(registry))
+    http = serve_in_thread(listener, registry)
+    try:
+        return run_worker(source, loaded, index=None, reuse_port=False)
+    finally:
+        http.shutdown()
+        http.server_close()
+        metrics.install(None)

@@ -3,7 +3,9 @@
 Workers are forked before any gRPC object exists (gRPC's core does not survive a fork) and
 listen on the same port with SO_REUSEPORT; the kernel spreads connections over them. The
 supervisor reserves the port first (so ``--port 0`` works with several workers too), restarts
-a worker that dies, and relays SIGTERM/SIGINT (graceful stop) and SIGHUP (reload).
+a worker that dies, and relays SIGTERM/SIGINT (graceful stop) and SIGHUP (reload). With
+metrics on it also binds the metrics port, makes the run's multiprocess directory before
+any fork, and keeps one more child alive that serves the workers' merged metrics.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ from router.config import ConfigError
 from router.loading import ConfigSource, Loaded, load
 from router.server.logs import flush_logs
 from router.server.worker import EXIT_LISTEN, run_worker
+from router.telemetry import metrics
+from router.telemetry.exporter import (
+    MultiprocessDir,
+    bind_metrics_socket,
+    cannot_listen_for_metrics,
+    run_exporter,
+)
 
 log = structlog.get_logger()
 
@@ -33,6 +42,8 @@ MAX_QUICK_CRASHES = 5
 MAX_RESTART_DELAY_S = 5.0
 # Time a worker gets beyond the grace period before the supervisor kills it.
 KILL_MARGIN_S = 5.0
+# The slot of the child that serves /metrics.
+EXPORTER_SLOT = -1
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -78,6 +89,9 @@ class Supervisor:
     _kill_at: float = 0.0
     _exit_code: int = 0
     _sock: socket.socket | None = None
+    _metrics_sock: socket.socket | None = None
+    _metrics_dir: MultiprocessDir | None = None
+    _metrics: metrics.Metrics | None = None
 
     def run(self) -> int:
         """Supervise until every worker has stopped; return the exit code."""
@@ -87,6 +101,16 @@ class Supervisor:
         except OSError as exc:
             log.error("cannot listen", address=f"{server.host}:{server.port}", error=str(exc))
             return EXIT_LISTEN
+        if server.metrics_port:
+            try:
+                self._metrics_sock = bind_metrics_socket(server.host, server.metrics_port)
+            except OSError as exc:
+                self._sock.close()
+                cannot_listen_for_metrics(server.host, server.metrics_port, exc)
+                return EXIT_LISTEN
+            # Before any fork: the workers inherit the directory and the value class.
+            self._metrics_dir = MultiprocessDir()
+            self._metrics = metrics.Metrics()
         # Workers bind the reserved port, also when the configuration asked for port 0.
         port = self._sock.getsockname()[1]
         self.source = replace(self.source, port=port)
@@ -98,12 +122,24 @@ class Supervisor:
         )
         signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
         try:
+            if self._metrics_sock is not None:
+                self._spawn(EXPORTER_SLOT)
             for slot in range(self.workers):
                 self._spawn(slot)
-            log.info("supervising", workers=self.workers, port=port, pids=sorted(self._children))
+            log.info(
+                "supervising",
+                workers=self.workers,
+                port=port,
+                metrics_port=server.metrics_port or None,
+                pids=sorted(self._children),
+            )
             self._loop()
         finally:
             self._sock.close()
+            if self._metrics_sock is not None:
+                self._metrics_sock.close()
+            if self._metrics_dir is not None:
+                self._metrics_dir.close()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
         log.info("supervisor stopped", exit_code=self._exit_code)
         return self._exit_code
@@ -116,9 +152,16 @@ class Supervisor:
         if pid == 0:  # the worker
             code = 1
             try:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
                 _die_with_parent()
-                code = run_worker(self.source, self.loaded, index=slot, reuse_port=True)
+                if slot == EXPORTER_SLOT:
+                    assert self._metrics_sock is not None
+                    code = run_exporter(self._metrics_sock)
+                else:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
+                    if self._metrics_sock is not None:
+                        self._metrics_sock.close()
+                        metrics.install(metrics.Metrics())
+                    code = run_worker(self.source, self.loaded, index=slot, reuse_port=True)
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -127,7 +170,13 @@ class Supervisor:
                 sys.stderr.flush()
                 os._exit(code)
         self._children[pid] = _Worker(slot, time.monotonic())
-        log.info("worker started", worker_pid=pid, slot=slot)
+        if slot == EXPORTER_SLOT:
+            log.info("metrics exporter started", pid=pid, metrics_port=self._metrics_port())
+        else:
+            log.info("worker started", worker_pid=pid, slot=slot)
+
+    def _metrics_port(self) -> int | None:
+        return None if self._metrics_sock is None else int(self._metrics_sock.getsockname()[1])
 
     def _loop(self) -> None:
         while self._children or self._restarts:
@@ -180,15 +229,23 @@ class Supervisor:
                 continue  # already gone; _reap collects it
 
     def _reload(self) -> None:
-        """Reload the supervisor's own copy, which workers forked from now on start with."""
+        """Reload the supervisor's own copy, which workers forked from now on start with.
+
+        It is also the one count of the reload in ``modelrouter_config_reloads_total``:
+        the workers load the same file.
+        """
+        success = False
         try:
             self.loaded = load(self.source)
+            success = True
         except ConfigError as exc:
             log.info("supervisor keeps its configuration", error=str(exc))
         except Exception as exc:
             # Whatever a bad file or model throws, the supervisor must outlive it: its
             # workers keep serving the old configuration.
             log.error("supervisor keeps its configuration", error=repr(exc), exc_info=exc)
+        if self._metrics is not None:
+            self._metrics.reloaded(success)
 
     def _reap(self) -> None:
         while True:
@@ -201,6 +258,8 @@ class Supervisor:
             worker = self._children.pop(pid, None)
             if worker is None:
                 continue
+            if self._metrics_dir is not None:
+                self._metrics_dir.process_dead(pid)
             code = os.waitstatus_to_exitcode(status)
             if self._stopping:
                 log.info("worker stopped", worker_pid=pid, slot=worker.slot, exit_code=code)

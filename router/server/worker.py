@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Callable
@@ -10,16 +11,20 @@ from collections.abc import Callable
 import structlog
 
 from router.config import ConfigError
+from router.domain import CircuitState
 from router.loading import ConfigSource, Loaded, load
-from router.server.app import create_server
+from router.server.app import RunningServer, create_server
 from router.server.logs import flush_logs, set_worker
 from router.service import RouterService
+from router.telemetry import install_tracing, metrics
 
 log = structlog.get_logger()
 
 # Settings a reload cannot change in a running process.
-RESTART_ONLY = ("host", "port", "workers", "max_message_bytes")
+RESTART_ONLY = ("host", "port", "workers", "max_message_bytes", "metrics_port")
 EXIT_LISTEN = 3
+# How often a worker moves its pending metric counts into prometheus-client's values.
+METRICS_FLUSH_S = 1.0
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -36,8 +41,20 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def run_worker(source: ConfigSource, loaded: Loaded, *, index: int | None, reuse_port: bool) -> int:
     """Run one server process on an event loop (uvloop when installed) until it stops."""
     set_worker(index)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(_serve_async(source, loaded, reuse_port))
+    tracing = None
+    if loaded.config.tracing.enabled:
+        # After the fork: the exporter's batch thread and channel belong to this process.
+        from router.telemetry.tracing import Tracing
+
+        tracing = Tracing(loaded.config.tracing)
+        install_tracing(tracing)
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(_serve_async(source, loaded, reuse_port))
+    finally:
+        if tracing is not None:
+            install_tracing(None)
+            tracing.shutdown()
 
 
 async def _serve_async(source: ConfigSource, loaded: Loaded, reuse_port: bool) -> int:
@@ -62,25 +79,56 @@ async def _serve_async(source: ConfigSource, loaded: Loaded, reuse_port: bool) -
         event_loop=type(loop).__module__.split(".")[0],
     )
     stop = asyncio.Event()
-    reloader = Reloader(source, service)
+    # Supervised workers share the port; the supervisor counts the reloads.
+    supervised = reuse_port
+    reloader = Reloader(source, service, count=None if supervised else metrics.current())
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
+    current_metrics = metrics.current()
+    flusher = None
+    if current_metrics is not None:
+        flusher = loop.create_task(_flush_metrics_every(current_metrics, running))
     await stop.wait()
     grace = service.config.server.grace_period_s
     log.info("stopping", grace_s=grace, in_flight=running.interceptor.in_flight)
     await running.stop(grace)
+    if flusher is not None and current_metrics is not None:
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        _flush_metrics(current_metrics, running)
     log.info("stopped")
     flush_logs()
     return 0
 
 
+def _flush_metrics(current: metrics.Metrics, running: RunningServer) -> None:
+    """Move pending metric counts into prometheus-client and sample the gauges."""
+    info = running.service.info()
+    current.flush(
+        running.interceptor.in_flight,
+        info.model_version,
+        ((b.name, b.circuit is not CircuitState.CLOSED) for b in info.backends),
+    )
+
+
+async def _flush_metrics_every(current: metrics.Metrics, running: RunningServer) -> None:
+    """Flush the metrics every METRICS_FLUSH_S seconds until cancelled."""
+    while True:
+        _flush_metrics(current, running)
+        await asyncio.sleep(METRICS_FLUSH_S)
+
+
 class Reloader:
     """Reload configuration and model on SIGHUP; keep the old ones when the new are bad."""
 
-    def __init__(self, source: ConfigSource, service: RouterService) -> None:
+    def __init__(
+        self, source: ConfigSource, service: RouterService, *, count: metrics.Metrics | None = None
+    ) -> None:
         self._source = source
         self._service = service
+        self._count = count
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
 
@@ -92,6 +140,12 @@ class Reloader:
 
     async def reload(self) -> bool:
         """Reload; return whether the new configuration is now in force."""
+        done = await self._reload()
+        if self._count is not None:
+            self._count.reloaded(done)
+        return done
+
+    async def _reload(self) -> bool:
         async with self._lock:
             old = self._service.config
             try:
@@ -116,8 +170,11 @@ class Reloader:
                 for key in RESTART_ONLY
                 if getattr(old.server, key) != getattr(loaded.config.server, key)
             ]
-            if old.logging != loaded.config.logging:
-                stale.append("logging")
+            stale.extend(
+                key
+                for key in ("logging", "tracing")
+                if getattr(old, key) != getattr(loaded.config, key)
+            )
             if stale:
                 log.warning("restart to apply", keys=stale)
             return True
