@@ -36,6 +36,8 @@ from router.config import DEFAULT_TENANT, MAX_OFFSET, Config, ControllerConfig
 
 TargetKind = Literal["strong_share", "usd_per_hour"]
 STATE_VERSION = 1
+# The store's named state of a tenant's controller is STATE_KEY + tenant.
+STATE_KEY = "controller:"
 # A threshold is kept this far from 0 and 1 so that its logit is finite.
 _EDGE = 1e-6
 # Bisection steps when solving for the offset: the interval shrinks 2^-20.
@@ -525,6 +527,20 @@ class Controllers:
         """Return every controller's state, by tenant name."""
         return [self._by_tenant[t].snapshot() for t in sorted(self._by_tenant)]
 
+    def states(self) -> dict[str, dict[str, Any]]:
+        """Return what to persist, by state key (``controller:<tenant>``)."""
+        return {STATE_KEY + t: c.state() for t, c in self._by_tenant.items()}
+
+    def restore(self, states: Mapping[str, Any]) -> list[str]:
+        """Resume each tenant from its persisted state (by state key) where it fits; return
+        the tenants resumed."""
+        resumed = []
+        for tenant, controller in self._by_tenant.items():
+            state = states.get(STATE_KEY + tenant)
+            if isinstance(state, Mapping) and controller.restore(state):
+                resumed.append(tenant)
+        return resumed
+
 
 def _record(values: Any, n_tiers: int) -> tuple[float, ...]:
     """Return a persisted window record, checked: finite numbers, tiers that exist."""
@@ -545,6 +561,7 @@ def _record(values: Any, n_tiers: int) -> tuple[float, ...]:
 
 __all__ = [
     "NO_TIER",
+    "STATE_KEY",
     "Controllers",
     "Pricing",
     "Served",

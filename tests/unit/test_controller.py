@@ -316,3 +316,51 @@ def test_no_target_in_reach_lowers_the_thresholds_only_to_the_limit() -> None:
         serve(c, float(np.float64(0.01)))
     assert c.offset == -1.0
     assert c.snapshot().saturated
+
+
+def test_a_service_restart_resumes_every_tenant_from_its_stored_state() -> None:
+    from router.config import parse_config
+    from router.controller import STATE_KEY, Controllers
+
+    data = {
+        "version": 1,
+        "tiers": [
+            {
+                "name": n,
+                "model": n,
+                "backend": "demo",
+                "price": {"input_per_mtok": p, "output_per_mtok": p},
+            }
+            for n, p in (("cheap", 0.1), ("strong", 1.0), ("expert", 10.0))
+        ],
+        "backends": {"demo": {"kind": "demo"}},
+        "tenants": {
+            "acme": {"target": {"strong_share": 0.3}},
+            "globex": {"target": {"usd_per_hour": 1}},
+        },
+    }
+    config = parse_config(data, environ={})
+    before = Controllers(Clock())
+    before.configure(config, PRICING)
+    acme = before.get("acme")
+    assert acme is not None
+    rng = random.Random(7)
+    for _ in range(1000):
+        serve(acme, rng.random())
+    states = json.loads(json.dumps(before.states()))
+    assert sorted(states) == [STATE_KEY + "acme", STATE_KEY + "globex"]
+    after = Controllers(Clock())
+    after.configure(config, PRICING)
+    assert after.restore(states) == ["acme", "globex"]
+    resumed = after.get("acme")
+    assert resumed is not None and resumed.offset == acme.offset != 0.0
+    assert resumed.snapshot().window_requests == acme.snapshot().window_requests
+    # Another model's state does not fit: a cold start.
+    other = Controllers(Clock())
+    other.configure(
+        config,
+        Pricing(
+            PRICING.thresholds, PRICING.margins, PRICING.input_price, PRICING.output_price, "m-2"
+        ),
+    )
+    assert other.restore(states) == []
