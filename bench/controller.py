@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from report_files import write_report
 
 from router.completion.cost import estimate_tokens
 from router.config import default_config
@@ -439,14 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{float(run['controller_us_per_request']):.1f} us per request"
         )
     report["seconds"] = round(time.monotonic() - started, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = "controller_smoke" if args.smoke else "controller"
-    (args.out / f"{name}.json").write_text(json.dumps(report, indent=1))
-    try:
-        plot(report, args.out / f"{name}.png")
-    except ImportError:
-        print("matplotlib missing: no picture (pip install 'modelrouter[plot]')")
-    print(f"wrote {args.out / name}.json in {report['seconds']} s")
+    write_report(args.out, "controller_smoke" if args.smoke else "controller", report, plot)
     return 0
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import platform
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from report_files import write_report
 
 from router.routing import Router
 from router.training.data import Row, outcome_arrays, read_rows
@@ -211,14 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["reference"] = {"description": "base + the whole feed pool with levels", **reference}
     print(f"reference (pool with levels): APGR {reference['apgr']:.3f}")
     report["seconds"] = round(time.monotonic() - started, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = "learning_curve_smoke" if args.smoke else "learning_curve"
-    (args.out / f"{name}.json").write_text(json.dumps(report, indent=1))
-    try:
-        plot(report, args.out / f"{name}.png")
-    except ImportError:
-        print("matplotlib missing: no picture (pip install 'modelrouter[plot]')")
-    print(f"wrote {args.out / name}.json in {report['seconds']} s")
+    write_report(args.out, "learning_curve_smoke" if args.smoke else "learning_curve", report, plot)
     return 0
 
 
