@@ -89,7 +89,7 @@ def iter_rows(
     ``weak_model`` and ``strong_model``, unless the row names its own pair in
     ``weak_model`` and ``strong_model`` fields (as ``modelrouter export`` writes: the
     models of its cheapest and strongest tiers); such a row may hold the outcome of one
-    of them only, and then has no outcome. A row without ``source`` gets
+    of them only (not neither), and then has no outcome. A row without ``source`` gets
     ``default_source``; every row gets ``weight``. Other fields are ignored. The first
     malformed row raises DataError.
     """
@@ -148,7 +148,9 @@ def iter_rows(
                     )
                 row_weak = _model_name(path, line_no, obj, "weak_model", weak_model)
                 row_strong = _model_name(path, line_no, obj, "strong_model", strong_model)
-                if "weak_model" in obj or "strong_model" in obj:
+                if ("weak_model" in obj or "strong_model" in obj) and (
+                    row_weak in scores or row_strong in scores
+                ):
                     # A row that names its own pair may hold one model's outcome only (a
                     # rating of one answer): no outcome for training, not an error.
                     weak = _outcome_if(path, line_no, scores, row_weak)
