@@ -263,8 +263,6 @@ class ControllerConfig(_Frozen):
     max_offset: Annotated[float, Field(ge=0, le=MAX_OFFSET)] = 6.0
     # How much of the window's realised error the next requests make up (0 to 2).
     catch_up: Annotated[float, Field(ge=0, le=2)] = 1.0
-    # Seconds between two saves of each tenant's state to the store.
-    save_every_s: Positive = 10.0
 
     @model_validator(mode="after")
     def _window_holds_min(self) -> ControllerConfig:
