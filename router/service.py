@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -19,6 +19,7 @@ import structlog
 
 from router.completion.cost import estimate_tokens
 from router.config import Config
+from router.controller import NO_TIER, Controllers, Pricing, Served, Snapshot
 from router.domain import (
     Attempt,
     BackendState,
@@ -70,6 +71,8 @@ class ServiceInfo:
     margins: tuple[float, ...]
     fastpath: str
     backends: tuple[BackendState, ...]
+    # The tenants' cost controllers, by tenant name.
+    controllers: tuple[Snapshot, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +106,12 @@ class RouterService:
         model_source: str = "builtin",
         engine_factory: EngineFactory = completion_engine,
         store: StoreWriter | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._engine_factory = engine_factory
         self._runtime = Runtime(config, router, engine_factory(config), model_source, store)
+        self._controllers = Controllers(clock)
+        self._controllers.configure(config, _pricing(self._runtime))
         # Request ids served lately (-> tier), to answer Feedback's known_request at once.
         self._served: BoundedMap[str, str] = BoundedMap(config.server.feedback_capacity)
         self._sessions = Sessions(config.routing.max_sessions)
@@ -161,6 +167,10 @@ class RouterService:
             rt.writer.put(
                 route_record(self._record_keys.new(), request, decision, keep_text=rt.keep_text)
             )
+        controller = self._controllers.get(request.tenant)
+        if controller is not None:
+            # Route runs no model: the decided tier answers, at the prompt's estimated cost.
+            controller.record(_served(rt, request, decision, decision.tier_index))
         return decision
 
     async def _session_floor(self, rt: Runtime, request: RouteRequest) -> int | None:
@@ -195,9 +205,10 @@ class RouterService:
             tokens = estimate_tokens(len(prompt))
             started = time.perf_counter()
             scored = rt.router.score(prompt)
+        controller = self._controllers.get(request.tenant)
         index, reason = choose_tier(
             scored.score,
-            rt.thresholds,
+            rt.thresholds if controller is None else controller.thresholds,
             margin=rt.margins,
             forced=forced,
             min_index=low,
@@ -268,6 +279,7 @@ class RouterService:
                         escalated.append(event.attempt)
                     elif isinstance(event, CompletionSummary):
                         summary = event
+                        self._observe(rt, route, decision, event)
                         if session:
                             self._sessions.used(
                                 route.tenant, route.session_id, event.tier, rt.tier_index, rt.writer
@@ -301,6 +313,35 @@ class RouterService:
             rt.streams -= 1
             if rt.retired and rt.streams == 0:
                 self._close_later(rt)
+
+    def _observe(
+        self,
+        rt: Runtime,
+        request: RouteRequest,
+        decision: RoutingDecision,
+        summary: CompletionSummary,
+    ) -> None:
+        """Tell the tenant's controller (if any) which tier answered and what it cost."""
+        controller = self._controllers.get(request.tenant)
+        if controller is None:
+            return
+        usage = summary.usage
+        answer_cost = rt.config.tiers[summary.tier_index].price
+        answered = (
+            usage.prompt_tokens * answer_cost.input_per_mtok
+            + usage.completion_tokens * answer_cost.output_per_mtok
+        ) / 1e6
+        controller.record(
+            _served(
+                rt,
+                request,
+                decision,
+                summary.tier_index,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                max(0.0, summary.cost_usd - answered),
+            )
+        )
 
     # -- Feedback, GetConfig, GetStats --------------------------------------------------
 
@@ -340,7 +381,12 @@ class RouterService:
             margins=rt.margins,
             fastpath=rt.router.implementation,
             backends=tuple(rt.engine.backend_states()),
+            controllers=tuple(self._controllers.snapshots()),
         )
+
+    @property
+    def controllers(self) -> Controllers:
+        return self._controllers
 
     async def stats(self, since: float | None, tenant: str | None) -> ServiceStats:
         """Return satisfaction, escalation, errors and cost per tier and model, from the store."""
@@ -373,6 +419,7 @@ class RouterService:
         runtime does not keep is drained once they have.
         """
         new = Runtime(config, router, self._engine_factory(config), model_source, store)
+        self._controllers.configure(config, _pricing(new))
         old, self._runtime = self._runtime, new
         _note_settings(new)
         self._served.capacity = config.server.feedback_capacity
@@ -399,6 +446,43 @@ class RouterService:
             await asyncio.gather(*self._closing)
         if rt.writer is not None:
             await rt.writer.aclose()
+
+
+def _pricing(rt: Runtime) -> Pricing:
+    """Return what a tenant's controller acts on: the runtime's thresholds and prices."""
+    return Pricing(
+        thresholds=rt.thresholds,
+        margins=rt.margins,
+        input_price=rt.input_price,
+        output_price=tuple(t.price.output_per_mtok / 1e6 for t in rt.config.tiers),
+        model_version=rt.model_version,
+    )
+
+
+def _served(
+    rt: Runtime,
+    request: RouteRequest,
+    decision: RoutingDecision,
+    answered: int,
+    prompt_tokens: int | None = None,
+    completion_tokens: int = 0,
+    extra_cost_usd: float = 0.0,
+) -> Served:
+    """Return a served request as a controller learns from it (hints already checked)."""
+    hints, index = request.hints, rt.tier_index
+    return Served(
+        score=decision.score,
+        decided=decision.tier_index,
+        answered=answered,
+        forced=index[hints.tier] if hints.tier else NO_TIER,
+        min_index=index[hints.min_tier] if hints.min_tier else NO_TIER,
+        max_index=index[hints.max_tier] if hints.max_tier else NO_TIER,
+        prompt_tokens=(
+            decision.estimated_prompt_tokens if prompt_tokens is None else prompt_tokens
+        ),
+        completion_tokens=completion_tokens,
+        extra_cost_usd=extra_cost_usd,
+    )
 
 
 def _note_settings(rt: Runtime) -> None:
