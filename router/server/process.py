@@ -16,6 +16,7 @@ from router.server.supervisor import Supervisor
 from router.server.worker import EXIT_LISTEN, run_worker
 from router.telemetry import metrics
 from router.telemetry.exporter import (
+    MetricsTls,
     bind_metrics_socket,
     cannot_listen_for_metrics,
     serve_in_thread,
@@ -49,19 +50,27 @@ def _serve_single(source: ConfigSource, loaded: Loaded) -> int:
     server = loaded.config.server
     if not server.metrics_port:
         return run_worker(source, loaded, index=None, reuse_port=False)
+    metrics_host = server.metrics_host or server.host
     try:
-        listener = bind_metrics_socket(server.host, server.metrics_port)
+        listener = bind_metrics_socket(metrics_host, server.metrics_port)
     except OSError as exc:
-        cannot_listen_for_metrics(server.host, server.metrics_port, exc)
+        cannot_listen_for_metrics(metrics_host, server.metrics_port, exc)
         return EXIT_LISTEN
     from prometheus_client import CollectorRegistry
 
+    tls = None if server.metrics_tls is None else MetricsTls(server.metrics_tls, source.base_dir)
     use_process_values()
     registry = CollectorRegistry()
     metrics.install(metrics.Metrics(registry))
-    http = serve_in_thread(listener, registry)
+    http = serve_in_thread(listener, registry, None if tls is None else tls.context)
     try:
-        return run_worker(source, loaded, index=None, reuse_port=False)
+        return run_worker(
+            source,
+            loaded,
+            index=None,
+            reuse_port=False,
+            on_reload=None if tls is None else tls.reload,
+        )
     finally:
         http.shutdown()
         http.server_close()

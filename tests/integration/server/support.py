@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +26,13 @@ from tests.support import random_model
 
 TIERS = ("cheap", "strong", "expert")
 SERVICE = "modelrouter.v1.ModelRouter"
+
+
+def free_port() -> int:
+    """Return a loopback port that was free a moment ago (for a flag that cannot take 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def router_stub(channel: grpc.Channel | grpc.aio.Channel) -> router_pb2_grpc.ModelRouterStub:
