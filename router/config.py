@@ -283,7 +283,7 @@ class LimitsConfig(_Frozen):
     # rediss:// for TLS): shared by every worker and replica.
     redis_url: str = ""
     # Each call to Redis gives up after this long; the policy below then applies.
-    redis_timeout_s: Annotated[float, Field(gt=0, le=5)] = 0.25
+    redis_timeout_s: Annotated[float, Field(gt=0, le=5)] = 0.5
     # While Redis cannot be reached: admit (fail_open) or refuse with UNAVAILABLE
     # (fail_closed). Spend that could not be recorded is added once Redis answers again.
     on_redis_error: Literal["fail_open", "fail_closed"] = "fail_closed"

@@ -297,7 +297,7 @@ class CompletionEngine:
                     return
             attempts.append(attempt)
             if index >= max_tier_index or tries >= self._max_attempts:
-                raise BackendUnavailable(_failure_message(attempts))
+                raise BackendUnavailable(_failure_message(attempts), tuple(attempts))
             index += 1
             if self._metrics is not None:
                 self._metrics.escalated(tier.name, tiers[index].name, attempt.outcome.value)

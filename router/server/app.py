@@ -84,6 +84,7 @@ def create_server(
         rpc_sample=config.logging.rpc_sample,
         metrics=metrics.current(),
         tracing=current_tracing(),
+        auth=lambda: service.key_ring,
     )
     server = grpc.aio.server(interceptors=[interceptor], options=options)
     router_pb2_grpc.add_ModelRouterServicer_to_server(  # type: ignore[no-untyped-call]
