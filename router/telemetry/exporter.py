@@ -155,7 +155,7 @@ def run_exporter(sock: socket.socket, tls: MetricsTls | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     # The supervisor relays SIGHUP (reload) to every child: here it re-reads certificates.
     signal.signal(signal.SIGHUP, reload)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     try:
         server.serve_forever()
     except SystemExit:

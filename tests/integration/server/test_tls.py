@@ -251,6 +251,7 @@ def test_metrics_port_speaks_https_apart_from_the_grpc_port(
     tmp_path: Path,
     model_path: Path,
     ca: CertificateAuthority,
+    other_ca: CertificateAuthority,
     serve_process: Callable[..., ServeProcess],
 ) -> None:
     cert, key = ca.issue("modelrouter-metrics").write(tmp_path, "metrics")
@@ -284,3 +285,9 @@ def test_metrics_port_speaks_https_apart_from_the_grpc_port(
         _https_get(f"https://127.0.0.1:{metrics_port}/metrics", untrusting)
     # The exporter survived the failed handshakes.
     assert _https_get(f"https://127.0.0.1:{metrics_port}/metrics", trusted)[0] == 200
+    # SIGHUP re-reads the metrics port's certificates too.
+    other_ca.issue("modelrouter-metrics").write(tmp_path, "metrics")
+    process.signal(signal.SIGHUP)
+    process.wait_for("metrics certificates reloaded")
+    now_trusted = ssl.create_default_context(cadata=other_ca.cert_pem.decode())
+    assert _https_get(f"https://127.0.0.1:{metrics_port}/metrics", now_trusted)[0] == 200
