@@ -41,6 +41,6 @@ scripts/ci_server.sh
 
 if [[ -x scripts/ci_clients.sh ]]; then
     step "Go and Java clients, ghz smoke"
-    VENV=.venv scripts/ci_clients.sh
+    VENV=.venv MODELROUTER_REQUIRE_REDIS=1 scripts/ci_clients.sh
 fi
 step "all tests passed"
