@@ -133,6 +133,8 @@ class Limiter:
         self._counts: Counts = MemoryCounts(monotonic, wall)
         self._redis = _RedisHealth()
         self._closing: list[Counts] = []
+        # Per tenant: the UTC day number, the rules and their budget counters of that day.
+        self._budget_cache: dict[str, tuple[int, TenantRules, tuple[Budget, ...]]] = {}
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -275,7 +277,12 @@ class Limiter:
     # -- periods -----------------------------------------------------------------------
 
     def _budgets(self, rules: TenantRules) -> tuple[Budget, ...]:
+        """Return a tenant's budget counters of the current UTC day and month (cached a day)."""
         now = self._wall()
+        day = int(now // DAY_S)
+        cached = self._budget_cache.get(rules.tenant)
+        if cached is not None and cached[0] == day and cached[1] is rules:
+            return cached[2]
         today = datetime.datetime.fromtimestamp(now, datetime.UTC)
         budgets = []
         for name, amount, period in (
@@ -283,9 +290,12 @@ class Limiter:
             ("usd_per_month", rules.limits.usd_per_month, f"{today:%Y-%m}"),
         ):
             if amount is not None:
-                ttl = _ttl(self._period_end(name) - now)
+                # Kept a day past its period, so that a late settle still finds the counter.
+                ttl = max(1, math.ceil(self._period_end(name) - now)) + DAY_S
                 budgets.append(Budget(f"{rules.base}:usd:{period}", _nano(amount), ttl, name))
-        return tuple(budgets)
+        found = tuple(budgets)
+        self._budget_cache[rules.tenant] = (day, rules, found)
+        return found
 
     def _period_end(self, limit: str) -> float:
         """Return when the current UTC day (usd_per_day) or month ends, as a Unix time."""
@@ -418,11 +428,6 @@ class Hold:
                 tokens += self._prompt_tokens
                 usd += self._running_most_usd
         await self._limiter.settle(self._reservation, tokens, usd)
-
-
-def _ttl(seconds_left: float) -> int:
-    # Kept a day past its period, so that a settle arriving late still finds the counter.
-    return max(1, math.ceil(seconds_left)) + DAY_S
 
 
 def _is_store_error(exc: BaseException) -> bool:
