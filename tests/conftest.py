@@ -10,10 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from router import _fastpath_py
 from router.model import save_model
 from router.store import Store, open_store
+from router.telemetry import metrics
+from router.telemetry.exporter import use_process_values
 from tests import redis_server as redis_support
 from tests.postgres_server import REQUIRE_ENV, find_bindir, postgres_server
 from tests.support import _fastpath_c, random_model
@@ -111,3 +114,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis_sup
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def registry() -> Iterator[CollectorRegistry]:
+    """Install this process's metrics on a fresh registry for one test."""
+    use_process_values()
+    registry = CollectorRegistry()
+    metrics.install(metrics.Metrics(registry))
+    yield registry
+    metrics.install(None)

@@ -105,6 +105,17 @@ func (c *tally) add(err error, p *peer.Peer, took time.Duration, cost float64) {
 	}
 }
 
+// snapshot returns the counts of status codes so far.
+func (c *tally) snapshot() map[codes.Code]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	counts := make(map[codes.Code]int, len(c.codes))
+	for code, n := range c.codes {
+		counts[code] = n
+	}
+	return counts
+}
+
 // hammer runs call from workers goroutines until stop is closed or ctx ends.
 func hammer(ctx context.Context, workers int, stop <-chan struct{}, call func()) {
 	var wg sync.WaitGroup
@@ -260,43 +271,27 @@ func TestReplicasShareLimitsInRedis(t *testing.T) {
 	t.Run("Redis killed mid-run and brought back", func(t *testing.T) {
 		c := newTally()
 		stop := make(chan struct{})
-		phases := make(chan string, 3)
+		// Written before stop is closed, read after every worker has seen it closed.
+		var down, afterward map[codes.Code]int
 		go func() {
 			time.Sleep(2 * time.Second)
+			down = c.snapshot()
 			redis.Kill()
-			phases <- "killed"
 			time.Sleep(3 * time.Second)
 			if err := redis.Start(); err != nil {
 				t.Error(err)
 			}
-			phases <- "restarted"
+			afterward = c.snapshot()
 			time.Sleep(8 * time.Second)
 			close(stop)
 		}()
-		var down, afterward *tally
-		go func() {
-			<-phases
-			c.mu.Lock()
-			down = &tally{codes: map[codes.Code]int{}}
-			for k, v := range c.codes {
-				down.codes[k] = v
-			}
-			c.mu.Unlock()
-			<-phases
-			c.mu.Lock()
-			afterward = &tally{codes: map[codes.Code]int{}}
-			for k, v := range c.codes {
-				afterward.codes[k] = v
-			}
-			c.mu.Unlock()
-		}()
 		hammer(ctx, 3, stop, func() { completeFor(ctx, client, "outage", c) })
 		t.Logf("before the kill %v, up to the restart %v, at the end %v; spent $%.6f; slowest refusal %v",
-			down.codes, afterward.codes, c.codes, c.spent, c.slowest)
-		if afterward.codes[codes.Unavailable] == 0 {
+			down, afterward, c.codes, c.spent, c.slowest)
+		if afterward[codes.Unavailable] == 0 {
 			t.Error("no call was refused while Redis was down (fail_closed)")
 		}
-		if c.codes[codes.OK] <= afterward.codes[codes.OK] {
+		if c.codes[codes.OK] <= afterward[codes.OK] {
 			t.Error("no call was answered after Redis came back")
 		}
 		if c.slowest > 5*time.Second {
@@ -305,8 +300,8 @@ func TestReplicasShareLimitsInRedis(t *testing.T) {
 		if c.spent > outageBudgetUSD+replicas*mostPerRequest {
 			t.Errorf("spent $%.6f of a $%g budget across the outage", c.spent, outageBudgetUSD)
 		}
-		if down.codes[codes.OK] == 0 || down.codes[codes.ResourceExhausted] != 0 {
-			t.Errorf("before the kill %v: want answers and no refusal", down.codes)
+		if down[codes.OK] == 0 || down[codes.ResourceExhausted] != 0 {
+			t.Errorf("before the kill %v: want answers and no refusal", down)
 		}
 		for code := range c.codes {
 			if code != codes.OK && code != codes.Unavailable && code != codes.ResourceExhausted {

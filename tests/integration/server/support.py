@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 import yaml
 
 from router._proto.modelrouter.v1 import router_pb2_grpc
@@ -26,6 +27,17 @@ from tests.support import random_model
 
 TIERS = ("cheap", "strong", "expert")
 SERVICE = "modelrouter.v1.ModelRouter"
+
+
+async def failure(call: Any) -> grpc.aio.AioRpcError:
+    """Return the error a unary call, or a whole stream, ends with (failing if it succeeds)."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        if hasattr(call, "__aiter__"):
+            async for _ in call:
+                pass
+        else:
+            await call
+    return caught.value
 
 
 def free_port() -> int:

@@ -6,7 +6,7 @@ import hashlib
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -23,8 +23,7 @@ from router.config import Config, ConfigError
 from router.loading import load_router
 from router.server import RunningServer
 from router.telemetry import metrics
-from router.telemetry.exporter import use_process_values
-from tests.integration.server.support import router_stub
+from tests.integration.server.support import failure, router_stub
 
 ACME_KEY = "mrk_acme-test-key"
 GLOBEX_KEY = "mrk_globex-route-only"
@@ -47,15 +46,6 @@ def bearer(key: str) -> tuple[tuple[str, str], ...]:
 
 
 @pytest.fixture
-def registry() -> Iterator[CollectorRegistry]:
-    use_process_values()
-    registry = CollectorRegistry()
-    metrics.install(metrics.Metrics(registry))
-    yield registry
-    metrics.install(None)
-
-
-@pytest.fixture
 async def secured(
     start_server: Callable[..., Any], make_config: Callable[..., Config]
 ) -> RunningServer:
@@ -67,16 +57,6 @@ async def secured(
 async def channel(secured: RunningServer) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{secured.port}") as ch:
         yield ch
-
-
-async def failure(call: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        if hasattr(call, "__aiter__"):
-            async for _ in call:
-                pass
-        else:
-            await call
-    return caught.value
 
 
 async def trailer(error: grpc.aio.AioRpcError, key: str) -> str | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -16,8 +16,7 @@ from router._proto.modelrouter.v1 import router_pb2 as pb
 from router.config import Config
 from router.server import RunningServer
 from router.telemetry import metrics
-from router.telemetry.exporter import use_process_values
-from tests.integration.server.support import router_stub, slow_demo
+from tests.integration.server.support import failure, router_stub, slow_demo
 
 TIMEOUT_S = 30.0
 
@@ -32,25 +31,6 @@ def retry_delay_s(error: grpc.aio.AioRpcError) -> float:
             detail.Unpack(info)
             return float(info.retry_delay.ToNanoseconds()) / 1e9
     raise AssertionError(f"no RetryInfo in {status}")
-
-
-async def failure(call: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        if hasattr(call, "__aiter__"):
-            async for _ in call:
-                pass
-        else:
-            await call
-    return caught.value
-
-
-@pytest.fixture
-def registry() -> Iterator[CollectorRegistry]:
-    use_process_values()
-    registry = CollectorRegistry()
-    metrics.install(metrics.Metrics(registry))
-    yield registry
-    metrics.install(None)
 
 
 def limited(**limits: Any) -> dict[str, Any]:

@@ -80,16 +80,26 @@ async def _route_code(target: str, credentials: grpc.ChannelCredentials | None) 
     return grpc.StatusCode.OK
 
 
-async def test_route_over_tls(
+@pytest.fixture
+def start_tls(
     tmp_path: Path,
     ca: CertificateAuthority,
     make_config: Callable[..., Config],
     start_server: Callable[..., Any],
-) -> None:
-    server: RunningServer = await start_server(
-        make_config(server={"tls": _tls_section(tmp_path, ca)})
-    )
-    async with grpc.aio.secure_channel(f"127.0.0.1:{server.port}", _credentials(ca)) as channel:
+) -> Callable[..., Any]:
+    """Return a starter of in-process servers with TLS (mutual with ``mutual=True``)."""
+
+    async def start(*, mutual: bool = False) -> str:
+        config = make_config(server={"tls": _tls_section(tmp_path, ca, mutual=mutual)})
+        server: RunningServer = await start_server(config)
+        return f"127.0.0.1:{server.port}"
+
+    return start
+
+
+async def test_route_over_tls(start_tls: Callable[..., Any], ca: CertificateAuthority) -> None:
+    target = await start_tls()
+    async with grpc.aio.secure_channel(target, _credentials(ca)) as channel:
         response = await _route(channel)
         assert response.decision.tier in ("cheap", "strong", "expert")
         health = health_pb2_grpc.HealthStub(channel)
@@ -98,15 +108,9 @@ async def test_route_over_tls(
 
 
 async def test_plaintext_to_a_tls_port_fails_cleanly(
-    tmp_path: Path,
-    ca: CertificateAuthority,
-    make_config: Callable[..., Config],
-    start_server: Callable[..., Any],
+    start_tls: Callable[..., Any], ca: CertificateAuthority
 ) -> None:
-    server: RunningServer = await start_server(
-        make_config(server={"tls": _tls_section(tmp_path, ca)})
-    )
-    target = f"127.0.0.1:{server.port}"
+    target = await start_tls()
     # A status, quickly, and never a hang; the server keeps serving TLS callers.
     code = await asyncio.wait_for(_route_code(target, None), CALL_TIMEOUT_S + 5)
     assert code is grpc.StatusCode.UNAVAILABLE
@@ -114,31 +118,17 @@ async def test_plaintext_to_a_tls_port_fails_cleanly(
 
 
 async def test_a_client_trusting_another_ca_fails(
-    tmp_path: Path,
-    ca: CertificateAuthority,
-    other_ca: CertificateAuthority,
-    make_config: Callable[..., Config],
-    start_server: Callable[..., Any],
+    start_tls: Callable[..., Any], ca: CertificateAuthority, other_ca: CertificateAuthority
 ) -> None:
-    server: RunningServer = await start_server(
-        make_config(server={"tls": _tls_section(tmp_path, ca)})
-    )
-    target = f"127.0.0.1:{server.port}"
+    target = await start_tls()
     assert await _route_code(target, _credentials(other_ca)) is grpc.StatusCode.UNAVAILABLE
     assert await _route_code(target, _credentials(ca)) is grpc.StatusCode.OK
 
 
 async def test_mutual_tls_refuses_a_client_certificate_from_another_ca(
-    tmp_path: Path,
-    ca: CertificateAuthority,
-    other_ca: CertificateAuthority,
-    make_config: Callable[..., Config],
-    start_server: Callable[..., Any],
+    start_tls: Callable[..., Any], ca: CertificateAuthority, other_ca: CertificateAuthority
 ) -> None:
-    server: RunningServer = await start_server(
-        make_config(server={"tls": _tls_section(tmp_path, ca, mutual=True)})
-    )
-    target = f"127.0.0.1:{server.port}"
+    target = await start_tls(mutual=True)
     trusted = ca.issue("billing-service", client=True)
     foreign = other_ca.issue("billing-service", client=True)
     assert await _route_code(target, _credentials(ca, trusted)) is grpc.StatusCode.OK

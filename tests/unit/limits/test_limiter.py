@@ -17,7 +17,6 @@ from router.config import DEFAULT_CONFIG_YAML, Config, parse_config
 from router.domain import LimitExceeded, LimitsUnavailable
 from router.limits import Limiter
 from router.telemetry import metrics
-from router.telemetry.exporter import use_process_values
 from tests.redis_server import RedisServer
 
 # 2031-03-31 23:59:00 UTC: a minute before a new day and a new month.
@@ -161,15 +160,6 @@ async def test_tokens_per_minute_admit_while_the_bucket_holds_the_prompt(
 
 
 # -- Redis unreachable ---------------------------------------------------------------
-
-
-@pytest.fixture
-def registry() -> Any:
-    use_process_values()
-    registry = CollectorRegistry()
-    metrics.install(metrics.Metrics(registry))
-    yield registry
-    metrics.install(None)
 
 
 def store_errors(registry: CollectorRegistry, policy: str) -> float:
