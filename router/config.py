@@ -286,6 +286,17 @@ class TenantLimitsConfig(_Frozen):
     usd_per_day: Positive | None = None
     usd_per_month: Positive | None = None
 
+    @model_validator(mode="after")
+    def _burst_needs_a_rate(self) -> TenantLimitsConfig:
+        if self.burst is not None and self.requests_per_s is None:
+            raise ValueError("burst: set requests_per_s too (burst is the rate's bucket)")
+        return self
+
+    @property
+    def any(self) -> bool:
+        """Whether any limit is set."""
+        return self != TenantLimitsConfig()
+
 
 class TenantConfig(_Frozen):
     """What is configured for one tenant (the request's ``tenant`` field, or its key's)."""

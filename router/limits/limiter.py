@@ -143,7 +143,7 @@ class Limiter:
         self._rules = {
             tenant: _rules(settings.key_prefix, tenant, entry.limits)
             for tenant, entry in config.tenants.items()
-            if entry.limits != TenantLimitsConfig()
+            if entry.limits.any
         }
         if settings.redis_url != self._settings.redis_url:
             self._closing.append(self._counts)

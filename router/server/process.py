@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 
+import structlog
+
 from router.config import Config, ConfigError
 from router.loading import ConfigSource, Loaded, load
 from router.server.cpus import usable_cpus
@@ -25,6 +27,8 @@ from router.telemetry.exporter import (
 
 EXIT_CONFIG = 1
 
+log = structlog.get_logger()
+
 
 def worker_count(config: Config) -> int:
     """Return the number of workers: the configured one, or one per usable core."""
@@ -40,6 +44,17 @@ def serve(source: ConfigSource) -> int:
         return EXIT_CONFIG
     configure_logging(loaded.config.logging)
     workers = worker_count(loaded.config)
+    config = loaded.config
+    if workers > 1 and not config.limits.redis_url:
+        limited = sorted(name for name, tenant in config.tenants.items() if tenant.limits.any)
+        if limited:
+            log.warning(
+                "tenant limits counted per worker",
+                workers=workers,
+                tenants=limited,
+                hint="each worker admits a tenant's full limit; set limits.redis_url to count "
+                "once for every worker and replica",
+            )
     if workers == 1:
         return _serve_single(source, loaded)
     return Supervisor(source, loaded, workers).run()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,7 +17,13 @@ from router._proto.modelrouter.v1 import router_pb2 as pb
 from router.config import Config
 from router.server import RunningServer
 from router.telemetry import metrics
-from tests.integration.server.support import failure, router_stub, slow_demo
+from tests.integration.server.support import (
+    ServeProcess,
+    failure,
+    router_stub,
+    slow_demo,
+    write_config,
+)
 
 TIMEOUT_S = 30.0
 
@@ -187,3 +194,14 @@ async def test_a_climb_holds_the_stronger_tier_before_it_starts(
         assert seen == ["decision", "escalation"]
         assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "usd_per_day" in str(caught.value.details())
+
+
+@pytest.mark.slow
+def test_several_workers_without_redis_warn_that_they_count_apart(
+    tmp_path: Path, model_path: Path, serve_process: Callable[..., ServeProcess]
+) -> None:
+    config = write_config(tmp_path / "router.yaml", model_path, tenants=limited(requests_per_s=5))
+    process = serve_process("--config", str(config), "--port", "0", "--workers", "2")
+    (line,) = process.wait_for("tenant limits counted per worker")
+    assert line["tenants"] == ["acme"] and line["workers"] == 2
+    assert "limits.redis_url" in line["hint"]
