@@ -174,7 +174,12 @@ def test_security_and_limit_keys_are_checked_naming_the_key(
 
 def test_limits_and_keys_parse() -> None:
     data = default_data()
-    data["tenants"] = {"acme": {"limits": {"requests_per_s": 5, "usd_per_month": 100}}}
+    data["tenants"] = {
+        "acme": {
+            "limits": {"requests_per_s": 5, "usd_per_month": 100},
+            "target": {"strong_share": 0.3},  # a cost target and limits side by side
+        }
+    }
     data["limits"] = {"redis_url": "rediss://cache:6380/1", "on_redis_error": "fail_open"}
     data["auth"] = {
         "enabled": True,
@@ -182,5 +187,6 @@ def test_limits_and_keys_parse() -> None:
     }
     config = parse_config(data, environ={})
     assert config.tenants["acme"].limits.any
+    assert config.tenants["acme"].target is not None
     assert config.auth.keys[0].sha256 == "ab" * 32  # digests compare in lower case
     assert not config.tenants.get("default", None)
