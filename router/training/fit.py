@@ -11,7 +11,8 @@ The score (``ScoreFormula``, level_gain) is
 sigmoid(level_weight * (E[level] - 2) + sigmoid(gate) * gain): on traffic like the
 outcome rows the gain ranks within what the level says; elsewhere the gate closes and the
 expected level alone ranks, as a plain level model would. The gain head is scaled so that
-its spread over the outcome rows is ``gain_scale`` levels. Rows are weighted by
+its spread over the outcome rows is ``gain_scale`` levels and it is zero at their
+``gain_floor_quantile``: it lifts queries, it does not lower them. Rows are weighted by
 1/sqrt(rows of their source), so that a large source does not drown a small one. Every
 fit is deterministic.
 
@@ -69,8 +70,10 @@ class TrainOptions:
     level_c: float = 0.2
     gate_c: float = 0.2
     gain_alpha: float = 100.0
-    # Spread (standard deviation) of the gain over the outcome rows, in levels.
-    gain_scale: float = 1.0
+    # Spread (standard deviation) of the gain over the outcome rows, in levels, and the
+    # quantile of it that adds nothing (the gain is >= 0 above it).
+    gain_scale: float = 2.0
+    gain_floor_quantile: float = 0.01
     # Score logit per level of E[level] (the spread of scores in [0, 1]).
     level_weight: float = 1.5
     # Rows per source the logistic heads fit on (capped_rows).
@@ -237,10 +240,14 @@ def fit_heads(X: sp.csr_matrix, rows: Sequence[Row], options: TrainOptions, log:
         ridge.fit(X[outcome], gain[outcome])
         predicted = np.asarray(X[outcome] @ ridge.coef_) + ridge.intercept_
         spread = float(predicted.std()) or 1.0
-        # In score-logit units: gain_scale levels per standard deviation, centred.
+        floor = float(np.quantile(predicted, options.gain_floor_quantile))
+        # In score-logit units: gain_scale levels per standard deviation, and zero at a low
+        # quantile, so that it lifts the queries where the strong model helps without
+        # dropping the others below what their level says (which would move the
+        # threshold that keeps hard queries off the cheapest tier: issue 9).
         scale = options.level_weight * options.gain_scale / spread
         weights[:, GAIN_HEAD] = scale * ridge.coef_
-        bias[GAIN_HEAD] = scale * (ridge.intercept_ - float(predicted.mean()))
+        bias[GAIN_HEAD] = scale * (ridge.intercept_ - floor)
         log(
             f"gain: fitted on {int(outcome.sum())} outcome rows (spread {spread:.4f}, "
             f"{time.monotonic() - started:.1f}s)"
