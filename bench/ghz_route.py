@@ -106,6 +106,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--command", default="", help="the command line, recorded in the result")
     p.add_argument("--profile", action="store_true", help="py-spy the router_w1 run")
     p.add_argument("--py-spy", default=shutil.which("py-spy"), help="path of py-spy")
+    p.add_argument(
+        "--overhead-only",
+        action="store_true",
+        help="run only the observability comparison and replace it in the existing --output",
+    )
+    p.add_argument(
+        "--overhead-rounds",
+        type=int,
+        default=2,
+        help="rounds of the metrics/tracing/log-sampling comparison (each variant once a round)",
+    )
     args = p.parse_args(argv)
     if args.connections < 2:
         p.error("--connections must be at least the largest worker count (2)")
@@ -415,7 +426,10 @@ PROFILE_AREAS = (
     ("logging (structlog, one JSON line per RPC)", ("structlog/", "json/", "logs.py")),
     ("interceptor", ("router/server/interceptor",)),
     ("servicer + conversion", ("router/server/servicer", "router/server/convert")),
-    ("service: validation, ids, decision", ("router/service", "router/domain")),
+    (
+        "service: validation, ids, decision",
+        ("router/service", "router/validation", "router/request_ids", "router/domain"),
+    ),
     ("protobuf", ("google/protobuf",)),
     ("gRPC + event loop (C, called from asyncio)", ("asyncio/", "grpc/", "uvloop", "threading")),
 )
@@ -548,7 +562,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def router(workers: int, *extra: str, cpus: str = "all") -> tuple[list[str], int]:
         port = free_port()
         cmd = [args.modelrouter, "serve", "--host", "127.0.0.1", "--port", str(port)]
-        return pinned([*cmd, "--workers", str(workers), *extra], cpus), port
+        # Metrics on, as by default, on a port of their own; a variant may turn them off.
+        metrics = ["--metrics-port", str(free_port())]
+        return pinned([*cmd, "--workers", str(workers), *metrics, *extra], cpus), port
 
     def baseline(cpus: str = "all") -> tuple[list[str], int]:
         port = free_port()
@@ -559,6 +575,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         script = str(Path(__file__).with_name("noop_aio_server.py"))
         cmd = [sys.executable, script, "--port", str(port), "--workers", str(workers), *extra]
         return cmd, port
+
+    if args.overhead_only:
+        return rerun_overhead(args, bench, router)
 
     soak_result: dict[str, Any] = dict.fromkeys(
         ("soak_errors", "soak_p99_ms", "rss_mb_start", "rss_mb_end", "rss_mb_max", "rss_flat")
@@ -594,6 +613,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with running("router_w2_no_rpc_log", *router(2, "--config", str(no_log)), cache) as s:
         w2_no_log = bench.measure("router_w2_no_rpc_log", s)
 
+    # What observability costs Route (--workers 2), variants interleaved round by round:
+    # metrics on (the default) and off, tracing on at 1% and 100% of traces, and the
+    # per-RPC log line sampled at 1%.
+    overhead = overhead_comparison(bench, router, cache, args.overhead_rounds)
+
     # 3. Pinned apart: the server alone on one CPU, ghz on the other(s).
     pinned_runs: list[GhzRun] = []
     if cpus >= 2:
@@ -624,7 +648,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def over(a: GhzRun, b: GhzRun) -> float | None:
         return round(a.rps / b.rps, 3) if b.rps else None
 
-    route_runs = (base, py1, py2, py2_header, w1, w2, w2_no_log, half, *pinned_runs)
+    overhead_runs = [r for r in bench.runs if r.name.startswith(OVERHEAD_PREFIX)]
+    route_runs = (base, py1, py2, py2_header, w1, w2, w2_no_log, half, *pinned_runs, *overhead_runs)
     result: dict[str, Any] = {
         "baseline_rps": base.rps,
         "router_rps_workers1": w1.rps,
@@ -644,6 +669,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "router_over_python_noop_workers2": over(w2, py2),
         "router_over_python_noop_header_workers2": over(w2, py2_header),
         "router_rps_workers2_no_rpc_log": w2_no_log.rps,
+        "observability_overhead": overhead,
         "ratio_workers2_no_rpc_log": w2_no_log.ratio_to_baseline,
         "pinned_ratio_workers1": pinned_runs[1].ratio_to_baseline if pinned_runs else None,
         "complete_streams_per_s_demo": demo.rps,
@@ -692,6 +718,131 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nwrote {args.output} and {markdown}\n")
     print(render_markdown(result))
     return 0
+
+
+OVERHEAD_PREFIX = "w2_"
+# name -> (what it is, config section, key, value) laid over the embedded default.
+OVERHEAD_VARIANTS: dict[str, tuple[str, str | None, str, Any]] = {
+    "metrics_on": ("metrics on (the default), tracing off", None, "", None),
+    "metrics_off": ("metrics off (--metrics-port 0)", None, "", None),
+    "tracing_1pct": (
+        "metrics on, tracing on, 1% of traces sampled",
+        "tracing",
+        "sample_ratio",
+        0.01,
+    ),
+    "tracing_all": ("metrics on, tracing on, every trace sampled", "tracing", "sample_ratio", 1.0),
+    "rpc_sample_1pct": ("metrics on, logging.rpc_sample 0.01", "logging", "rpc_sample", 0.01),
+}
+
+
+def overhead_comparison(
+    bench: Bench,
+    router: Callable[..., tuple[list[str], int]],
+    cache: Path,
+    rounds: int,
+) -> dict[str, Any]:
+    """Run Route against each observability variant, interleaved; return the averages."""
+    sink = OtlpSink()
+    try:
+        for round_number in range(1, rounds + 1):
+            for variant, (_, section, key, value) in OVERHEAD_VARIANTS.items():
+                extra: list[str] = []
+                if variant == "metrics_off":
+                    extra = ["--metrics-port", "0"]
+                elif section is not None:
+                    path = default_config_with(cache, variant, section, key, value)
+                    if section == "tracing":
+                        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+                        config["tracing"]["otlp_endpoint"] = sink.endpoint
+                        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+                    extra = ["--config", str(path)]
+                name = f"{OVERHEAD_PREFIX}{variant}_{round_number}"
+                with running(name, *router(2, *extra), cache) as s:
+                    bench.measure(name, s)
+    finally:
+        spans = sink.close()
+    runs = {r.name: r for r in bench.runs}
+    summary: dict[str, Any] = {"rounds": rounds, "spans_received": spans, "variants": {}}
+    for variant, (what, *_) in OVERHEAD_VARIANTS.items():
+        mine = [runs[f"{OVERHEAD_PREFIX}{variant}_{n}"] for n in range(1, rounds + 1)]
+        cpu = [r.server_cpu_us_per_call for r in mine if r.server_cpu_us_per_call]
+        summary["variants"][variant] = {
+            "what": what,
+            "rps": round(sum(r.rps for r in mine) / len(mine), 1),
+            "server_cpu_us_per_call": round(sum(cpu) / len(cpu), 1) if cpu else None,
+            "p99_ms": round(sum(r.p99_ms for r in mine) / len(mine), 3),
+            "errors": sum(r.errors for r in mine),
+        }
+    variants = summary["variants"]
+    base = variants["metrics_off"]
+    for entry in variants.values():
+        entry["rps_vs_metrics_off"] = round(entry["rps"] / base["rps"], 3) if base["rps"] else None
+        if entry["server_cpu_us_per_call"] and base["server_cpu_us_per_call"]:
+            entry["cpu_vs_metrics_off"] = round(
+                entry["server_cpu_us_per_call"] / base["server_cpu_us_per_call"], 3
+            )
+    summary["metrics_cost_share_of_rps"] = round(
+        1 - variants["metrics_on"]["rps_vs_metrics_off"], 3
+    )
+    return summary
+
+
+def rerun_overhead(
+    args: argparse.Namespace, bench: Bench, router: Callable[..., tuple[list[str], int]]
+) -> int:
+    """Measure the observability comparison again and put it into the recorded results."""
+    result: dict[str, Any] = json.loads(args.output.read_text(encoding="utf-8"))
+    overhead = overhead_comparison(bench, router, args.cache, args.overhead_rounds)
+    overhead["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    overhead["command"] = args.command
+    overhead["duration_s"] = args.duration
+    result["observability_overhead"] = overhead
+    result["runs"] = [
+        run for run in result["runs"] if not run["name"].startswith(OVERHEAD_PREFIX)
+    ] + [asdict(run) for run in bench.runs]
+    args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    markdown = args.markdown or args.output.with_suffix(".md")
+    markdown.write_text(render_markdown(result), encoding="utf-8")
+    print(render_markdown(result))
+    return 0
+
+
+class OtlpSink:
+    """An OTLP/gRPC trace receiver that counts and drops what it gets (for tracing runs)."""
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        from opentelemetry.proto.collector.trace.v1 import (
+            trace_service_pb2,
+            trace_service_pb2_grpc,
+        )
+
+        sink = self
+
+        class Drop(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request: Any, context: Any) -> Any:
+                sink.spans += sum(
+                    len(scope.spans)
+                    for resource in request.resource_spans
+                    for scope in resource.scope_spans
+                )
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self.spans = 0
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            Drop(), self.server
+        )
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+        self.endpoint = f"http://127.0.0.1:{port}"
+
+    def close(self) -> int:
+        """Stop; return how many spans arrived."""
+        self.server.stop(0).wait()
+        return self.spans
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -751,6 +902,35 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"streams/s, p50 {r['complete_p50_ms_instant']} ms, p99 {r['complete_p99_ms_instant']} "
         f"ms; errors {r['complete_errors']}.",
     ]
+    overhead = r.get("observability_overhead")
+    if overhead:
+        lines += [
+            "",
+            f"Observability overhead on Route (--workers 2), mean of {overhead['rounds']} "
+            "interleaved rounds per variant"
+            + (
+                f" (measured {overhead['date']} with `{overhead['command']}`, "
+                f"{overhead['duration_s']:g} s per run)"
+                if overhead.get("date")
+                else ""
+            )
+            + ":",
+            "",
+            "| variant | rps | rps vs metrics off | server CPU us/call | CPU vs metrics off "
+            "| p99 ms | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, v in overhead["variants"].items():
+            lines.append(
+                f"| {name}: {v['what']} | {v['rps']:.0f} | {v['rps_vs_metrics_off']:.3f} | "
+                f"{v['server_cpu_us_per_call'] or 'n/a'} | {v.get('cpu_vs_metrics_off', 'n/a')} | "
+                f"{v['p99_ms']:.2f} | {v['errors']} |"
+            )
+        lines += [
+            "",
+            f"- Metrics cost {overhead['metrics_cost_share_of_rps']:.1%} of Route's requests/s "
+            f"(target <= 5%); spans received by the OTLP sink: {overhead['spans_received']}.",
+        ]
     if r["profile_router_w1"]:
         shares = ", ".join(
             f"{area} {share:.0%}" for area, share in r["profile_router_w1"]["share_by_area"].items()

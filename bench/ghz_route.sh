@@ -8,8 +8,11 @@
 # builds the baseline (bench/baseline/), then runs bench/ghz_route.py, which writes
 # bench/results/ghz_route.json and .md. --smoke is a few-second run of every step for CI
 # (no soak), written to bench/.cache/ghz_route_smoke.json so it never overwrites the
-# recorded results. --profile samples the router_w1 run with py-spy (installed into the venv,
-# pinned; it needs ptrace, which some containers forbid, so the smoke run leaves it out).
+# recorded results. Route with --workers 2 is also measured, interleaved round by round, with
+# metrics on and off, tracing on (to an OTLP sink in the benchmark process; needs the
+# tracing extra) and the log line sampled. --profile samples the router_w1 run with py-spy
+# (installed into the venv, pinned; it needs ptrace, which some containers forbid, so the
+# smoke run leaves it out).
 # Needs the modelrouter command: $MODELROUTER_BIN, $VENV/bin/modelrouter
 # ($VENV defaults to .venv) or modelrouter on PATH.
 set -euo pipefail
@@ -64,7 +67,8 @@ fi
 out=(--output "$bench/results/ghz_route.json")
 if (( smoke )); then
     # The flags given after --smoke still win: argparse keeps the last value.
-    out=(--output "$bench/.cache/ghz_route_smoke.json" --duration 2 --warmup 0.5 --no-soak --queries 200)
+    out=(--output "$bench/.cache/ghz_route_smoke.json" --duration 2 --warmup 0.5 --no-soak --queries 200
+         --overhead-rounds 1)
 fi
 
 cd "$repo"

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 from router._proto.modelrouter.v1 import router_pb2 as pb  # noqa: E402
 from router._proto.modelrouter.v1 import router_pb2_grpc  # noqa: E402
 from router.completion import CompletionEngine  # noqa: E402
-from router.config import Logging, parse_config  # noqa: E402
+from router.config import LoggingConfig, parse_config  # noqa: E402
 from router.domain import (  # noqa: E402
     ChatMessage,
     CompletionSummary,
@@ -141,6 +141,9 @@ def router_server(config: dict[str, Any], workdir: Path) -> Iterator[str]:
             str(port),
             "--workers",
             "1",
+            # Metrics on, as by default, on a port of their own.
+            "--metrics-port",
+            str(_free_port()),
         ],
         cwd=ROOT,
         stdout=log,
@@ -478,7 +481,7 @@ def main() -> None:
         workdir = Path(tmp)
         engine_log = (workdir / "engine.log").open("w")
         # The in-process engine logs as the server does (JSON lines at info), to a file.
-        configure_logging(Logging())
+        configure_logging(LoggingConfig())
         structlog.configure(logger_factory=structlog.WriteLoggerFactory(file=engine_log))
         model = routing_model(workdir)
         results["routing_model"] = "builtin" if model == "builtin" else "small seeded test model"

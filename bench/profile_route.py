@@ -25,7 +25,14 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from route_grpc import ROOT, client_process, load_payloads, stop_processes, wait_listening
+from route_grpc import (
+    ROOT,
+    client_process,
+    free_port,
+    load_payloads,
+    stop_processes,
+    wait_listening,
+)
 
 OURS = ("interceptor.py", "servicer.py", "service.py", "convert.py", "feedback.py")
 
@@ -69,7 +76,8 @@ def main() -> int:
         with log.open("wb") as fh:
             server = subprocess.Popen(
                 [sys.executable, "-m", "router.cli", "serve", "--config", str(config),
-                 "--host", "127.0.0.1", "--port", "0", "--workers", "1"],
+                 "--host", "127.0.0.1", "--port", "0", "--workers", "1",
+                 "--metrics-port", str(free_port())],
                 stdout=fh, stderr=subprocess.STDOUT,
             )  # fmt: skip
         try:

@@ -263,7 +263,7 @@ def wait_listening(
     raise RuntimeError(f"server did not listen:\n{log.read_text()}")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -283,7 +283,7 @@ def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
 
 def bench_noop(workers: int, payloads: list[bytes], args: argparse.Namespace, tmp: Path) -> Result:
     """Measure the no-op server with ``workers`` processes on one port."""
-    port = _free_port()
+    port = free_port()
     log = tmp / f"noop{workers}.log"
     with log.open("wb") as fh:
         procs = [
@@ -329,6 +329,9 @@ def bench_router(
                 "0",
                 "--workers",
                 str(workers),
+                # Metrics on, as by default, on a port of their own.
+                "--metrics-port",
+                str(free_port()),
             ],
             stdout=fh,
             stderr=subprocess.STDOUT,

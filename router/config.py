@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 CONFIG_VERSION = 1
 MIN_TIERS = 2
@@ -33,14 +40,14 @@ NonNegative = Annotated[float, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
 
 
-class Price(_Frozen):
+class PriceConfig(_Frozen):
     """US dollars per million tokens."""
 
     input_per_mtok: NonNegative
     output_per_mtok: NonNegative
 
 
-class Timeouts(_Frozen):
+class TimeoutsConfig(_Frozen):
     """Per-attempt time limits, in seconds."""
 
     connect_s: Positive = 5.0
@@ -49,7 +56,7 @@ class Timeouts(_Frozen):
     total_s: Positive = 300.0
 
 
-class Gate(_Frozen):
+class GateConfig(_Frozen):
     """The pre-commit confidence gate of a tier.
 
     The first ``window_tokens`` tokens (or ``window_ms`` milliseconds, whichever ends
@@ -64,23 +71,23 @@ class Gate(_Frozen):
     min_chars: Annotated[int, Field(ge=0)] = 1
 
 
-class Tier(_Frozen):
+class TierConfig(_Frozen):
     """One model tier. Tiers are listed cheapest first."""
 
     name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
     model: Annotated[str, Field(min_length=1)]
     backend: Annotated[str, Field(min_length=1)]
-    price: Price
+    price: PriceConfig
     min_score: Annotated[float, Field(ge=0, le=1)] | None = None
     # Overrides routing.escalation_margin below this tier's threshold; the cheapest tier
     # has no threshold, so no margin of its own.
     escalation_margin: Annotated[float, Field(ge=0, le=1)] | None = None
     max_tokens: Annotated[int, Field(ge=1)] = 1024
-    timeouts: Timeouts = Timeouts()
-    gate: Gate | None = None
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    gate: GateConfig | None = None
 
 
-class OpenAIBackend(_Frozen):
+class OpenAIBackendConfig(_Frozen):
     """Any OpenAI-compatible chat-completions endpoint."""
 
     kind: Literal["openai"]
@@ -94,7 +101,7 @@ class OpenAIBackend(_Frozen):
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
 
 
-class AnthropicBackend(_Frozen):
+class AnthropicBackendConfig(_Frozen):
     """Anthropic's Messages API."""
 
     kind: Literal["anthropic"]
@@ -104,7 +111,7 @@ class AnthropicBackend(_Frozen):
     max_connections: Annotated[int, Field(ge=1)] = 100
 
 
-class DemoBackend(_Frozen):
+class DemoBackendConfig(_Frozen):
     """A local backend that streams a short canned, clearly labelled answer."""
 
     kind: Literal["demo"]
@@ -113,11 +120,11 @@ class DemoBackend(_Frozen):
 
 
 BackendConfig = Annotated[
-    OpenAIBackend | AnthropicBackend | DemoBackend, Field(discriminator="kind")
+    OpenAIBackendConfig | AnthropicBackendConfig | DemoBackendConfig, Field(discriminator="kind")
 ]
 
 
-class CircuitBreaker(_Frozen):
+class CircuitBreakerConfig(_Frozen):
     """Skip a backend that failed ``failures`` times within ``window_s`` seconds."""
 
     failures: Annotated[int, Field(ge=1)] = 5
@@ -125,7 +132,7 @@ class CircuitBreaker(_Frozen):
     cooldown_s: Positive = 15.0
 
 
-class Routing(_Frozen):
+class RoutingConfig(_Frozen):
     """How scores become tiers."""
 
     # Queries whose score lies within this margin below a tier's threshold go straight to
@@ -136,12 +143,12 @@ class Routing(_Frozen):
     context_weight: Annotated[float, Field(ge=0, le=1)] = 0.3
 
 
-class Completion(_Frozen):
+class CompletionConfig(_Frozen):
     max_attempts: Annotated[int, Field(ge=1, le=MAX_TIERS)] = 3
-    circuit_breaker: CircuitBreaker = CircuitBreaker()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
 
 
-class Server(_Frozen):
+class ServerConfig(_Frozen):
     host: str = "[::]"
     port: Annotated[int, Field(ge=0, le=65535)] = 50051
     # 0 means one worker per core.
@@ -151,14 +158,43 @@ class Server(_Frozen):
     max_concurrent_rpcs: Annotated[int, Field(ge=1)] = 1000
     grace_period_s: NonNegative = 10.0
     feedback_capacity: Annotated[int, Field(ge=1)] = 10_000
+    # Prometheus metrics over HTTP on their own port (GET /metrics); 0 turns them off.
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9464
 
 
-class Logging(_Frozen):
+class LoggingConfig(_Frozen):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
     # One line per RPC (request id, tenant, method, tier, score, status, duration); off
     # saves its cost on very busy servers. Unexpected errors are logged either way.
     rpc: bool = True
+    # The share of successful RPCs whose line is written (0 to 1); errors and Complete
+    # calls that escalated are always written.
+    rpc_sample: Annotated[float, Field(ge=0, le=1)] = 1.0
+
+
+class TracingConfig(_Frozen):
+    """OpenTelemetry traces, exported over OTLP/gRPC; off while ``otlp_endpoint`` is empty."""
+
+    # An OTLP/gRPC collector: "http://host:4317" (plaintext) or "https://host:4317".
+    otlp_endpoint: str = ""
+    # The share of new traces recorded; a caller's traceparent decides for its own trace.
+    sample_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0
+    service_name: Annotated[str, Field(min_length=1, max_length=128)] = "modelrouter"
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _check_endpoint(cls, endpoint: str) -> str:
+        if endpoint and not re.fullmatch(r"https?://[^/\s]+/?", endpoint):
+            raise ValueError(
+                f"{endpoint!r} is not http://HOST:PORT or https://HOST:PORT (an OTLP/gRPC "
+                "collector)"
+            )
+        return endpoint
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.otlp_endpoint)
 
 
 class Config(_Frozen):
@@ -167,11 +203,12 @@ class Config(_Frozen):
     version: Literal[1]
     # "builtin" for the shipped model, or a path to a model file.
     model: str = "builtin"
-    server: Server = Server()
-    routing: Routing = Routing()
-    completion: Completion = Completion()
-    logging: Logging = Logging()
-    tiers: Annotated[list[Tier], Field(min_length=MIN_TIERS, max_length=MAX_TIERS)]
+    server: ServerConfig = ServerConfig()
+    routing: RoutingConfig = RoutingConfig()
+    completion: CompletionConfig = CompletionConfig()
+    logging: LoggingConfig = LoggingConfig()
+    tracing: TracingConfig = TracingConfig()
+    tiers: Annotated[list[TierConfig], Field(min_length=MIN_TIERS, max_length=MAX_TIERS)]
     backends: dict[str, BackendConfig]
 
     @model_validator(mode="after")

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs on a fresh machine and run all of it:
 #   the project with its test/dev extras (scripts/setup.sh), the local LLM for the `llm`
-#   tests (scripts/install_llm.sh), lint and types (ruff, mypy --strict, cython-lint), the
-#   Python tests (compiled fast path and local LLM required, not skipped), the smoke runs of
-#   the benchmarks, and the Go and Java client tests with the ghz smoke run.
+#   tests (scripts/install_llm.sh), PostgreSQL for the store tests
+#   (scripts/install_postgres.sh), Prometheus for the metrics test
+#   (scripts/install_prometheus.sh), lint and types (ruff, mypy --strict, cython-lint), the
+#   Python tests (compiled fast path, local LLM, PostgreSQL, Prometheus and Go required, not
+#   skipped), the smoke runs of the benchmarks, and the Go and Java client tests with the
+#   ghz smoke run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHON=.venv/bin/python
@@ -14,6 +17,10 @@ step "set up the project (.venv)"
 scripts/setup.sh test,dev,train,plot
 step "install the local LLM (llama-cpp-python[server], Gemma 3 270M)"
 scripts/install_llm.sh "$PYTHON"
+step "install PostgreSQL for the store tests (Debian's postgresql, when missing)"
+scripts/install_postgres.sh
+step "install Prometheus for the metrics test (Debian's prometheus, when missing)"
+scripts/install_prometheus.sh
 
 step "lint and types"
 .venv/bin/ruff check router tests bench
@@ -22,7 +29,8 @@ step "lint and types"
 PATH="$PWD/.venv/bin:$PATH" .venv/bin/cython-lint router/_fastpath.pyx
 
 step "Python tests"
-MODELROUTER_REQUIRE_EXTENSIONS=1 MODELROUTER_REQUIRE_LLM=1 "$PYTHON" -m pytest -q
+MODELROUTER_REQUIRE_EXTENSIONS=1 MODELROUTER_REQUIRE_LLM=1 MODELROUTER_REQUIRE_POSTGRES=1 \
+    MODELROUTER_REQUIRE_PROMETHEUS=1 MODELROUTER_REQUIRE_GO=1 "$PYTHON" -m pytest -q
 
 step "benchmark smoke runs"
 scripts/ci_server.sh

@@ -1,8 +1,11 @@
-"""Shared fixtures: both fast-path implementations, small real model files."""
+"""Shared fixtures: both fast-path implementations, small real model files, both stores."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +13,22 @@ import pytest
 
 from router import _fastpath_py
 from router.model import save_model
+from router.store import Store, open_store
+from tests.postgres_server import REQUIRE_ENV, find_bindir, postgres_server
 from tests.support import _fastpath_c, random_model
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _state_home() -> Iterator[None]:
+    """Keep the embedded default store (and its children's) out of the real home."""
+    with tempfile.TemporaryDirectory(prefix="modelrouter-state-") as state:
+        previous = os.environ.get("XDG_STATE_HOME")
+        os.environ["XDG_STATE_HOME"] = state
+        yield
+        if previous is None:
+            del os.environ["XDG_STATE_HOME"]
+        else:
+            os.environ["XDG_STATE_HOME"] = previous
 
 
 @pytest.fixture(params=["c", "py"])
@@ -31,3 +49,46 @@ def small_model_path(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "small.npz"
     save_model(random_model(), path)
     yield path
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """Start one real PostgreSQL server for the session; yield its admin URL."""
+    missing = []
+    if find_bindir() is None:
+        missing.append("PostgreSQL (Debian's postgresql package)")
+    if importlib.util.find_spec("psycopg_pool") is None:
+        missing.append("psycopg and psycopg-pool (pip install 'modelrouter[postgres]')")
+    if missing:
+        if os.environ.get(REQUIRE_ENV):
+            pytest.fail(f"{REQUIRE_ENV} is set but {' and '.join(missing)} are missing")
+        pytest.skip(f"{' and '.join(missing)} not installed")
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_database(postgres_url: str) -> str:
+    """Return the URL of a new, empty database on the session's PostgreSQL server."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return postgres_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each store in turn: a SQLite file, then a database on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.db")
+    return str(request.getfixturevalue("postgres_database"))
+
+
+@pytest.fixture
+def store(store_target: str) -> Iterator[Store]:
+    """An open, migrated store of each kind."""
+    opened = open_store(store_target)
+    yield opened
+    opened.close()

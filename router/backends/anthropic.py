@@ -15,7 +15,7 @@ from router.backends.httpbase import (
     token_count,
 )
 from router.backends.sse import SSEEvent
-from router.config import AnthropicBackend as AnthropicConfig
+from router.config import AnthropicBackendConfig
 
 # Anthropic's stop reasons in the OpenAI vocabulary the summary reports.
 _FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
@@ -25,7 +25,7 @@ _FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "l
 class AnthropicBackend(HTTPBackend):
     """Stream ``POST {base_url}/v1/messages`` with ``stream: true``."""
 
-    config: AnthropicConfig
+    config: AnthropicBackendConfig
 
     def base_url(self) -> str:
         """Return the configured base URL (https://api.anthropic.com by default)."""

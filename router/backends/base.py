@@ -11,11 +11,14 @@ import abc
 import asyncio
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from router.backends.errors import BackendTimeout
-from router.config import BackendConfig, Timeouts
+from router.config import BackendConfig, TimeoutsConfig
 from router.domain import ChatMessage, GenerationOptions
+
+if TYPE_CHECKING:
+    from router.telemetry.tracing import AttemptTrace
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +65,9 @@ class BackendRequest:
     generation: GenerationOptions
     max_tokens: int
     logprobs: bool
-    timeouts: Timeouts
+    timeouts: TimeoutsConfig
+    # The attempt's span when tracing is on: an HTTP backend traces its call under it.
+    trace: AttemptTrace | None = None
 
 
 class Backend(abc.ABC):
@@ -124,7 +129,7 @@ class _Watchdog:
 
     __slots__ = ("expired", "first", "handle", "limits", "loop", "since", "start", "task")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, limits: Timeouts) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, limits: TimeoutsConfig) -> None:
         self.loop = loop
         self.limits = limits
         self.start = self.since = loop.time()

@@ -13,7 +13,7 @@ import re
 from collections.abc import AsyncGenerator
 
 from router.backends.base import Backend, BackendRequest, Chunk, TokenUsage, register
-from router.config import DemoBackend as DemoConfig
+from router.config import DemoBackendConfig
 
 ANSWER = (
     "[modelrouter demo backend] This is a canned answer, not a model's: tier model "
@@ -37,7 +37,7 @@ def demo_logprob(index: int) -> float:
 class DemoBackend(Backend):
     """Stream the canned answer, one token every ``1 / tokens_per_second`` seconds."""
 
-    config: DemoConfig
+    config: DemoBackendConfig
 
     async def _stream(self, request: BackendRequest) -> AsyncGenerator[Chunk, None]:
         loop = asyncio.get_running_loop()

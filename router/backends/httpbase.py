@@ -14,14 +14,20 @@ import abc
 import asyncio
 import json
 from collections.abc import AsyncGenerator, Mapping
-from typing import Any, Protocol
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 
 from router.backends.base import Backend, BackendRequest, Chunk
-from router.backends.errors import ConnectFailed, MalformedStream, status_error
+from router.backends.errors import BackendError, ConnectFailed, MalformedStream, status_error
 from router.backends.sse import SSEEvent, iter_sse
-from router.config import BackendConfig, Timeouts
+from router.config import BackendConfig, TimeoutsConfig
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from router.telemetry.tracing import AttemptTrace
 
 # Bytes of an error body kept for the attempt's detail.
 _ERROR_BODY_LIMIT = 4096
@@ -48,7 +54,7 @@ class HTTPBackend(Backend):
         self._headers = {**self.headers(), **_JSON_HEADERS}
         # Made on first use: an aiohttp session belongs to the running event loop.
         self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
+        self._timeouts: dict[TimeoutsConfig, aiohttp.ClientTimeout] = {}
 
     @abc.abstractmethod
     def base_url(self) -> str:
@@ -87,7 +93,7 @@ class HTTPBackend(Backend):
             )
         return session
 
-    def _timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
+    def _timeout(self, timeouts: TimeoutsConfig) -> aiohttp.ClientTimeout:
         timeout = self._timeouts.get(timeouts)
         if timeout is None:
             # Only making a new connection (TCP and TLS) is limited here, with sock_connect:
@@ -98,12 +104,39 @@ class HTTPBackend(Backend):
             self._timeouts[timeouts] = timeout
         return timeout
 
-    async def _stream(self, request: BackendRequest) -> AsyncGenerator[Chunk, None]:
+    def _stream(self, request: BackendRequest) -> AsyncGenerator[Chunk, None]:
+        if request.trace is None:
+            return self._post(request)
+        return self._traced(request, request.trace)
+
+    async def _traced(
+        self, request: BackendRequest, trace: AttemptTrace
+    ) -> AsyncGenerator[Chunk, None]:
+        """Stream under a CLIENT span of the HTTP call, whose traceparent goes upstream."""
+        span, headers = trace.start_http("POST", self._url)
+        error: str | None = "cancelled"
+        try:
+            async with aclosing(self._post(request, headers, span)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            error = None
+        except BackendError as exc:
+            error = exc.outcome.value
+            raise
+        finally:
+            trace.end_http(span, error)
+
+    async def _post(
+        self,
+        request: BackendRequest,
+        headers: Mapping[str, str] | None = None,
+        span: Span | None = None,
+    ) -> AsyncGenerator[Chunk, None]:
         content = json.dumps(self.body(request), separators=(",", ":")).encode()
         limits = request.timeouts
         try:
             response = await self._client().post(
-                self._url, data=content, timeout=self._timeout(limits)
+                self._url, data=content, timeout=self._timeout(limits), headers=headers
             )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise ConnectFailed(
@@ -112,6 +145,8 @@ class HTTPBackend(Backend):
         except aiohttp.ClientError as exc:
             raise ConnectFailed(f"{type(exc).__name__}: {exc}") from None
         finished = False
+        if span is not None:
+            span.set_attribute("http.response.status_code", response.status)
         try:
             if response.status >= 300:
                 body = await _read_limited(response)

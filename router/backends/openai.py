@@ -15,7 +15,7 @@ from router.backends.httpbase import (
     token_count,
 )
 from router.backends.sse import SSEEvent
-from router.config import OpenAIBackend as OpenAIConfig
+from router.config import OpenAIBackendConfig
 
 _DONE = "[DONE]"
 
@@ -24,7 +24,7 @@ _DONE = "[DONE]"
 class OpenAIBackend(HTTPBackend):
     """Stream ``POST {base_url}/chat/completions`` with ``stream: true``."""
 
-    config: OpenAIConfig
+    config: OpenAIBackendConfig
 
     def base_url(self) -> str:
         """Return the configured base URL (e.g. https://api.openai.com/v1)."""

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import structlog
 
-from router.config import CircuitBreaker as CircuitSettings
+from router.config import CircuitBreakerConfig
 from router.domain import BackendState, CircuitState
 
 log = structlog.get_logger()
@@ -27,7 +27,7 @@ class CircuitBreaker:
         self,
         backend: str,
         kind: str,
-        settings: CircuitSettings,
+        settings: CircuitBreakerConfig,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from router.config import Price
+from router.config import PriceConfig
 from router.domain import ChatMessage
 
 # A rough English average; used only when neither the provider nor the router counted.
@@ -13,7 +13,7 @@ CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
 
 
-def cost_usd(price: Price, prompt_tokens: int, completion_tokens: int) -> float:
+def cost_usd(price: PriceConfig, prompt_tokens: int, completion_tokens: int) -> float:
     """Return the US-dollar cost of the tokens at a tier's per-million-token prices."""
     return (prompt_tokens * price.input_per_mtok + completion_tokens * price.output_per_mtok) / 1e6
 

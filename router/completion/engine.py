@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -21,7 +22,7 @@ from router.backends import Backend, BackendError, BackendRequest, Chunk, create
 from router.completion.circuit import CircuitBreaker
 from router.completion.cost import cost_usd, estimate_prompt_tokens
 from router.completion.gate import NOT_GATED, GateWindow, limits_report
-from router.config import BackendConfig, Config, Tier
+from router.config import BackendConfig, Config, TierConfig
 from router.domain import (
     Attempt,
     AttemptOutcome,
@@ -37,6 +38,11 @@ from router.domain import (
     TextDelta,
     Usage,
 )
+from router.telemetry import current_tracing, metrics
+from router.telemetry.attributes import attempt_attributes, attempt_failed
+
+if TYPE_CHECKING:
+    from router.telemetry.tracing import AttemptTrace
 
 log = structlog.get_logger()
 
@@ -112,6 +118,9 @@ class CompletionEngine:
             for name, backend in config.backends.items()
         }
         self._max_attempts = config.completion.max_attempts
+        self._metrics = metrics.current()
+        self._tracing = current_tracing()
+        self._kinds = {name: backend.kind for name, backend in config.backends.items()}
 
     def backend_states(self) -> list[BackendState]:
         """Return every backend's circuit-breaker state."""
@@ -150,6 +159,11 @@ class CompletionEngine:
         while True:
             tier = tiers[index]
             circuit = self._circuits[tier.backend]
+            trace = (
+                None
+                if self._tracing is None
+                else self._tracing.start_attempt(tier.name, _max_tokens(generation, tier))
+            )
             if not circuit.allow():
                 # A skip is not a try: it costs nothing and does not use up max_attempts.
                 attempt = self._record(
@@ -161,6 +175,7 @@ class CompletionEngine:
                     _Try(loop.time()),
                     loop.time(),
                     prompt_estimate,
+                    trace,
                 )
             else:
                 tries += 1
@@ -181,6 +196,7 @@ class CompletionEngine:
                         max_tokens=_max_tokens(generation, tier),
                         logprobs=tier.gate is not None,
                         timeouts=tier.timeouts,
+                        trace=trace,
                     )
                 )
                 try:
@@ -239,6 +255,7 @@ class CompletionEngine:
                         state,
                         loop.time(),
                         prompt_estimate,
+                        trace,
                     )
                     raise
                 await _close(stream, state)
@@ -265,6 +282,7 @@ class CompletionEngine:
                     state,
                     ended_at,
                     prompt_estimate,
+                    trace,
                 )
                 if committed or outcome is AttemptOutcome.OK:
                     attempts.append(attempt)
@@ -281,12 +299,14 @@ class CompletionEngine:
             if index >= max_tier_index or tries >= self._max_attempts:
                 raise BackendUnavailable(_failure_message(attempts))
             index += 1
+            if self._metrics is not None:
+                self._metrics.escalated(tier.name, tiers[index].name, attempt.outcome.value)
             yield Escalation(tier.name, tiers[index].name, attempt)
 
     async def _hold(
         self,
         stream: AsyncGenerator[Chunk, None],
-        tier: Tier,
+        tier: TierConfig,
         generation: GenerationOptions,
         state: _Try,
         loop: asyncio.AbstractEventLoop,
@@ -329,14 +349,15 @@ class CompletionEngine:
         self,
         decision: RoutingDecision,
         number: int,
-        tier: Tier,
+        tier: TierConfig,
         outcome: AttemptOutcome,
         detail: str,
         state: _Try,
         ended_at: float,
         prompt_estimate: int,
+        trace: AttemptTrace | None,
     ) -> Attempt:
-        """Build an attempt's record and log it."""
+        """Build an attempt's record, count it, end its span and log it."""
         prompt, completion, _ = _usage(state, prompt_estimate)
         first_token_ms = (
             (state.first_token_at - state.started_at) * 1000.0 if state.first_token_at else 0.0
@@ -355,6 +376,20 @@ class CompletionEngine:
             cost_usd=cost_usd(tier.price, prompt, completion),
             gate=state.gate,
         )
+        if self._metrics is not None:
+            self._metrics.attempt(
+                tier.name,
+                tier.backend,
+                outcome.value,
+                first_token_ms / 1000.0 if state.first_token_at else None,
+                prompt,
+                completion,
+                attempt.cost_usd,
+            )
+        if trace is not None:
+            trace.end(
+                attempt_attributes(attempt, self._kinds[tier.backend]), attempt_failed(attempt)
+            )
         log.info(
             "completion_attempt",
             request_id=decision.request_id,
@@ -375,7 +410,7 @@ class CompletionEngine:
 
     def _summary(
         self,
-        tier: Tier,
+        tier: TierConfig,
         index: int,
         state: _Try,
         attempts: Sequence[Attempt],
@@ -386,6 +421,9 @@ class CompletionEngine:
         prompt, completion, reported = _usage(state, prompt_estimate)
         failed = attempts[-1].outcome is not AttemptOutcome.OK
         first_text_at = state.delivered_at
+        strongest_cost = cost_usd(self._tiers[-1].price, prompt, completion)
+        if self._metrics is not None:
+            self._metrics.completed(tier.name, ended_at - started_at, strongest_cost)
         return CompletionSummary(
             tier=tier.name,
             tier_index=index,
@@ -393,7 +431,7 @@ class CompletionEngine:
             backend=tier.backend,
             usage=Usage(prompt, completion, reported),
             cost_usd=sum(a.cost_usd for a in attempts),
-            strongest_tier_cost_usd=cost_usd(self._tiers[-1].price, prompt, completion),
+            strongest_tier_cost_usd=strongest_cost,
             finish_reason="error" if failed else (state.finish_reason or "stop"),
             attempts=tuple(attempts),
             delivered_chars=state.committed_chars,
@@ -402,7 +440,7 @@ class CompletionEngine:
         )
 
 
-def _max_tokens(generation: GenerationOptions, tier: Tier) -> int:
+def _max_tokens(generation: GenerationOptions, tier: TierConfig) -> int:
     """Return the request's token limit, capped at the tier's."""
     asked = generation.max_tokens
     return min(asked, tier.max_tokens) if asked > 0 else tier.max_tokens

@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 
 from router.backends import Chunk
-from router.config import Gate
+from router.config import GateConfig
 from router.domain import GateReport
 
 NOT_GATED = GateReport(enabled=False)
 
 
-def limits_report(gate: Gate, *, reason: str) -> GateReport:
+def limits_report(gate: GateConfig, *, reason: str) -> GateReport:
     """Return a passing report that carries the gate's limits and ``reason``."""
     return GateReport(
         enabled=True,
@@ -36,7 +36,7 @@ class GateWindow:
 
     __slots__ = ("chunks", "finish_reason", "gate", "logprobs", "tokens")
 
-    def __init__(self, gate: Gate) -> None:
+    def __init__(self, gate: GateConfig) -> None:
         self.gate = gate
         self.chunks: list[Chunk] = []
         self.logprobs: list[float] = []

@@ -10,11 +10,13 @@ from grpc_reflection.v1alpha import reflection
 
 from router._proto.modelrouter.v1 import router_pb2, router_pb2_grpc
 from router.config import Config
+from router.loading import load_router
 from router.server.health import SERVING, HealthServicer
 from router.server.interceptor import ServiceInterceptor
 from router.server.reflection import enable_server_reflection
 from router.server.servicer import ModelRouterServicer
-from router.service import RouterService, load_router
+from router.service import RouterService
+from router.telemetry import current_tracing, metrics
 
 SERVICE_NAME: str = router_pb2.DESCRIPTOR.services_by_name["ModelRouter"].full_name
 HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -74,10 +76,13 @@ def create_server(
         lambda: service.max_concurrent_rpcs,
         service.new_request_id,
         log_rpcs=config.logging.rpc,
+        rpc_sample=config.logging.rpc_sample,
+        metrics=metrics.current(),
+        tracing=current_tracing(),
     )
     server = grpc.aio.server(interceptors=[interceptor], options=options)
     router_pb2_grpc.add_ModelRouterServicer_to_server(  # type: ignore[no-untyped-call]
-        ModelRouterServicer(service), server
+        ModelRouterServicer(service, metrics.current()), server
     )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from router.config import DEFAULT_CONFIG_YAML, ConfigError
-from router.server.process import EXIT_CONFIG, ConfigSource, load, serve, worker_count
+from router.loading import ConfigSource, load
+from router.server.process import EXIT_CONFIG, serve, worker_count
 
 Subparsers = Any  # argparse's _SubParsersAction is private
 
@@ -47,11 +48,17 @@ def add_serve_parser(subparsers: Subparsers) -> None:
         type=_workers,
         help="worker processes sharing the port; 0 means one per core (default: server.workers)",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=_port,
+        help="port of the Prometheus metrics (GET /metrics), 0 turns them off "
+        "(default: server.metrics_port, 9464)",
+    )
     parser.set_defaults(handler=_run_serve)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    return serve(ConfigSource(args.config, args.host, args.port, args.workers))
+    return serve(ConfigSource(args.config, args.host, args.port, args.workers, args.metrics_port))
 
 
 def add_config_parser(subparsers: Subparsers) -> None:

@@ -1,15 +1,17 @@
 """The one interceptor: status codes for domain errors, the concurrency cap, one log line per RPC.
 
 It wraps the ModelRouter methods once (the wrapped handlers are cached per method), so the
-per-RPC cost is a dictionary look-up, a context variable and the log line. Health and
-reflection pass through untouched, so they answer even when the service is at its cap.
+per-RPC cost is a dictionary look-up, a context variable, the gRPC metrics and the log
+line. Health passes through with its metrics only, and reflection (a bidirectional stream)
+untouched, so both answer even when the service is at its cap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, cast
 
@@ -17,6 +19,12 @@ import grpc
 import structlog
 
 from router.domain import BackendUnavailable, InvalidRequest, Overloaded, RouterError
+from router.telemetry.metrics import SERVER_STREAM, UNARY, Metrics, RpcMetrics
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from router.telemetry.tracing import Tracing
 
 log = structlog.get_logger()
 
@@ -50,7 +58,16 @@ def status_for(error: RouterError) -> grpc.StatusCode:
 class RpcRecord:
     """What the servicer learns about an RPC, for its log line."""
 
-    __slots__ = ("decision_micros", "method", "request_id", "score", "tenant", "tier")
+    __slots__ = (
+        "decision_micros",
+        "escalated",
+        "method",
+        "request_id",
+        "score",
+        "span",
+        "tenant",
+        "tier",
+    )
 
     def __init__(self, method: str) -> None:
         self.method = method
@@ -59,9 +76,22 @@ class RpcRecord:
         self.tier = ""
         self.score: float | None = None
         self.decision_micros: float | None = None
+        self.escalated = False
+        self.span: Span | None = None  # the RPC's span, when tracing is on
 
 
 _current: ContextVar[RpcRecord | None] = ContextVar("modelrouter_rpc", default=None)
+
+
+def _grpc_type(handler: grpc.RpcMethodHandler[Any, Any]) -> str:
+    return SERVER_STREAM if handler.response_streaming else UNARY
+
+
+def _behaviour(handler: grpc.RpcMethodHandler[Any, Any]) -> Callable[[Any, Any], Awaitable[Any]]:
+    return cast(
+        Callable[[Any, Any], Awaitable[Any]],
+        handler.unary_stream if handler.response_streaming else handler.unary_unary,
+    )
 
 
 def clip_for_log(text: str) -> str:
@@ -82,6 +112,8 @@ class ServiceInterceptor(_ServerInterceptor):
 
     Every error status carries the request id in the ``x-request-id`` trailer: the one the
     servicer assigned, or ``new_request_id()`` when the RPC failed before it had one.
+    ``rpc_sample`` is the share of successful RPCs that get a log line; errors and
+    escalated completions always do.
     """
 
     def __init__(
@@ -91,11 +123,18 @@ class ServiceInterceptor(_ServerInterceptor):
         new_request_id: Callable[[], str],
         *,
         log_rpcs: bool = True,
+        rpc_sample: float = 1.0,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
+        self._service_name = service_name
         self._prefix = f"/{service_name}/"
         self._max_concurrent = max_concurrent
         self._new_request_id = new_request_id
         self._log_rpcs = log_rpcs
+        self._rpc_sample = rpc_sample
+        self._metrics = metrics
+        self._tracing = tracing
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         self.in_flight = 0
 
@@ -107,42 +146,88 @@ class ServiceInterceptor(_ServerInterceptor):
         if handler is not None:
             return handler
         handler = await continuation(handler_call_details)
-        if handler is None or not method.startswith(self._prefix):
+        if handler is None:
             return handler
-        wrapped = self._wrap(method.removeprefix(self._prefix), handler)
+        if method.startswith(self._prefix):
+            if handler.request_streaming:
+                raise TypeError(f"{method}: client-streaming methods are not supported")
+            wrapped = self._wrap(handler, self._handler(method.removeprefix(self._prefix), handler))
+        elif self._metrics is not None and not handler.request_streaming:
+            service, _, name = method[1:].rpartition("/")
+            rpc = self._metrics.rpc(_grpc_type(handler), service, name)
+            wrapped = self._wrap(handler, self._counted(handler, rpc))
+        else:
+            return handler
         self._handlers[method] = wrapped
         return wrapped
 
+    @staticmethod
     def _wrap(
-        self, name: str, handler: grpc.RpcMethodHandler[Any, Any]
+        handler: grpc.RpcMethodHandler[Any, Any],
+        wrapped: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        if handler.request_streaming:
-            raise TypeError(f"{name}: client-streaming methods are not supported")
-        behaviour = cast(
-            Callable[[Any, Any], Awaitable[Any]],
-            handler.unary_stream if handler.response_streaming else handler.unary_unary,
-        )
-
         make = (
             grpc.unary_stream_rpc_method_handler
             if handler.response_streaming
             else grpc.unary_unary_rpc_method_handler
         )
         return make(
-            self._handler(name, behaviour),
+            wrapped,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
-    def _handler(
-        self, name: str, behaviour: Callable[[Any, Any], Awaitable[Any]]
+    @staticmethod
+    def _counted(
+        handler: grpc.RpcMethodHandler[Any, Any], rpc: RpcMetrics
     ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
-        """Return the wrapped method: a plain coroutine function, as grpc inspects it per RPC."""
+        """Return another service's method (health) with its gRPC metrics and nothing else."""
+        behaviour = _behaviour(handler)
 
         async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
+            rpc.started.n += 1
+            code = grpc.StatusCode.OK
+            try:
+                return await behaviour(request, context)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception:
+                code = grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                rpc.done(code, time.perf_counter() - started)
+
+        return handle
+
+    def _handler(
+        self, name: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+        """Return the wrapped method: a plain coroutine function, as grpc inspects it per RPC."""
+        behaviour = _behaviour(handler)
+        metrics = self._metrics
+        rpc = (
+            None if metrics is None else metrics.rpc(_grpc_type(handler), self._service_name, name)
+        )
+        log_rpcs, sample = self._log_rpcs, self._rpc_sample
+        log_all = sample >= 1.0
+        uniform = random.random
+        tracing, service = self._tracing, self._service_name
+
+        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            if rpc is not None:
+                rpc.started.n += 1
             record = RpcRecord(name)
             _current.set(record)
+            token = None
+            if tracing is not None:
+                metadata = cast("Sequence[tuple[str, Any]] | None", context.invocation_metadata())
+                record.span, token = tracing.start_rpc(service, name, metadata)
             code = grpc.StatusCode.OK
             error = ""
             failure: BaseException | None = None
@@ -177,10 +262,17 @@ class ServiceInterceptor(_ServerInterceptor):
                     else "internal error; the server log has the details"
                 )
             finally:
-                if code is not grpc.StatusCode.OK and not record.request_id:
+                ok = code is grpc.StatusCode.OK
+                if not ok and not record.request_id:
                     record.request_id = self._new_request_id()
-                if self._log_rpcs or failure is not None:
+                if rpc is not None:
+                    rpc.done(code, time.perf_counter() - started)
+                if failure is not None or (
+                    log_rpcs and (log_all or not ok or record.escalated or uniform() < sample)
+                ):
                     self._log(record, code, error, failure, started)
+                if tracing is not None and record.span is not None:
+                    tracing.end_rpc(record.span, token, code.name, error)
             # Only reached after an error was recorded: end the RPC with its status.
             await context.abort(code, error, ((REQUEST_ID_HEADER, record.request_id),))
 
@@ -204,6 +296,12 @@ class ServiceInterceptor(_ServerInterceptor):
             "status": code.name,
             "duration_ms": round((time.perf_counter() - started) * 1e3, 3),
         }
+        if record.span is not None:
+            from router.telemetry.tracing import ids
+
+            found = ids(record.span)
+            if found is not None:
+                fields["trace_id"], fields["span_id"] = found
         if failure is not None:
             log.error("rpc", **fields, error=repr(failure), exc_info=failure)
         elif error:

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from router.config import Logging
+from router.config import LoggingConfig
 
 _process: dict[str, Any] = {"pid": os.getpid(), "worker": None}
 
@@ -117,7 +117,7 @@ def flush_logs() -> None:
         _writer.flush()
 
 
-def configure_logging(settings: Logging) -> None:
+def configure_logging(settings: LoggingConfig) -> None:
     """Send structured logs to stdout at the configured level and format."""
     global _writer
     flush_logs()

@@ -9,10 +9,12 @@ import grpc
 
 from router._proto.modelrouter.v1 import router_pb2 as pb
 from router._proto.modelrouter.v1 import router_pb2_grpc
-from router.domain import CompletionSummary, RoutingDecision
+from router.domain import CompletionSummary, Escalation, RoutingDecision
 from router.server import convert
 from router.server.interceptor import REQUEST_ID_HEADER, current_rpc
 from router.service import RouterService
+from router.telemetry.attributes import decision_attributes
+from router.telemetry.metrics import Metrics
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -20,8 +22,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
     """Serve the modelrouter.v1.ModelRouter API from a RouterService."""
 
-    def __init__(self, service: RouterService) -> None:
+    def __init__(self, service: RouterService, metrics: Metrics | None = None) -> None:
         self._service = service
+        self._metrics = metrics
 
     def _start(self, request_id: str, tenant: str) -> str:
         """Check or generate the request id, once per request, and note it for the log line."""
@@ -37,7 +40,7 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         # its own, which cost a fifth of Route's throughput; trailers ride with the status.
         context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
         decision = self._service.route(convert.route_request(request, rid))
-        _note_decision(decision)
+        self._note_decision(decision)
         return pb.RouteResponse(decision=convert.decision(decision))
 
     async def Complete(self, request: pb.CompleteRequest, context: Context) -> None:
@@ -51,7 +54,9 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         async with aclosing(events):
             async for event in events:
                 if isinstance(event, RoutingDecision):
-                    _note_decision(event)
+                    self._note_decision(event)
+                elif isinstance(event, Escalation):
+                    current_rpc().escalated = True
                 elif isinstance(event, CompletionSummary):
                     current_rpc().tier = event.tier
                 await context.write(convert.event(event))
@@ -63,6 +68,9 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         known = self._service.feedback(convert.feedback(request))
         # Noted once checked: it also goes into the x-request-id trailer of an error.
         record.request_id = request.request_id
+        if self._metrics is not None:
+            tier = self._service.feedback_store.served_tier(request.request_id)
+            self._metrics.feedback(tier or "unknown")
         return pb.FeedbackResponse(known_request=known)
 
     async def GetConfig(
@@ -71,9 +79,13 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         """Describe the configuration in force."""
         return convert.config_response(self._service.info())
 
-
-def _note_decision(decision: RoutingDecision) -> None:
-    record = current_rpc()
-    record.tier = decision.tier
-    record.score = decision.score
-    record.decision_micros = decision.decision_micros
+    def _note_decision(self, decision: RoutingDecision) -> None:
+        """Note a decision for the RPC's log line and count it."""
+        record = current_rpc()
+        record.tier = decision.tier
+        record.score = decision.score
+        record.decision_micros = decision.decision_micros
+        if record.span is not None:
+            record.span.set_attributes(decision_attributes(decision))
+        if self._metrics is not None:
+            self._metrics.decided(decision.tier, decision.decision_micros * 1e-6, decision.score)

@@ -417,7 +417,7 @@ def _read_config_yaml(path: Path) -> tuple[Path, dict[str, Any]]:
     import yaml
 
     from router.config import load_config
-    from router.service import config_model_path
+    from router.loading import config_model_path
 
     config = load_config(path)  # validates, naming any bad key
     data = yaml.safe_load(path.read_text(encoding="utf-8"))

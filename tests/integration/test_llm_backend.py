@@ -52,7 +52,7 @@ def gemma_url() -> Iterator[str]:
 
 LENIENT_GATE = {
     "window_tokens": 4,
-    "window_ms": 10000,
+    "window_ms": 120000,
     "min_mean_logprob": -30.0,
     "low_logprob": -40.0,
     "max_low_logprob_share": 1.0,
@@ -66,7 +66,7 @@ def _config(url: str, gate: dict[str, Any], *, strong_on_gemma: bool = False) ->
         "model": "gemma-3-270m",
         "backend": "gemma",
         "price": {"input_per_mtok": 0.02, "output_per_mtok": 0.04},
-        "timeouts": {"connect_s": 5, "first_token_s": 60, "idle_s": 30, "total_s": 120},
+        "timeouts": {"connect_s": 5, "first_token_s": 120, "idle_s": 60, "total_s": 300},
         "gate": gate,
     }
     if strong_on_gemma:
@@ -118,7 +118,7 @@ async def test_gemma_streams_through_the_engine_with_logprobs_reaching_the_gate(
 async def test_a_strict_gate_rejects_gemma_and_the_caller_sees_only_the_stronger_tier(
     gemma_url: str,
 ) -> None:
-    strict = {"window_tokens": 4, "window_ms": 10000, "min_mean_logprob": 0.0}
+    strict = {"window_tokens": 4, "window_ms": 120000, "min_mean_logprob": 0.0}
     events, error, _ = await run_engine(_config(gemma_url, strict), MESSAGES, GENERATION)
     assert error is None, error
     assert isinstance(events[0], Escalation)

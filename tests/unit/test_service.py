@@ -20,7 +20,9 @@ from router.domain import (
     TextDelta,
     TierHints,
 )
-from router.service import MAX_MESSAGES, RouterService, load_router
+from router.loading import load_router
+from router.service import RouterService
+from router.validation import MAX_MESSAGES
 from tests.integration.server.support import config_data, make_model, slow_demo
 
 

@@ -28,6 +28,18 @@ const ServiceName = "modelrouter.v1.ModelRouter"
 // errors (capture it with grpc.Trailer), a header on Complete's stream.
 const RequestIDKey = "x-request-id"
 
+// TraceparentKey is the request metadata key of a W3C Trace Context traceparent.
+const TraceparentKey = "traceparent"
+
+// WithTraceparent returns a context whose calls carry a W3C traceparent
+// ("00-" + 32 hex digits of trace id + "-" + 16 of parent span id + "-01" when sampled).
+// A server with tracing on continues that trace: its Route, Complete, attempt and
+// upstream-call spans get the caller's trace id. A caller instrumented with
+// OpenTelemetry (otelgrpc's client handler) sends it without this helper.
+func WithTraceparent(ctx context.Context, traceparent string) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, TraceparentKey, traceparent)
+}
+
 // Client calls a modelrouter server.
 type Client struct {
 	conn   *grpc.ClientConn // set by Dial, which owns it; nil when built by New

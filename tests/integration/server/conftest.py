@@ -11,8 +11,10 @@ import pytest
 
 from router._proto.modelrouter.v1 import router_pb2_grpc
 from router.config import Config, parse_config
+from router.loading import load_router
+from router.runtime import EngineFactory, completion_engine
 from router.server import RunningServer, create_server
-from router.service import EngineFactory, RouterService, completion_engine, load_router
+from router.service import RouterService
 from tests.integration.server.support import ServeProcess, config_data, make_model, router_stub
 
 

@@ -41,6 +41,8 @@ def config_data(model: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     """Return the embedded default configuration on ``model``, with sections merged in."""
     data: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG_YAML)
     data["model"] = str(model)
+    # No metrics port unless a test asks: servers of concurrent runs would share 9464.
+    data["server"] = {"metrics_port": 0}
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             data[key] = {**data[key], **value}
@@ -64,7 +66,8 @@ class ServeProcess:
     """A real ``modelrouter serve`` subprocess whose JSON log lines are collected."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.args = [sys.executable, "-m", "router.cli", "serve", *args]
+        # Metrics off unless the test passes its own --metrics-port (the last flag wins).
+        self.args = [sys.executable, "-m", "router.cli", "serve", "--metrics-port", "0", *args]
         self.proc = subprocess.Popen(
             self.args,
             stdout=subprocess.PIPE,

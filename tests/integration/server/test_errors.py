@@ -15,7 +15,7 @@ from router._proto.modelrouter.v1 import router_pb2_grpc
 from router.completion.engine import CompletionEngine
 from router.config import Config
 from router.domain import ChatMessage, GenerationOptions, RoutingDecision
-from router.service import MAX_MESSAGES
+from router.validation import MAX_MESSAGES
 from tests.integration.server.support import router_stub, slow_demo
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

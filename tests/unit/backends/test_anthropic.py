@@ -9,8 +9,7 @@ from router.backends import (
 )
 from router.backends.anthropic import AnthropicParser
 from router.backends.sse import SSEEvent
-from router.config import AnthropicBackend as AnthropicConfig
-from router.config import Timeouts
+from router.config import AnthropicBackendConfig, TimeoutsConfig
 from router.domain import ChatMessage, GenerationOptions
 from tests.fakes.fake_openai import FakeOpenAIServer
 from tests.fakes.support import eventually
@@ -26,7 +25,7 @@ def _request(model: str = "claude-sonnet-4-6") -> BackendRequest:
         generation=GenerationOptions(temperature=1.5, stop=("\n\n",)),
         max_tokens=100,
         logprobs=False,
-        timeouts=Timeouts(connect_s=1.0, first_token_s=2.0, idle_s=2.0, total_s=5.0),
+        timeouts=TimeoutsConfig(connect_s=1.0, first_token_s=2.0, idle_s=2.0, total_s=5.0),
     )
 
 
@@ -34,7 +33,7 @@ async def test_the_recorded_messages_stream_is_replayed_into_chunks(
     fake: FakeOpenAIServer,
 ) -> None:
     backend = create_backend(
-        "claude", AnthropicConfig(kind="anthropic", base_url=fake.anthropic_url, api_key="k")
+        "claude", AnthropicBackendConfig(kind="anthropic", base_url=fake.anthropic_url, api_key="k")
     )
     try:
         chunks = [chunk async for chunk in backend.stream(_request())]
@@ -61,7 +60,7 @@ async def test_the_recorded_messages_stream_is_replayed_into_chunks(
 
 async def test_an_overloaded_status_is_an_http_error(fake: FakeOpenAIServer) -> None:
     backend = create_backend(
-        "claude", AnthropicConfig(kind="anthropic", base_url=fake.anthropic_url)
+        "claude", AnthropicBackendConfig(kind="anthropic", base_url=fake.anthropic_url)
     )
     try:
         with pytest.raises(HTTPStatusFailed, match=r"HTTP 529.*overloaded_error"):
@@ -93,7 +92,7 @@ async def test_a_mistyped_stop_reason_or_usage_is_a_malformed_stream(
     fake: FakeOpenAIServer, fixture: str, detail: str
 ) -> None:
     backend = create_backend(
-        "claude", AnthropicConfig(kind="anthropic", base_url=fake.anthropic_url)
+        "claude", AnthropicBackendConfig(kind="anthropic", base_url=fake.anthropic_url)
     )
     try:
         with pytest.raises(MalformedStream) as caught:

@@ -6,8 +6,7 @@ from router.backends import BACKENDS, BackendRequest, create_backend
 from router.backends.anthropic import AnthropicBackend
 from router.backends.demo import ANSWER, DemoBackend
 from router.backends.openai import OpenAIBackend
-from router.config import BackendConfig, Timeouts, default_config
-from router.config import DemoBackend as DemoConfig
+from router.config import BackendConfig, DemoBackendConfig, TimeoutsConfig, default_config
 from router.domain import ChatMessage, GenerationOptions
 
 
@@ -18,7 +17,7 @@ def _request(max_tokens: int = 1000, logprobs: bool = True) -> BackendRequest:
         GenerationOptions(),
         max_tokens,
         logprobs,
-        Timeouts(),
+        TimeoutsConfig(),
     )
 
 
@@ -55,7 +54,7 @@ async def test_the_demo_answer_is_labelled_and_has_plausible_logprobs() -> None:
 async def test_the_demo_stops_at_max_tokens_with_finish_length_and_no_unasked_logprobs() -> None:
     # The rate is set high so the test does not wait; how fast it streams is not checked
     # (no timing assertions): bench/ measures that.
-    backend = create_backend("demo", DemoConfig(kind="demo", tokens_per_second=1e6))
+    backend = create_backend("demo", DemoBackendConfig(kind="demo", tokens_per_second=1e6))
     chunks = [chunk async for chunk in backend.stream(_request(max_tokens=3, logprobs=False))]
     assert sum(c.tokens for c in chunks) == 3
     assert chunks[-1].finish_reason == "length"

@@ -17,17 +17,16 @@ from router.backends import (
     create_backend,
 )
 from router.backends.openai import OpenAIBackend, _logprobs
-from router.config import ConfigError, Timeouts, parse_config
-from router.config import OpenAIBackend as OpenAIConfig
+from router.config import ConfigError, OpenAIBackendConfig, TimeoutsConfig, parse_config
 from router.domain import AttemptOutcome, ChatMessage, GenerationOptions
 from tests.fakes.fake_openai import FakeOpenAIServer
 from tests.fakes.support import eventually
 
-FAST = Timeouts(connect_s=0.3, first_token_s=0.5, idle_s=0.3, total_s=5.0)
+FAST = TimeoutsConfig(connect_s=0.3, first_token_s=0.5, idle_s=0.3, total_s=5.0)
 
 
 def _backend(base_url: str, **extra: Any) -> OpenAIBackend:
-    backend = create_backend("fake", OpenAIConfig(kind="openai", base_url=base_url, **extra))
+    backend = create_backend("fake", OpenAIBackendConfig(kind="openai", base_url=base_url, **extra))
     assert isinstance(backend, OpenAIBackend)
     return backend
 
@@ -37,7 +36,7 @@ def _request(
     *,
     logprobs: bool = False,
     max_tokens: int = 64,
-    timeouts: Timeouts = FAST,
+    timeouts: TimeoutsConfig = FAST,
     **generation: Any,
 ) -> BackendRequest:
     return BackendRequest(
@@ -154,7 +153,7 @@ async def test_each_fault_raises_its_typed_error_and_closes_the_connection(
 async def test_a_total_timeout_ends_a_slow_but_steady_stream(fake: FakeOpenAIServer) -> None:
     fake.tokens_per_second = 20.0  # 16 tokens take 0.75 s
     backend = _backend(fake.base_url)
-    limits = Timeouts(connect_s=1.0, first_token_s=1.0, idle_s=1.0, total_s=0.3)
+    limits = TimeoutsConfig(connect_s=1.0, first_token_s=1.0, idle_s=1.0, total_s=0.3)
     try:
         with pytest.raises(BackendTimeout, match=r"total timeout after 0\.3 s"):
             await _drain(backend.stream(_request(timeouts=limits)))
@@ -218,7 +217,7 @@ async def test_waiting_for_a_pooled_connection_is_not_a_connect_timeout(
 ) -> None:
     fake.tokens_per_second = 20.0  # the first stream holds the only connection for ~0.8 s
     backend = _backend(fake.base_url, max_connections=1)
-    slow_pool = Timeouts(connect_s=0.1, first_token_s=5.0, idle_s=1.0, total_s=10.0)
+    slow_pool = TimeoutsConfig(connect_s=0.1, first_token_s=5.0, idle_s=1.0, total_s=10.0)
     try:
         first = backend.stream(_request(timeouts=slow_pool))
         head = await anext(first)
@@ -306,7 +305,7 @@ def test_the_token_limit_field_defaults_to_max_tokens_and_rejects_others() -> No
         "backends": {"api": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
     }
     backend = parse_config(data, environ={}).backends["api"]
-    assert isinstance(backend, OpenAIConfig) and backend.max_tokens_field == "max_tokens"
+    assert isinstance(backend, OpenAIBackendConfig) and backend.max_tokens_field == "max_tokens"
     data["backends"]["api"]["max_tokens_field"] = "max_output_tokens"
     with pytest.raises(ConfigError, match=r"^backends\.api\.max_tokens_field: Input "):
         parse_config(data, environ={})

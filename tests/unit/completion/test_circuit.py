@@ -1,5 +1,5 @@
 from router.completion.circuit import CircuitBreaker
-from router.config import CircuitBreaker as Settings
+from router.config import CircuitBreakerConfig
 from router.domain import CircuitState
 
 
@@ -12,7 +12,8 @@ class Clock:
 
 
 def _breaker(clock: Clock) -> CircuitBreaker:
-    return CircuitBreaker("fake", "openai", Settings(failures=3, window_s=10, cooldown_s=5), clock)
+    settings = CircuitBreakerConfig(failures=3, window_s=10, cooldown_s=5)
+    return CircuitBreaker("fake", "openai", settings, clock)
 
 
 def test_k_failures_in_the_window_open_the_circuit() -> None:

@@ -1,12 +1,12 @@
 import pytest
 
 from router.completion.cost import cost_usd, estimate_prompt_tokens, estimate_tokens
-from router.config import Price
+from router.config import PriceConfig
 from router.domain import ChatMessage
 
 
 def test_cost_prices_input_and_output_per_million_tokens() -> None:
-    price = Price(input_per_mtok=2.5, output_per_mtok=10.0)
+    price = PriceConfig(input_per_mtok=2.5, output_per_mtok=10.0)
     assert cost_usd(price, 1_000_000, 0) == pytest.approx(2.5)
     assert cost_usd(price, 1000, 500) == pytest.approx(0.0025 + 0.005)
     assert cost_usd(price, 0, 0) == 0.0

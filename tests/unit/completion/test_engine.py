@@ -14,8 +14,7 @@ from router.backends.openai import OpenAIBackend
 from router.backends.sse import SSEEvent
 from router.completion import CompletionEngine
 from router.completion.cost import cost_usd
-from router.config import BackendConfig, Config, default_config
-from router.config import OpenAIBackend as OpenAIConfig
+from router.config import BackendConfig, Config, OpenAIBackendConfig, default_config
 from router.domain import (
     AttemptOutcome,
     BackendUnavailable,
@@ -494,7 +493,7 @@ def _buggy_backends(after: int) -> Callable[[str, BackendConfig], Backend]:
 
     def make(name: str, config: BackendConfig) -> Backend:
         if name == "fake0":
-            assert isinstance(config, OpenAIConfig)
+            assert isinstance(config, OpenAIBackendConfig)
             return BuggyBackend(name, config)
         return create_backend(name, config)
 

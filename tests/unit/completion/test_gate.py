@@ -2,9 +2,9 @@ import pytest
 
 from router.backends import Chunk
 from router.completion.gate import GateWindow
-from router.config import Gate
+from router.config import GateConfig
 
-GATE = Gate(
+GATE = GateConfig(
     window_tokens=4,
     window_ms=200,
     min_mean_logprob=-2.0,

@@ -9,7 +9,9 @@ import pytest
 import structlog
 
 from router.config import Config, ConfigError
-from router.server.process import ConfigSource, Reloader, Supervisor, load, reserve_port
+from router.loading import ConfigSource, load
+from router.server.supervisor import Supervisor, reserve_port
+from router.server.worker import Reloader
 from router.service import RouterService
 from tests.integration.server.support import make_model, write_config
 

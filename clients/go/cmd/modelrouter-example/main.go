@@ -3,6 +3,7 @@
 //
 //	go run ./cmd/modelrouter-example -addr localhost:50051 "What are your business hours?"
 //	go run ./cmd/modelrouter-example -complete -max-tokens 64 "Compare plan A vs plan B"
+//	go run ./cmd/modelrouter-example -traceparent 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 "hi"
 package main
 
 import (
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	routerv1 "github.com/modelrouter/modelrouter/clients/go/gen/modelrouter/v1"
 	"github.com/modelrouter/modelrouter/clients/go/modelrouter"
@@ -38,6 +40,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	maxTokens := flags.Uint("max-tokens", 0, "upper bound on completion tokens (0: the tier's default)")
 	tier := flags.String("tier", "", "force this tier instead of the router's choice")
 	timeout := flags.Duration("timeout", 30*time.Second, "deadline of the call")
+	traceparent := flags.String("traceparent", "", "W3C traceparent to continue (the server's spans join this trace)")
+	summaryJSON := flags.Bool("summary-json", false, "with -complete, end with the summary as one line of JSON")
 	if err := flags.Parse(args); err != nil {
 		return 2
 	}
@@ -55,6 +59,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	defer client.Close()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
+	if *traceparent != "" {
+		ctx = modelrouter.WithTraceparent(ctx, *traceparent)
+	}
 
 	req := modelrouter.Prompt(prompt)
 	if *tier != "" {
@@ -95,6 +102,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "\nanswered by %s (%s): %d prompt + %d completion tokens, $%.6f (strongest tier: $%.6f), %.1f ms\n",
 		s.GetTier(), s.GetModel(), s.GetUsage().GetPromptTokens(), s.GetUsage().GetCompletionTokens(),
 		s.GetCostUsd(), s.GetStrongestTierCostUsd(), s.GetDurationMs())
+	if *summaryJSON {
+		line, err := protojson.Marshal(s)
+		if err != nil {
+			return fail(stderr, err)
+		}
+		fmt.Fprintf(stdout, "%s\n", line)
+	}
 	return 0
 }
 

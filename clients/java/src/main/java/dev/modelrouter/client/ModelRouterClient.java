@@ -15,10 +15,12 @@ import io.grpc.Context;
 import io.grpc.Grpc;
 import io.grpc.InsecureChannelCredentials;
 import io.grpc.ManagedChannel;
+import io.grpc.Metadata;
 import io.grpc.health.v1.HealthCheckRequest;
 import io.grpc.health.v1.HealthCheckResponse;
 import io.grpc.health.v1.HealthGrpc;
 import io.grpc.stub.AbstractStub;
+import io.grpc.stub.MetadataUtils;
 import java.time.Duration;
 import java.util.Iterator;
 import java.util.List;
@@ -42,17 +44,34 @@ public final class ModelRouterClient implements AutoCloseable {
    */
   public static final String REQUEST_ID_KEY = "x-request-id";
 
+  /** The request metadata key of a W3C Trace Context traceparent. */
+  public static final String TRACEPARENT_KEY = "traceparent";
+
+  private static final Metadata.Key<String> TRACEPARENT =
+      Metadata.Key.of(TRACEPARENT_KEY, Metadata.ASCII_STRING_MARSHALLER);
+
   private final Channel channel;
   private final ManagedChannel owned;
   private final Duration timeout;
+  private final Metadata headers;
   private final ModelRouterGrpc.ModelRouterBlockingStub router;
   private final HealthGrpc.HealthBlockingStub healthChecks;
 
   private ModelRouterClient(Channel channel, ManagedChannel owned, Duration timeout) {
+    this(channel, owned, timeout, null);
+  }
+
+  private ModelRouterClient(
+      Channel channel, ManagedChannel owned, Duration timeout, Metadata headers) {
     this.channel = channel;
     this.owned = owned;
     this.timeout = timeout;
-    this.router = ModelRouterGrpc.newBlockingStub(channel);
+    this.headers = headers;
+    ModelRouterGrpc.ModelRouterBlockingStub stub = ModelRouterGrpc.newBlockingStub(channel);
+    this.router =
+        headers == null
+            ? stub
+            : stub.withInterceptors(MetadataUtils.newAttachHeadersInterceptor(headers));
     this.healthChecks = HealthGrpc.newBlockingStub(channel);
   }
 
@@ -74,7 +93,22 @@ public final class ModelRouterClient implements AutoCloseable {
 
   /** Return a client on the same channel whose every call has this deadline from its start. */
   public ModelRouterClient withTimeout(Duration timeout) {
-    return new ModelRouterClient(channel, null, timeout);
+    return new ModelRouterClient(channel, null, timeout, headers);
+  }
+
+  /**
+   * Return a client on the same channel whose calls carry a W3C traceparent ("00-" + 32 hex
+   * digits of trace id + "-" + 16 of parent span id + "-01" when sampled): a server with tracing
+   * on continues that trace. A caller instrumented with OpenTelemetry (its grpc-java
+   * instrumentation) sends it without this.
+   */
+  public ModelRouterClient withTraceparent(String traceparent) {
+    Metadata added = new Metadata();
+    if (headers != null) {
+      added.merge(headers);
+    }
+    added.put(TRACEPARENT, traceparent);
+    return new ModelRouterClient(channel, null, timeout, added);
   }
 
   /** Return a request that routes a single query. */

@@ -38,6 +38,7 @@ public final class Example {
     String tier = "";
     boolean complete = false;
     int maxTokens = 0;
+    String traceparent = "";
     Duration timeout = Duration.ofSeconds(30);
     List<String> words = new ArrayList<>();
     try {
@@ -48,6 +49,7 @@ public final class Example {
           case "-complete" -> complete = true;
           case "-max-tokens" -> maxTokens = Integer.parseInt(args[++i]);
           case "-timeout-ms" -> timeout = Duration.ofMillis(Long.parseLong(args[++i]));
+          case "-traceparent" -> traceparent = args[++i];
           default -> words.add(args[i]);
         }
       }
@@ -56,12 +58,16 @@ public final class Example {
     }
     if (words.isEmpty()) {
       err.println("usage: Example [-addr HOST:PORT] [-tier NAME] [-complete] [-max-tokens N]"
-          + " [-timeout-ms MS] PROMPT");
+          + " [-timeout-ms MS] [-traceparent 00-TRACEID-SPANID-01] PROMPT");
       return 2;
     }
 
     try (ModelRouterClient client = ModelRouterClient.connect(addr)) {
       ModelRouterClient calls = client.withTimeout(timeout);
+      if (!traceparent.isEmpty()) {
+        // The server's spans of these calls join the caller's trace.
+        calls = calls.withTraceparent(traceparent);
+      }
       RouteRequest.Builder route = ModelRouterClient.prompt(String.join(" ", words)).toBuilder();
       if (!tier.isEmpty()) {
         route.setHints(TierHints.newBuilder().setTier(tier));

@@ -23,7 +23,12 @@ import dev.modelrouter.v1.RouterProto;
 import dev.modelrouter.v1.RoutingDecision;
 import dev.modelrouter.v1.TierConfig;
 import dev.modelrouter.v1.TierHints;
+import io.grpc.CallOptions;
+import io.grpc.Channel;
+import io.grpc.ClientCall;
+import io.grpc.ClientInterceptor;
 import io.grpc.ClientInterceptors;
+import io.grpc.ForwardingClientCall;
 import io.grpc.Grpc;
 import io.grpc.InsecureChannelCredentials;
 import io.grpc.ManagedChannel;
@@ -110,6 +115,45 @@ class ModelRouterClientTest {
       Metadata.Key<String> key =
           Metadata.Key.of(ModelRouterClient.REQUEST_ID_KEY, Metadata.ASCII_STRING_MARSHALLER);
       assertEquals(d.getRequestId(), trailers.get().get(key));
+    } finally {
+      channel.shutdownNow().awaitTermination(5, TimeUnit.SECONDS);
+    }
+  }
+
+  @Test
+  void sendsTheTraceparentOnEveryCallOfATracedClient() throws InterruptedException {
+    Metadata.Key<String> key =
+        Metadata.Key.of(ModelRouterClient.TRACEPARENT_KEY, Metadata.ASCII_STRING_MARSHALLER);
+    List<String> sent = new ArrayList<>();
+    ClientInterceptor recording = new ClientInterceptor() {
+      @Override
+      public <Q, R> ClientCall<Q, R> interceptCall(
+          MethodDescriptor<Q, R> method, CallOptions options, Channel next) {
+        return new ForwardingClientCall.SimpleForwardingClientCall<>(next.newCall(method, options)) {
+          @Override
+          public void start(Listener<R> listener, Metadata headers) {
+            sent.add(String.valueOf(headers.get(key)));
+            super.start(listener, headers);
+          }
+        };
+      }
+    };
+    ManagedChannel channel =
+        Grpc.newChannelBuilder(server.address(), InsecureChannelCredentials.create()).build();
+    try {
+      String traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+      ModelRouterClient plain = ModelRouterClient.of(ClientInterceptors.intercept(channel, recording))
+          .withTimeout(Duration.ofSeconds(30));
+      ModelRouterClient traced = plain.withTraceparent(traceparent);
+      checkDecision(traced.route(ModelRouterClient.prompt("What are your business hours?")));
+      try (CompletionStream stream = traced.complete(CompleteRequest.newBuilder()
+          .setRoute(ModelRouterClient.prompt("hi"))
+          .setGeneration(GenerationOptions.newBuilder().setMaxTokens(4))
+          .build())) {
+        stream.collect(text -> { });
+      }
+      plain.route(ModelRouterClient.prompt("hi"));
+      assertEquals(List.of(traceparent, traceparent, "null"), sent);
     } finally {
       channel.shutdownNow().awaitTermination(5, TimeUnit.SECONDS);
     }

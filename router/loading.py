@@ -1,0 +1,101 @@
+"""Load what a service runs on: the configuration (file or embedded default, flags over it)
+and the routing model it names.
+
+``modelrouter serve``, ``modelrouter config check``, a reload and the tests all load through
+here, so a configuration is validated the same way wherever it enters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from router.config import Config, ConfigError, default_config, load_config
+from router.model import ModelError, default_model_path, load_model
+from router.routing import Router
+
+
+def config_model_path(config: Config, base_dir: Path | None = None) -> Path:
+    """Return the model file a configuration names, a relative path taken from ``base_dir``."""
+    if config.model == "builtin":
+        return default_model_path()
+    path = Path(config.model)
+    return base_dir / path if not path.is_absolute() and base_dir is not None else path
+
+
+def load_router(config: Config, base_dir: Path | None = None) -> tuple[Router, str]:
+    """Load the routing model a configuration names; return the router and where it came from.
+
+    A relative model path is taken relative to ``base_dir`` (the configuration file's
+    directory). Thresholds come from the tiers' ``min_score`` when set, else from the model.
+    """
+    path = config_model_path(config, base_dir)
+    source = "builtin" if config.model == "builtin" else str(path)
+    try:
+        model = load_model(path)
+    except ModelError as exc:
+        raise ConfigError(f"model: {exc}") from None
+    names = [tier.name for tier in config.tiers]
+    thresholds = config.explicit_thresholds()
+    if thresholds is None:
+        if len(model.thresholds) != len(names) - 1:
+            raise ConfigError(
+                f"tiers: the model {model.version} is calibrated for "
+                f"{len(model.thresholds) + 1} tiers but {len(names)} are configured; set "
+                "min_score on every tier above the cheapest"
+            )
+        thresholds = model.thresholds
+    try:
+        router = Router(model, tier_names=names, thresholds=thresholds)
+    except ValueError as exc:
+        raise ConfigError(f"tiers: {exc}") from None
+    return router, source
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where the configuration comes from, and the command-line flags laid over it."""
+
+    path: Path | None = None
+    host: str | None = None
+    port: int | None = None
+    workers: int | None = None
+    metrics_port: int | None = None
+
+    @property
+    def base_dir(self) -> Path | None:
+        return None if self.path is None else self.path.parent
+
+    def describe(self) -> str:
+        """Return the file name, or a note that the embedded default is in use."""
+        return str(self.path) if self.path is not None else "the embedded default configuration"
+
+    def load(self) -> Config:
+        """Read and validate the configuration, then apply the command-line flags."""
+        config = default_config() if self.path is None else load_config(self.path)
+        given = (
+            ("host", self.host),
+            ("port", self.port),
+            ("workers", self.workers),
+            ("metrics_port", self.metrics_port),
+        )
+        flags = {key: value for key, value in given if value is not None}
+        if not flags:
+            return config
+        return config.model_copy(update={"server": config.server.model_copy(update=flags)})
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A validated configuration and the routing model it names."""
+
+    config: Config
+    router: Router
+    model_source: str
+
+
+def load(source: ConfigSource) -> Loaded:
+    """Load the configuration and its model; raise ConfigError naming the bad key."""
+    config = source.load()
+    router, model_source = load_router(config, source.base_dir)
+    return Loaded(config, router, model_source)

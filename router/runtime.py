@@ -1,0 +1,93 @@
+"""One consistent world a request runs in: configuration, routing model, engine, lookups.
+
+``RouterService`` holds one ``Runtime`` and replaces it with a single assignment on reload,
+so a request sees either the old or the new world, never a mix. A retired runtime's engine
+closes once its last stream has finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import Protocol
+
+from router.config import Config
+from router.domain import (
+    BackendState,
+    ChatMessage,
+    CompletionSummary,
+    Escalation,
+    GenerationOptions,
+    RoutingDecision,
+    TextDelta,
+)
+from router.routing import Router
+
+
+class Engine(Protocol):
+    """What Complete drives: the backend layer (router.completion.engine.CompletionEngine)."""
+
+    def run(
+        self,
+        decision: RoutingDecision,
+        messages: Sequence[ChatMessage],
+        generation: GenerationOptions,
+        *,
+        max_tier_index: int,
+    ) -> AsyncGenerator[TextDelta | Escalation | CompletionSummary, None]: ...
+
+    def backend_states(self) -> list[BackendState]: ...
+
+    async def aclose(self) -> None: ...
+
+
+EngineFactory = Callable[[Config], Engine]
+
+
+def completion_engine(config: Config) -> Engine:
+    """Return the backend layer's engine for a configuration."""
+    from router.completion.engine import CompletionEngine
+
+    return CompletionEngine(config)
+
+
+class Runtime:
+    """One consistent world: configuration, routing model, engine and derived lookups."""
+
+    __slots__ = (
+        "config",
+        "context_weight",
+        "engine",
+        "input_price",
+        "margins",
+        "max_concurrent_rpcs",
+        "max_prompt_bytes",
+        "model_source",
+        "model_version",
+        "retired",
+        "router",
+        "streams",
+        "thresholds",
+        "tier_index",
+    )
+
+    def __init__(self, config: Config, router: Router, engine: Engine, model_source: str) -> None:
+        self.config = config
+        self.router = router
+        self.engine = engine
+        self.model_source = model_source
+        self.thresholds = router.thresholds
+        self.model_version = router.version
+        self.tier_index = {tier.name: i for i, tier in enumerate(config.tiers)}
+        # Dollars per prompt token, per tier.
+        self.input_price = tuple(t.price.input_per_mtok / 1e6 for t in config.tiers)
+        default = config.routing.escalation_margin
+        self.margins = tuple(
+            default if t.escalation_margin is None else t.escalation_margin
+            for t in config.tiers[1:]
+        )
+        self.context_weight = config.routing.context_weight
+        self.max_prompt_bytes = config.server.max_prompt_bytes
+        self.max_concurrent_rpcs = config.server.max_concurrent_rpcs
+        # Complete streams running on this engine; a retired runtime closes at zero.
+        self.streams = 0
+        self.retired = False

@@ -1,0 +1,296 @@
+"""The supervisor of N forked workers sharing one port.
+
+Workers are forked before any gRPC object exists (gRPC's core does not survive a fork) and
+listen on the same port with SO_REUSEPORT; the kernel spreads connections over them. The
+supervisor reserves the port first (so ``--port 0`` works with several workers too), restarts
+a worker that dies, and relays SIGTERM/SIGINT (graceful stop) and SIGHUP (reload). With
+metrics on it also binds the metrics port, makes the run's multiprocess directory before
+any fork, and keeps one more child alive that serves the workers' merged metrics.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+
+import structlog
+
+from router.config import ConfigError
+from router.loading import ConfigSource, Loaded, load
+from router.server.logs import flush_logs
+from router.server.worker import EXIT_LISTEN, run_worker
+from router.telemetry import metrics
+from router.telemetry.exporter import (
+    MultiprocessDir,
+    bind_metrics_socket,
+    cannot_listen_for_metrics,
+    run_exporter,
+)
+
+log = structlog.get_logger()
+
+SUPERVISOR_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
+# A worker that dies sooner than this after its start counts towards a crash loop.
+CRASH_WINDOW_S = 5.0
+MAX_QUICK_CRASHES = 5
+MAX_RESTART_DELAY_S = 5.0
+# Time a worker gets beyond the grace period before the supervisor kills it.
+KILL_MARGIN_S = 5.0
+# The slot of the child that serves /metrics.
+EXPORTER_SLOT = -1
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Bind (without listening) a SO_REUSEPORT socket to hold the port the workers share."""
+    infos = socket.getaddrinfo(
+        host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this worker if the supervisor dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+@dataclass
+class _Worker:
+    slot: int
+    started: float
+
+
+@dataclass
+class Supervisor:
+    """Fork N workers, restart the ones that die, relay signals, stop them gracefully."""
+
+    source: ConfigSource
+    loaded: Loaded
+    workers: int
+    _children: dict[int, _Worker] = field(default_factory=dict)
+    _restarts: dict[int, float] = field(default_factory=dict)  # slot -> when
+    _quick_crashes: dict[int, int] = field(default_factory=dict)
+    _stopping: bool = False
+    _kill_at: float = 0.0
+    _exit_code: int = 0
+    _sock: socket.socket | None = None
+    _metrics_sock: socket.socket | None = None
+    _metrics_dir: MultiprocessDir | None = None
+    _metrics: metrics.Metrics | None = None
+
+    def run(self) -> int:
+        """Supervise until every worker has stopped; return the exit code."""
+        server = self.loaded.config.server
+        try:
+            self._sock = reserve_port(server.host, server.port)
+        except OSError as exc:
+            log.error("cannot listen", address=f"{server.host}:{server.port}", error=str(exc))
+            return EXIT_LISTEN
+        if server.metrics_port:
+            try:
+                self._metrics_sock = bind_metrics_socket(server.host, server.metrics_port)
+            except OSError as exc:
+                self._sock.close()
+                cannot_listen_for_metrics(server.host, server.metrics_port, exc)
+                return EXIT_LISTEN
+            # Before any fork: the workers inherit the directory and the value class.
+            self._metrics_dir = MultiprocessDir()
+            self._metrics = metrics.Metrics()
+        # Workers bind the reserved port, also when the configuration asked for port 0.
+        port = self._sock.getsockname()[1]
+        self.source = replace(self.source, port=port)
+        self.loaded = replace(
+            self.loaded,
+            config=self.loaded.config.model_copy(
+                update={"server": server.model_copy(update={"port": port})}
+            ),
+        )
+        signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
+        try:
+            if self._metrics_sock is not None:
+                self._spawn(EXPORTER_SLOT)
+            for slot in range(self.workers):
+                self._spawn(slot)
+            log.info(
+                "supervising",
+                workers=self.workers,
+                port=port,
+                metrics_port=server.metrics_port or None,
+                pids=sorted(self._children),
+            )
+            self._loop()
+        finally:
+            self._sock.close()
+            if self._metrics_sock is not None:
+                self._metrics_sock.close()
+            if self._metrics_dir is not None:
+                self._metrics_dir.close()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
+        log.info("supervisor stopped", exit_code=self._exit_code)
+        return self._exit_code
+
+    def _spawn(self, slot: int) -> None:
+        flush_logs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                _die_with_parent()
+                if slot == EXPORTER_SLOT:
+                    assert self._metrics_sock is not None
+                    code = run_exporter(self._metrics_sock)
+                else:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
+                    if self._metrics_sock is not None:
+                        self._metrics_sock.close()
+                        metrics.install(metrics.Metrics())
+                    code = run_worker(self.source, self.loaded, index=slot, reuse_port=True)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                flush_logs()  # os._exit skips atexit
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        self._children[pid] = _Worker(slot, time.monotonic())
+        if slot == EXPORTER_SLOT:
+            log.info("metrics exporter started", pid=pid, metrics_port=self._metrics_port())
+        else:
+            log.info("worker started", worker_pid=pid, slot=slot)
+
+    def _metrics_port(self) -> int | None:
+        return None if self._metrics_sock is None else int(self._metrics_sock.getsockname()[1])
+
+    def _loop(self) -> None:
+        while self._children or self._restarts:
+            info = signal.sigtimedwait(SUPERVISOR_SIGNALS, self._timeout())
+            if info is not None:
+                self._on_signal(info.si_signo)
+            self._reap()
+            now = time.monotonic()
+            for slot, when in list(self._restarts.items()):
+                if when <= now:
+                    del self._restarts[slot]
+                    self._spawn(slot)
+            if self._stopping and self._children and now >= self._kill_at:
+                log.error("workers did not stop in time; killing", pids=sorted(self._children))
+                self._exit_code = 1
+                self._relay(signal.SIGKILL)
+                self._kill_at = now + KILL_MARGIN_S
+
+    def _timeout(self) -> float:
+        deadlines = list(self._restarts.values())
+        if self._stopping:
+            deadlines.append(self._kill_at)
+        if not deadlines:
+            return 1.0
+        return max(0.0, min(min(deadlines) - time.monotonic(), 1.0))
+
+    def _on_signal(self, signo: int) -> None:
+        if signo in (signal.SIGTERM, signal.SIGINT):
+            self._stop(f"received {signal.Signals(signo).name}")
+        elif signo == signal.SIGHUP:
+            log.info("reloading workers", pids=sorted(self._children))
+            self._relay(signal.SIGHUP)
+            self._reload()
+
+    def _stop(self, reason: str) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self._restarts.clear()
+        grace = self.loaded.config.server.grace_period_s
+        self._kill_at = time.monotonic() + grace + KILL_MARGIN_S
+        log.info("stopping workers", reason=reason, grace_s=grace, pids=sorted(self._children))
+        self._relay(signal.SIGTERM)
+
+    def _relay(self, signo: int) -> None:
+        for pid in list(self._children):
+            try:
+                os.kill(pid, signo)
+            except ProcessLookupError:
+                continue  # already gone; _reap collects it
+
+    def _reload(self) -> None:
+        """Reload the supervisor's own copy, which workers forked from now on start with.
+
+        It is also the one count of the reload in ``modelrouter_config_reloads_total``:
+        the workers load the same file.
+        """
+        success = False
+        try:
+            self.loaded = load(self.source)
+            success = True
+        except ConfigError as exc:
+            log.info("supervisor keeps its configuration", error=str(exc))
+        except Exception as exc:
+            # Whatever a bad file or model throws, the supervisor must outlive it: its
+            # workers keep serving the old configuration.
+            log.error("supervisor keeps its configuration", error=repr(exc), exc_info=exc)
+        if self._metrics is not None:
+            self._metrics.reloaded(success)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self._children.pop(pid, None)
+            if worker is None:
+                continue
+            if self._metrics_dir is not None:
+                self._metrics_dir.process_dead(pid)
+            code = os.waitstatus_to_exitcode(status)
+            if self._stopping:
+                log.info("worker stopped", worker_pid=pid, slot=worker.slot, exit_code=code)
+                if code != 0:
+                    self._exit_code = 1
+                continue
+            self._schedule_restart(pid, worker, code)
+
+    def _schedule_restart(self, pid: int, worker: _Worker, code: int) -> None:
+        lived = time.monotonic() - worker.started
+        crashes = self._quick_crashes.get(worker.slot, 0) + 1 if lived < CRASH_WINDOW_S else 0
+        self._quick_crashes[worker.slot] = crashes
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        if crashes >= MAX_QUICK_CRASHES:
+            log.error(
+                "worker keeps dying; stopping",
+                worker_pid=pid,
+                slot=worker.slot,
+                died_of=how,
+                quick_crashes=crashes,
+            )
+            self._exit_code = 1
+            self._stop("a worker keeps dying")
+            return
+        delay = min(0.1 * 2**crashes, MAX_RESTART_DELAY_S) if crashes else 0.0
+        log.error(
+            "worker died; restarting",
+            worker_pid=pid,
+            slot=worker.slot,
+            died_of=how,
+            lived_s=round(lived, 3),
+            restart_in_s=delay,
+        )
+        self._restarts[worker.slot] = time.monotonic() + delay

@@ -1,0 +1,180 @@
+"""One server process: build the service and its server, serve until SIGTERM, reload on SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+
+import structlog
+
+from router.config import ConfigError
+from router.domain import CircuitState
+from router.loading import ConfigSource, Loaded, load
+from router.server.app import RunningServer, create_server
+from router.server.logs import flush_logs, set_worker
+from router.service import RouterService
+from router.telemetry import install_tracing, metrics
+
+log = structlog.get_logger()
+
+# Settings a reload cannot change in a running process.
+RESTART_ONLY = ("host", "port", "workers", "max_message_bytes", "metrics_port")
+EXIT_LISTEN = 3
+# How often a worker moves its pending metric counts into prometheus-client's values.
+METRICS_FLUSH_S = 1.0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if os.environ.get("MODELROUTER_NO_UVLOOP"):
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run_worker(source: ConfigSource, loaded: Loaded, *, index: int | None, reuse_port: bool) -> int:
+    """Run one server process on an event loop (uvloop when installed) until it stops."""
+    set_worker(index)
+    tracing = None
+    if loaded.config.tracing.enabled:
+        # After the fork: the exporter's batch thread and channel belong to this process.
+        from router.telemetry.tracing import Tracing
+
+        tracing = Tracing(loaded.config.tracing)
+        install_tracing(tracing)
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(_serve_async(source, loaded, reuse_port))
+    finally:
+        if tracing is not None:
+            install_tracing(None)
+            tracing.shutdown()
+
+
+async def _serve_async(source: ConfigSource, loaded: Loaded, reuse_port: bool) -> int:
+    loop = asyncio.get_running_loop()
+    config = loaded.config
+    service = RouterService(config, loaded.router, model_source=loaded.model_source)
+    address = f"{config.server.host}:{config.server.port}"
+    try:
+        running = create_server(config, service, reuse_port=reuse_port)
+    except RuntimeError as exc:
+        log.error("cannot listen", address=address, error=str(exc))
+        await service.aclose()
+        return EXIT_LISTEN
+    await running.start()
+    log.info(
+        "listening",
+        host=running.host,
+        port=running.port,
+        config=source.describe(),
+        model_version=loaded.router.version,
+        fastpath=loaded.router.implementation,
+        event_loop=type(loop).__module__.split(".")[0],
+    )
+    stop = asyncio.Event()
+    # Supervised workers share the port; the supervisor counts the reloads.
+    supervised = reuse_port
+    reloader = Reloader(source, service, count=None if supervised else metrics.current())
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
+    current_metrics = metrics.current()
+    flusher = None
+    if current_metrics is not None:
+        flusher = loop.create_task(_flush_metrics_every(current_metrics, running))
+    await stop.wait()
+    grace = service.config.server.grace_period_s
+    log.info("stopping", grace_s=grace, in_flight=running.interceptor.in_flight)
+    await running.stop(grace)
+    if flusher is not None and current_metrics is not None:
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        _flush_metrics(current_metrics, running)
+    log.info("stopped")
+    flush_logs()
+    return 0
+
+
+def _flush_metrics(current: metrics.Metrics, running: RunningServer) -> None:
+    """Move pending metric counts into prometheus-client and sample the gauges."""
+    info = running.service.info()
+    current.flush(
+        running.interceptor.in_flight,
+        info.model_version,
+        ((b.name, b.circuit is not CircuitState.CLOSED) for b in info.backends),
+    )
+
+
+async def _flush_metrics_every(current: metrics.Metrics, running: RunningServer) -> None:
+    """Flush the metrics every METRICS_FLUSH_S seconds until cancelled."""
+    while True:
+        _flush_metrics(current, running)
+        await asyncio.sleep(METRICS_FLUSH_S)
+
+
+class Reloader:
+    """Reload configuration and model on SIGHUP; keep the old ones when the new are bad."""
+
+    def __init__(
+        self, source: ConfigSource, service: RouterService, *, count: metrics.Metrics | None = None
+    ) -> None:
+        self._source = source
+        self._service = service
+        self._count = count
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[bool]] = set()
+
+    def trigger(self) -> None:
+        """Start a reload in the background (called from the signal handler)."""
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def reload(self) -> bool:
+        """Reload; return whether the new configuration is now in force."""
+        done = await self._reload()
+        if self._count is not None:
+            self._count.reloaded(done)
+        return done
+
+    async def _reload(self) -> bool:
+        async with self._lock:
+            old = self._service.config
+            try:
+                loaded = await asyncio.to_thread(load, self._source)
+                self._service.reload(loaded.config, loaded.router, loaded.model_source)
+            except ConfigError as exc:
+                log.error("reload rejected", config=self._source.describe(), error=str(exc))
+                return False
+            except Exception as exc:
+                log.error(
+                    "reload rejected",
+                    config=self._source.describe(),
+                    error=repr(exc),
+                    exc_info=exc,
+                )
+                return False
+            log.info(
+                "reloaded", config=self._source.describe(), model_version=loaded.router.version
+            )
+            stale = [
+                f"server.{key}"
+                for key in RESTART_ONLY
+                if getattr(old.server, key) != getattr(loaded.config.server, key)
+            ]
+            stale.extend(
+                key
+                for key in ("logging", "tracing")
+                if getattr(old, key) != getattr(loaded.config, key)
+            )
+            if stale:
+                log.warning("restart to apply", keys=stale)
+            return True

@@ -1,0 +1,242 @@
+"""Satisfaction per tier and model: the numbers GetStats and ``modelrouter stats`` show.
+
+A request is counted at the tier that served it: for Complete the tier that answered (the
+decided tier when none did), for Route the decided tier (the caller ran it). Escalation is
+counted at the tier the router first sent the request to; gate rejections, errors and time
+to first token at the tier of each attempt.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_SATISFIED_AT = 0.7
+TOTAL = "total"
+
+
+@dataclass(frozen=True, slots=True)
+class StatsQuery:
+    """Which requests to count, and the rating that counts as satisfied."""
+
+    since: float | None = None  # Unix seconds; None counts everything
+    tenant: str | None = None  # None counts every tenant
+    satisfied_at: float = DEFAULT_SATISFIED_AT
+
+
+@dataclass(frozen=True, slots=True)
+class TierStats:
+    """The counts of one tier and model (or of all of them: ``tier == "total"``)."""
+
+    tier: str
+    tier_index: int
+    model: str
+    requests: int
+    share: float
+    completions: int
+    # None where there is nothing to divide by (no Complete decided to it, no attempt).
+    escalation_rate: float | None
+    gate_rejection_rate: float | None
+    error_rate: float | None
+    ttft_p50_ms: float | None
+    ttft_p95_ms: float | None
+    rated: int
+    mean_rating: float | None
+    satisfaction: float | None
+    cost_usd: float
+    strongest_cost_usd: float
+    saved_usd: float
+
+    def as_json(self) -> dict[str, Any]:
+        """Return the row in the ``modelrouter stats --json`` shape."""
+        return {
+            "tier": self.tier,
+            "tier_index": self.tier_index,
+            "model": self.model,
+            "requests": self.requests,
+            "share": self.share,
+            "completions": self.completions,
+            "rated": self.rated,
+            "mean_rating": self.mean_rating,
+            "satisfaction": self.satisfaction,
+            "escalation_rate": self.escalation_rate,
+            "gate_rejection_rate": self.gate_rejection_rate,
+            "error_rate": self.error_rate,
+            "ttft_p50_ms": self.ttft_p50_ms,
+            "ttft_p95_ms": self.ttft_p95_ms,
+            "cost_usd": self.cost_usd,
+            "strongest_cost_usd": self.strongest_cost_usd,
+            "saved_usd": self.saved_usd,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Every tier and model's counts, their total, and the feedback no request matched."""
+
+    tiers: tuple[TierStats, ...]
+    total: TierStats
+    satisfied_at: float
+    # Ratings whose request id the store does not hold (kept, never dropped).
+    unmatched_feedback: int
+
+    def as_json(self) -> dict[str, Any]:
+        """Return ``{"tiers": [...], "total": {...}}``, the shape of ``stats --json``."""
+        total = self.total.as_json()
+        total["satisfied_at"] = self.satisfied_at
+        total["unmatched_feedback"] = self.unmatched_feedback
+        return {"tiers": [row.as_json() for row in self.tiers], "total": total}
+
+
+@dataclass(slots=True)
+class Counts:
+    """What the store's queries return for one (tier, model), summed as they arrive."""
+
+    tier_index: int = -1
+    requests: int = 0
+    completions: int = 0
+    cost_usd: float = 0.0
+    strongest_cost_usd: float = 0.0
+    rated: int = 0
+    rating_sum: float = 0.0
+    satisfied: int = 0
+    decided_completions: int = 0
+    escalated: int = 0
+    attempts: int = 0
+    gate_rejected: int = 0
+    errors: int = 0
+    first_token_ms: list[float] = field(default_factory=list)
+
+    def add(self, other: Counts) -> None:
+        """Add another row's counts into this one."""
+        for name in Counts.__slots__:
+            if name == "tier_index":
+                continue
+            mine = getattr(self, name)
+            if isinstance(mine, list):
+                mine.extend(getattr(other, name))
+            else:
+                setattr(self, name, mine + getattr(other, name))
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    """Return the q-th percentile (0-100, linear between closest ranks), None when empty."""
+    if not sorted_values:
+        return None
+    position = (len(sorted_values) - 1) * q / 100.0
+    low = math.floor(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    fraction = position - low
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * fraction
+
+
+def _ratio(part: float, whole: float) -> float | None:
+    return part / whole if whole else None
+
+
+def tier_stats(tier: str, model: str, counts: Counts, total_requests: int) -> TierStats:
+    """Return the row of one (tier, model) from its counts."""
+    ttfts = sorted(counts.first_token_ms)
+    return TierStats(
+        tier=tier,
+        tier_index=counts.tier_index,
+        model=model,
+        requests=counts.requests,
+        share=counts.requests / total_requests if total_requests else 0.0,
+        completions=counts.completions,
+        escalation_rate=_ratio(counts.escalated, counts.decided_completions),
+        gate_rejection_rate=_ratio(counts.gate_rejected, counts.attempts),
+        error_rate=_ratio(counts.errors, counts.attempts),
+        ttft_p50_ms=percentile(ttfts, 50),
+        ttft_p95_ms=percentile(ttfts, 95),
+        rated=counts.rated,
+        mean_rating=_ratio(counts.rating_sum, counts.rated),
+        satisfaction=_ratio(counts.satisfied, counts.rated),
+        cost_usd=counts.cost_usd,
+        strongest_cost_usd=counts.strongest_cost_usd,
+        saved_usd=counts.strongest_cost_usd - counts.cost_usd,
+    )
+
+
+def build_stats(
+    groups: Iterable[tuple[str, str, Counts]], satisfied_at: float, unmatched_feedback: int
+) -> Stats:
+    """Return the stats of per-(tier, model) counts, ordered by tier index, then model."""
+    rows = sorted(groups, key=lambda g: (g[2].tier_index, g[0], g[1]))
+    total = Counts()
+    for _, _, counts in rows:
+        total.add(counts)
+    n = total.requests
+    return Stats(
+        tiers=tuple(tier_stats(tier, model, counts, n) for tier, model, counts in rows),
+        total=tier_stats(TOTAL, "", total, n),
+        satisfied_at=satisfied_at,
+        unmatched_feedback=unmatched_feedback,
+    )
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+STATS_COLUMNS = (
+    "tier",
+    "model",
+    "requests",
+    "share",
+    "escalated",
+    "gate rej.",
+    "errors",
+    "ttft p50",
+    "ttft p95",
+    "rated",
+    "mean",
+    "satisfied",
+    "cost $",
+    "saved $",
+)
+
+
+def stats_table(stats: Stats) -> str:
+    """Return the stats as an aligned text table, with a note on what was counted."""
+    lines = [list(STATS_COLUMNS)]
+    for row in (*stats.tiers, stats.total):
+        lines.append(
+            [
+                row.tier,
+                row.model,
+                str(row.requests),
+                _percent(row.share),
+                _percent(row.escalation_rate),
+                _percent(row.gate_rejection_rate),
+                _percent(row.error_rate),
+                _number(row.ttft_p50_ms, ".0f"),
+                _number(row.ttft_p95_ms, ".0f"),
+                str(row.rated),
+                _number(row.mean_rating, ".2f"),
+                _percent(row.satisfaction),
+                f"{row.cost_usd:.4f}",
+                f"{row.saved_usd:.4f}",
+            ]
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(STATS_COLUMNS))]
+    text = [
+        "  ".join(
+            cell.ljust(width) if i < 2 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
+        ).rstrip()
+        for line in lines
+    ]
+    text.append(
+        f"satisfied: rated >= {stats.satisfied_at:g}; ttft in ms; saved: against every "
+        "request on the strongest tier"
+    )
+    if stats.unmatched_feedback:
+        text.append(f"feedback for request ids not in the store: {stats.unmatched_feedback}")
+    return "\n".join(text)

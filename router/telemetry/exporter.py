@@ -1,0 +1,131 @@
+"""Serve ``/metrics`` on its own port; set up prometheus-client's multiprocess mode.
+
+With several workers the supervisor makes a fresh directory for the run, points
+``PROMETHEUS_MULTIPROC_DIR`` at it before forking, and forks one more child that serves
+the directory's merged view (``MultiProcessCollector``): counters of dead workers stay in
+the sum, so a restart neither resets nor doubles them, and the live-only gauges of a dead
+worker are dropped (``mark_process_dead``). A single process keeps its values in memory
+and serves them from a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+from http.server import HTTPServer, ThreadingHTTPServer
+from pathlib import Path
+
+import structlog
+from prometheus_client import CollectorRegistry, multiprocess, values
+from prometheus_client.exposition import MetricsHandler
+
+log = structlog.get_logger()
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def cannot_listen_for_metrics(host: str, port: int, exc: OSError) -> None:
+    """Log that the metrics port cannot be bound (the server then exits)."""
+    log.error(
+        "cannot listen",
+        address=f"{host}:{port}",
+        error=str(exc),
+        hint="server.metrics_port (--metrics-port) is taken; 0 turns metrics off",
+    )
+
+
+def bind_metrics_socket(host: str, port: int) -> socket.socket:
+    """Return a listening socket for the metrics port; raise OSError when it is taken."""
+    infos = socket.getaddrinfo(
+        host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.listen(16)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+class MultiprocessDir:
+    """The run's directory of per-process metric files, removed when the run ends."""
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="modelrouter-metrics-"))
+        os.environ[MULTIPROC_ENV] = str(self.path)
+        # Set here rather than read from the environment at import, so the order of
+        # imports does not matter: every metric created from now on (in this process and
+        # in the workers it forks) writes to a file named after its process id.
+        values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+        self._owner = os.getpid()
+
+    def process_dead(self, pid: int) -> None:
+        """Drop a dead worker's live-only gauges (its counters stay in the totals)."""
+        multiprocess.mark_process_dead(pid, str(self.path))  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        """Remove the directory (only from the process that made it)."""
+        if os.getpid() == self._owner:
+            shutil.rmtree(self.path, ignore_errors=True)
+            os.environ.pop(MULTIPROC_ENV, None)
+
+
+def use_process_values() -> None:
+    """Keep metric values in this process's memory (a single process, or tests)."""
+    os.environ.pop(MULTIPROC_ENV, None)
+    values.ValueClass = values.MutexValue
+
+
+def _http_server(sock: socket.socket, registry: CollectorRegistry) -> HTTPServer:
+    server = ThreadingHTTPServer(
+        sock.getsockname()[:2], MetricsHandler.factory(registry), bind_and_activate=False
+    )
+    server.socket.close()
+    server.socket = sock
+    server.daemon_threads = True
+    return server
+
+
+def serve_in_thread(sock: socket.socket, registry: CollectorRegistry) -> HTTPServer:
+    """Serve a registry on a listening socket from a daemon thread; shut it down to stop."""
+    server = _http_server(sock, registry)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server
+
+
+def run_exporter(sock: socket.socket) -> int:
+    """Serve the merged view of the multiprocess directory until SIGTERM (a forked child)."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    server = _http_server(sock, registry)
+
+    def stop(signo: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    # The supervisor relays SIGHUP (reload) to every child: nothing to reload here.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        server.serve_forever()
+    except SystemExit:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            server.server_close()
+        sys.stdout.flush()
+    return 0

@@ -1,0 +1,351 @@
+"""The store, the same tests over SQLite and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from router.store import (
+    AttemptRecord,
+    FeedbackRecord,
+    Record,
+    RequestRecord,
+    SessionRecord,
+    StateRecord,
+    StatsQuery,
+    Store,
+    StoreError,
+    open_store,
+    schema,
+)
+
+T0 = 1_700_000_000.0
+
+
+def attempt(
+    index: int,
+    tier: str,
+    tier_index: int,
+    outcome: str = "ok",
+    ttft: float | None = 100.0,
+    cost: float = 0.001,
+    gate: str = "off",
+) -> AttemptRecord:
+    return AttemptRecord(
+        index=index,
+        tier=tier,
+        tier_index=tier_index,
+        model=f"m-{tier}",
+        backend="demo",
+        outcome=outcome,
+        detail="" if outcome == "ok" else outcome,
+        first_token_ms=ttft,
+        duration_ms=250.0,
+        prompt_tokens=10,
+        completion_tokens=20,
+        cost_usd=cost,
+        gate=gate,
+        gate_reason="",
+    )
+
+
+def request(
+    key: str,
+    tier: str = "cheap",
+    tier_index: int = 0,
+    *,
+    method: str = "complete",
+    outcome: str = "ok",
+    answered: tuple[str, int] | None = None,
+    attempts: Sequence[AttemptRecord] = (),
+    tenant: str = "acme",
+    time_s: float = T0,
+    cost: float = 0.001,
+    strongest: float = 0.01,
+    prompt: str | None = None,
+    messages: tuple[tuple[str, str], ...] | None = None,
+) -> RequestRecord:
+    if answered is None and outcome == "ok" and method == "complete":
+        answered = (tier, tier_index)
+    return RequestRecord(
+        key=f"k-{key}",
+        request_id=key,
+        time=time_s,
+        method=method,
+        tenant=tenant,
+        session_id="",
+        tier=tier,
+        tier_index=tier_index,
+        model=f"m-{tier}",
+        backend="demo",
+        score=0.25,
+        levels=(0.5, 0.2, 0.1, 0.1, 0.1),
+        rules=("greeting",),
+        reason="score",
+        model_version="test-1",
+        hints=(("min_tier", "cheap"),),
+        outcome=outcome if method == "complete" else "routed",
+        prompt_tokens=10,
+        completion_tokens=20,
+        cost_usd=cost,
+        strongest_cost_usd=strongest,
+        answered_tier=None if answered is None else answered[0],
+        answered_tier_index=None if answered is None else answered[1],
+        answered_model=None if answered is None else f"m-{answered[0]}",
+        finish_reason="stop" if outcome == "ok" else "",
+        escalations=max(0, len(attempts) - 1),
+        first_text_ms=120.0,
+        duration_ms=300.0,
+        attempts=tuple(attempts),
+        prompt=prompt,
+        messages=messages,
+    )
+
+
+def rating(request_id: str, value: float, time_s: float = T0 + 10, **kw: str) -> FeedbackRecord:
+    return FeedbackRecord(
+        request_id=request_id,
+        time=time_s,
+        tenant=kw.get("tenant", "acme"),
+        rating=value,
+        comment=kw.get("comment", ""),
+        label=kw.get("label", ""),
+    )
+
+
+def traffic() -> list[Record]:
+    """Four requests over three tiers, ratings (one replaced), and one unknown rating."""
+    return [
+        request("r-route", method="route", cost=0.0001, strongest=0.001),
+        request("r-cheap", attempts=[attempt(0, "cheap", 0, ttft=100.0)]),
+        request(
+            "r-climb",
+            answered=("strong", 1),
+            attempts=[
+                attempt(0, "cheap", 0, outcome="gate_rejected", ttft=50.0, gate="rejected"),
+                attempt(1, "strong", 1, ttft=300.0, cost=0.004),
+            ],
+            cost=0.0041,
+        ),
+        request(
+            "r-fail",
+            "strong",
+            1,
+            outcome="error",
+            attempts=[
+                attempt(0, "strong", 1, outcome="timeout", ttft=None, cost=0.0),
+                attempt(1, "expert", 2, outcome="http_error", ttft=None, cost=0.0),
+            ],
+            cost=0.0,
+            strongest=0.0,
+        ),
+        rating("r-cheap", 0.2, time_s=T0 + 5),
+        rating("r-cheap", 0.9, time_s=T0 + 6, comment="fine after all", label="good"),
+        rating("r-climb", 0.5),
+        rating("never-served", 1.0),
+    ]
+
+
+def test_a_new_store_is_at_the_current_schema_version(store: Store) -> None:
+    with store._reading() as cursor:  # type: ignore[attr-defined]
+        cursor.execute("SELECT version FROM schema_version")
+        assert [tuple(row) for row in cursor.fetchall()] == [(schema.SCHEMA_VERSION,)]
+
+
+def test_reopening_keeps_the_data_and_applies_no_migration_twice(store_target: str) -> None:
+    first = open_store(store_target)
+    first.write([request("a", method="route")])
+    first.close()
+    again = open_store(store_target)
+    try:
+        assert again.has_request("a")
+        with again._reading() as cursor:  # type: ignore[attr-defined]
+            cursor.execute("SELECT COUNT(*) FROM schema_version")
+            assert cursor.fetchone()[0] == 1
+    finally:
+        again.close()
+
+
+def test_a_store_from_a_newer_release_is_refused(store_target: str) -> None:
+    store = open_store(store_target)
+    with store._writing() as cursor:  # type: ignore[attr-defined]
+        cursor.execute(f"UPDATE schema_version SET version = {schema.SCHEMA_VERSION + 1}")
+    store.close()
+    with pytest.raises(StoreError, match="written by a newer modelrouter"):
+        open_store(store_target)
+    with pytest.raises(StoreError, match="start the server once to migrate"):
+        open_store(store_target, migrate=False)
+
+
+def test_stats_per_tier_and_model(store: Store) -> None:
+    store.write(traffic())
+    stats = store.stats(StatsQuery(satisfied_at=0.7))
+    rows = {(row.tier, row.model): row for row in stats.tiers}
+    assert list(rows) == [("cheap", "m-cheap"), ("strong", "m-strong"), ("expert", "m-expert")]
+    cheap, strong, expert = rows.values()
+    # Served at cheap: the Route decision and the Complete it answered.
+    assert (cheap.requests, cheap.completions, cheap.share) == (2, 1, 0.5)
+    # Decided to cheap: two Completes, one climbed.
+    assert cheap.escalation_rate == 0.5
+    # Attempts at cheap: one gate rejection of two, no error.
+    assert (cheap.gate_rejection_rate, cheap.error_rate) == (0.5, 0.0)
+    assert (cheap.ttft_p50_ms, cheap.ttft_p95_ms) == pytest.approx((75.0, 97.5))
+    # The latest rating of r-cheap (0.9) counts, not the replaced 0.2.
+    assert (cheap.rated, cheap.mean_rating, cheap.satisfaction) == (1, 0.9, 1.0)
+    assert cheap.cost_usd == pytest.approx(0.0011)
+    assert cheap.saved_usd == pytest.approx(0.011 - 0.0011)
+    # Served at strong: the climbed one (answered) and the failed one (decided, no answer).
+    assert (strong.requests, strong.rated, strong.mean_rating, strong.satisfaction) == (
+        2,
+        1,
+        0.5,
+        0.0,
+    )
+    assert strong.escalation_rate == 1.0  # r-fail was decided to strong and climbed
+    assert strong.error_rate == pytest.approx(0.5)  # r-fail's timeout; r-climb's ok
+    assert strong.ttft_p50_ms == pytest.approx(300.0)
+    # Expert only saw an attempt: no request served there.
+    assert (expert.requests, expert.error_rate, expert.ttft_p50_ms) == (0, 1.0, None)
+    assert (expert.rated, expert.mean_rating, expert.escalation_rate) == (0, None, None)
+    total = stats.total
+    assert (total.requests, total.completions, total.rated) == (4, 3, 2)
+    assert total.mean_rating == pytest.approx(0.7)
+    assert total.satisfaction == 0.5
+    assert total.escalation_rate == pytest.approx(2 / 3)
+    assert total.error_rate == pytest.approx(2 / 5)
+    assert stats.unmatched_feedback == 1
+    data = stats.as_json()
+    assert set(data) == {"tiers", "total"}
+    assert data["total"]["unmatched_feedback"] == 1
+    for row in data["tiers"]:
+        assert {
+            "tier",
+            "model",
+            "requests",
+            "rated",
+            "mean_rating",
+            "satisfaction",
+            "escalation_rate",
+            "cost_usd",
+            "saved_usd",
+        } <= set(row)
+
+
+def test_stats_filter_by_time_and_tenant(store: Store) -> None:
+    store.write(
+        [
+            request("old", time_s=T0 - 100),
+            request("new", time_s=T0 + 100),
+            request("other", tenant="globex", time_s=T0 + 100),
+            rating("old", 1.0),
+            rating("nobody", 1.0, tenant="globex", time_s=T0 + 200),
+        ]
+    )
+    assert store.stats(StatsQuery()).total.requests == 3
+    assert store.stats(StatsQuery(since=T0)).total.requests == 2
+    by_acme = store.stats(StatsQuery(since=T0, tenant="acme"))
+    assert (by_acme.total.requests, by_acme.total.rated, by_acme.unmatched_feedback) == (1, 0, 0)
+    assert store.stats(StatsQuery(tenant="globex")).unmatched_feedback == 1
+    empty = store.stats(StatsQuery(tenant="nobody"))
+    assert (empty.tiers, empty.total.requests, empty.total.share) == ((), 0, 0.0)
+
+
+def test_requests_come_back_with_text_and_latest_feedback(store: Store) -> None:
+    chat = (("system", "be brief"), ("user", "hello there"))
+    store.write(
+        [
+            request("b", prompt="hello there", messages=chat, time_s=T0 + 1),
+            request("a", prompt="what time is it?", time_s=T0),
+            request("c", time_s=T0 + 2),
+            rating("b", 0.3),
+            rating("b", 0.8, comment="ok", label="good", time_s=T0 + 20),
+        ]
+    )
+    rows = list(store.requests())
+    assert [r.request_id for r in rows] == ["a", "b", "c"]
+    a, b, c = rows
+    assert (a.prompt, a.messages, a.rating) == ("what time is it?", None, None)
+    assert (b.prompt, b.messages) == ("hello there", chat)
+    assert (b.rating, b.comment, b.label) == (0.8, "ok", "good")
+    assert (c.prompt, c.answered_tier, c.answered_model) == (None, "cheap", "m-cheap")
+    assert [r.request_id for r in store.requests(since=T0 + 1, tenant="acme")] == ["b", "c"]
+
+
+def test_a_session_floor_rises_and_never_falls(store: Store) -> None:
+    assert store.session_tier("acme", "s1") is None
+    store.write([SessionRecord("acme", "s1", "strong", 1, T0)])
+    store.write([SessionRecord("acme", "s1", "cheap", 0, T0 + 1)])
+    assert store.session_tier("acme", "s1") == "strong"
+    store.write(
+        [
+            SessionRecord("acme", "s1", "expert", 2, T0 + 2),
+            SessionRecord("acme", "s1", "cheap", 0, T0),
+        ]
+    )
+    assert store.session_tier("acme", "s1") == "expert"
+    assert store.session_tier("globex", "s1") is None  # sessions are per tenant
+
+
+def test_named_state_is_replaced(store: Store) -> None:
+    assert store.state("controller/acme") is None
+    store.write([StateRecord("controller/acme", {"offset": 0.1, "window": [1, 2]}, T0)])
+    store.write([StateRecord("controller/acme", {"offset": -0.05}, T0 + 1)])
+    assert store.state("controller/acme") == {"offset": -0.05}
+
+
+def test_a_batch_is_written_all_or_nothing(store: Store) -> None:
+    store.write([request("dup")])
+    broken = dataclasses.replace(request("broken"), tenant=None)  # NOT NULL in the schema
+    with pytest.raises(Exception, match=r"(?i)null"):
+        store.write([request("x"), broken, request("y"), rating("x", 1.0)])
+    assert not store.has_request("x") and not store.has_request("y")
+    assert store.stats(StatsQuery()).total.rated == 0
+    store.write([request("dup")])  # a retried batch does not duplicate requests
+    assert store.stats(StatsQuery()).total.requests == 1
+
+
+def _write_many(target: str, worker: int, count: int) -> None:
+    store = open_store(target)
+    try:
+        for i in range(count):
+            store.write([request(f"w{worker}-{i}", method="route"), rating(f"w{worker}-{i}", 1.0)])
+    finally:
+        store.close()
+
+
+def test_several_processes_write_one_store(store_target: str) -> None:
+    open_store(store_target).close()  # migrated once, as the supervisor does
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_write_many, args=(store_target, w, 50)) for w in range(3)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(timeout=300)
+        assert process.exitcode == 0
+    store = open_store(store_target, migrate=False)
+    try:
+        stats = store.stats(StatsQuery())
+        assert (stats.total.requests, stats.total.rated, stats.unmatched_feedback) == (150, 150, 0)
+    finally:
+        store.close()
+
+
+def test_opening_for_reading_needs_an_existing_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no store there"):
+        open_store(tmp_path / "missing.db", migrate=False)
+    (tmp_path / "junk.db").write_text("not a database")
+    with pytest.raises(StoreError, match=r"junk\.db"):
+        open_store(tmp_path / "junk.db")
+
+
+def test_an_unreachable_postgres_is_a_store_error() -> None:
+    pytest.importorskip("psycopg_pool")
+    started = time.monotonic()
+    with pytest.raises(StoreError, match=r"postgresql://u:\*\*\*@127\.0\.0\.1:1/x"):
+        open_store("postgresql://u:secret@127.0.0.1:1/x")
+    assert time.monotonic() - started < 60
