@@ -45,7 +45,7 @@ def main() -> int:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2), dpi=110)
     left.set_axis_off()
-    left.set_xlim(0, 10)
+    left.set_xlim(-0.5, 10)
     left.set_ylim(0, 10)
 
     def box(x: float, y: float, w: float, h: float, text: str, color: str) -> None:
