@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from router.backends import Backend, BackendError, BackendRequest, Chunk, create_backend
+from router.backends.redact import Redactor
 from router.completion.circuit import CircuitBreaker
 from router.completion.cost import cost_usd, estimate_prompt_tokens
 from router.completion.gate import NOT_GATED, GateWindow, limits_report
@@ -118,6 +119,7 @@ class CompletionEngine:
             for name, backend in config.backends.items()
         }
         self._max_attempts = config.completion.max_attempts
+        self._redactor = Redactor.for_config(config)
         self._metrics = metrics.current()
         self._tracing = current_tracing()
         self._kinds = {name: backend.kind for name, backend in config.backends.items()}
@@ -186,7 +188,7 @@ class CompletionEngine:
                     for t in tiers[index + 1 : max_tier_index + 1]
                 )
                 state = _Try(loop.time())
-                outcome, detail = AttemptOutcome.OK, ""
+                outcome, detail, upstream = AttemptOutcome.OK, "", ""
                 backend_unhealthy = False
                 stream = self._backends[tier.backend].stream(
                     BackendRequest(
@@ -228,7 +230,7 @@ class CompletionEngine:
                 except StopAsyncIteration:
                     pass  # the stream ended right after the gate's time window closed
                 except BackendError as exc:
-                    outcome, detail = exc.outcome, str(exc)
+                    outcome, detail, upstream = exc.outcome, str(exc), exc.upstream
                     backend_unhealthy = exc.backend_unhealthy
                 except Exception as exc:
                     # A bug in a backend or its parser is that backend's failure, like an
@@ -241,7 +243,8 @@ class CompletionEngine:
                         backend=tier.backend,
                     )
                     outcome = AttemptOutcome.MALFORMED_STREAM
-                    detail = f"unexpected {type(exc).__name__} in backend: {exc}"
+                    # Its message may quote what the provider sent: the log above has it.
+                    detail = f"unexpected {type(exc).__name__} in backend"
                     backend_unhealthy = True
                 except (asyncio.CancelledError, GeneratorExit):
                     circuit.release()
@@ -283,6 +286,7 @@ class CompletionEngine:
                     ended_at,
                     prompt_estimate,
                     trace,
+                    upstream=upstream,
                 )
                 if committed or outcome is AttemptOutcome.OK:
                     attempts.append(attempt)
@@ -356,8 +360,10 @@ class CompletionEngine:
         ended_at: float,
         prompt_estimate: int,
         trace: AttemptTrace | None,
+        *,
+        upstream: str = "",
     ) -> Attempt:
-        """Build an attempt's record, count it, end its span and log it."""
+        """Build an attempt's record, count it, end its span and log it (upstream text masked)."""
         prompt, completion, _ = _usage(state, prompt_estimate)
         first_token_ms = (
             (state.first_token_at - state.started_at) * 1000.0 if state.first_token_at else 0.0
@@ -405,6 +411,7 @@ class CompletionEngine:
             completion_tokens=completion,
             cost_usd=attempt.cost_usd,
             gate=_gate_log(state.gate),
+            **({"upstream": self._redactor.excerpt(upstream)} if upstream else {}),
         )
         return attempt
 

@@ -28,16 +28,19 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import scipy.sparse as sp
 
 from router.fastpath import GAIN_HEAD, GATE_HEAD, HEADS, LEVELS, SCORE_LEVEL_GAIN, FastPath
 from router.model import FeaturizerSpec, RouterModel, Rule, ScoreFormula
 from router.training.data import Row
 from router.training.generalisation import out_of_fold
 from router.training.rules import load_rules
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 Log = Callable[[str], None]
 
@@ -136,6 +139,8 @@ def _levels(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 def featurize(texts: Sequence[str], spec: FeaturizerSpec) -> sp.csr_matrix:
     """Return the rows' features as a sparse matrix, computed by the serving fast path."""
+    import scipy.sparse as sp  # the train extra: the CLI imports this module without it
+
     fastpath = spec.fastpath(implementation=FastPath)
     indices: list[npt.NDArray[np.int32]] = []
     values: list[npt.NDArray[np.float64]] = []
