@@ -37,6 +37,8 @@ step "benchmark smoke runs"
 scripts/ci_server.sh
 "$PYTHON" bench/bench_fastpath.py --smoke
 "$PYTHON" bench/quality_baseline.py --smoke
+"$PYTHON" bench/controller.py --smoke --out "$(mktemp -d)"
+"$PYTHON" bench/learning_curve.py --smoke --out "$(mktemp -d)"
 
 step "install paths: pip install ., the wheel, the sdist, scripts/serve.sh on a fresh clone"
 scripts/ci_install.sh

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from router._proto.modelrouter.v1 import router_pb2 as pb
+from router.controller import Snapshot
 from router.domain import (
     Attempt,
     AttemptOutcome,
@@ -219,4 +220,20 @@ def config_response(info: ServiceInfo) -> pb.GetConfigResponse:
         fastpath=info.fastpath,
         max_prompt_bytes=config.server.max_prompt_bytes,
         max_concurrent_rpcs=config.server.max_concurrent_rpcs,
+        controllers=[controller(c) for c in info.controllers],
+    )
+
+
+def controller(snapshot: Snapshot) -> pb.TenantController:
+    """Return a tenant controller's state as GetConfig reports it."""
+    return pb.TenantController(
+        tenant=snapshot.tenant,
+        target_kind=snapshot.target.kind,
+        target=snapshot.target.value,
+        offset=snapshot.offset,
+        thresholds=snapshot.thresholds,
+        realised=snapshot.realised,
+        window_requests=snapshot.window_requests,
+        updates=snapshot.updates,
+        saturated=snapshot.saturated,
     )

@@ -163,9 +163,10 @@ def featurize(texts: Sequence[str], spec: FeaturizerSpec) -> sp.csr_matrix:
 
 
 def source_weights(rows: Sequence[Row]) -> npt.NDArray[np.float64]:
-    """Return per-row weights 1/sqrt(rows of its source), scaled to mean 1."""
+    """Return per-row weights 1/sqrt(rows of its source) times the row's own weight,
+    scaled to mean 1."""
     counts = Counter(r.source for r in rows)
-    w = np.array([1.0 / math.sqrt(counts[r.source]) for r in rows], dtype=np.float64)
+    w = np.array([r.weight / math.sqrt(counts[r.source]) for r in rows], dtype=np.float64)
     return np.asarray(w / w.mean(), dtype=np.float64)
 
 
@@ -195,7 +196,7 @@ def capped_rows(
         if len(members) > cap:
             picked = sorted(sorted(members, key=lambda i: _text_rank(rows[i]))[:cap])
         for i in picked:
-            weight[i] = math.sqrt(len(members)) / len(picked)
+            weight[i] = rows[i].weight * math.sqrt(len(members)) / len(picked)
         keep.extend(picked)
     keep.sort()
     w = np.array([weight[i] for i in keep], dtype=np.float64)
@@ -242,7 +243,8 @@ def fit_heads(X: sp.csr_matrix, rows: Sequence[Row], options: TrainOptions, log:
     if outcome.sum() >= 2:
         gain = np.array([(r.strong or 0.0) - (r.weak or 0.0) for r in rows])
         ridge = Ridge(alpha=options.gain_alpha, solver="sparse_cg", tol=1e-6)
-        ridge.fit(X[outcome], gain[outcome])
+        row_weight = np.array([r.weight for r in rows])
+        ridge.fit(X[outcome], gain[outcome], sample_weight=row_weight[outcome])
         predicted = np.asarray(X[outcome] @ ridge.coef_) + ridge.intercept_
         spread = float(predicted.std()) or 1.0
         floor = float(np.quantile(predicted, options.gain_floor_quantile))
