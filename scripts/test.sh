@@ -39,6 +39,7 @@ MODELROUTER_REQUIRE_EXTENSIONS=1 MODELROUTER_REQUIRE_LLM=1 MODELROUTER_REQUIRE_P
 step "benchmark smoke runs"
 scripts/ci_server.sh
 "$PYTHON" bench/bench_fastpath.py --smoke
+"$PYTHON" bench/quality_baseline.py --smoke
 "$PYTHON" bench/controller.py --smoke --out "$(mktemp -d)"
 "$PYTHON" bench/learning_curve.py --smoke --out "$(mktemp -d)"
 "$PYTHON" bench/bench_limits.py --smoke
