@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Protocol
 
+from router.auth import KeyRing, key_ring
 from router.config import Config
 from router.domain import (
     BackendState,
@@ -60,6 +61,7 @@ class Runtime:
         "engine",
         "input_price",
         "keep_text",
+        "key_ring",
         "margins",
         "max_concurrent_rpcs",
         "max_prompt_bytes",
@@ -103,6 +105,8 @@ class Runtime:
         self.context_weight = config.routing.context_weight
         self.max_prompt_bytes = config.server.max_prompt_bytes
         self.max_concurrent_rpcs = config.server.max_concurrent_rpcs
+        # The API keys when auth is on, else None.
+        self.key_ring: KeyRing | None = key_ring(config.auth)
         # Complete streams running on this engine and writer; a retired runtime closes
         # them at zero.
         self.streams = 0

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
 import structlog
 
+from router.auth import KeyRing
 from router.completion.cost import estimate_tokens
 from router.config import Config
 from router.controller import NO_TIER, Controllers, Pricing, Served, Snapshot
@@ -38,6 +39,7 @@ from router.domain import (
     RoutingDecision,
     StoreUnavailable,
 )
+from router.limits import Limiter, most_cost_usd
 from router.recording import complete_record, route_record
 from router.request_ids import RequestIds
 from router.routing import Router, choose_tier
@@ -119,6 +121,8 @@ class RouterService:
         # Keys of stored records: unique across workers, whatever the callers' ids.
         self._record_keys = RequestIds()
         self._closing: set[asyncio.Task[None]] = set()
+        # Outlives reloads: the tenants' counts carry over.
+        self._limiter = Limiter(config)
         _note_settings(self._runtime)
 
     @property
@@ -138,6 +142,11 @@ class RouterService:
         """Return the tier a request this worker served lately was routed to, if known."""
         return self._served.get(request_id)
 
+    @property
+    def key_ring(self) -> KeyRing | None:
+        """Return the API keys in force, or None when auth is off."""
+        return self._runtime.key_ring
+
     # -- request ids -------------------------------------------------------------------
 
     def new_request_id(self) -> str:
@@ -147,6 +156,17 @@ class RouterService:
     def assign_request_id(self, given: str) -> str:
         """Return the caller's request id after checking it, or a fresh one when it is empty."""
         return self._ids.assign(given)
+
+    # -- limits ------------------------------------------------------------------------
+
+    @property
+    def limiter(self) -> Limiter:
+        return self._limiter
+
+    def admit(self, tenant: str) -> Awaitable[None] | None:
+        """Return the check of one Route or Complete against the tenant's request rate (None
+        when the tenant has none); awaiting it raises LimitExceeded when over."""
+        return self._limiter.admit(tenant)
 
     # -- Route -------------------------------------------------------------------------
 
@@ -261,6 +281,14 @@ class RouterService:
                 route.tenant, route.session_id, decision.tier, rt.tier_index, rt.writer
             )
         messages = route.messages or (ChatMessage("user", route.prompt),)
+        tiers, generation = rt.config.tiers, request.generation
+        prompt_tokens = decision.estimated_prompt_tokens
+        # The most each attempt can cost is held against the tenant's budget until it settles.
+        held = await self._limiter.hold(
+            route.tenant,
+            prompt_tokens,
+            most_cost_usd(tiers[decision.tier_index], prompt_tokens, generation),
+        )
         started_unix, started = time.time(), time.perf_counter()
         summary: CompletionSummary | None = None
         escalated: list[Attempt] = []
@@ -272,7 +300,7 @@ class RouterService:
         rt.streams += 1
         try:
             yield decision
-            run = rt.engine.run(decision, messages, request.generation, max_tier_index=max_index)
+            run = rt.engine.run(decision, messages, generation, max_tier_index=max_index)
             async with aclosing(run) as events:
                 async for event in events:
                     if isinstance(event, Escalation):
@@ -280,13 +308,24 @@ class RouterService:
                     elif isinstance(event, CompletionSummary):
                         summary = event
                         self._observe(rt, route, decision, event)
+                        if held is not None:
+                            held.attempts = event.attempts
                         if session:
                             self._sessions.used(
                                 route.tenant, route.session_id, event.tier, rt.tier_index, rt.writer
                             )
                     yield event
+                    if held is not None and isinstance(event, Escalation):
+                        # The next attempt starts when the engine is asked for its next
+                        # event: the most it can cost is held first.
+                        tier = tiers[rt.tier_index[event.to_tier]]
+                        await held.climb(
+                            event.attempt, most_cost_usd(tier, prompt_tokens, generation)
+                        )
             outcome = "ok"
         except BackendUnavailable as exc:
+            if held is not None and held.attempts is None and exc.attempts:
+                held.attempts = exc.attempts
             if exc.attempts:
                 escalated, all_failed = list(exc.attempts), True
             raise
@@ -313,6 +352,8 @@ class RouterService:
             rt.streams -= 1
             if rt.retired and rt.streams == 0:
                 self._close_later(rt)
+            if held is not None:
+                await held.settle()
 
     def _observe(
         self,
@@ -424,6 +465,7 @@ class RouterService:
         _note_settings(new)
         self._served.capacity = config.server.feedback_capacity
         self._sessions.capacity = config.routing.max_sessions
+        self._limiter.configure(config)
         old.retired = True
         if old.streams == 0:
             self._close_later(old)
@@ -439,13 +481,15 @@ class RouterService:
             await rt.writer.aclose()
 
     async def aclose(self) -> None:
-        """Close the engine in force, write what is queued, and wait for retired runtimes."""
+        """Close the engine in force, wait for retired runtimes, close the limits' store, write
+        what is queued."""
         rt = self._runtime
         await rt.engine.aclose()
         if self._closing:
             await asyncio.gather(*self._closing)
         if rt.writer is not None:
             await rt.writer.aclose()
+        await self._limiter.aclose()
 
 
 def _pricing(rt: Runtime) -> Pricing:

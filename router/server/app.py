@@ -17,6 +17,7 @@ from router.server.reflection import enable_server_reflection
 from router.server.servicer import ModelRouterServicer
 from router.service import RouterService
 from router.telemetry import current_tracing, metrics
+from router.tls import ServerTls, TlsFiles, read_tls
 
 SERVICE_NAME: str = router_pb2.DESCRIPTOR.services_by_name["ModelRouter"].full_name
 HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -34,6 +35,8 @@ class RunningServer:
     interceptor: ServiceInterceptor
     host: str
     port: int
+    # The port's certificates when it speaks TLS (a reload updates them), else None.
+    tls: ServerTls | None = None
 
     async def start(self) -> None:
         """Start serving and report every service as SERVING."""
@@ -55,12 +58,14 @@ def create_server(
     host: str | None = None,
     port: int | None = None,
     reuse_port: bool = True,
+    tls: TlsFiles | None = None,
 ) -> RunningServer:
     """Return a server, not started, bound to the configured (or given) address.
 
     ``service`` defaults to one built from ``config``.
     ``reuse_port`` lets worker processes share the port (SO_REUSEPORT); a single process
     turns it off so that a port already taken is an error instead of a silent split.
+    ``tls`` is the port's certificates, read from ``server.tls`` when not given.
     """
     if service is None:
         router, source = load_router(config)
@@ -79,6 +84,7 @@ def create_server(
         rpc_sample=config.logging.rpc_sample,
         metrics=metrics.current(),
         tracing=current_tracing(),
+        auth=lambda: service.key_ring,
     )
     server = grpc.aio.server(interceptors=[interceptor], options=options)
     router_pb2_grpc.add_ModelRouterServicer_to_server(  # type: ignore[no-untyped-call]
@@ -89,5 +95,13 @@ def create_server(
     enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
     host = config.server.host if host is None else host
     port = config.server.port if port is None else port
-    bound = server.add_insecure_port(f"{host}:{port}")
-    return RunningServer(server, service, health_servicer, interceptor, host, bound)
+    if tls is None and config.server.tls is not None:
+        tls = read_tls(config.server.tls, "server.tls")
+    address = f"{host}:{port}"
+    if tls is None:
+        return RunningServer(
+            server, service, health_servicer, interceptor, host, server.add_insecure_port(address)
+        )
+    credentials = ServerTls(tls)
+    bound = server.add_secure_port(address, credentials.credentials())
+    return RunningServer(server, service, health_servicer, interceptor, host, bound, credentials)

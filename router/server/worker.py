@@ -18,11 +18,20 @@ from router.server.logs import flush_logs, set_worker
 from router.service import RouterService
 from router.store import StoreError, StoreWriter, start_writer
 from router.telemetry import install_tracing, metrics
+from router.tls import ServerTls
 
 log = structlog.get_logger()
 
 # Settings a reload cannot change in a running process.
-RESTART_ONLY = ("host", "port", "workers", "max_message_bytes", "metrics_port")
+RESTART_ONLY = (
+    "host",
+    "port",
+    "workers",
+    "max_message_bytes",
+    "metrics_port",
+    "metrics_host",
+    "metrics_tls",
+)
 EXIT_LISTEN = 3
 EXIT_STORE = 4
 # How often a worker moves its pending metric counts into prometheus-client's values.
@@ -40,8 +49,18 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-def run_worker(source: ConfigSource, loaded: Loaded, *, index: int | None, reuse_port: bool) -> int:
-    """Run one server process on an event loop (uvloop when installed) until it stops."""
+def run_worker(
+    source: ConfigSource,
+    loaded: Loaded,
+    *,
+    index: int | None,
+    reuse_port: bool,
+    on_reload: Callable[[], None] | None = None,
+) -> int:
+    """Run one server process on an event loop (uvloop when installed) until it stops.
+
+    ``on_reload`` also runs on every SIGHUP (the metrics port's certificates, in one process).
+    """
     set_worker(index)
     tracing = None
     if loaded.config.tracing.enabled:
@@ -52,14 +71,19 @@ def run_worker(source: ConfigSource, loaded: Loaded, *, index: int | None, reuse
         install_tracing(tracing)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(_serve_async(source, loaded, reuse_port))
+            return runner.run(_serve_async(source, loaded, reuse_port, on_reload))
     finally:
         if tracing is not None:
             install_tracing(None)
             tracing.shutdown()
 
 
-async def _serve_async(source: ConfigSource, loaded: Loaded, reuse_port: bool) -> int:
+async def _serve_async(
+    source: ConfigSource,
+    loaded: Loaded,
+    reuse_port: bool,
+    on_reload: Callable[[], None] | None,
+) -> int:
     loop = asyncio.get_running_loop()
     config = loaded.config
     writer = None
@@ -72,7 +96,7 @@ async def _serve_async(source: ConfigSource, loaded: Loaded, reuse_port: bool) -
     service = RouterService(config, loaded.router, model_source=loaded.model_source, store=writer)
     address = f"{config.server.host}:{config.server.port}"
     try:
-        running = create_server(config, service, reuse_port=reuse_port)
+        running = create_server(config, service, reuse_port=reuse_port, tls=loaded.tls)
     except RuntimeError as exc:
         log.error("cannot listen", address=address, error=str(exc))
         await service.aclose()
@@ -91,10 +115,14 @@ async def _serve_async(source: ConfigSource, loaded: Loaded, reuse_port: bool) -
     stop = asyncio.Event()
     # Supervised workers share the port; the supervisor counts the reloads.
     supervised = reuse_port
-    reloader = Reloader(source, service, count=None if supervised else metrics.current())
+    reloader = Reloader(
+        source, service, count=None if supervised else metrics.current(), tls=running.tls
+    )
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
+    loop.add_signal_handler(
+        signal.SIGHUP, reloader.trigger if on_reload is None else _both(reloader.trigger, on_reload)
+    )
     current_metrics = metrics.current()
     flusher = None
     if current_metrics is not None:
@@ -119,6 +147,14 @@ async def _serve_async(source: ConfigSource, loaded: Loaded, reuse_port: bool) -
     )
     flush_logs()
     return 0
+
+
+def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        first()
+        second()
+
+    return run
 
 
 def _flush_metrics(current: metrics.Metrics, running: RunningServer) -> None:
@@ -146,11 +182,17 @@ class Reloader:
     """Reload configuration and model on SIGHUP; keep the old ones when the new are bad."""
 
     def __init__(
-        self, source: ConfigSource, service: RouterService, *, count: metrics.Metrics | None = None
+        self,
+        source: ConfigSource,
+        service: RouterService,
+        *,
+        count: metrics.Metrics | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self._source = source
         self._service = service
         self._count = count
+        self._tls = tls
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
 
@@ -194,14 +236,22 @@ class Reloader:
                     exc_info=exc,
                 )
                 return False
-            log.info(
-                "reloaded", config=self._source.describe(), model_version=loaded.router.version
-            )
             stale = [
                 f"server.{key}"
                 for key in RESTART_ONLY
                 if getattr(old.server, key) != getattr(loaded.config.server, key)
             ]
+            tls = self._tls
+            if tls is not None and loaded.tls is not None and loaded.tls.mutual == tls.files.mutual:
+                if loaded.tls != tls.files:
+                    tls.update(loaded.tls)
+                    log.info("certificates reloaded", mutual_tls=tls.files.mutual)
+            elif (tls is None) != (loaded.tls is None) or tls is not None:
+                # Turning TLS on or off, or client certificates on or off, rebuilds the port.
+                stale.append("server.tls")
+            log.info(
+                "reloaded", config=self._source.describe(), model_version=loaded.router.version
+            )
             stale.extend(
                 key
                 for key in ("logging", "tracing")
