@@ -31,6 +31,13 @@ class BackendUnavailable(RouterError):
     """No allowed tier could answer (UNAVAILABLE); the message names each attempt's failure."""
 
 
+class DeadlineExceeded(RouterError):
+    """The caller's deadline leaves no stronger tier time for a first token (DEADLINE_EXCEEDED).
+
+    The message names every attempt made and every tier skipped for the deadline.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
     role: str
@@ -69,6 +76,8 @@ class GenerationOptions:
 class CompleteRequest:
     route: RouteRequest
     generation: GenerationOptions = GenerationOptions()
+    # When the caller stops waiting, in seconds on ``time.monotonic()``; None: no deadline.
+    deadline: float | None = None
 
 
 class DecisionReason(enum.Enum):
@@ -113,6 +122,7 @@ class AttemptOutcome(enum.Enum):
     CIRCUIT_OPEN = "circuit_open"
     CANCELLED = "cancelled"
     FAILED_AFTER_COMMIT = "failed_after_commit"
+    DEADLINE_SKIPPED = "deadline_skipped"
 
 
 class CircuitState(enum.Enum):

@@ -61,8 +61,10 @@ def route_request(message: pb.RouteRequest, request_id: str) -> RouteRequest:
     )
 
 
-def complete_request(message: pb.CompleteRequest, request_id: str) -> CompleteRequest:
-    """Return the domain request of a CompleteRequest."""
+def complete_request(
+    message: pb.CompleteRequest, request_id: str, deadline: float | None = None
+) -> CompleteRequest:
+    """Return the domain request of a CompleteRequest (``deadline`` on ``time.monotonic()``)."""
     generation = _NO_GENERATION
     if message.HasField("generation"):
         g = message.generation
@@ -71,7 +73,7 @@ def complete_request(message: pb.CompleteRequest, request_id: str) -> CompleteRe
             temperature=g.temperature if g.HasField("temperature") else None,
             stop=tuple(g.stop),
         )
-    return CompleteRequest(route_request(message.route, request_id), generation)
+    return CompleteRequest(route_request(message.route, request_id), generation, deadline)
 
 
 def feedback(message: pb.FeedbackRequest) -> Feedback:

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 import structlog
 
-from router.domain import BackendUnavailable, InvalidRequest, Overloaded, RouterError
+from router.domain import (
+    BackendUnavailable,
+    DeadlineExceeded,
+    InvalidRequest,
+    Overloaded,
+    RouterError,
+)
 from router.telemetry.metrics import SERVER_STREAM, UNARY, Metrics, RpcMetrics
 
 if TYPE_CHECKING:
@@ -44,6 +50,7 @@ _STATUS_OF: tuple[tuple[type[RouterError], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (BackendUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
 )
 
 
