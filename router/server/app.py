@@ -12,6 +12,7 @@ from router._proto.modelrouter.v1 import router_pb2, router_pb2_grpc
 from router.config import Config
 from router.loading import load_router
 from router.server.health import SERVING, HealthServicer
+from router.server.inflight import InFlight
 from router.server.interceptor import ServiceInterceptor
 from router.server.reflection import enable_server_reflection
 from router.server.servicer import ModelRouterServicer
@@ -55,12 +56,15 @@ def create_server(
     host: str | None = None,
     port: int | None = None,
     reuse_port: bool = True,
+    in_flight: InFlight | None = None,
 ) -> RunningServer:
     """Return a server, not started, bound to the configured (or given) address.
 
     ``service`` defaults to one built from ``config``.
     ``reuse_port`` lets worker processes share the port (SO_REUSEPORT); a single process
     turns it off so that a port already taken is an error instead of a silent split.
+    ``in_flight`` counts the RPCs against ``server.max_concurrent_rpcs`` (default: this
+    process's; a supervised worker's counts every worker's).
     """
     if service is None:
         router, source = load_router(config)
@@ -79,6 +83,7 @@ def create_server(
         rpc_sample=config.logging.rpc_sample,
         metrics=metrics.current(),
         tracing=current_tracing(),
+        in_flight=in_flight,
     )
     server = grpc.aio.server(interceptors=[interceptor], options=options)
     router_pb2_grpc.add_ModelRouterServicer_to_server(  # type: ignore[no-untyped-call]

@@ -221,4 +221,6 @@ def config_response(info: ServiceInfo) -> pb.GetConfigResponse:
         fastpath=info.fastpath,
         max_prompt_bytes=config.server.max_prompt_bytes,
         max_concurrent_rpcs=config.server.max_concurrent_rpcs,
+        # serve() resolves 0 (one per core); a server built in-process is one process.
+        workers=config.server.workers or 1,
     )

@@ -25,6 +25,7 @@ from router.domain import (
     Overloaded,
     RouterError,
 )
+from router.server.inflight import InFlight
 from router.telemetry.metrics import SERVER_STREAM, UNARY, Metrics, RpcMetrics
 
 if TYPE_CHECKING:
@@ -117,6 +118,9 @@ def current_rpc() -> RpcRecord:
 class ServiceInterceptor(_ServerInterceptor):
     """Map domain errors to status codes, cap concurrent RPCs and log one line per RPC.
 
+    The cap counts ModelRouter RPCs in ``in_flight``: this process's alone by default, or
+    every worker's of the server (``router.server.inflight.SharedInFlight``).
+
     Every error status carries the request id in the ``x-request-id`` trailer: the one the
     servicer assigned, or ``new_request_id()`` when the RPC failed before it had one.
     ``rpc_sample`` is the share of successful RPCs that get a log line; errors and
@@ -133,6 +137,7 @@ class ServiceInterceptor(_ServerInterceptor):
         rpc_sample: float = 1.0,
         metrics: Metrics | None = None,
         tracing: Tracing | None = None,
+        in_flight: InFlight | None = None,
     ) -> None:
         self._service_name = service_name
         self._prefix = f"/{service_name}/"
@@ -143,7 +148,12 @@ class ServiceInterceptor(_ServerInterceptor):
         self._metrics = metrics
         self._tracing = tracing
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-        self.in_flight = 0
+        self._in_flight = InFlight() if in_flight is None else in_flight
+
+    @property
+    def in_flight(self) -> int:
+        """Return this process's ModelRouter RPCs in flight."""
+        return self._in_flight.count
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -224,6 +234,7 @@ class ServiceInterceptor(_ServerInterceptor):
         log_all = sample >= 1.0
         uniform = random.random
         tracing, service = self._tracing, self._service_name
+        in_flight = self._in_flight
 
         async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
@@ -240,16 +251,15 @@ class ServiceInterceptor(_ServerInterceptor):
             failure: BaseException | None = None
             try:
                 limit = self._max_concurrent()
-                if self.in_flight >= limit:
+                if not in_flight.enter(limit):
                     raise Overloaded(
-                        f"{self.in_flight} RPCs in flight, the limit is {limit} "
+                        f"{in_flight.total()} RPCs in flight, the limit is {limit} "
                         "(server.max_concurrent_rpcs): retry with backoff"
                     )
-                self.in_flight += 1
                 try:
                     return await behaviour(request, context)
                 finally:
-                    self.in_flight -= 1
+                    in_flight.leave()
             except RouterError as exc:
                 code, error = status_for(exc), str(exc)
             except asyncio.CancelledError:

@@ -23,6 +23,7 @@ import structlog
 
 from router.config import ConfigError
 from router.loading import ConfigSource, Loaded, load
+from router.server.inflight import InFlightSlots
 from router.server.logs import flush_logs
 from router.server.worker import EXIT_LISTEN, run_worker
 from router.telemetry import metrics
@@ -92,6 +93,7 @@ class Supervisor:
     _metrics_sock: socket.socket | None = None
     _metrics_dir: MultiprocessDir | None = None
     _metrics: metrics.Metrics | None = None
+    _in_flight: InFlightSlots | None = None
 
     def run(self) -> int:
         """Supervise until every worker has stopped; return the exit code."""
@@ -120,6 +122,8 @@ class Supervisor:
                 update={"server": server.model_copy(update={"port": port})}
             ),
         )
+        # Before any fork: server.max_concurrent_rpcs holds for the workers together.
+        self._in_flight = InFlightSlots(self.workers)
         signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
         try:
             if self._metrics_sock is not None:
@@ -140,6 +144,7 @@ class Supervisor:
                 self._metrics_sock.close()
             if self._metrics_dir is not None:
                 self._metrics_dir.close()
+            self._in_flight.close()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
         log.info("supervisor stopped", exit_code=self._exit_code)
         return self._exit_code
@@ -161,7 +166,14 @@ class Supervisor:
                     if self._metrics_sock is not None:
                         self._metrics_sock.close()
                         metrics.install(metrics.Metrics())
-                    code = run_worker(self.source, self.loaded, index=slot, reuse_port=True)
+                    assert self._in_flight is not None
+                    code = run_worker(
+                        self.source,
+                        self.loaded,
+                        index=slot,
+                        reuse_port=True,
+                        in_flight=self._in_flight.for_worker(slot),
+                    )
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -260,6 +272,8 @@ class Supervisor:
                 continue
             if self._metrics_dir is not None:
                 self._metrics_dir.process_dead(pid)
+            if self._in_flight is not None and worker.slot != EXPORTER_SLOT:
+                self._in_flight.clear(worker.slot)  # its RPCs died with it
             code = os.waitstatus_to_exitcode(status)
             if self._stopping:
                 log.info("worker stopped", worker_pid=pid, slot=worker.slot, exit_code=code)

@@ -14,6 +14,7 @@ from router.config import ConfigError
 from router.domain import CircuitState
 from router.loading import ConfigSource, Loaded, load
 from router.server.app import RunningServer, create_server
+from router.server.inflight import InFlight
 from router.server.logs import flush_logs, set_worker
 from router.service import RouterService
 from router.telemetry import install_tracing, metrics
@@ -38,8 +39,18 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-def run_worker(source: ConfigSource, loaded: Loaded, *, index: int | None, reuse_port: bool) -> int:
-    """Run one server process on an event loop (uvloop when installed) until it stops."""
+def run_worker(
+    source: ConfigSource,
+    loaded: Loaded,
+    *,
+    index: int | None,
+    reuse_port: bool,
+    in_flight: InFlight | None = None,
+) -> int:
+    """Run one server process on an event loop (uvloop when installed) until it stops.
+
+    ``in_flight`` is the supervisor's count of every worker's RPCs (None: this process's).
+    """
     set_worker(index)
     tracing = None
     if loaded.config.tracing.enabled:
@@ -50,20 +61,22 @@ def run_worker(source: ConfigSource, loaded: Loaded, *, index: int | None, reuse
         install_tracing(tracing)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(_serve_async(source, loaded, reuse_port))
+            return runner.run(_serve_async(source, loaded, reuse_port, in_flight))
     finally:
         if tracing is not None:
             install_tracing(None)
             tracing.shutdown()
 
 
-async def _serve_async(source: ConfigSource, loaded: Loaded, reuse_port: bool) -> int:
+async def _serve_async(
+    source: ConfigSource, loaded: Loaded, reuse_port: bool, in_flight: InFlight | None
+) -> int:
     loop = asyncio.get_running_loop()
     config = loaded.config
     service = RouterService(config, loaded.router, model_source=loaded.model_source)
     address = f"{config.server.host}:{config.server.port}"
     try:
-        running = create_server(config, service, reuse_port=reuse_port)
+        running = create_server(config, service, reuse_port=reuse_port, in_flight=in_flight)
     except RuntimeError as exc:
         log.error("cannot listen", address=address, error=str(exc))
         await service.aclose()
