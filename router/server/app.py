@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 
 import grpc
@@ -41,6 +43,13 @@ class RunningServer:
         await self.server.start()
         for name in HEALTH_CHECKED:
             await self.health.set(name, SERVING)
+
+    async def drain(self, seconds: float, cut_short: asyncio.Event) -> None:
+        """Turn health NOT_SERVING and keep serving for ``seconds`` (or until ``cut_short``)."""
+        await self.health.enter_graceful_shutdown()
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cut_short.wait(), seconds)
 
     async def stop(self, grace: float) -> None:
         """Turn health NOT_SERVING, refuse new RPCs, let in-flight ones finish within ``grace``."""

@@ -217,21 +217,30 @@ class Supervisor:
 
     def _on_signal(self, signo: int) -> None:
         if signo in (signal.SIGTERM, signal.SIGINT):
-            self._stop(f"received {signal.Signals(signo).name}")
+            self._stop(f"received {signal.Signals(signo).name}", signo)
         elif signo == signal.SIGHUP:
             log.info("reloading workers", pids=sorted(self._children))
             self._relay(signal.SIGHUP)
             self._reload()
 
-    def _stop(self, reason: str) -> None:
+    def _stop(self, reason: str, signo: int = signal.SIGTERM) -> None:
+        """Relay a stop to the workers: SIGTERM drains first, SIGINT (or a second signal) not."""
         if self._stopping:
+            self._relay(signo)  # the workers take it as "stop now"
             return
         self._stopping = True
         self._restarts.clear()
-        grace = self.loaded.config.server.grace_period_s
-        self._kill_at = time.monotonic() + grace + KILL_MARGIN_S
-        log.info("stopping workers", reason=reason, grace_s=grace, pids=sorted(self._children))
-        self._relay(signal.SIGTERM)
+        server = self.loaded.config.server
+        drain = server.drain_delay_s if signo == signal.SIGTERM else 0.0
+        self._kill_at = time.monotonic() + drain + server.grace_period_s + KILL_MARGIN_S
+        log.info(
+            "stopping workers",
+            reason=reason,
+            drain_s=drain,
+            grace_s=server.grace_period_s,
+            pids=sorted(self._children),
+        )
+        self._relay(signo)
 
     def _relay(self, signo: int) -> None:
         for pid in list(self._children):

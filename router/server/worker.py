@@ -91,18 +91,22 @@ async def _serve_async(
         fastpath=loaded.router.implementation,
         event_loop=type(loop).__module__.split(".")[0],
     )
-    stop = asyncio.Event()
+    stopping = _StopSignals()
     # Supervised workers share the port; the supervisor counts the reloads.
     supervised = reuse_port
     reloader = Reloader(source, service, count=None if supervised else metrics.current())
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stopping.terminate)
+    loop.add_signal_handler(signal.SIGINT, stopping.interrupt)
     loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
     current_metrics = metrics.current()
     flusher = None
     if current_metrics is not None:
         flusher = loop.create_task(_flush_metrics_every(current_metrics, running))
-    await stop.wait()
+    await stopping.requested.wait()
+    drain = 0.0 if stopping.hurry.is_set() else service.config.server.drain_delay_s
+    if drain:
+        log.info("draining", drain_s=drain, in_flight=running.interceptor.in_flight)
+    await running.drain(drain, stopping.hurry)
     grace = service.config.server.grace_period_s
     log.info("stopping", grace_s=grace, in_flight=running.interceptor.in_flight)
     await running.stop(grace)
@@ -114,6 +118,25 @@ async def _serve_async(
     log.info("stopped")
     flush_logs()
     return 0
+
+
+class _StopSignals:
+    """SIGTERM asks for a stop after the drain delay; SIGINT or a second SIGTERM, at once."""
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self.hurry = asyncio.Event()
+
+    def terminate(self) -> None:
+        """Handle SIGTERM."""
+        if self.requested.is_set():
+            self.hurry.set()
+        self.requested.set()
+
+    def interrupt(self) -> None:
+        """Handle SIGINT."""
+        self.hurry.set()
+        self.requested.set()
 
 
 def _flush_metrics(current: metrics.Metrics, running: RunningServer) -> None:

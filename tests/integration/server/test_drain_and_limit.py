@@ -1,9 +1,10 @@
-"""The real `modelrouter serve`: one in-flight limit for all workers."""
+"""The real `modelrouter serve`: the drain delay on SIGTERM, one in-flight limit for all workers."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -11,9 +12,11 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router._proto.modelrouter.v1 import router_pb2 as pb
 from tests.integration.server.support import (
+    SERVICE,
     ServeProcess,
     router_stub,
     slow_demo,
@@ -24,6 +27,8 @@ Start = Callable[..., ServeProcess]
 # Own connection per channel (gRPC otherwise shares one per target), so that SO_REUSEPORT
 # can hand each channel to a different worker.
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @contextmanager
@@ -42,6 +47,69 @@ def _start(start: Start, config: Path, workers: int) -> tuple[ServeProcess, int]
 
 def _complete(channel: grpc.Channel) -> Any:
     return router_stub(channel).Complete(pb.CompleteRequest(route=pb.RouteRequest(prompt="hi")))
+
+
+def test_sigterm_turns_health_not_serving_and_serves_on_for_the_drain_delay(
+    serve_process: Start, tmp_path: Path, model_path: Path
+) -> None:
+    # About 34 tokens at 10 per second: a stream lasts over three seconds.
+    config = write_config(
+        tmp_path / "c.yaml",
+        model_path,
+        backends=slow_demo(10),
+        server={"drain_delay_s": 4, "grace_period_s": 10},
+    )
+    server, port = _start(serve_process, config, workers=2)
+    with channel_to(port) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=SERVICE)
+        )
+        assert next(watch).status == SERVING
+        before = _complete(channel)
+        assert next(before).WhichOneof("event") == "decision"
+
+        server.signal(signal.SIGTERM)
+        assert next(watch).status == NOT_SERVING
+        # The drain: health says NOT_SERVING on new connections too, and RPCs still succeed.
+        with ExitStack() as stack:
+            fresh = [stack.enter_context(channel_to(port)) for _ in range(4)]
+            for other in fresh:
+                check = health_pb2_grpc.HealthStub(other).Check(
+                    health_pb2.HealthCheckRequest(service=SERVICE), timeout=5
+                )
+                assert check.status == NOT_SERVING
+                assert router_stub(other).Route(pb.RouteRequest(prompt="hi"), timeout=5).decision
+            during = _complete(fresh[0])
+            assert next(during).WhichOneof("event") == "decision"
+            draining = server.wait_for("draining", count=2)
+            assert {line["drain_s"] for line in draining} == {4}
+            assert not server.events("stopping")  # still draining: every RPC above was served
+
+            # Then new RPCs are refused, and the streams in flight run to their end.
+            server.wait_for("stopping", count=2)
+            with pytest.raises(grpc.RpcError) as refused, channel_to(port) as late:
+                router_stub(late).Route(pb.RouteRequest(prompt="hi"), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            for stream in (before, during):
+                rest = [event.WhichOneof("event") for event in stream]
+                assert rest[-1] == "summary" and stream.code() == grpc.StatusCode.OK
+    assert server.wait() == 0
+    [stopping] = server.events("stopping workers")
+    assert (stopping["drain_s"], stopping["grace_s"]) == (4, 10)
+
+
+def test_sigint_skips_the_drain_delay(
+    serve_process: Start, tmp_path: Path, model_path: Path
+) -> None:
+    config = write_config(tmp_path / "c.yaml", model_path, server={"drain_delay_s": 60})
+    server, port = _start(serve_process, config, workers=1)
+    with channel_to(port) as channel:
+        assert router_stub(channel).Route(pb.RouteRequest(prompt="hi"), timeout=5).decision
+    sent = time.monotonic()
+    server.signal(signal.SIGINT)
+    assert server.wait(30) == 0
+    assert time.monotonic() - sent < 30  # not the 60 s drain
+    assert not server.events("draining")
 
 
 def _admit(port: int, channels: int) -> tuple[list[Any], list[str], ExitStack]:
