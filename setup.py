@@ -1,8 +1,8 @@
 """Build the compiled fast path (when it can) and generate the gRPC code from protos/.
 
-MODELROUTER_NO_EXTENSIONS=1, a non-CPython interpreter, a big-endian machine, a missing
-compiler or a missing xxhash.h (Debian: libxxhash-dev) install the pure-Python twin instead,
-and say so.
+The extension needs only a C compiler: xxHash's header is vendored in third_party/xxhash/.
+MODELROUTER_NO_EXTENSIONS=1, a non-CPython interpreter, a big-endian machine or a failed
+compile install the pure-Python twin instead, and say so.
 """
 
 import os
@@ -10,11 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_namespace_packages, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
+XXHASH_DIR = "third_party/xxhash"
 # The extension hashes uint64 pairs in native byte order; the twin packs them little-endian.
 NO_EXTENSIONS = (
     bool(os.environ.get("MODELROUTER_NO_EXTENSIONS"))
@@ -38,8 +39,15 @@ def generate_protos() -> None:
 
 
 class BuildPy(build_py):
+    """Generate the gRPC code, then build with its packages included."""
+
     def run(self) -> None:
         generate_protos()
+        # Package discovery ran before the generated packages existed (a fresh clone or an
+        # sdist has none): add them, or a plain install and the wheel would lack them.
+        generated = find_namespace_packages(where=str(HERE), include=["router._proto.*"])
+        self.packages = sorted({*self.packages, *generated})
+        self.distribution.packages = self.packages
         super().run()
 
 
@@ -58,7 +66,7 @@ class OptionalBuildExt(build_ext):
         except Exception as exc:  # noqa: BLE001
             banner(f"the compiled fast path was not built ({exc}); using the pure-Python twin")
         else:
-            banner("built the compiled fast path (Cython + xxHash C API)")
+            banner("built the compiled fast path (Cython + vendored xxHash)")
 
 
 def extensions() -> list[Extension]:
@@ -68,14 +76,13 @@ def extensions() -> list[Extension]:
             "pure-Python twin only"
         )
         return []
-    if not any(Path(d, "xxhash.h").exists() for d in ("/usr/include", "/usr/local/include")):
-        banner("xxhash.h not found (apt-get install libxxhash-dev): pure-Python twin only")
-        return []
     from Cython.Build import cythonize
 
     ext = Extension(
         "router._fastpath",
         ["router/_fastpath.pyx"],
+        include_dirs=[XXHASH_DIR],
+        depends=[f"{XXHASH_DIR}/xxhash.h"],
         # No FMA contraction: scores must match the twin bit for bit.
         extra_compile_args=["-O3", "-ffp-contract=off"],
     )

@@ -5,7 +5,8 @@
 Same functions, same results as ``router/_fastpath_py.py`` (read that for the algorithm).
 Here the normalised bytes are scanned once into a buffer owned by the instance, token
 spans and hashes go into reusable C arrays, xxh3 is called through xxHash's C API
-(inlined from Debian's ``xxhash.h``), and the weights are read through a raw pointer.
+(inlined from the vendored ``third_party/xxhash/xxhash.h``), and the weights are read
+through a raw pointer.
 
 The GIL is held throughout: the service runs one event-loop thread per process, so
 releasing it would cost more than it gives, and holding it makes the instance's scratch
@@ -33,7 +34,7 @@ from router._fastpath_py import LEVELS as _PY_LEVELS
 cdef extern from *:
     """
     #define XXH_INLINE_ALL
-    #include <xxhash.h>
+    #include "xxhash.h"
     """
     uint64_t XXH3_64bits_withSeed(const void* data, size_t length, uint64_t seed) nogil
 

@@ -8,10 +8,13 @@ from collections.abc import Sequence
 
 from router.server.cli import add_config_parser, add_serve_parser
 from router.training.cli import (
+    EXIT_USAGE,
+    EXTRAS,
     add_calibrate_parser,
     add_eval_parser,
     add_route_parser,
     add_train_parser,
+    extra_needed,
 )
 
 
@@ -33,7 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     args = build_parser().parse_args(argv)
-    code: int = args.handler(args)
+    try:
+        code: int = args.handler(args)
+    except ModuleNotFoundError as exc:
+        # A command reached an optional dependency its extra was to bring.
+        module = (exc.name or "").partition(".")[0]
+        extra = next((e for e, modules in EXTRAS.items() if module in modules), None)
+        if extra is None:
+            raise
+        print(extra_needed(args.command, extra, [module]), file=sys.stderr)
+        return EXIT_USAGE
     return code
 
 

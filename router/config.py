@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -38,6 +40,21 @@ class _Frozen(BaseModel):
 
 NonNegative = Annotated[float, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
+
+
+def _no_control_character(value: str) -> str:
+    """Reject a string that cannot go into an HTTP header as it is (the value is not shown)."""
+    for position, char in enumerate(value, start=1):
+        if unicodedata.category(char) == "Cc":
+            raise ValueError(
+                f"contains a control character (U+{ord(char):04X} at position {position} of "
+                f"{len(value)}), such as the newline a secret file often ends with: remove it"
+            )
+    return value
+
+
+# An API key or a header: sent in HTTP headers, where a newline would fail every request.
+HeaderText = Annotated[str, AfterValidator(_no_control_character)]
 
 
 class PriceConfig(_Frozen):
@@ -92,9 +109,9 @@ class OpenAIBackendConfig(_Frozen):
 
     kind: Literal["openai"]
     base_url: Annotated[str, Field(min_length=1)]
-    api_key: str = ""
+    api_key: HeaderText = ""
     max_connections: Annotated[int, Field(ge=1)] = 100
-    headers: dict[str, str] = {}
+    headers: dict[HeaderText, HeaderText] = {}
     # The request field that carries the token limit: OpenAI's newer models (o-series,
     # GPT-5) reject "max_tokens" and take "max_completion_tokens"; most other
     # OpenAI-compatible servers (vLLM, llama.cpp, Ollama) read "max_tokens".
@@ -106,7 +123,7 @@ class AnthropicBackendConfig(_Frozen):
 
     kind: Literal["anthropic"]
     base_url: str = "https://api.anthropic.com"
-    api_key: str = ""
+    api_key: HeaderText = ""
     api_version: str = "2023-06-01"
     max_connections: Annotated[int, Field(ge=1)] = 100
 

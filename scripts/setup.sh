@@ -1,21 +1,20 @@
 #!/usr/bin/env bash
-# Set up modelrouter on this machine: the Debian packages the build needs (libxxhash-dev,
-# python3-dev, build-essential, python3-venv; only those missing), a virtualenv in .venv, and
-# the project installed into it in editable mode (which builds the Cython extension in place
-# and generates router/_proto/).
+# Set up modelrouter on this machine: the Debian packages the build needs (python3-dev,
+# build-essential, python3-venv; only those missing), a virtualenv in .venv, and the project
+# installed into it in editable mode (which builds the Cython extension in place against the
+# vendored third_party/xxhash/xxhash.h and generates router/_proto/).
 #
 # Usage: scripts/setup.sh [EXTRAS]    e.g. scripts/setup.sh test,dev,train,plot
-# Idempotent. Without root (or sudo) and without xxhash.h, it installs the pure-Python
-# twin of the fast path and says so.
+# Idempotent. Without a C compiler (and no root or sudo to install one), it installs the
+# pure-Python twin of the fast path and says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${1:-}"
 
-# Debian packages the build needs, when missing: xxHash's C header (compiled fast path),
-# Python's headers and a C compiler (Cython extension), venv (the virtualenv).
+# Debian packages the build needs, when missing: Python's headers and a C compiler (the
+# Cython extension), venv (the virtualenv).
 PY_INCLUDE=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 missing=()
-[[ -f /usr/include/xxhash.h || -f /usr/local/include/xxhash.h ]] || missing+=(libxxhash-dev)
 [[ -f "$PY_INCLUDE/Python.h" ]] || missing+=(python3-dev)
 command -v gcc >/dev/null || missing+=(build-essential)
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
@@ -40,7 +39,8 @@ spec="."
 # Skip pip when the build inputs are unchanged since the last successful install with these
 # extras (or any extras, when none are asked for): the editable install already sees Python
 # edits, and pip takes a while even with nothing to do.
-inputs=$(cat pyproject.toml setup.py router/_fastpath.pyx $(find protos -name '*.proto' | sort) \
+inputs=$(cat pyproject.toml setup.py router/_fastpath.pyx third_party/xxhash/xxhash.h \
+    $(find protos -name '*.proto' | sort) \
     | sha256sum | cut -d' ' -f1)
 done_inputs="" done_spec=""
 [[ -f .venv/.modelrouter-setup ]] && read -r done_inputs done_spec < .venv/.modelrouter-setup

@@ -5,8 +5,9 @@
 #   (scripts/install_postgres.sh), Prometheus for the metrics test
 #   (scripts/install_prometheus.sh), lint and types (ruff, mypy --strict, cython-lint), the
 #   Python tests (compiled fast path, local LLM, PostgreSQL, Prometheus and Go required, not
-#   skipped), the smoke runs of the benchmarks, and the Go and Java client tests with the
-#   ghz smoke run.
+#   skipped), the smoke runs of the benchmarks, the install paths (scripts/ci_install.sh:
+#   base install, wheel, sdist and scripts/serve.sh, each from a fresh clone of HEAD into a
+#   new venv), and the Go and Java client tests with the ghz smoke run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHON=.venv/bin/python
@@ -35,6 +36,9 @@ MODELROUTER_REQUIRE_EXTENSIONS=1 MODELROUTER_REQUIRE_LLM=1 MODELROUTER_REQUIRE_P
 step "benchmark smoke runs"
 scripts/ci_server.sh
 "$PYTHON" bench/bench_fastpath.py --smoke
+
+step "install paths: pip install ., the wheel, the sdist, scripts/serve.sh on a fresh clone"
+scripts/ci_install.sh
 
 if [[ -x scripts/ci_clients.sh ]]; then
     step "Go and Java clients, ghz smoke"

@@ -107,8 +107,11 @@ class AnthropicParser:
         elif kind == "error":
             error = obj.get("error")
             if not isinstance(error, dict):
-                raise ErrorEvent(f"error: {error!r}"[:200])
-            raise ErrorEvent(f"{error.get('type', 'error')}: {error.get('message', '')}")
+                raise ErrorEvent("the provider sent an error event", repr(error))
+            raise ErrorEvent(
+                "the provider sent an error event",
+                f"{error.get('type', 'error')}: {error.get('message', '')}",
+            )
         # ping, content_block_start and content_block_stop carry nothing we need.
         return None
 

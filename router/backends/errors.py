@@ -1,6 +1,14 @@
-"""Typed backend failures, each carrying the attempt outcome it maps to."""
+"""Typed backend failures, each carrying the attempt outcome it maps to.
+
+The message of a failure is the router's own words (a status, a phase, a field name): it
+goes to callers in ``Attempt.detail`` and the UNAVAILABLE message. What the provider said
+(an error body, a bad value, an error event) goes into ``upstream`` only, for the log,
+because a provider or proxy may echo the request's credentials in it.
+"""
 
 from __future__ import annotations
+
+from http import HTTPStatus
 
 from router.domain import AttemptOutcome
 
@@ -9,6 +17,10 @@ class BackendError(Exception):
     """A backend attempt failed; ``outcome`` says how, the message gives the detail."""
 
     outcome: AttemptOutcome = AttemptOutcome.HTTP_ERROR
+
+    def __init__(self, reason: str, upstream: str = "") -> None:
+        super().__init__(reason)
+        self.upstream = upstream
 
     @property
     def backend_unhealthy(self) -> bool:
@@ -39,8 +51,11 @@ class HTTPStatusFailed(BackendError):
     outcome = AttemptOutcome.HTTP_ERROR
 
     def __init__(self, status: int, body: str) -> None:
-        snippet = " ".join(body.split())[:200]
-        super().__init__(f"HTTP {status}: {snippet}" if snippet else f"HTTP {status}")
+        try:
+            reason = f"HTTP {status} {HTTPStatus(status).phrase}"
+        except ValueError:
+            reason = f"HTTP {status}"
+        super().__init__(reason, upstream=body)
         self.status = status
 
     @property

@@ -143,7 +143,7 @@ class HTTPBackend(Backend):
                 f"connect timeout after {limits.connect_s:g} s ({type(exc).__name__})"
             ) from None
         except aiohttp.ClientError as exc:
-            raise ConnectFailed(f"{type(exc).__name__}: {exc}") from None
+            raise ConnectFailed(f"connect failed: {type(exc).__name__}", str(exc)) from None
         finished = False
         if span is not None:
             span.set_attribute("http.response.status_code", response.status)
@@ -177,7 +177,7 @@ class HTTPBackend(Backend):
                     if merged is not None:
                         yield merged
             except (aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
-                raise MalformedStream(f"stream cut: {type(exc).__name__}: {exc}") from None
+                raise MalformedStream(f"stream cut: {type(exc).__name__}", str(exc)) from None
             finally:
                 await batches.aclose()
             parser.close()
@@ -197,14 +197,18 @@ async def _read_limited(response: aiohttp.ClientResponse) -> str:
     return body.decode("utf-8", errors="replace")
 
 
+def _event_text(event: SSEEvent) -> str:
+    return f"event {event.event!r}: {event.data}"
+
+
 def loads_event(event: SSEEvent) -> dict[str, Any]:
     """Return an event's JSON object; raise MalformedStream when it is not one."""
     try:
         value = json.loads(event.data)
     except ValueError:
-        raise MalformedStream(f"not JSON in a {event.event!r} event: {event.data[:80]!r}") from None
+        raise MalformedStream("an event's data is not JSON", _event_text(event)) from None
     if not isinstance(value, dict):
-        raise MalformedStream(f"expected a JSON object in a {event.event!r} event")
+        raise MalformedStream("an event's data is not a JSON object", _event_text(event))
     return value
 
 
@@ -213,14 +217,14 @@ def json_object(value: Any, name: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise MalformedStream(f"'{name}' is not an object: {value!r}"[:120])
+        raise MalformedStream(f"'{name}' is not an object", repr(value))
     return value
 
 
 def optional_text(value: Any, name: str) -> str | None:
     """Return a JSON field that must be a string or null (a finish or stop reason)."""
     if value is not None and not isinstance(value, str):
-        raise MalformedStream(f"'{name}' is not a string: {value!r}"[:120])
+        raise MalformedStream(f"'{name}' is not a string", repr(value))
     return value
 
 
@@ -228,5 +232,5 @@ def token_count(value: Any, name: str) -> int:
     """Return a JSON token count; raise MalformedStream unless it is a non-negative integer."""
     # bool is an int subclass, and a float or a numeric string is no count either.
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise MalformedStream(f"'{name}' is not a non-negative integer: {value!r}"[:120])
+        raise MalformedStream(f"'{name}' is not a non-negative integer", repr(value))
     return value

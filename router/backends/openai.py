@@ -83,7 +83,9 @@ class OpenAIParser:
         obj = loads_event(event)
         error = obj.get("error")
         if error is not None or event.event == "error":
-            raise ErrorEvent(_error_text(error if error is not None else obj))
+            raise ErrorEvent(
+                "the provider sent an error event", _error_text(error if error is not None else obj)
+            )
         chunk = _chunk(obj)
         if chunk is not None and chunk.finish_reason is not None:
             self.finished = True

@@ -28,6 +28,7 @@ import structlog
 
 from router.backends import Backend, BackendError, BackendRequest, Chunk, create_backend
 from router.backends.errors import BackendTimeout
+from router.backends.redact import Redactor
 from router.completion.circuit import CircuitBreaker
 from router.completion.cost import cost_usd, estimate_prompt_tokens
 from router.completion.gate import NOT_GATED, GateWindow, limits_report
@@ -76,6 +77,7 @@ class _Try:
         "pending",
         "started_at",
         "tokens",
+        "upstream",
         "usage_completion",
         "usage_prompt",
     )
@@ -97,6 +99,8 @@ class _Try:
         # Whether the failure speaks against the backend (and counts for its circuit).
         self.backend_unhealthy = False
         self.first_token_timed_out = False
+        # What the provider said about a failure: for the attempt's log line, masked.
+        self.upstream = ""
 
     def deliver(self, text: str, now: float) -> TextDelta:
         """Commit text to the caller: from here on this attempt's model answers."""
@@ -168,6 +172,7 @@ class CompletionEngine:
         }
         self._first_tokens = {tier.name: FirstTokenTimes() for tier in config.tiers}
         self._max_attempts = config.completion.max_attempts
+        self._redactor = Redactor.for_config(config)
         self._metrics = metrics.current()
         self._tracing = current_tracing()
         self._kinds = {name: backend.kind for name, backend in config.backends.items()}
@@ -348,6 +353,7 @@ class CompletionEngine:
             pass  # the stream ended right after the gate's time window closed
         except BackendError as exc:
             state.fail(exc.outcome, str(exc), backend_unhealthy=exc.backend_unhealthy)
+            state.upstream = exc.upstream
             state.first_token_timed_out = (
                 isinstance(exc, BackendTimeout) and exc.phase == "first_token"
             )
@@ -361,9 +367,10 @@ class CompletionEngine:
                 tier=tier.name,
                 backend=tier.backend,
             )
+            # Its message may quote what the provider sent: the log above has it.
             state.fail(
                 AttemptOutcome.MALFORMED_STREAM,
-                f"unexpected {type(exc).__name__} in backend: {exc}",
+                f"unexpected {type(exc).__name__} in backend",
                 backend_unhealthy=True,
             )
         except (asyncio.CancelledError, GeneratorExit):
@@ -473,7 +480,10 @@ class CompletionEngine:
         ended_at: float,
         trace: AttemptTrace | None,
     ) -> Attempt:
-        """Build an attempt's record, note its time to first token, count, trace and log it."""
+        """Build an attempt's record, note its time to first token, count, trace and log it.
+
+        The provider's own text (``state.upstream``) goes to the log line only, masked.
+        """
         prompt, completion, _ = _usage(state, request.prompt_estimate)
         first_token_ms = (
             (state.first_token_at - state.started_at) * 1000.0 if state.first_token_at else 0.0
@@ -526,6 +536,7 @@ class CompletionEngine:
             completion_tokens=completion,
             cost_usd=attempt.cost_usd,
             gate=_gate_log(state.gate),
+            **({"upstream": self._redactor.excerpt(state.upstream)} if state.upstream else {}),
         )
         return attempt
 

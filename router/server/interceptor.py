@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import structlog
+from google.protobuf import descriptor_pool
+from google.protobuf.message import DecodeError
 
 from router.domain import (
     BackendUnavailable,
@@ -168,11 +170,14 @@ class ServiceInterceptor(_ServerInterceptor):
         if method.startswith(self._prefix):
             if handler.request_streaming:
                 raise TypeError(f"{method}: client-streaming methods are not supported")
-            wrapped = self._wrap(handler, self._handler(method.removeprefix(self._prefix), handler))
+            handle = self._handler(method.removeprefix(self._prefix), handler)
+            # Decoded inside the handler: an undecodable request is then a bad input like any
+            # other (INVALID_ARGUMENT, the request id trailer, a log line), not grpc's UNKNOWN.
+            wrapped = self._wrap(handler, handle, request_deserializer=None)
         elif self._metrics is not None and not handler.request_streaming:
             service, _, name = method[1:].rpartition("/")
             rpc = self._metrics.rpc(_grpc_type(handler), service, name)
-            wrapped = self._wrap(handler, self._counted(handler, rpc))
+            wrapped = self._wrap(handler, self._counted(handler, rpc), handler.request_deserializer)
         else:
             return handler
         self._handlers[method] = wrapped
@@ -182,6 +187,7 @@ class ServiceInterceptor(_ServerInterceptor):
     def _wrap(
         handler: grpc.RpcMethodHandler[Any, Any],
         wrapped: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
+        request_deserializer: Callable[[bytes], Any] | None,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         make = (
             grpc.unary_stream_rpc_method_handler
@@ -190,7 +196,7 @@ class ServiceInterceptor(_ServerInterceptor):
         )
         return make(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
@@ -221,11 +227,30 @@ class ServiceInterceptor(_ServerInterceptor):
 
         return handle
 
+    def _decoder(self, name: str, decode: Callable[[bytes], Any] | None) -> Callable[[Any], Any]:
+        """Return the method's request decoder, which raises InvalidRequest on bad bytes."""
+        if decode is None:
+            return lambda request: request
+        service = descriptor_pool.Default().FindServiceByName(self._service_name)
+        problem = (
+            f"not a valid {service.FindMethodByName(name).input_type.full_name} "
+            "(not protobuf, truncated, or a string field that is not UTF-8)"
+        )
+
+        def decoded(raw: bytes) -> Any:
+            try:
+                return decode(raw)
+            except DecodeError:
+                raise InvalidRequest("request", problem) from None
+
+        return decoded
+
     def _handler(
         self, name: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
         """Return the wrapped method: a plain coroutine function, as grpc inspects it per RPC."""
         behaviour = _behaviour(handler)
+        decode = self._decoder(name, handler.request_deserializer)
         metrics = self._metrics
         rpc = (
             None if metrics is None else metrics.rpc(_grpc_type(handler), self._service_name, name)
@@ -257,7 +282,7 @@ class ServiceInterceptor(_ServerInterceptor):
                         "(server.max_concurrent_rpcs): retry with backoff"
                     )
                 try:
-                    return await behaviour(request, context)
+                    return await behaviour(decode(request), context)
                 finally:
                     in_flight.leave()
             except RouterError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -35,6 +36,28 @@ def _err(message: str) -> int:
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+# The optional dependencies each extra brings (pyproject.toml), by the module they import as.
+EXTRAS = {"train": ("scipy", "sklearn"), "plot": ("matplotlib",)}
+
+
+def missing_extra(command: str, *extras: str) -> int | None:
+    """Say which extra to install and return the usage exit code, if its modules are missing."""
+    for extra in extras:
+        missing = [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+        if missing:
+            print(extra_needed(command, extra, missing), file=sys.stderr)
+            return EXIT_USAGE
+    return None
+
+
+def extra_needed(command: str, extra: str, missing: list[str]) -> str:
+    """Return the one line that names the extra a command needs."""
+    return (
+        f"modelrouter {command}: needs the {extra!r} extra ({', '.join(missing)} not "
+        f"installed): pip install 'modelrouter[{extra}]'"
+    )
 
 
 def _fraction(text: str) -> float:
@@ -195,12 +218,13 @@ def add_train_parser(subparsers: Subparsers) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    try:
-        from router.training.fit import TrainOptions
-        from router.training.rules import load_rules
-        from router.training.train import files_digest, train
-    except ImportError as exc:
-        return _err(f"training needs the 'train' extra (pip install 'modelrouter[train]'): {exc}")
+    refused = missing_extra("train", "train", *(["plot"] if args.plot else []))
+    if refused is not None:
+        return refused
+    from router.training.fit import TrainOptions
+    from router.training.rules import load_rules
+    from router.training.train import files_digest, train
+
     if not 8 <= args.buckets_log2 <= 24:
         return _err("--buckets-log2 must be in 8..24")
     try:
@@ -284,6 +308,9 @@ def add_eval_parser(subparsers: Subparsers) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    refused = missing_extra("eval", "plot") if args.plot else None
+    if refused is not None:
+        return refused
     from router.training.evaluate import evaluate, format_report
 
     try:
@@ -307,10 +334,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 def _plot(report: dict[str, Any], path: Path) -> int:
     from router.training.evaluate import plot_curves
 
-    try:
-        plot_curves(report, path)
-    except ImportError:
-        return _err("--plot needs matplotlib (pip install 'modelrouter[plot]')")
+    plot_curves(report, path)
     print(f"wrote {path}")
     return EXIT_OK
 

@@ -23,15 +23,18 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import scipy.sparse as sp
 
 from router.fastpath import GAIN_HEAD, HEADS, LEVELS, PLACE_HEAD, FastPath
 from router.model import FeaturizerSpec, RouterModel, Rule
 from router.training.data import Row
 from router.training.rules import load_rules
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 Log = Callable[[str], None]
 
@@ -117,6 +120,8 @@ class Heads:
 
 def featurize(texts: Sequence[str], spec: FeaturizerSpec) -> sp.csr_matrix:
     """Return the rows' features as a sparse matrix, computed by the serving fast path."""
+    import scipy.sparse as sp  # the train extra: the CLI imports this module without it
+
     fastpath = spec.fastpath(implementation=FastPath)
     indices: list[npt.NDArray[np.int32]] = []
     values: list[npt.NDArray[np.float64]] = []

@@ -7,6 +7,8 @@ the server's ``scenarios`` map from model name to scenario), ``NAME`` or ``NAME:
 - ``slow-first:S``: headers at once, the first token after S seconds
 - ``stall:K``: K tokens, then silence until the client goes away
 - ``http:CODE``: that HTTP status with a JSON error body (429, 500, ...)
+- ``echo:CODE``: that HTTP status with an error body that quotes the request's headers,
+  Authorization included, as some providers and proxies do on a 401
 - ``malformed:K``: K tokens, then an event whose data is not JSON
 - ``cut:K``: K tokens, then the connection is dropped mid-body
 - ``error:K``: K tokens, then an ``{"error": ...}`` event
@@ -308,6 +310,15 @@ class FakeOpenAIServer:
         if name == "http":
             await conn.sleep(slowed)
             await _send_error(conn, int(arg or 500), {"type": "fake_error"})
+            return True
+        if name == "echo":
+            error = {
+                "message": "Incorrect API key provided: "
+                f"{record.headers.get('authorization', '(none)')}",
+                "type": "invalid_request_error",
+                "request_headers": record.headers,
+            }
+            await _send_json(conn, int(arg or 401), {"error": error})
             return True
         # OpenAI's newer models take the limit as max_completion_tokens.
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or self.tokens)

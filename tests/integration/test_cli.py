@@ -481,3 +481,79 @@ def test_eval_and_calibrate_with_a_corrupt_model(
     )
     assert_clean_error(result, f"{bad}: ", message)
     assert not (tmp_path / "out.npz").exists()
+
+
+# -- a base install: no train or plot extra --------------------------------------------------
+
+HEAVY = ("scipy", "sklearn", "matplotlib")
+# Runs the command as if the extras were not installed: importing their modules fails.
+WITHOUT_EXTRAS = (
+    "import sys\n"
+    f"sys.modules.update(dict.fromkeys({HEAVY!r}))\n"
+    "from router.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def modelrouter_without_extras(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run the command line in a subprocess where scipy, sklearn and matplotlib are missing."""
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_EXTRAS, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_the_command_line_imports_no_heavy_module() -> None:
+    probe = "import sys\nfrom router.cli import build_parser\nbuild_parser()\nprint(*sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert not {m.partition(".")[0] for m in result.stdout.split()} & set(HEAVY)
+
+
+@pytest.mark.parametrize(
+    ("args", "extra"),
+    [
+        (["train", "--data", SAMPLE, "--out", "m.npz"], "train"),
+        (["eval", "--data", SAMPLE, "--plot", "curve.png"], "plot"),
+    ],
+)
+def test_a_command_without_its_extra_names_it(
+    args: list[str | Path], extra: str, tmp_path: Path
+) -> None:
+    result = modelrouter_without_extras(
+        *(tmp_path / a if a.endswith((".npz", ".png")) else a for a in map(str, args))
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [result.stderr.strip()], result.stderr  # one line
+    assert f"pip install 'modelrouter[{extra}]'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_help_lists_every_command_without_the_extras() -> None:
+    result = modelrouter_without_extras("--help")
+    assert result.returncode == 0, result.stderr
+    for command in ("serve", "config", "route", "train", "eval", "calibrate"):
+        assert command in result.stdout
+    assert modelrouter_without_extras("train", "--help").returncode == 0
+
+
+def test_eval_calibrate_and_route_run_without_the_extras(trained: Trained, tmp_path: Path) -> None:
+    evaluated = modelrouter_without_extras("eval", "--data", SAMPLE, "--model", trained.path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "APGR" in evaluated.stdout
+    out = tmp_path / "calibrated.npz"
+    calibrated = modelrouter_without_extras(
+        "calibrate", "--data", SAMPLE, "--model", trained.path, "--out", out,
+        "--strong-share", "0.3",
+    )  # fmt: skip
+    assert calibrated.returncode == 0, calibrated.stderr
+    assert out.exists()
+    routed = modelrouter_without_extras("route", "What are your business hours?")
+    assert routed.returncode == 0, routed.stderr
+    assert json.loads(routed.stdout)["tier"] == "cheap"

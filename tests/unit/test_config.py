@@ -94,3 +94,43 @@ def test_a_tier_may_override_the_escalation_margin_but_not_the_cheapest() -> Non
     assert error_of(data) == (
         "tiers[0].escalation_margin: the cheapest tier has no threshold to climb to; omit it"
     )
+
+
+def remote_backends(anthropic_key: str = "ant-key", **openai: Any) -> dict[str, Any]:
+    data = default_data()
+    data["backends"]["openai"] = {"kind": "openai", "base_url": "https://x/v1", **openai}
+    data["backends"]["anthropic"] = {"kind": "anthropic", "api_key": anthropic_key}
+    data["tiers"][1]["backend"], data["tiers"][2]["backend"] = "openai", "anthropic"
+    return data
+
+
+NEWLINE_HINT = ", such as the newline a secret file often ends with: remove it"
+
+
+def test_an_api_key_with_a_control_character_is_rejected_naming_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    keys = remote_backends(anthropic_key="${ANTHROPIC_API_KEY}", api_key="${OPENAI_API_KEY}")
+    path.write_text(yaml.safe_dump(keys))
+    # A key read from a secret file with its trailing newline, as `$(cat file)` would not.
+    environ = {"OPENAI_API_KEY": "sk-abc123\n", "ANTHROPIC_API_KEY": "ant\r\nkey"}
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ=environ)
+    assert str(caught.value).split("; ") == [
+        "backends.anthropic.api_key: contains a control character (U+000D at position 4 of 8)"
+        + NEWLINE_HINT,
+        "backends.openai.api_key: contains a control character (U+000A at position 10 of 10)"
+        + NEWLINE_HINT,
+    ]
+    assert "sk-abc123" not in str(caught.value)  # the key itself is never printed
+    fine = load_config(path, environ={"OPENAI_API_KEY": "sk-abc123", "ANTHROPIC_API_KEY": "k"})
+    assert fine.backends["openai"].api_key == "sk-abc123"  # type: ignore[union-attr]
+
+
+def test_a_header_with_a_control_character_is_rejected_naming_its_path() -> None:
+    data = remote_backends(headers={"x-proxy-auth": "token\n", "x-tab\tbed": "v"})
+    message = error_of(data)
+    assert message.startswith(
+        "backends.openai.headers.x-proxy-auth: contains a control character "
+        "(U+000A at position 6 of 6)"
+    )
+    assert "backends.openai.headers.x-tab\tbed.[key]: contains a control character" in message

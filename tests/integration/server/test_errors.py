@@ -457,3 +457,46 @@ async def test_caller_strings_are_clipped_in_the_log(
     assert sorted(line["method"] for line in lines) == ["Complete", "Feedback", "Route"]
     for line in lines:
         assert line["tenant"] == "t" * 128 + "...(100000 chars)"
+
+
+ROUTE = pb.RouteRequest(prompt="hello world", request_id="r-1").SerializeToString()
+# Field 1 (a string) holding bytes that are not UTF-8.
+NOT_UTF8 = b"\x0a\x02\xc3\x28"
+UNDECODABLE = {
+    "Route": ("RouteRequest", [b"\xff\xff\xff\xff", ROUTE[:-3], NOT_UTF8]),
+    "Complete": (
+        "CompleteRequest",
+        [b"\xff\xff\xff\xff", b"\x0a" + bytes([len(ROUTE)]) + ROUTE[:-3], b"\x0a\x04" + NOT_UTF8],
+    ),
+    "Feedback": ("FeedbackRequest", [b"\xff\xff\xff\xff", b"\x0a\x05r-", NOT_UTF8]),
+    # No string field: an unknown field that claims more bytes than there are.
+    "GetConfig": ("GetConfigRequest", [b"\xff\xff\xff\xff", b"\x0a\x05ab"]),
+}
+
+
+@pytest.mark.parametrize("method", sorted(UNDECODABLE))
+async def test_an_undecodable_request_is_invalid_argument_with_its_trailer_and_log_line(
+    server: Any, method: str
+) -> None:
+    message_type, payloads = UNDECODABLE[method]
+    path = f"/modelrouter.v1.ModelRouter/{method}"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        # No serializers: the bytes go on the wire as they are.
+        send = (channel.unary_stream if method == "Complete" else channel.unary_unary)(path)
+        with structlog.testing.capture_logs() as logs:
+            for payload in payloads:
+                code, message = await rejection(send(payload))
+                assert code == INVALID, (payload, message)
+                assert message == (
+                    f"request: not a valid modelrouter.v1.{message_type} (not protobuf, "
+                    "truncated, or a string field that is not UTF-8)"
+                )
+        # The server still answers a good request on the same connection.
+        if method == "Route":
+            reply = pb.RouteResponse.FromString(await send(ROUTE))
+            assert reply.decision.request_id == "r-1"
+    lines = [e for e in logs if e["event"] == "rpc"]
+    assert [(e["method"], e["status"]) for e in lines] == [(method, "INVALID_ARGUMENT")] * len(
+        payloads
+    )
+    assert all(e["request_id"] for e in lines)
