@@ -42,9 +42,11 @@ trap cleanup EXIT
 step() { printf '\n=== ci_install: %s (%ds) ===\n' "$*" "$((SECONDS - started))"; }
 fail() { echo "ci_install: $*" >&2; exit 1; }
 
+# clone NAME: a fresh clone of HEAD (committed work only), even a detached one, in $tmp/NAME.
 clone() {
-    git clone --quiet "$repo" "$tmp/$1"
-    git -C "$tmp/$1" checkout --quiet "$(git -C "$repo" rev-parse HEAD)"
+    git clone --quiet --no-checkout "$repo" "$tmp/$1"
+    git -C "$tmp/$1" fetch --quiet "$repo" HEAD
+    git -C "$tmp/$1" checkout --quiet FETCH_HEAD
 }
 
 new_venv() {

@@ -10,3 +10,4 @@ PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo pyt
 
 "$PYTHON" bench/route_grpc.py --duration 1 --warmup 0.5 --workers 1 --queries 200 \
     --out "${TMPDIR:-/tmp}/route_grpc_smoke.json"
+"$PYTHON" bench/metrics_cost.py --calls 2000 --out "${TMPDIR:-/tmp}/metrics_cost_smoke.json"

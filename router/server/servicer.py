@@ -89,7 +89,7 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         record.tier = decision.tier
         record.score = decision.score
         record.decision_micros = decision.decision_micros
-        if record.span is not None:
+        if record.span is not None and record.span.is_recording():
             record.span.set_attributes(decision_attributes(decision))
         if self._metrics is not None:
             self._metrics.decided(decision.tier, decision.decision_micros * 1e-6, decision.score)

@@ -4,10 +4,10 @@ The request paths never touch prometheus-client: they bump plain numbers on obje
 once per label set (``Count``, ``Observations``), which costs tens of nanoseconds and
 allocates nothing. ``Metrics.flush`` (about once a second, and when the process stops)
 moves what accumulated into prometheus-client's values. In multiprocess mode each of those
-writes is a locked write to a memory-mapped file, 1-3 us each; a Route makes eleven of
-them, which would have cost about 5% of its throughput. The price is that a worker killed
-with SIGKILL loses what it counted since its last flush (at most a second); a graceful stop
-flushes. Gauges (in-flight RPCs, circuit states, the model version) are sampled at flush.
+writes is a locked write to a memory-mapped file, several microseconds each, and a Route
+would make eleven of them (bench/README.md). The price is that a worker killed with SIGKILL
+loses what it counted since its last flush (at most a second); a graceful stop flushes.
+Gauges (in-flight RPCs, circuit states, the model version) are sampled at flush.
 
 Every label takes values from a bounded set: gRPC method names and status codes, tier and
 backend names from the configuration, attempt outcomes, token kinds, reload results.

@@ -13,6 +13,7 @@ OpenTelemetry GenAI attributes, and one CLIENT span per upstream HTTP call, whos
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +24,7 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -44,9 +45,13 @@ class Tracing:
     """A worker's tracer: span factories for RPCs, attempts and upstream calls."""
 
     def __init__(self, settings: TracingConfig, *, schedule_delay_ms: int = 1000) -> None:
+        # New traces are sampled in start_rpc, before any span exists: an RPC left out
+        # costs one random number. The SDK's sampler then keeps every root it is given and
+        # follows the parent (the caller's traceparent, or the RPC's span) for the rest.
+        self._ratio = settings.sample_ratio
         self._provider = TracerProvider(
             resource=Resource.create({"service.name": settings.service_name}),
-            sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
+            sampler=ParentBased(ALWAYS_ON),
         )
         exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint)
         self._provider.add_span_processor(
@@ -57,10 +62,19 @@ class Tracing:
 
     def start_rpc(
         self, service: str, method: str, metadata: Sequence[tuple[str, Any]] | None
-    ) -> tuple[Span, object]:
-        """Start an RPC's server span and make it current; return it and the context token."""
+    ) -> tuple[Span | None, object]:
+        """Start an RPC's server span and make it current; return it and the context token.
+
+        A caller's traceparent is always continued (its sampled flag decides); a new trace
+        is started for ``sample_ratio`` of the other RPCs, and the rest get no span at all.
+        """
         carrier = {key: value for key, value in metadata or () if key in PROPAGATED}
-        parent = self._propagator.extract(carrier) if carrier else None
+        if carrier:
+            parent = self._propagator.extract(carrier)
+        elif self._ratio < 1.0 and random.random() >= self._ratio:
+            return None, None
+        else:
+            parent = None
         span = self._tracer.start_span(
             f"{service}/{method}",
             context=parent,
@@ -79,8 +93,10 @@ class Tracing:
         span.end()
         otel_context.detach(token)  # type: ignore[arg-type]
 
-    def start_attempt(self, tier: str, max_tokens: int) -> AttemptTrace:
-        """Start the span of one Complete attempt, a child of the current RPC's span."""
+    def start_attempt(self, tier: str, max_tokens: int) -> AttemptTrace | None:
+        """Start the span of one Complete attempt under the RPC's span (None if not traced)."""
+        if not trace.get_current_span().is_recording():
+            return None
         span = self._tracer.start_span(
             f"attempt {tier}", attributes={"gen_ai.request.max_tokens": max_tokens}
         )

@@ -247,6 +247,11 @@ func TestCollectReturnsTheWholeAnswer(t *testing.T) {
 
 func TestDeadlineExpiresMidStream(t *testing.T) {
 	client := dial(t)
+	// Connect first: on a loaded machine, setting up the connection can take the whole
+	// 50 ms, and the deadline must expire while the stream waits for the model.
+	if _, err := client.Route(testContext(t), modelrouter.Prompt("warm up")); err != nil {
+		t.Fatal(err)
+	}
 	// The test server's demo backend waits 200 ms before its first token.
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()

@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
+import structlog
 import yaml
 
 from router._proto.modelrouter.v1 import router_pb2 as pb
@@ -239,3 +240,35 @@ def test_tracing_off_imports_no_opentelemetry() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+async def test_sample_ratio_leaves_new_traces_out_but_continues_a_callers(
+    otlp: OtlpReceiver,
+    start_server: Callable[..., Any],
+    make_config: Callable[..., Any],
+) -> None:
+    from router.config import TracingConfig
+    from router.telemetry import install_tracing
+    from router.telemetry.tracing import Tracing
+
+    tracing = Tracing(TracingConfig(otlp_endpoint=otlp.endpoint, sample_ratio=0.0))
+    install_tracing(tracing)
+    try:
+        server = await start_server(make_config())
+        sent, trace_id, _ = traceparent()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = router_stub(channel)
+            with structlog.testing.capture_logs() as logs:
+                await stub.Route(pb.RouteRequest(prompt="left out"))
+                request = pb.CompleteRequest(route=pb.RouteRequest(prompt="left out"))
+                assert [event async for event in stub.Complete(request)]
+                await stub.Route(
+                    pb.RouteRequest(prompt="traced"), metadata=(("traceparent", sent),)
+                )
+    finally:
+        install_tracing(None)
+        tracing.shutdown()
+    # Only the caller's trace: no span for the others, not even an attempt span.
+    assert {(s.name, s.trace_id) for s in otlp.receiver.spans} == {(f"{SERVICE}/Route", trace_id)}
+    lines = [line for line in logs if line["event"] == "rpc"]
+    assert [line.get("trace_id") for line in lines] == [None, None, trace_id]
