@@ -182,6 +182,10 @@ class ServerConfig(_Frozen):
     feedback_capacity: Annotated[int, Field(ge=1)] = 10_000
     # Prometheus metrics over HTTP on their own port (GET /metrics); 0 turns them off.
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9464
+    # A plaintext port that serves only grpc.health.v1.Health (no ModelRouter, no
+    # reflection), for probes that cannot speak TLS or send an API key (Kubernetes' native
+    # gRPC probes); 0 turns it off.
+    health_port: Annotated[int, Field(ge=0, le=65535)] = 0
 
 
 class LoggingConfig(_Frozen):

@@ -37,10 +37,14 @@ class RunningServer:
     interceptor: ServiceInterceptor
     host: str
     port: int
+    # The plaintext server of server.health_port (the same health statuses), if any.
+    health_server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
         """Start serving and report every service as SERVING."""
         await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
         for name in HEALTH_CHECKED:
             await self.health.set(name, SERVING)
 
@@ -55,6 +59,8 @@ class RunningServer:
         """Turn health NOT_SERVING, refuse new RPCs, let in-flight ones finish within ``grace``."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self.service.aclose()
 
 
@@ -104,4 +110,10 @@ def create_server(
     host = config.server.host if host is None else host
     port = config.server.port if port is None else port
     bound = server.add_insecure_port(f"{host}:{port}")
-    return RunningServer(server, service, health_servicer, interceptor, host, bound)
+    health_server = None
+    if config.server.health_port:
+        # Its own server: a port of the main one would serve every service on it.
+        health_server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_server.add_insecure_port(f"{host}:{config.server.health_port}")
+    return RunningServer(server, service, health_servicer, interceptor, host, bound, health_server)

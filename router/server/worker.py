@@ -22,7 +22,7 @@ from router.telemetry import install_tracing, metrics
 log = structlog.get_logger()
 
 # Settings a reload cannot change in a running process.
-RESTART_ONLY = ("host", "port", "workers", "max_message_bytes", "metrics_port")
+RESTART_ONLY = ("host", "port", "workers", "max_message_bytes", "metrics_port", "health_port")
 EXIT_LISTEN = 3
 # How often a worker moves its pending metric counts into prometheus-client's values.
 METRICS_FLUSH_S = 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -166,4 +167,32 @@ def test_max_concurrent_rpcs_holds_for_all_workers_together(
         for stream in admitted:
             stream.cancel()
     server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_the_health_port_serves_health_alone_and_drains_with_the_server(
+    serve_process: Start, tmp_path: Path, model_path: Path
+) -> None:
+    health_port = _free_port()
+    config = write_config(
+        tmp_path / "c.yaml", model_path, server={"health_port": health_port, "drain_delay_s": 3}
+    )
+    server, _ = _start(serve_process, config, workers=2)
+    request = health_pb2.HealthCheckRequest(service=SERVICE)
+    with channel_to(health_port) as channel:
+        assert health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status == SERVING
+        with pytest.raises(grpc.RpcError) as other:
+            router_stub(channel).Route(pb.RouteRequest(prompt="hi"), timeout=5)
+        assert other.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        server.signal(signal.SIGTERM)
+        server.wait_for("draining", count=2)
+        with channel_to(health_port) as fresh:
+            check = health_pb2_grpc.HealthStub(fresh).Check(request, timeout=5)
+        assert check.status == NOT_SERVING
     assert server.wait() == 0
