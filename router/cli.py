@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from router.loop.cli import add_export_parser, add_label_parser
 from router.server.cli import add_config_parser, add_serve_parser
 from router.training.cli import (
     EXIT_USAGE,
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(subparsers)
     add_eval_parser(subparsers)
     add_calibrate_parser(subparsers)
+    add_export_parser(subparsers)
+    add_label_parser(subparsers)
     return parser
 
 

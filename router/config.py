@@ -25,7 +25,13 @@ from pydantic import (
     model_validator,
 )
 
+from router.validation import MAX_TENANT_CHARS
+
 CONFIG_VERSION = 1
+# The controller's offset limits may not exceed this many logits (router/controller.py).
+MAX_OFFSET = 20.0
+# The tenant a request without a tenant field belongs to.
+DEFAULT_TENANT = "default"
 MIN_TIERS = 2
 MAX_TIERS = 5
 
@@ -223,6 +229,60 @@ class TracingConfig(_Frozen):
         return bool(self.otlp_endpoint)
 
 
+TenantName = Annotated[str, Field(min_length=1, max_length=MAX_TENANT_CHARS)]
+
+
+class TargetConfig(_Frozen):
+    """A tenant's cost target: exactly one of a strong share and a spend rate."""
+
+    # The share of the tenant's requests answered above the cheapest tier.
+    strong_share: Annotated[float, Field(ge=0, le=1)] | None = None
+    # US dollars per hour, over the controller's window.
+    usd_per_hour: Positive | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> TargetConfig:
+        if (self.strong_share is None) == (self.usd_per_hour is None):
+            raise ValueError("set exactly one of strong_share and usd_per_hour")
+        return self
+
+
+class TenantConfig(_Frozen):
+    """What is configured for one tenant (the request's ``tenant`` field)."""
+
+    # Held by the online cost controller (``controller``), which moves this tenant's
+    # thresholds; without a target the tenant is routed on the configured thresholds.
+    target: TargetConfig | None = None
+
+
+class ControllerConfig(_Frozen):
+    """How the online cost controller moves a tenant's thresholds (router/controller.py)."""
+
+    # The sliding window: the tenant's last window_requests requests, none older than
+    # window_s seconds.
+    window_requests: Annotated[int, Field(ge=10, le=100_000)] = 500
+    window_s: Positive = 3600.0
+    # No move before the window holds this many requests.
+    min_requests: Annotated[int, Field(ge=1)] = 100
+    # Requests between two moves.
+    update_every: Annotated[int, Field(ge=1)] = 25
+    # The largest move, and the limits, of the threshold offset (logits).
+    max_step: Annotated[float, Field(gt=0, le=MAX_OFFSET)] = 0.5
+    min_offset: Annotated[float, Field(ge=-MAX_OFFSET, le=0)] = -6.0
+    max_offset: Annotated[float, Field(ge=0, le=MAX_OFFSET)] = 6.0
+    # How much of the window's realised error the next requests make up (0 to 2).
+    catch_up: Annotated[float, Field(ge=0, le=2)] = 1.0
+
+    @model_validator(mode="after")
+    def _window_holds_min(self) -> ControllerConfig:
+        if self.min_requests > self.window_requests:
+            raise ValueError(
+                f"controller.min_requests: {self.min_requests} is more than the window "
+                f"holds (controller.window_requests {self.window_requests})"
+            )
+        return self
+
+
 class Config(_Frozen):
     """The whole service configuration."""
 
@@ -236,6 +296,9 @@ class Config(_Frozen):
     tracing: TracingConfig = TracingConfig()
     tiers: Annotated[list[TierConfig], Field(min_length=MIN_TIERS, max_length=MAX_TIERS)]
     backends: dict[str, BackendConfig]
+    # Per tenant, by the request's tenant field ("default": requests without one).
+    tenants: dict[TenantName, TenantConfig] = {}
+    controller: ControllerConfig = ControllerConfig()
 
     @model_validator(mode="after")
     def _check_tiers(self) -> Config:

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
 from router.completion.cost import estimate_tokens
 from router.config import Config
+from router.controller import NO_TIER, Controllers, Pricing, Served, Snapshot
 from router.domain import (
     BackendState,
     ChatMessage,
     CompleteEvent,
     CompleteRequest,
+    CompletionSummary,
     Feedback,
     InvalidRequest,
     RouteRequest,
@@ -53,6 +55,8 @@ class ServiceInfo:
     margins: tuple[float, ...]
     fastpath: str
     backends: tuple[BackendState, ...]
+    # The tenants' cost controllers, by tenant name.
+    controllers: tuple[Snapshot, ...] = ()
 
 
 class RouterService:
@@ -65,9 +69,12 @@ class RouterService:
         *,
         model_source: str = "builtin",
         engine_factory: EngineFactory = completion_engine,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._engine_factory = engine_factory
         self._runtime = Runtime(config, router, engine_factory(config), model_source)
+        self._controllers = Controllers(clock)
+        self._controllers.configure(config, _pricing(self._runtime))
         self._feedback = FeedbackStore(config.server.feedback_capacity)
         self._ids = RequestIds()
         self._closing: set[asyncio.Task[None]] = set()
@@ -102,7 +109,12 @@ class RouterService:
         ``request.request_id`` is taken as assigned (by ``assign_request_id``, which checks
         the caller's id once at the edge); an empty one is replaced by a fresh id.
         """
-        decision, _ = self._decide(self._runtime, request)
+        rt = self._runtime
+        decision, _ = self._decide(rt, request)
+        controller = self._controllers.get(request.tenant)
+        if controller is not None:
+            # Route runs no model: the decided tier answers, at the prompt's estimated cost.
+            controller.record(_served(rt, request, decision, decision.tier_index))
         return decision
 
     def _decide(self, rt: Runtime, request: RouteRequest) -> tuple[RoutingDecision, int]:
@@ -125,9 +137,10 @@ class RouterService:
             tokens = estimate_tokens(len(prompt))
             started = time.perf_counter()
             scored = rt.router.score(prompt)
+        controller = self._controllers.get(request.tenant)
         index, reason = choose_tier(
             scored.score,
-            rt.thresholds,
+            rt.thresholds if controller is None else controller.thresholds,
             margin=rt.margins,
             forced=forced,
             min_index=low,
@@ -178,11 +191,42 @@ class RouterService:
             )
             async with aclosing(run) as events:
                 async for event in events:
+                    if isinstance(event, CompletionSummary):
+                        self._observe(rt, route, decision, event)
                     yield event
         finally:
             rt.streams -= 1
             if rt.retired and rt.streams == 0:
                 self._close_later(rt)
+
+    def _observe(
+        self,
+        rt: Runtime,
+        request: RouteRequest,
+        decision: RoutingDecision,
+        summary: CompletionSummary,
+    ) -> None:
+        """Tell the tenant's controller (if any) which tier answered and what it cost."""
+        controller = self._controllers.get(request.tenant)
+        if controller is None:
+            return
+        usage = summary.usage
+        answer_cost = rt.config.tiers[summary.tier_index].price
+        answered = (
+            usage.prompt_tokens * answer_cost.input_per_mtok
+            + usage.completion_tokens * answer_cost.output_per_mtok
+        ) / 1e6
+        controller.record(
+            _served(
+                rt,
+                request,
+                decision,
+                summary.tier_index,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                max(0.0, summary.cost_usd - answered),
+            )
+        )
 
     # -- Feedback and GetConfig --------------------------------------------------------
 
@@ -202,13 +246,19 @@ class RouterService:
             margins=rt.margins,
             fastpath=rt.router.implementation,
             backends=tuple(rt.engine.backend_states()),
+            controllers=tuple(self._controllers.snapshots()),
         )
+
+    @property
+    def controllers(self) -> Controllers:
+        return self._controllers
 
     # -- reload and shutdown -----------------------------------------------------------
 
     def reload(self, config: Config, router: Router, model_source: str) -> None:
         """Swap in a new configuration, model and engine; in-flight streams finish on the old."""
         new = Runtime(config, router, self._engine_factory(config), model_source)
+        self._controllers.configure(config, _pricing(new))
         old, self._runtime = self._runtime, new
         self._feedback.capacity = config.server.feedback_capacity
         old.retired = True
@@ -225,6 +275,43 @@ class RouterService:
         await self._runtime.engine.aclose()
         if self._closing:
             await asyncio.gather(*self._closing)
+
+
+def _pricing(rt: Runtime) -> Pricing:
+    """Return what a tenant's controller acts on: the runtime's thresholds and prices."""
+    return Pricing(
+        thresholds=rt.thresholds,
+        margins=rt.margins,
+        input_price=rt.input_price,
+        output_price=tuple(t.price.output_per_mtok / 1e6 for t in rt.config.tiers),
+        model_version=rt.model_version,
+    )
+
+
+def _served(
+    rt: Runtime,
+    request: RouteRequest,
+    decision: RoutingDecision,
+    answered: int,
+    prompt_tokens: int | None = None,
+    completion_tokens: int = 0,
+    extra_cost_usd: float = 0.0,
+) -> Served:
+    """Return a served request as a controller learns from it (hints already checked)."""
+    hints, index = request.hints, rt.tier_index
+    return Served(
+        score=decision.score,
+        decided=decision.tier_index,
+        answered=answered,
+        forced=index[hints.tier] if hints.tier else NO_TIER,
+        min_index=index[hints.min_tier] if hints.min_tier else NO_TIER,
+        max_index=index[hints.max_tier] if hints.max_tier else NO_TIER,
+        prompt_tokens=(
+            decision.estimated_prompt_tokens if prompt_tokens is None else prompt_tokens
+        ),
+        completion_tokens=completion_tokens,
+        extra_cost_usd=extra_cost_usd,
+    )
 
 
 __all__ = ["RouterService", "ServiceInfo"]

@@ -41,6 +41,8 @@ scripts/ci_helm.sh
 step "benchmark smoke runs"
 scripts/ci_server.sh
 "$PYTHON" bench/bench_fastpath.py --smoke
+"$PYTHON" bench/controller.py --smoke --out "$(mktemp -d)"
+"$PYTHON" bench/learning_curve.py --smoke --out "$(mktemp -d)"
 
 step "install paths: pip install ., the wheel, the sdist, scripts/serve.sh on a fresh clone"
 scripts/ci_install.sh

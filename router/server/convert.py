@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from router._proto.modelrouter.v1 import router_pb2 as pb
+from router.controller import Snapshot
 from router.domain import (
     Attempt,
     AttemptOutcome,
@@ -223,4 +224,20 @@ def config_response(info: ServiceInfo) -> pb.GetConfigResponse:
         max_concurrent_rpcs=config.server.max_concurrent_rpcs,
         # serve() resolves 0 (one per core); a server built in-process is one process.
         workers=config.server.workers or 1,
+        controllers=[controller(c) for c in info.controllers],
+    )
+
+
+def controller(snapshot: Snapshot) -> pb.TenantController:
+    """Return a tenant controller's state as GetConfig reports it."""
+    return pb.TenantController(
+        tenant=snapshot.tenant,
+        target_kind=snapshot.target.kind,
+        target=snapshot.target.value,
+        offset=snapshot.offset,
+        thresholds=snapshot.thresholds,
+        realised=snapshot.realised,
+        window_requests=snapshot.window_requests,
+        updates=snapshot.updates,
+        saturated=snapshot.saturated,
     )

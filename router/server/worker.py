@@ -146,6 +146,7 @@ def _flush_metrics(current: metrics.Metrics, running: RunningServer) -> None:
         running.interceptor.in_flight,
         info.model_version,
         ((b.name, b.circuit is not CircuitState.CLOSED) for b in info.backends),
+        info.controllers,
     )
 
 

@@ -22,6 +22,8 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from router.controller import Snapshot
+
 # Seconds. Route takes well under a millisecond and a Complete stream up to minutes.
 HANDLING_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -233,6 +235,36 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        # The online cost controllers, per tenant with a target (a configured, bounded set);
+        # each worker runs its own, so a gauge shows the most recently flushed worker's.
+        self.controller_target = Gauge(
+            "modelrouter_controller_target",
+            "A tenant's cost target: a share of requests above the cheapest tier, or USD/hour.",
+            ("tenant", "kind"),
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
+        self.controller_realised = Gauge(
+            "modelrouter_controller_realised",
+            "What the tenant's window of requests was served: the target's quantity.",
+            ("tenant", "kind"),
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
+        self.controller_offset = Gauge(
+            "modelrouter_controller_offset_logits",
+            "The offset the controller adds to the logit of each of the tenant's thresholds.",
+            ("tenant",),
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
+        self.controller_saturated = Gauge(
+            "modelrouter_controller_saturated",
+            "1 while the tenant's offset sits at a limit and the target is still not met.",
+            ("tenant",),
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
         self._pending: list[Count | Observations] = []
         self._counts: dict[tuple[Any, tuple[str, ...]], Count] = {}
         self._by_tier: dict[tuple[Any, str], Observations] = {}
@@ -336,6 +368,7 @@ class Metrics:
         inflight: int,
         model_version: str,
         circuits_open: Iterable[tuple[str, bool]],
+        controllers: Iterable[Snapshot] = (),
     ) -> None:
         """Move the pending counts into prometheus-client and sample the gauges."""
         for pending in self._pending:
@@ -352,6 +385,13 @@ class Metrics:
             if self._circuits.get(backend) != is_open:
                 self.circuit_open.labels(backend).set(1 if is_open else 0)
                 self._circuits[backend] = is_open
+        for c in controllers:
+            kind = c.target.kind
+            self.controller_target.labels(c.tenant, kind).set(c.target.value)
+            if c.realised is not None:
+                self.controller_realised.labels(c.tenant, kind).set(c.realised)
+            self.controller_offset.labels(c.tenant).set(c.offset)
+            self.controller_saturated.labels(c.tenant).set(1 if c.saturated else 0)
         for backend in [b for b in self._circuits if b not in seen]:
             # A backend a reload removed: its circuit is no longer open anywhere here.
             self.circuit_open.labels(backend).set(0)

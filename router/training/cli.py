@@ -70,6 +70,20 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _data_file(text: str) -> tuple[Path, float]:
+    """Parse ``FILE`` or ``FILE:WEIGHT`` (a positive number; 1 when omitted)."""
+    name, sep, weight = text.rpartition(":")
+    if sep and name:
+        try:
+            value = float(weight)
+        except ValueError:
+            return Path(text), 1.0  # a colon in the file name, not a weight
+        if not (value > 0 and value < float("inf")):
+            raise argparse.ArgumentTypeError(f"{text!r}: the weight must be a positive number")
+        return Path(name), value
+    return Path(text), 1.0
+
+
 def _tier_names(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(","))
     if not 2 <= len(names) <= 5 or not all(names) or len(set(names)) != len(names):
@@ -148,7 +162,14 @@ def add_train_parser(subparsers: Subparsers) -> None:
         "calibrate the thresholds on out-of-fold scores; write the model file.",
     )
     parser.add_argument(
-        "--data", type=Path, action="append", required=True, help="training JSONL file (repeatable)"
+        "--data",
+        type=_data_file,
+        action="append",
+        required=True,
+        metavar="FILE[:WEIGHT]",
+        help="training JSONL file, repeatable: the files' rows are merged; each row of FILE "
+        "counts WEIGHT times as much as it would alone (1), on top of the 1/sqrt(rows of its "
+        "source) weighting; a row without 'source' takes the file's name as its source",
     )
     parser.add_argument("--out", type=Path, required=True, help="model file to write")
     parser.add_argument(
@@ -230,8 +251,14 @@ def _run_train(args: argparse.Namespace) -> int:
     try:
         rows = [
             row
-            for path in args.data
-            for row in read_rows(path, weak_model=args.weak_model, strong_model=args.strong_model)
+            for path, weight in args.data
+            for row in read_rows(
+                path,
+                weak_model=args.weak_model,
+                strong_model=args.strong_model,
+                default_source=path.stem,
+                weight=weight,
+            )
         ]
         target = _target(args)
         rules = load_rules(args.rules)
@@ -255,7 +282,8 @@ def _run_train(args: argparse.Namespace) -> int:
             tier_names=args.tiers,
             top_share=args.top_share,
             log=_log,
-            data_digest=files_digest(args.data),
+            data_digest=files_digest([path for path, _ in args.data]),
+            data_weights=[(path.name, weight) for path, weight in args.data],
             by_source=args.by_source,
         )
     except ValueError as exc:
@@ -349,7 +377,8 @@ def add_calibrate_parser(subparsers: Subparsers) -> None:
         help="set the score thresholds for a cost or quality target",
         description="Score the rows with the model and set the thresholds so that the target "
         "holds on them; write them into a copy of the model (--out) or into a service "
-        "configuration's tiers[].min_score (--config; the file is rewritten without comments).",
+        "configuration's tiers[].min_score (--config; with --model, its model too; the file "
+        "is rewritten without comments).",
     )
     parser.add_argument("--data", type=Path, required=True, help="JSONL file to calibrate on")
     _add_model_option(parser)
@@ -399,9 +428,21 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         saved = save_model(model.with_operating_point(tier_names, thresholds, note), args.out)
         print(f"wrote {args.out} ({saved.version})")
     else:
+        assert config_data is not None
+        if args.model is not None:
+            # The thresholds fit this model: the configuration must serve it.
+            config_data["model"] = _config_relative(args.model, args.config)
         _write_config_thresholds(args.config, config_data, thresholds)
-        print(f"wrote tiers[].min_score into {args.config}")
+        written = "model and tiers[].min_score" if args.model is not None else "tiers[].min_score"
+        print(f"wrote {written} into {args.config}")
     return EXIT_OK
+
+
+def _config_relative(model: Path, config: Path) -> str:
+    """Return a model path as a configuration file names it: relative to the file's
+    directory when the model lies under it, else absolute."""
+    model, base = model.resolve(), config.resolve().parent
+    return str(model.relative_to(base)) if model.is_relative_to(base) else str(model)
 
 
 def _placeholder(n_tiers: int) -> tuple[float, ...]:

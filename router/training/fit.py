@@ -144,9 +144,10 @@ def featurize(texts: Sequence[str], spec: FeaturizerSpec) -> sp.csr_matrix:
 
 
 def source_weights(rows: Sequence[Row]) -> npt.NDArray[np.float64]:
-    """Return per-row weights 1/sqrt(rows of its source), scaled to mean 1."""
+    """Return per-row weights 1/sqrt(rows of its source) times the row's own weight,
+    scaled to mean 1."""
     counts = Counter(r.source for r in rows)
-    w = np.array([1.0 / math.sqrt(counts[r.source]) for r in rows], dtype=np.float64)
+    w = np.array([r.weight / math.sqrt(counts[r.source]) for r in rows], dtype=np.float64)
     return np.asarray(w / w.mean(), dtype=np.float64)
 
 
@@ -206,7 +207,7 @@ def fit_heads(X: sp.csr_matrix, rows: Sequence[Row], options: TrainOptions, log:
         # then ranks within the kind of queries it has outcomes for, instead of
         # extrapolating far on text unlike them (e.g. very short queries).
         gain[~outcome] = gain[outcome].mean()
-        anchor = np.where(outcome, 1.0, options.gain_anchor)
+        anchor = np.where(outcome, 1.0, options.gain_anchor) * np.array([r.weight for r in rows])
         ridge = Ridge(alpha=options.gain_alpha, solver="sparse_cg", tol=1e-6)
         ridge.fit(X, gain, sample_weight=anchor)
         predicted = np.asarray(X[outcome] @ ridge.coef_) + ridge.intercept_

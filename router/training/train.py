@@ -78,6 +78,7 @@ def train(
     top_share: float,
     log: Log,
     data_digest: str = "",
+    data_weights: Sequence[tuple[str, float]] = (),
     by_source: bool = False,
 ) -> tuple[RouterModel, dict[str, Any] | None]:
     """Return the trained, calibrated model and its cross-validated report (None without CV).
@@ -126,6 +127,12 @@ def train(
     info: dict[str, Any] = {
         "trained_rows": len(rows),
         "data_sha256": data_digest,
+        # Only when a file was weighted: unweighted models keep their bytes.
+        **(
+            {"data_weights": [list(w) for w in data_weights]}
+            if any(weight != 1.0 for _, weight in data_weights)
+            else {}
+        ),
         "options": {k: v for k, v in asdict(options).items() if k != "rules"},
         "calibration": {
             "target": target.describe(),

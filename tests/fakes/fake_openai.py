@@ -15,6 +15,7 @@ the server's ``scenarios`` map from model name to scenario), ``NAME`` or ``NAME:
 - ``lowlp``: a normal stream whose tokens have log-probabilities near -6
 - ``nousage``: a normal stream without the usage chunk
 - ``replay:FILE``: replay the recorded SSE stream tests/fixtures/FILE (either endpoint)
+- ``say:TEXT``: a normal stream whose answer is TEXT (its words, in order)
 
 ``POST /v1/messages`` replays a recorded Anthropic Messages stream from tests/fixtures/.
 ``attempt_delays`` slows the next requests one by one: each chat request (an attempt,
@@ -322,7 +323,9 @@ class FakeOpenAIServer:
             return True
         # OpenAI's newer models take the limit as max_completion_tokens.
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or self.tokens)
-        count = min(self.tokens, max_tokens)
+        words = arg.split() if name == "say" else WORDS
+        tokens = len(words) if name == "say" else self.tokens
+        count = min(tokens, max_tokens)
         want_logprobs = bool(body.get("logprobs"))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         logprob = LOW_LOGPROB if name == "lowlp" else NORMAL_LOGPROB
@@ -359,7 +362,7 @@ class FakeOpenAIServer:
             if stop_after is not None and i == stop_after:
                 return await self._fault(conn, name)
             await conn.sleep(start + i * interval - time.monotonic())
-            word = WORDS[i % len(WORDS)]
+            word = words[i % len(words)]
             text = word if i == 0 else " " + word
             choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": None}
             if want_logprobs:
@@ -379,7 +382,7 @@ class FakeOpenAIServer:
             record.tokens_sent += 1
         if stop_after is not None and stop_after >= count:
             return await self._fault(conn, name)
-        finish = "length" if count == max_tokens and count < self.tokens else "stop"
+        finish = "length" if count == max_tokens and count < tokens else "stop"
         await _send_event(
             conn, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
         )

@@ -275,8 +275,9 @@ def test_calibrate_into_a_config(
     args = ("calibrate", "--data", SAMPLE, "--model", trained.path, "--strong-share", "0.3")
     result = modelrouter(*args, "--config", config)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.rstrip().endswith(f"wrote tiers[].min_score into {config}")
+    assert result.stdout.rstrip().endswith(f"wrote model and tiers[].min_score into {config}")
     loaded = load_config(config)  # still a valid configuration
+    assert loaded.model == str(trained.path)  # the model the thresholds were set for
     assert loaded.tiers[0].min_score is None
     expected = load_model(calibrated[0]).thresholds  # the same target on the same rows
     assert loaded.explicit_thresholds() == tuple(round(t, 6) for t in expected)
