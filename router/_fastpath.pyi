@@ -17,7 +17,10 @@ class FastPath:
     n_rules: int
     n_features: int
     n_heads: int
-    score_gate: float
+    score_formula: int
+    level_weight: float
+    score_bias: float
+    placement_weight: float
     def __init__(
         self,
         *,
@@ -30,7 +33,10 @@ class FastPath:
         rule_phrases: Sequence[Sequence[str]],
         weights: npt.NDArray[np.float32],
         bias: npt.NDArray[np.float64],
-        score_gate: float = 0.0,
+        score_formula: int = 2,
+        level_weight: float = 0.0,
+        score_bias: float = 0.0,
+        placement_weight: float = 0.0,
     ) -> None: ...
     def features(self, text: str) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float64], int]: ...
     def logits(

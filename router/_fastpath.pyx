@@ -24,6 +24,8 @@ import numpy as np
 from router._fastpath_py import (
     DENSE_EDGES,
     N_DENSE,
+    SCORE_LEVEL_GAIN,
+    check_score_formula,
     check_settings,
     checked_weights,
     rule_table,
@@ -46,12 +48,13 @@ cdef extern from "Python.h":
 cdef enum:
     LEVELS = 5
     GAIN_HEAD = 5
-    PLACE_HEAD = 6
+    GATE_HEAD = 6
     HEADS = 7
+    LEVEL_GAIN = 2
     MAX_DENSE_STATS = 8
     MAX_EDGES = 16
 
-if (LEVELS, HEADS) != (_PY_LEVELS, _PY_HEADS):
+if (LEVELS, HEADS, LEVEL_GAIN) != (_PY_LEVELS, _PY_HEADS, SCORE_LEVEL_GAIN):
     raise ImportError("router._fastpath was built for another head layout than the twin's")
 
 cdef uint64_t TOP_BIT = (<uint64_t>1) << 63
@@ -108,7 +111,9 @@ cdef class FastPath:
     cdef const float[:, ::1] _weights_view
     cdef const float* w
     cdef double bias[HEADS]
-    cdef readonly double score_gate
+    # The score formula (see score()) and its parameters.
+    cdef readonly int score_formula
+    cdef readonly double level_weight, score_bias, placement_weight
     # Rule table: open addressing on the chained phrase hash.
     cdef uint64_t* rule_keys
     cdef int* rule_ids
@@ -137,9 +142,11 @@ cdef class FastPath:
         self.gram_hash = NULL
 
     def __init__(self, *, seed, buckets_log2, word_max, char_min, char_max, max_bytes,
-                 rule_phrases, weights, bias, score_gate=0.0):
+                 rule_phrases, weights, bias, score_formula=SCORE_LEVEL_GAIN,
+                 level_weight=0.0, score_bias=0.0, placement_weight=0.0):
         cdef Py_ssize_t i, slots
         cdef uint64_t h
+        check_score_formula(score_formula)
         check_settings(buckets_log2=buckets_log2, word_max=word_max, char_min=char_min,
                        char_max=char_max, max_bytes=max_bytes, n_rules=len(rule_phrases))
         self.seed = seed & 0xFFFFFFFFFFFFFFFF
@@ -179,7 +186,10 @@ cdef class FastPath:
         self.w = &self._weights_view[0, 0]
         for i in range(HEADS):
             self.bias[i] = float(bias[i])
-        self.score_gate = float(score_gate)
+        self.score_formula = score_formula
+        self.level_weight = float(level_weight)
+        self.score_bias = float(score_bias)
+        self.placement_weight = float(placement_weight)
 
         self.n_stats = len(DENSE_EDGES)
         if self.n_stats > MAX_DENSE_STATS:
@@ -424,7 +434,8 @@ cdef class FastPath:
         """Return the difficulty score, the level probabilities and the fired-rules mask."""
         cdef double logits[HEADS]
         cdef double exps[LEVELS]
-        cdef double top, total = 0.0
+        cdef double probs[LEVELS]
+        cdef double top, z, expected = 0.0, total = 0.0
         cdef int k
         rules = self._logits(text, context, context_weight, logits)
         top = logits[0]
@@ -435,9 +446,19 @@ cdef class FastPath:
             exps[k] = exp(logits[k] - top)
         for k in range(LEVELS):
             total += exps[k]
+        for k in range(LEVELS):
+            probs[k] = exps[k] / total
+        if self.score_formula == LEVEL_GAIN:
+            for k in range(LEVELS):
+                expected += k * probs[k]
+            z = (self.level_weight * expected
+                 + _sigmoid(logits[GATE_HEAD]) * logits[GAIN_HEAD]
+                 + self.score_bias)
+        else:
+            z = logits[GAIN_HEAD] + self.placement_weight * _sigmoid(logits[GATE_HEAD])
         return (
-            _sigmoid(logits[GAIN_HEAD] + self.score_gate * _sigmoid(logits[PLACE_HEAD])),
-            (exps[0] / total, exps[1] / total, exps[2] / total, exps[3] / total, exps[4] / total),
+            _sigmoid(z),
+            (probs[0], probs[1], probs[2], probs[3], probs[4]),
             rules,
         )
 

@@ -41,6 +41,7 @@ scripts/ci_helm.sh
 step "benchmark smoke runs"
 scripts/ci_server.sh
 "$PYTHON" bench/bench_fastpath.py --smoke
+"$PYTHON" bench/quality_baseline.py --smoke
 "$PYTHON" bench/controller.py --smoke --out "$(mktemp -d)"
 "$PYTHON" bench/learning_curve.py --smoke --out "$(mktemp -d)"
 

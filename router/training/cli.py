@@ -109,7 +109,13 @@ def _add_outcome_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_target_options(parser: argparse.ArgumentParser, required: bool) -> None:
-    group = parser.add_mutually_exclusive_group(required=required)
+    group = parser.add_argument_group(
+        "operating point",
+        "a strong share alone, or any of the promise's bounds (--quality, "
+        "--max-hard-on-cheapest, --min-simple-on-cheapest): the most saving threshold that "
+        "keeps the first two, the third met when they leave room for it"
+        + ("" if required else "; default: all three the data can carry (0.98, 0.02, 0.95)"),
+    )
     group.add_argument(
         "--strong-share",
         type=_fraction,
@@ -128,6 +134,12 @@ def _add_target_options(parser: argparse.ArgumentParser, required: bool) -> None
         metavar="Z",
         help="let at most this share of level 3-4 rows on the cheapest tier",
     )
+    group.add_argument(
+        "--min-simple-on-cheapest",
+        type=_fraction,
+        metavar="W",
+        help="keep at least this share of level 0 rows on the cheapest tier",
+    )
     parser.add_argument(
         "--top-share",
         type=_fraction,
@@ -137,9 +149,11 @@ def _add_target_options(parser: argparse.ArgumentParser, required: bool) -> None
 
 
 def _target(args: argparse.Namespace) -> Target | None:
-    if args.strong_share is None and args.quality is None and args.max_hard_on_cheapest is None:
+    values = (args.strong_share, args.quality, args.max_hard_on_cheapest)
+    given = (*values, args.min_simple_on_cheapest)
+    if all(v is None for v in given):
         return None
-    return Target(args.strong_share, args.quality, args.max_hard_on_cheapest)
+    return Target(*given)
 
 
 def _load(args: argparse.Namespace) -> RouterModel:
@@ -157,9 +171,10 @@ def add_train_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "train",
         help="fit a routing model on labelled queries",
-        description="Fit the level, gain and placement heads on JSONL rows with 'text' and a "
+        description="Fit the level, gain and gate heads on JSONL rows with 'text' and a "
         "'tier' (0-4) and/or weak/strong outcome 'scores', through the serving featurizer; "
-        "calibrate the thresholds on out-of-fold scores; write the model file.",
+        "calibrate the thresholds on out-of-fold scores; write the model file. With --report "
+        "or --by-source, first route each source with a model trained without it.",
     )
     parser.add_argument(
         "--data",
@@ -181,7 +196,12 @@ def add_train_parser(subparsers: Subparsers) -> None:
         default=5,
         help="folds for held-out numbers and calibration; 0 or 1: none (5)",
     )
-    parser.add_argument("--report", type=Path, help="write the cross-validated report as JSON")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        help="write the report as JSON: each source held out first (as --by-source), then "
+        "the cross-validated numbers",
+    )
     parser.add_argument(
         "--plot",
         type=Path,
@@ -190,7 +210,7 @@ def add_train_parser(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--by-source",
         action="store_true",
-        help="also route each source with a model trained without it (slow)",
+        help="also route each source with a model trained without it (one more fit per source)",
     )
     parser.add_argument(
         "--tiers",
@@ -222,16 +242,17 @@ def add_train_parser(subparsers: Subparsers) -> None:
         help=f"inverse penalty of the level head ({defaults.level_c:g})",
     )
     parser.add_argument(
-        "--place-c",
+        "--gate-c",
         type=float,
-        default=defaults.place_c,
-        help=f"inverse penalty of the placement head ({defaults.place_c:g})",
+        default=defaults.gate_c,
+        help=f"inverse penalty of the gate head ({defaults.gate_c:g})",
     )
     parser.add_argument(
-        "--score-gate",
+        "--gain-scale",
         type=float,
-        default=defaults.score_gate,
-        help=f"weight of the placement head in the score ({defaults.score_gate:g})",
+        default=defaults.gain_scale,
+        help="spread of the gain head over the outcome rows, in levels of the score "
+        f"({defaults.gain_scale:g})",
     )
     _add_target_options(parser, required=False)
     _add_outcome_options(parser)
@@ -269,8 +290,8 @@ def _run_train(args: argparse.Namespace) -> int:
         buckets_log2=args.buckets_log2,
         gain_alpha=args.gain_alpha,
         level_c=args.level_c,
-        place_c=args.place_c,
-        score_gate=args.score_gate,
+        gate_c=args.gate_c,
+        gain_scale=args.gain_scale,
         name=args.name,
     )
     try:
@@ -284,19 +305,20 @@ def _run_train(args: argparse.Namespace) -> int:
             log=_log,
             data_digest=files_digest([path for path, _ in args.data]),
             data_weights=[(path.name, weight) for path, weight in args.data],
-            by_source=args.by_source,
+            by_source=args.by_source or args.report is not None,
         )
     except ValueError as exc:
         return _err(str(exc))
     model = save_model(model, args.out)
     if report is not None:
         from router.training.evaluate import format_report
+        from router.training.generalisation import format_generalisation
 
+        if "held_out_sources" in report:
+            print(format_generalisation(report["held_out_sources"], args.tiers))
+            print()
         if "outcomes" in report:
             print(format_report(report))
-        for name, held in report.get("held_out_sources", {}).items():
-            shares = ", ".join(f"{100 * s:.1f}%" for s in held["tier_shares"])
-            print(f"held-out source {name}: {held['rows']} rows, tier shares {shares}")
         if args.report:
             args.report.write_text(json.dumps(_without_curves(report), indent=1))
         if args.plot and report.get("outcomes"):
@@ -404,7 +426,13 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     try:
         rows = read_rows(args.data, weak_model=args.weak_model, strong_model=args.strong_model)
         target = _target(args)
-        assert target is not None
+        if target is None:
+            print(
+                "modelrouter calibrate: give a target: --strong-share, or one or more of "
+                "--quality, --max-hard-on-cheapest, --min-simple-on-cheapest",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         if args.config:
             # The thresholds must fit the model the configuration serves, not the shipped one.
             model_path, config_data = _read_config_yaml(args.config)
