@@ -4,7 +4,8 @@
 # deploy/helm/modelrouter with the default values and with TLS + auth + Redis values, and
 # each rendering checked by scripts/helm_check.py (its configuration passes `modelrouter
 # config check`; probes, preStop and termination grace fit the configuration).
-# Needs Go and openssl; the first run builds helm (a few minutes), later runs take seconds.
+# Needs Go (and openssl, installed from Debian when missing); the first run builds helm (a
+# few minutes), later runs take seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
@@ -19,6 +20,10 @@ if ! { [[ -x "$bin/helm" ]] && go version -m "$bin/helm" 2>/dev/null \
 fi
 helm="$bin/helm"
 "$helm" version --short
+
+if ! command -v openssl >/dev/null; then  # Debian's, for the test certificates
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
