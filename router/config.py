@@ -34,6 +34,8 @@ MAX_OFFSET = 20.0
 DEFAULT_TENANT = "default"
 MIN_TIERS = 2
 MAX_TIERS = 5
+# The ModelRouter methods an API key can be allowed to call (auth.keys[].methods).
+RPC_METHODS = ("Route", "Complete", "Feedback", "GetConfig")
 
 
 class ConfigError(ValueError):
@@ -171,6 +173,20 @@ class CompletionConfig(_Frozen):
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
 
 
+class TlsConfig(_Frozen):
+    """TLS on a port: the server's PEM certificate chain and key, and for mutual TLS a CA bundle.
+
+    Relative paths are taken from the configuration file's directory. SIGHUP re-reads the
+    files (certificate rotation) without dropping open connections.
+    """
+
+    cert: Annotated[str, Field(min_length=1)]
+    key: Annotated[str, Field(min_length=1)]
+    # Client certificates must chain to one of these CAs (mutual TLS); empty: no client
+    # certificate is asked for.
+    client_ca: str = ""
+
+
 class ServerConfig(_Frozen):
     host: str = "[::]"
     port: Annotated[int, Field(ge=0, le=65535)] = 50051
@@ -192,6 +208,12 @@ class ServerConfig(_Frozen):
     # reflection), for probes that cannot speak TLS or send an API key (Kubernetes' native
     # gRPC probes); 0 turns it off.
     health_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    # The address of the metrics port; empty: the same as host.
+    metrics_host: str = ""
+    # TLS (and mutual TLS with client_ca) on the gRPC port; None: plaintext.
+    tls: TlsConfig | None = None
+    # HTTPS on the metrics port, set apart from tls; None: plain HTTP.
+    metrics_tls: TlsConfig | None = None
 
 
 class LoggingConfig(_Frozen):
@@ -230,6 +252,85 @@ class TracingConfig(_Frozen):
 
 
 TenantName = Annotated[str, Field(min_length=1, max_length=MAX_TENANT_CHARS)]
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class ApiKeyConfig(_Frozen):
+    """One API key: the SHA-256 digest of the key (never the key), its tenant and methods."""
+
+    # Hex of SHA-256 over the key's UTF-8 bytes (`modelrouter keys new` prints it).
+    sha256: str
+    tenant: TenantName
+    methods: Annotated[
+        list[Literal["Route", "Complete", "Feedback", "GetConfig"]], Field(min_length=1)
+    ]
+
+    @field_validator("sha256")
+    @classmethod
+    def _check_digest(cls, digest: str) -> str:
+        digest = digest.strip().lower()
+        if not _SHA256_HEX.fullmatch(digest):
+            raise ValueError(
+                "not a SHA-256 hex digest (64 hex digits): list the digest of each key, never "
+                "the key itself (`modelrouter keys new --tenant T` prints both)"
+            )
+        return digest
+
+
+class AuthConfig(_Frozen):
+    """API keys in ``authorization: Bearer <key>`` metadata; each key names its tenant."""
+
+    enabled: bool = False
+    keys: list[ApiKeyConfig] = []
+    # Also ask health checks and server reflection for a key (any configured key).
+    protect_health: bool = False
+
+
+class TenantLimitsConfig(_Frozen):
+    """A tenant's limits; an unset one does not apply."""
+
+    # Route and Complete calls per second (a token bucket that refills at this rate).
+    requests_per_s: Positive | None = None
+    # Calls admitted at once after a quiet spell; default: one second's worth.
+    burst: Annotated[int, Field(ge=1)] | None = None
+    # Tokens (prompt + completion) of Complete per minute.
+    tokens_per_minute: Annotated[int, Field(ge=1)] | None = None
+    # US dollars of Complete (every attempt, at its tier's price) per UTC day and month.
+    usd_per_day: Positive | None = None
+    usd_per_month: Positive | None = None
+
+    @model_validator(mode="after")
+    def _burst_needs_a_rate(self) -> TenantLimitsConfig:
+        if self.burst is not None and self.requests_per_s is None:
+            raise ValueError("burst: set requests_per_s too (burst is the rate's bucket)")
+        return self
+
+    @property
+    def any(self) -> bool:
+        """Whether any limit is set."""
+        return self != TenantLimitsConfig()
+
+
+class LimitsConfig(_Frozen):
+    """Where the tenants' limits keep their counts."""
+
+    # Empty: in this process (each worker counts for itself). redis://HOST:PORT/DB (or
+    # rediss:// for TLS): shared by every worker and replica.
+    redis_url: str = ""
+    # Each call to Redis gives up after this long; the policy below then applies.
+    redis_timeout_s: Annotated[float, Field(gt=0, le=5)] = 0.5
+    # While Redis cannot be reached: admit (fail_open) or refuse with UNAVAILABLE
+    # (fail_closed). Spend that could not be recorded is added once Redis answers again.
+    on_redis_error: Literal["fail_open", "fail_closed"] = "fail_closed"
+    # Prefix of every Redis key, so that several deployments can share one Redis.
+    key_prefix: Annotated[str, Field(min_length=1, max_length=64)] = "modelrouter"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        if url and not re.fullmatch(r"(rediss?|unix)://\S+", url):
+            raise ValueError(f"{url!r} is not redis://HOST:PORT/DB, rediss://... or unix://PATH")
+        return url
 
 
 class TargetConfig(_Frozen):
@@ -248,11 +349,13 @@ class TargetConfig(_Frozen):
 
 
 class TenantConfig(_Frozen):
-    """What is configured for one tenant (the request's ``tenant`` field)."""
+    """What is configured for one tenant (the request's ``tenant`` field, or its key's)."""
 
     # Held by the online cost controller (``controller``), which moves this tenant's
     # thresholds; without a target the tenant is routed on the configured thresholds.
     target: TargetConfig | None = None
+    # Rates and budgets (``limits`` says where they are counted).
+    limits: TenantLimitsConfig = TenantLimitsConfig()
 
 
 class ControllerConfig(_Frozen):
@@ -296,9 +399,12 @@ class Config(_Frozen):
     tracing: TracingConfig = TracingConfig()
     tiers: Annotated[list[TierConfig], Field(min_length=MIN_TIERS, max_length=MAX_TIERS)]
     backends: dict[str, BackendConfig]
-    # Per tenant, by the request's tenant field ("default": requests without one).
+    auth: AuthConfig = AuthConfig()
+    # Per tenant, by the request's tenant field (or its API key's tenant); "default" is
+    # the tenant of requests without one.
     tenants: dict[TenantName, TenantConfig] = {}
     controller: ControllerConfig = ControllerConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     @model_validator(mode="after")
     def _check_tiers(self) -> Config:
@@ -335,6 +441,17 @@ class Config(_Frozen):
                         f"tiers[{i}].min_score: thresholds must increase with the tier "
                         f"({cur} is not above tiers[{i - 1}].min_score {prev})"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> Config:
+        if self.auth.enabled and not self.auth.keys:
+            raise ValueError("auth.keys: auth is enabled but no key is configured")
+        seen: set[str] = set()
+        for i, key in enumerate(self.auth.keys):
+            if key.sha256 in seen:
+                raise ValueError(f"auth.keys[{i}].sha256: the same digest is listed twice")
+            seen.add(key.sha256)
         return self
 
     def explicit_thresholds(self) -> tuple[float, ...] | None:

@@ -30,12 +30,54 @@ class Overloaded(RouterError):
 class BackendUnavailable(RouterError):
     """No allowed tier could answer (UNAVAILABLE); the message names each attempt's failure."""
 
+    def __init__(self, message: str, attempts: tuple[Attempt, ...] = ()) -> None:
+        super().__init__(message)
+        # Every attempt made, when no summary was sent (what they cost settles budgets).
+        self.attempts = attempts
 
-class DeadlineExceeded(RouterError):
+
+class DeadlineExceeded(BackendUnavailable):
     """The caller's deadline leaves no stronger tier time for a first token (DEADLINE_EXCEEDED).
 
-    The message names every attempt made and every tier skipped for the deadline.
+    The message names every attempt made and every tier skipped for the deadline; like
+    ``BackendUnavailable`` it carries the attempts (what they cost settles budgets).
     """
+
+
+class Unauthenticated(RouterError):
+    """No API key, or one the configuration does not list (UNAUTHENTICATED)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # a bounded label: missing_key, malformed, unknown_key
+
+
+class PermissionDenied(RouterError):
+    """The key may not do this: another method, or another tenant (PERMISSION_DENIED)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # a bounded label: method_denied, tenant_mismatch
+
+
+class Retryable(RouterError):
+    """A refusal the caller may retry after ``retry_after_s`` seconds (google.rpc.RetryInfo)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class LimitExceeded(Retryable):
+    """A tenant's rate, token or budget limit is used up (RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, limit: str, message: str, retry_after_s: float) -> None:
+        super().__init__(message, retry_after_s)
+        self.limit = limit  # the limit's key: requests_per_s, tokens_per_minute, usd_per_day, ...
+
+
+class LimitsUnavailable(Retryable):
+    """The shared limit counts cannot be reached and the policy is fail_closed (UNAVAILABLE)."""
 
 
 @dataclass(frozen=True, slots=True)

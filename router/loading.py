@@ -13,6 +13,7 @@ from pathlib import Path
 from router.config import Config, ConfigError, default_config, load_config
 from router.model import ModelError, default_model_path, load_model
 from router.routing import Router
+from router.tls import TlsFiles, read_tls
 
 
 def config_model_path(config: Config, base_dir: Path | None = None) -> Path:
@@ -87,15 +88,34 @@ class ConfigSource:
 
 @dataclass(frozen=True)
 class Loaded:
-    """A validated configuration and the routing model it names."""
+    """A validated configuration, the routing model it names and its TLS files, read."""
 
     config: Config
     router: Router
     model_source: str
+    # The gRPC port's certificates (server.tls), None for plaintext.
+    tls: TlsFiles | None = None
 
 
 def load(source: ConfigSource) -> Loaded:
-    """Load the configuration and its model; raise ConfigError naming the bad key."""
+    """Load the configuration, its model and its certificates; raise ConfigError naming the key."""
     config = source.load()
     router, model_source = load_router(config, source.base_dir)
-    return Loaded(config, router, model_source)
+    server = config.server
+    tls = None if server.tls is None else read_tls(server.tls, "server.tls", source.base_dir)
+    if server.metrics_tls is not None:
+        read_tls(server.metrics_tls, "server.metrics_tls", source.base_dir)
+    if config.limits.redis_url:
+        check_redis_installed()
+    return Loaded(config, router, model_source, tls)
+
+
+def check_redis_installed() -> None:
+    """Raise ConfigError when limits.redis_url is set but redis-py is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("redis") is None:
+        raise ConfigError(
+            "limits.redis_url: limits shared in Redis need redis-py: "
+            "pip install 'modelrouter[redis]'"
+        )

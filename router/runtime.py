@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Protocol
 
+from router.auth import KeyRing, key_ring
 from router.config import Config
 from router.domain import (
     BackendState,
@@ -59,6 +60,7 @@ class Runtime:
         "context_weight",
         "engine",
         "input_price",
+        "key_ring",
         "margins",
         "max_concurrent_rpcs",
         "max_prompt_bytes",
@@ -89,6 +91,8 @@ class Runtime:
         self.context_weight = config.routing.context_weight
         self.max_prompt_bytes = config.server.max_prompt_bytes
         self.max_concurrent_rpcs = config.server.max_concurrent_rpcs
+        # The API keys when auth is on, else None.
+        self.key_ring: KeyRing | None = key_ring(config.auth)
         # Complete streams running on this engine; a retired runtime closes at zero.
         self.streams = 0
         self.retired = False

@@ -10,25 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
+from router.auth import KeyRing
 from router.completion.cost import estimate_tokens
 from router.config import Config
 from router.controller import NO_TIER, Controllers, Pricing, Served, Snapshot
 from router.domain import (
     BackendState,
+    BackendUnavailable,
     ChatMessage,
     CompleteEvent,
     CompleteRequest,
     CompletionSummary,
+    Escalation,
     Feedback,
     InvalidRequest,
     RouteRequest,
     RoutingDecision,
 )
 from router.feedback import FeedbackStore
+from router.limits import Limiter, most_cost_usd
 from router.request_ids import RequestIds
 from router.routing import Router, choose_tier
 from router.runtime import EngineFactory, Runtime, completion_engine
@@ -78,6 +82,8 @@ class RouterService:
         self._feedback = FeedbackStore(config.server.feedback_capacity)
         self._ids = RequestIds()
         self._closing: set[asyncio.Task[None]] = set()
+        # Outlives reloads: the tenants' counts carry over.
+        self._limiter = Limiter(config)
 
     @property
     def config(self) -> Config:
@@ -86,6 +92,11 @@ class RouterService:
     @property
     def max_concurrent_rpcs(self) -> int:
         return self._runtime.max_concurrent_rpcs
+
+    @property
+    def key_ring(self) -> KeyRing | None:
+        """Return the API keys in force, or None when auth is off."""
+        return self._runtime.key_ring
 
     @property
     def feedback_store(self) -> FeedbackStore:
@@ -100,6 +111,17 @@ class RouterService:
     def assign_request_id(self, given: str) -> str:
         """Return the caller's request id after checking it, or a fresh one when it is empty."""
         return self._ids.assign(given)
+
+    # -- limits ------------------------------------------------------------------------
+
+    @property
+    def limiter(self) -> Limiter:
+        return self._limiter
+
+    def admit(self, tenant: str) -> Awaitable[None] | None:
+        """Return the check of one Route or Complete against the tenant's request rate (None
+        when the tenant has none); awaiting it raises LimitExceeded when over."""
+        return self._limiter.admit(tenant)
 
     # -- Route -------------------------------------------------------------------------
 
@@ -177,6 +199,14 @@ class RouterService:
         decision, max_index = self._decide(rt, request.route)
         route = request.route
         messages = route.messages or (ChatMessage("user", route.prompt),)
+        tiers, generation = rt.config.tiers, request.generation
+        prompt_tokens = decision.estimated_prompt_tokens
+        # The most each attempt can cost is held against the tenant's budget until it settles.
+        held = await self._limiter.hold(
+            route.tenant,
+            prompt_tokens,
+            most_cost_usd(tiers[decision.tier_index], prompt_tokens, generation),
+        )
         # Counted before the first yield: a reload while the decision is being sent must
         # not close the engine this stream is about to run on.
         rt.streams += 1
@@ -185,7 +215,7 @@ class RouterService:
             run = rt.engine.run(
                 decision,
                 messages,
-                request.generation,
+                generation,
                 max_tier_index=max_index,
                 deadline=request.deadline,
             )
@@ -193,11 +223,26 @@ class RouterService:
                 async for event in events:
                     if isinstance(event, CompletionSummary):
                         self._observe(rt, route, decision, event)
+                        if held is not None:
+                            held.attempts = event.attempts
                     yield event
+                    if held is not None and isinstance(event, Escalation):
+                        # The next attempt starts when the engine is asked for its next
+                        # event: the most it can cost is held first.
+                        tier = tiers[rt.tier_index[event.to_tier]]
+                        await held.climb(
+                            event.attempt, most_cost_usd(tier, prompt_tokens, generation)
+                        )
+        except BackendUnavailable as exc:
+            if held is not None and held.attempts is None and exc.attempts:
+                held.attempts = exc.attempts
+            raise
         finally:
             rt.streams -= 1
             if rt.retired and rt.streams == 0:
                 self._close_later(rt)
+            if held is not None:
+                await held.settle()
 
     def _observe(
         self,
@@ -261,6 +306,7 @@ class RouterService:
         self._controllers.configure(config, _pricing(new))
         old, self._runtime = self._runtime, new
         self._feedback.capacity = config.server.feedback_capacity
+        self._limiter.configure(config)
         old.retired = True
         if old.streams == 0:
             self._close_later(old)
@@ -271,10 +317,11 @@ class RouterService:
         task.add_done_callback(self._closing.discard)
 
     async def aclose(self) -> None:
-        """Close the engine in force and wait for retired ones to close."""
+        """Close the engine in force, wait for retired ones to close, close the limits' store."""
         await self._runtime.engine.aclose()
         if self._closing:
             await asyncio.gather(*self._closing)
+        await self._limiter.aclose()
 
 
 def _pricing(rt: Runtime) -> Pricing:

@@ -38,16 +38,14 @@ openssl x509 -req -in "$work/tls.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" \
 
 tls_files=(--set-file "tls.cert=$work/tls.crt" --set-file "tls.key=$work/tls.key"
            --set-file "tls.ca=$work/ca.crt")
-render() {  # NAME CHECK_ARGS [helm args...]
-    local name="$1" check="$2"
-    shift 2
+render() {  # NAME [helm args...]
+    local name="$1"
+    shift
     "$helm" lint --strict --kube-version 1.30.0 "$CHART" "$@"
     "$helm" template modelrouter "$CHART" --namespace ai --kube-version 1.30.0 "$@" \
         > "$work/$name.yaml"
-    "$PYTHON" scripts/helm_check.py $check "$work/$name.yaml"
+    "$PYTHON" scripts/helm_check.py "$work/$name.yaml"
 }
-render default ""
-# TODO(issue 12, sections 1-3): drop --structure-only when server.tls, auth and limits are
-# on main (branch secure); with them merged the rendering passes `modelrouter config check`.
-render tls-auth-redis --structure-only -f "$CHART/ci/tls-auth-redis-values.yaml" "${tls_files[@]}"
+render default
+render tls-auth-redis -f "$CHART/ci/tls-auth-redis-values.yaml" "${tls_files[@]}"
 echo "ci_helm: the chart lints and renders"

@@ -7,10 +7,7 @@ config.yaml and the TLS Secret's files into a temporary directory (the configura
 of the health service, a preStop, and terminationGracePeriodSeconds that covers the preStop,
 server.drain_delay_s and server.grace_period_s.
 
-Usage: python scripts/helm_check.py [--structure-only] RENDERED.yaml
-
---structure-only leaves `modelrouter config check` out (for a rendering whose keys this
-checkout does not know yet).
+Usage: python scripts/helm_check.py RENDERED.yaml
 """
 
 from __future__ import annotations
@@ -37,13 +34,11 @@ def _one(docs: list[dict[str, Any]], kind: str, suffix: str = "") -> dict[str, A
     return found[0]
 
 
-def check(docs: list[dict[str, Any]], *, config_check: bool = True) -> str:
+def check(docs: list[dict[str, Any]]) -> str:
     """Check the manifests; return `modelrouter config check`'s output."""
     config_text = _one(docs, "ConfigMap")["data"]["config.yaml"]
-    config = yaml.safe_load(config_text)
-    server = config["server"]
-    outcome = "config check not run" if not config_check else _config_check(docs, config_text)
-    _check_pod(docs, server)
+    outcome = _config_check(docs, config_text)
+    _check_pod(docs, yaml.safe_load(config_text)["server"])
     return outcome
 
 
@@ -100,11 +95,9 @@ def _check_pod(docs: list[dict[str, Any]], server: dict[str, Any]) -> None:
 
 def main() -> int:
     """Check the rendered manifests named on the command line."""
-    args = sys.argv[1:]
-    structure_only = args[:1] == ["--structure-only"]
-    text = Path(args[-1]).read_text(encoding="utf-8")
+    text = Path(sys.argv[1]).read_text(encoding="utf-8")
     docs = [d for d in yaml.safe_load_all(text) if d]
-    print(f"helm_check: {check(docs, config_check=not structure_only)}")
+    print(f"helm_check: {check(docs)}")
     return 0
 
 

@@ -3,7 +3,8 @@
 #   the project with its test/dev extras (scripts/setup.sh), the local LLM for the `llm`
 #   tests (scripts/install_llm.sh), PostgreSQL for the store tests
 #   (scripts/install_postgres.sh), Prometheus for the metrics test
-#   (scripts/install_prometheus.sh), lint and types (ruff, mypy --strict, cython-lint), the
+#   (scripts/install_prometheus.sh), Redis for the limits shared across replicas
+#   (scripts/install_redis.sh), lint and types (ruff, mypy --strict, cython-lint), the
 #   Python tests (compiled fast path, local LLM, PostgreSQL, Prometheus and Go required, not
 #   skipped), the Helm chart (scripts/ci_helm.sh: a pinned helm from the Go module proxy,
 #   lint, template, rendered configurations checked), the smoke runs of the benchmarks,
@@ -24,6 +25,8 @@ step "install PostgreSQL for the store tests (Debian's postgresql, when missing)
 scripts/install_postgres.sh
 step "install Prometheus for the metrics test (Debian's prometheus, when missing)"
 scripts/install_prometheus.sh
+step "install Redis for the shared tenant limits (Debian's redis-server, when missing)"
+scripts/install_redis.sh
 
 step "lint and types"
 .venv/bin/ruff check router tests bench
@@ -33,7 +36,7 @@ PATH="$PWD/.venv/bin:$PATH" .venv/bin/cython-lint router/_fastpath.pyx
 
 step "Python tests"
 MODELROUTER_REQUIRE_EXTENSIONS=1 MODELROUTER_REQUIRE_LLM=1 MODELROUTER_REQUIRE_POSTGRES=1 \
-    MODELROUTER_REQUIRE_PROMETHEUS=1 MODELROUTER_REQUIRE_GO=1 "$PYTHON" -m pytest -q
+    MODELROUTER_REQUIRE_PROMETHEUS=1 MODELROUTER_REQUIRE_REDIS=1 MODELROUTER_REQUIRE_GO=1 "$PYTHON" -m pytest -q
 
 step "Helm chart: helm lint and helm template, rendered configurations checked"
 scripts/ci_helm.sh
@@ -44,12 +47,13 @@ scripts/ci_server.sh
 "$PYTHON" bench/quality_baseline.py --smoke
 "$PYTHON" bench/controller.py --smoke --out "$(mktemp -d)"
 "$PYTHON" bench/learning_curve.py --smoke --out "$(mktemp -d)"
+"$PYTHON" bench/bench_limits.py --smoke
 
 step "install paths: pip install ., the wheel, the sdist, scripts/serve.sh on a fresh clone"
 scripts/ci_install.sh
 
 if [[ -x scripts/ci_clients.sh ]]; then
     step "Go and Java clients, ghz smoke"
-    VENV=.venv scripts/ci_clients.sh
+    VENV=.venv MODELROUTER_REQUIRE_REDIS=1 scripts/ci_clients.sh
 fi
 step "all tests passed"

@@ -616,16 +616,18 @@ def _update_circuit(circuit: CircuitBreaker, state: _Try) -> None:
         circuit.release()
 
 
-def _no_answer(attempts: Sequence[Attempt]) -> BackendUnavailable | DeadlineExceeded:
-    """Return the error of a climb that ran out of tiers, naming every attempt."""
+def _no_answer(attempts: Sequence[Attempt]) -> BackendUnavailable:
+    """Return the error of a climb that ran out of tiers, naming and carrying every attempt."""
     parts = "; ".join(
         f"attempt {a.index} tier {a.tier!r} ({a.backend}/{a.model}): {a.outcome.value}"
         + (f": {a.detail}" if a.detail else "")
         for a in attempts
     )
     if any(a.outcome is AttemptOutcome.DEADLINE_SKIPPED for a in attempts):
-        return DeadlineExceeded(f"no tier could answer before the deadline: {parts}")
-    return BackendUnavailable(f"no tier could answer: {parts}")
+        return DeadlineExceeded(
+            f"no tier could answer before the deadline: {parts}", tuple(attempts)
+        )
+    return BackendUnavailable(f"no tier could answer: {parts}", tuple(attempts))
 
 
 def _gate_log(gate: GateReport) -> dict[str, object] | None:

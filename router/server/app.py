@@ -20,6 +20,7 @@ from router.server.reflection import enable_server_reflection
 from router.server.servicer import ModelRouterServicer
 from router.service import RouterService
 from router.telemetry import current_tracing, metrics
+from router.tls import ServerTls, TlsFiles, read_tls
 
 SERVICE_NAME: str = router_pb2.DESCRIPTOR.services_by_name["ModelRouter"].full_name
 HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -37,6 +38,8 @@ class RunningServer:
     interceptor: ServiceInterceptor
     host: str
     port: int
+    # The port's certificates when it speaks TLS (a reload updates them), else None.
+    tls: ServerTls | None = None
     # The plaintext server of server.health_port (the same health statuses), if any.
     health_server: grpc.aio.Server | None = None
 
@@ -72,6 +75,7 @@ def create_server(
     port: int | None = None,
     reuse_port: bool = True,
     in_flight: InFlight | None = None,
+    tls: TlsFiles | None = None,
 ) -> RunningServer:
     """Return a server, not started, bound to the configured (or given) address.
 
@@ -80,6 +84,7 @@ def create_server(
     turns it off so that a port already taken is an error instead of a silent split.
     ``in_flight`` counts the RPCs against ``server.max_concurrent_rpcs`` (default: this
     process's; a supervised worker's counts every worker's).
+    ``tls`` is the port's certificates, read from ``server.tls`` when not given.
     """
     if service is None:
         router, source = load_router(config)
@@ -98,6 +103,7 @@ def create_server(
         rpc_sample=config.logging.rpc_sample,
         metrics=metrics.current(),
         tracing=current_tracing(),
+        auth=lambda: service.key_ring,
         in_flight=in_flight,
     )
     server = grpc.aio.server(interceptors=[interceptor], options=options)
@@ -109,11 +115,20 @@ def create_server(
     enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
     host = config.server.host if host is None else host
     port = config.server.port if port is None else port
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if tls is None and config.server.tls is not None:
+        tls = read_tls(config.server.tls, "server.tls")
+    address = f"{host}:{port}"
+    credentials = None if tls is None else ServerTls(tls)
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials.credentials())
     health_server = None
     if config.server.health_port:
-        # Its own server: a port of the main one would serve every service on it.
+        # Plaintext and its own server: a port of the main one would serve every service.
         health_server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
         health_server.add_insecure_port(f"{host}:{config.server.health_port}")
-    return RunningServer(server, service, health_servicer, interceptor, host, bound, health_server)
+    return RunningServer(
+        server, service, health_servicer, interceptor, host, bound, credentials, health_server
+    )

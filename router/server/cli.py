@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from router.config import DEFAULT_CONFIG_YAML, ConfigError
+import yaml
+
+from router.config import DEFAULT_CONFIG_YAML, RPC_METHODS, ApiKeyConfig, ConfigError
 from router.loading import ConfigSource, load
 from router.server.process import EXIT_CONFIG, serve, worker_count
 
@@ -99,4 +101,54 @@ def _run_check(args: argparse.Namespace) -> int:
 
 def _run_default(args: argparse.Namespace) -> int:
     print(DEFAULT_CONFIG_YAML, end="")
+    return 0
+
+
+def add_keys_parser(subparsers: Subparsers) -> None:
+    """Register ``modelrouter keys new``."""
+    parser = subparsers.add_parser("keys", help="make API keys")
+    commands = parser.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    new = commands.add_parser(
+        "new",
+        help="print a new API key and the line that lists its digest under auth.keys",
+        description="Print a new random API key (give it to the caller; it is not stored "
+        "anywhere) and the auth.keys entry that admits it: its SHA-256 digest, tenant and "
+        "methods. The configuration holds only the digest.",
+    )
+    new.add_argument("--tenant", required=True, help="the tenant the key's calls belong to")
+    new.add_argument(
+        "--methods",
+        default=",".join(RPC_METHODS),
+        help=f"comma-separated methods the key may call (default: {','.join(RPC_METHODS)})",
+    )
+    new.set_defaults(handler=_run_keys_new)
+
+
+def _run_keys_new(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from router.auth import new_key
+
+    key, digest = new_key()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    try:
+        entry = ApiKeyConfig.model_validate(
+            {"sha256": digest, "tenant": args.tenant, "methods": methods}
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{e['loc'][0]}: {e['msg']}" if e["loc"] else e["msg"] for e in exc.errors()
+        )
+        print(
+            f"modelrouter keys new: {problems} (methods: {', '.join(RPC_METHODS)})", file=sys.stderr
+        )
+        return 2
+    flow = yaml.safe_dump(
+        entry.model_dump(), default_flow_style=True, sort_keys=False, width=1_000_000
+    )
+    line = f"- {flow.strip()}"
+    print(f"# the API key of tenant {entry.tenant} (shown once; keep it in the caller's secrets):")
+    print(key)
+    print("# add under auth.keys in the configuration (only the digest is stored):")
+    print(line)
     return 0

@@ -46,13 +46,13 @@ _CIRCUITS: dict[CircuitState, pb.CircuitState] = {
 }
 
 
-def route_request(message: pb.RouteRequest, request_id: str) -> RouteRequest:
-    """Return the domain request of a RouteRequest, under the request id already assigned."""
+def route_request(message: pb.RouteRequest, request_id: str, tenant: str) -> RouteRequest:
+    """Return the domain request of a RouteRequest, under the request id and tenant resolved."""
     return RouteRequest(
         prompt=message.prompt,
         messages=tuple(ChatMessage(m.role, m.content) for m in message.messages),
         request_id=request_id,
-        tenant=message.tenant,
+        tenant=tenant,
         metadata=dict(message.metadata) if message.metadata else _NO_METADATA,
         hints=(
             TierHints(message.hints.min_tier, message.hints.max_tier, message.hints.tier)
@@ -63,7 +63,7 @@ def route_request(message: pb.RouteRequest, request_id: str) -> RouteRequest:
 
 
 def complete_request(
-    message: pb.CompleteRequest, request_id: str, deadline: float | None = None
+    message: pb.CompleteRequest, request_id: str, tenant: str, deadline: float | None = None
 ) -> CompleteRequest:
     """Return the domain request of a CompleteRequest (``deadline`` on ``time.monotonic()``)."""
     generation = _NO_GENERATION
@@ -74,12 +74,12 @@ def complete_request(
             temperature=g.temperature if g.HasField("temperature") else None,
             stop=tuple(g.stop),
         )
-    return CompleteRequest(route_request(message.route, request_id), generation, deadline)
+    return CompleteRequest(route_request(message.route, request_id, tenant), generation, deadline)
 
 
-def feedback(message: pb.FeedbackRequest) -> Feedback:
-    """Return the domain feedback of a FeedbackRequest."""
-    return Feedback(message.request_id, message.rating, message.comment, message.tenant)
+def feedback(message: pb.FeedbackRequest, tenant: str) -> Feedback:
+    """Return the domain feedback of a FeedbackRequest, under the tenant resolved."""
+    return Feedback(message.request_id, message.rating, message.comment, tenant)
 
 
 def decision(d: RoutingDecision) -> pb.RoutingDecision:

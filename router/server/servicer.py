@@ -27,33 +27,44 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         self._service = service
         self._metrics = metrics
 
-    def _start(self, request_id: str, tenant: str) -> str:
-        """Check or generate the request id, once per request, and note it for the log line."""
+    def _start(self, request_id: str, tenant: str) -> tuple[str, str]:
+        """Check or generate the request id, resolve the tenant; note both for the log line.
+
+        With auth on, the tenant is the API key's; a tenant field naming another is refused.
+        """
         record = current_rpc()
-        record.tenant = tenant  # clipped when logged
         rid = record.request_id = self._service.assign_request_id(request_id)
-        return rid
+        if record.principal is not None:
+            tenant = record.principal.tenant_for(tenant)
+        record.tenant = tenant  # clipped when logged
+        return rid, tenant
 
     async def Route(self, request: pb.RouteRequest, context: Context) -> pb.RouteResponse:
         """Return the routing decision for a query."""
-        rid = self._start(request.request_id, request.tenant)
+        rid, tenant = self._start(request.request_id, request.tenant)
+        admission = self._service.admit(tenant)
+        if admission is not None:
+            await admission
         # A trailer, not a header: on a unary call grpc.aio sends a header in a batch of
         # its own, which cost a fifth of Route's throughput; trailers ride with the status.
         context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
-        decision = self._service.route(convert.route_request(request, rid))
+        decision = self._service.route(convert.route_request(request, rid, tenant))
         self._note_decision(decision)
         return pb.RouteResponse(decision=convert.decision(decision))
 
     async def Complete(self, request: pb.CompleteRequest, context: Context) -> None:
         """Stream the decision, the answer's deltas and escalations, then the summary."""
         route = request.route
-        rid = self._start(route.request_id, route.tenant)
+        rid, tenant = self._start(route.request_id, route.tenant)
+        admission = self._service.admit(tenant)
+        if admission is not None:
+            await admission
         # A stream sends its header with the first message anyway.
         await context.send_initial_metadata(((REQUEST_ID_HEADER, rid),))
         # The caller's deadline, as a plain time on the service's clock.
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        events = self._service.complete(convert.complete_request(request, rid, deadline))
+        events = self._service.complete(convert.complete_request(request, rid, tenant, deadline))
         # aclosing: a cancelled RPC closes the engine's upstream stream at once.
         async with aclosing(events):
             async for event in events:
@@ -68,8 +79,11 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
     async def Feedback(self, request: pb.FeedbackRequest, context: Context) -> pb.FeedbackResponse:
         """Store a rating of an answer."""
         record = current_rpc()
-        record.tenant = request.tenant
-        known = self._service.feedback(convert.feedback(request))
+        tenant = request.tenant
+        if record.principal is not None:
+            tenant = record.principal.tenant_for(tenant)
+        record.tenant = tenant
+        known = self._service.feedback(convert.feedback(request, tenant))
         # Noted once checked: it also goes into the x-request-id trailer of an error.
         record.request_id = request.request_id
         if self._metrics is not None:

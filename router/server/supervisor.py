@@ -28,6 +28,7 @@ from router.server.logs import flush_logs
 from router.server.worker import EXIT_LISTEN, run_worker
 from router.telemetry import metrics
 from router.telemetry.exporter import (
+    MetricsTls,
     MultiprocessDir,
     bind_metrics_socket,
     cannot_listen_for_metrics,
@@ -93,6 +94,7 @@ class Supervisor:
     _metrics_sock: socket.socket | None = None
     _metrics_dir: MultiprocessDir | None = None
     _metrics: metrics.Metrics | None = None
+    _metrics_tls: MetricsTls | None = None
     _in_flight: InFlightSlots | None = None
 
     def run(self) -> int:
@@ -104,12 +106,15 @@ class Supervisor:
             log.error("cannot listen", address=f"{server.host}:{server.port}", error=str(exc))
             return EXIT_LISTEN
         if server.metrics_port:
+            metrics_host = server.metrics_host or server.host
             try:
-                self._metrics_sock = bind_metrics_socket(server.host, server.metrics_port)
+                self._metrics_sock = bind_metrics_socket(metrics_host, server.metrics_port)
             except OSError as exc:
                 self._sock.close()
-                cannot_listen_for_metrics(server.host, server.metrics_port, exc)
+                cannot_listen_for_metrics(metrics_host, server.metrics_port, exc)
                 return EXIT_LISTEN
+            if server.metrics_tls is not None:
+                self._metrics_tls = MetricsTls(server.metrics_tls, self.source.base_dir)
             # Before any fork: the workers inherit the directory and the value class.
             self._metrics_dir = MultiprocessDir()
             self._metrics = metrics.Metrics()
@@ -160,7 +165,7 @@ class Supervisor:
                 _die_with_parent()
                 if slot == EXPORTER_SLOT:
                     assert self._metrics_sock is not None
-                    code = run_exporter(self._metrics_sock)
+                    code = run_exporter(self._metrics_sock, self._metrics_tls)
                 else:
                     signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
                     if self._metrics_sock is not None:

@@ -18,11 +18,21 @@ from router.server.inflight import InFlight
 from router.server.logs import flush_logs, set_worker
 from router.service import RouterService
 from router.telemetry import install_tracing, metrics
+from router.tls import ServerTls
 
 log = structlog.get_logger()
 
 # Settings a reload cannot change in a running process.
-RESTART_ONLY = ("host", "port", "workers", "max_message_bytes", "metrics_port", "health_port")
+RESTART_ONLY = (
+    "host",
+    "port",
+    "workers",
+    "max_message_bytes",
+    "metrics_port",
+    "metrics_host",
+    "metrics_tls",
+    "health_port",
+)
 EXIT_LISTEN = 3
 # How often a worker moves its pending metric counts into prometheus-client's values.
 METRICS_FLUSH_S = 1.0
@@ -46,10 +56,12 @@ def run_worker(
     index: int | None,
     reuse_port: bool,
     in_flight: InFlight | None = None,
+    on_reload: Callable[[], None] | None = None,
 ) -> int:
     """Run one server process on an event loop (uvloop when installed) until it stops.
 
     ``in_flight`` is the supervisor's count of every worker's RPCs (None: this process's).
+    ``on_reload`` also runs on every SIGHUP (the metrics port's certificates, in one process).
     """
     set_worker(index)
     tracing = None
@@ -61,7 +73,7 @@ def run_worker(
         install_tracing(tracing)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(_serve_async(source, loaded, reuse_port, in_flight))
+            return runner.run(_serve_async(source, loaded, reuse_port, in_flight, on_reload))
     finally:
         if tracing is not None:
             install_tracing(None)
@@ -69,14 +81,20 @@ def run_worker(
 
 
 async def _serve_async(
-    source: ConfigSource, loaded: Loaded, reuse_port: bool, in_flight: InFlight | None
+    source: ConfigSource,
+    loaded: Loaded,
+    reuse_port: bool,
+    in_flight: InFlight | None,
+    on_reload: Callable[[], None] | None,
 ) -> int:
     loop = asyncio.get_running_loop()
     config = loaded.config
     service = RouterService(config, loaded.router, model_source=loaded.model_source)
     address = f"{config.server.host}:{config.server.port}"
     try:
-        running = create_server(config, service, reuse_port=reuse_port, in_flight=in_flight)
+        running = create_server(
+            config, service, reuse_port=reuse_port, tls=loaded.tls, in_flight=in_flight
+        )
     except RuntimeError as exc:
         log.error("cannot listen", address=address, error=str(exc))
         await service.aclose()
@@ -94,10 +112,14 @@ async def _serve_async(
     stopping = _StopSignals()
     # Supervised workers share the port; the supervisor counts the reloads.
     supervised = reuse_port
-    reloader = Reloader(source, service, count=None if supervised else metrics.current())
+    reloader = Reloader(
+        source, service, count=None if supervised else metrics.current(), tls=running.tls
+    )
     loop.add_signal_handler(signal.SIGTERM, stopping.terminate)
     loop.add_signal_handler(signal.SIGINT, stopping.interrupt)
-    loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
+    loop.add_signal_handler(
+        signal.SIGHUP, reloader.trigger if on_reload is None else _both(reloader.trigger, on_reload)
+    )
     current_metrics = metrics.current()
     flusher = None
     if current_metrics is not None:
@@ -139,6 +161,14 @@ class _StopSignals:
         self.requested.set()
 
 
+def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        first()
+        second()
+
+    return run
+
+
 def _flush_metrics(current: metrics.Metrics, running: RunningServer) -> None:
     """Move pending metric counts into prometheus-client and sample the gauges."""
     info = running.service.info()
@@ -161,11 +191,17 @@ class Reloader:
     """Reload configuration and model on SIGHUP; keep the old ones when the new are bad."""
 
     def __init__(
-        self, source: ConfigSource, service: RouterService, *, count: metrics.Metrics | None = None
+        self,
+        source: ConfigSource,
+        service: RouterService,
+        *,
+        count: metrics.Metrics | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self._source = source
         self._service = service
         self._count = count
+        self._tls = tls
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
 
@@ -199,14 +235,22 @@ class Reloader:
                     exc_info=exc,
                 )
                 return False
-            log.info(
-                "reloaded", config=self._source.describe(), model_version=loaded.router.version
-            )
             stale = [
                 f"server.{key}"
                 for key in RESTART_ONLY
                 if getattr(old.server, key) != getattr(loaded.config.server, key)
             ]
+            tls = self._tls
+            if tls is not None and loaded.tls is not None and loaded.tls.mutual == tls.files.mutual:
+                if loaded.tls != tls.files:
+                    tls.update(loaded.tls)
+                    log.info("certificates reloaded", mutual_tls=tls.files.mutual)
+            elif (tls is None) != (loaded.tls is None) or tls is not None:
+                # Turning TLS on or off, or client certificates on or off, rebuilds the port.
+                stale.append("server.tls")
+            log.info(
+                "reloaded", config=self._source.describe(), model_version=loaded.router.version
+            )
             stale.extend(
                 key
                 for key in ("logging", "tracing")

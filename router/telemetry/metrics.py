@@ -10,7 +10,8 @@ loses what it counted since its last flush (at most a second); a graceful stop f
 Gauges (in-flight RPCs, circuit states, the model version) are sampled at flush.
 
 Every label takes values from a bounded set: gRPC method names and status codes, tier and
-backend names from the configuration, attempt outcomes, token kinds, reload results.
+backend names from the configuration, attempt outcomes, token kinds, reload results, and
+tenant names only where they come from the configuration (the tenants with limits).
 """
 
 from __future__ import annotations
@@ -215,6 +216,27 @@ class Metrics:
             ("result",),
             registry=r,
         )
+        self.auth_failures = Counter(
+            "modelrouter_auth_failures_total",
+            "Calls refused by API key checks, by method and reason (missing_key, malformed, "
+            "unknown_key, method_denied, tenant_mismatch).",
+            ("grpc_method", "reason"),
+            registry=r,
+        )
+        self.limit_rejections = Counter(
+            "modelrouter_limit_rejections_total",
+            "Calls refused by a tenant's limit, by tenant (configured) and limit "
+            "(requests_per_s, tokens_per_minute, usd_per_day, usd_per_month).",
+            ("tenant", "limit"),
+            registry=r,
+        )
+        self.limit_store_errors = Counter(
+            "modelrouter_limit_store_errors_total",
+            "Limit checks that could not reach Redis, by the policy applied (fail_open, "
+            "fail_closed).",
+            ("policy",),
+            registry=r,
+        )
         self.circuit_open = Gauge(
             "modelrouter_backend_circuit_open",
             "1 while a backend's circuit breaker skips it (open or half-open) in any worker.",
@@ -346,6 +368,18 @@ class Metrics:
     def feedback(self, tier: str) -> None:
         """Count one feedback record."""
         self.count(self.feedback_ratings, (tier,)).n += 1
+
+    def auth_failed(self, method: str, reason: str) -> None:
+        """Count a call refused by the API key checks."""
+        self.count(self.auth_failures, (method, reason)).n += 1
+
+    def limit_rejected(self, tenant: str, limit: str) -> None:
+        """Count a call refused by a tenant's limit."""
+        self.count(self.limit_rejections, (tenant, limit)).n += 1
+
+    def limit_store_failed(self, policy: str) -> None:
+        """Count a limit check that could not reach Redis, by the policy applied."""
+        self.count(self.limit_store_errors, (policy,)).n += 1
 
     def reloaded(self, success: bool) -> None:
         """Count a configuration reload (written at once: reloads are rare)."""

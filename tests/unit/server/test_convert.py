@@ -16,12 +16,12 @@ def test_every_domain_enum_has_its_proto_value() -> None:
 
 def test_request_conversion_keeps_unset_fields_unset() -> None:
     message = pb.CompleteRequest(route=pb.RouteRequest(prompt="hi", metadata={"a": "b"}))
-    request = convert.complete_request(message, "rid")
+    request = convert.complete_request(message, "rid", "")
     assert request.route.request_id == "rid"
     assert dict(request.route.metadata) == {"a": "b"}
     assert request.generation.temperature is None
     message.generation.temperature = 0.0
-    assert convert.complete_request(message, "rid").generation.temperature == 0.0
+    assert convert.complete_request(message, "rid", "").generation.temperature == 0.0
 
 
 def test_gate_report_optional_logprobs() -> None:

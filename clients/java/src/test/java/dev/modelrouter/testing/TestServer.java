@@ -1,5 +1,6 @@
 package dev.modelrouter.testing;
 
+import io.grpc.ChannelCredentials;
 import io.grpc.Grpc;
 import io.grpc.InsecureChannelCredentials;
 import io.grpc.ManagedChannel;
@@ -18,6 +19,7 @@ import java.time.Duration;
 import java.time.Instant;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.TimeUnit;
 
 /** A real {@code modelrouter serve} on a free loopback port, for the tests. */
@@ -28,11 +30,13 @@ public final class TestServer implements AutoCloseable {
   private final Process process;
   private final Path log;
   private final String address;
+  private final ChannelCredentials credentials;
 
-  private TestServer(Process process, Path log, String address) {
+  private TestServer(Process process, Path log, String address, ChannelCredentials credentials) {
     this.process = process;
     this.log = log;
     this.address = address;
+    this.credentials = credentials;
   }
 
   /** Return the modelrouter command: $MODELROUTER_BIN, else modelrouter on PATH. */
@@ -54,6 +58,16 @@ public final class TestServer implements AutoCloseable {
   /** Start {@code modelrouter serve} with the shared test configuration and one worker. */
   public static TestServer start() throws IOException, InterruptedException {
     String config = System.getProperty("modelrouter.testConfig", "../testdata/server.yaml");
+    return start(config, Map.of(), InsecureChannelCredentials.create());
+  }
+
+  /**
+   * Start {@code modelrouter serve} with a configuration, more environment, and the credentials
+   * of the health checks that wait for it to serve.
+   */
+  public static TestServer start(
+      String config, Map<String, String> env, ChannelCredentials credentials)
+      throws IOException, InterruptedException {
     IllegalStateException last = null;
     // The free port is found by binding and releasing it; another process may take it in
     // between, so a server that exits during start-up is retried on a new port.
@@ -62,9 +76,11 @@ public final class TestServer implements AutoCloseable {
       List<String> argv = new ArrayList<>(List.of(binary(), "serve", "--host", "127.0.0.1",
           "--port", Integer.toString(port), "--config", config, "--workers", "1"));
       Path log = Files.createTempFile("modelrouter-serve-", ".log");
-      Process process = new ProcessBuilder(argv).redirectErrorStream(true)
-          .redirectOutput(log.toFile()).start();
-      TestServer server = new TestServer(process, log, "127.0.0.1:" + port);
+      ProcessBuilder builder = new ProcessBuilder(argv).redirectErrorStream(true)
+          .redirectOutput(log.toFile());
+      builder.environment().putAll(env);
+      Process process = builder.start();
+      TestServer server = new TestServer(process, log, "127.0.0.1:" + port, credentials);
       try {
         server.waitServing();
         return server;
@@ -91,8 +107,7 @@ public final class TestServer implements AutoCloseable {
   }
 
   private void waitServing() throws InterruptedException {
-    ManagedChannel channel =
-        Grpc.newChannelBuilder(address, InsecureChannelCredentials.create()).build();
+    ManagedChannel channel = Grpc.newChannelBuilder(address, credentials).build();
     try {
       HealthGrpc.HealthBlockingStub health = HealthGrpc.newBlockingStub(channel);
       Instant deadline = Instant.now().plus(START_TIMEOUT);
