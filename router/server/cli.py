@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from router.config import DEFAULT_CONFIG_YAML, RPC_METHODS, ApiKeyConfig, ConfigError
+from router.config import DEFAULT_CONFIG_YAML, RPC_METHODS, ApiKeyConfig, Config, ConfigError
 from router.loading import ConfigSource, load
 from router.server.process import EXIT_CONFIG, serve, worker_count
 
@@ -95,8 +95,20 @@ def _run_check(args: argparse.Namespace) -> int:
         f"{source.describe()}: OK: tiers {tiers}; model {loaded.router.version} from "
         f"{loaded.model_source}; backends {', '.join(sorted(config.backends))}; "
         f"{worker_count(config)} worker(s) on {config.server.host}:{config.server.port}"
+        f"; {_security(config)}"
     )
     return 0
+
+
+def _security(config: Config) -> str:
+    """Describe the transport, the API keys and the tenant limits of a configuration."""
+    tls = config.server.tls
+    transport = "plaintext" if tls is None else "mutual TLS" if tls.client_ca else "TLS"
+    keys = f"{len(config.auth.keys)} API key(s)" if config.auth.enabled else "no API keys"
+    limited = sum(1 for tenant in config.tenants.values() if tenant.limits.any)
+    where = "in Redis" if config.limits.redis_url else "per worker"
+    limits = f"limits for {limited} tenant(s), counted {where}" if limited else "no limits"
+    return f"{transport}, {keys}, {limits}"
 
 
 def _run_default(args: argparse.Namespace) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import ssl
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -281,3 +283,24 @@ def test_metrics_port_speaks_https_apart_from_the_grpc_port(
     process.wait_for("metrics certificates reloaded")
     now_trusted = ssl.create_default_context(cadata=other_ca.cert_pem.decode())
     assert _https_get(f"https://127.0.0.1:{metrics_port}/metrics", now_trusted)[0] == 200
+
+
+def test_config_check_says_how_the_port_and_the_tenants_are_guarded(
+    tmp_path: Path, model_path: Path, ca: CertificateAuthority
+) -> None:
+    path = write_config(
+        tmp_path / "router.yaml",
+        model_path,
+        server={"tls": _tls_section(tmp_path, ca, mutual=True)},
+        auth={"enabled": True, "keys": [{"sha256": "a" * 64, "tenant": "t", "methods": ["Route"]}]},
+        tenants={"t": {"limits": {"requests_per_s": 5}}},
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "router.cli", "config", "check", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.rstrip().endswith(
+        "; mutual TLS, 1 API key(s), limits for 1 tenant(s), counted per worker"
+    )
