@@ -197,9 +197,8 @@ def _run_label(args: argparse.Namespace) -> int:
 async def _interruptible(work: Coroutine[Any, Any, int]) -> int:
     """Run ``work``; SIGINT cancels it at once and is raised as KeyboardInterrupt.
 
-    The loop's own handler (set_wakeup_fd) wakes the loop whichever thread the signal
-    lands on; asyncio.run's plain signal.signal handler waited, with the signal on a
-    resolver thread, until the loop's next timer (a 30 s first-token timeout).
+    Like ``serve``, the run takes SIGINT even when it inherited it ignored (a background
+    job of a script): Python and asyncio.run leave an inherited SIG_IGN in place.
     """
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
