@@ -79,21 +79,26 @@ STREAM_FOLD, STREAM_FOLDS = 0, 5
 STREAM_BYTES = (150, 250)
 
 
-def time_calls(fn: Callable[[str], Any], text: str, calls: int, warmup: int = 200) -> list[float]:
-    """Return the microseconds of each of ``calls`` calls (after a warm-up)."""
-    for _ in range(min(warmup, calls)):
-        fn(text)
+def time_each(fn: Callable[[str], Any], texts: list[str]) -> list[float]:
+    """Return the microseconds of each call of ``fn`` on the texts, in order."""
     clock = time.perf_counter_ns
     samples = []
     gc.disable()
     try:
-        for _ in range(calls):
+        for text in texts:
             start = clock()
             fn(text)
             samples.append((clock() - start) / 1000.0)
     finally:
         gc.enable()
     return samples
+
+
+def time_calls(fn: Callable[[str], Any], text: str, calls: int, warmup: int = 200) -> list[float]:
+    """Return the microseconds of each of ``calls`` calls (after a warm-up)."""
+    for _ in range(min(warmup, calls)):
+        fn(text)
+    return time_each(fn, [text] * calls)
 
 
 def stream_queries(limit: int | None = None) -> list[str]:
@@ -118,18 +123,7 @@ def stream_queries(limit: int | None = None) -> list[str]:
 
 def time_stream(fn: Callable[[str], Any], texts: list[str], passes: int) -> list[float]:
     """Return the microseconds of each call, scoring every text once per pass, in order."""
-    clock = time.perf_counter_ns
-    samples = []
-    gc.disable()
-    try:
-        for _ in range(passes):
-            for text in texts:
-                start = clock()
-                fn(text)
-                samples.append((clock() - start) / 1000.0)
-    finally:
-        gc.enable()
-    return samples
+    return time_each(fn, texts * passes)
 
 
 def time_repeated(fn: Callable[[str], Any], texts: list[str], calls: int) -> list[float]:
