@@ -5,6 +5,10 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from router._fastpath_py import Weights
+
+def _set_f16c(on: bool) -> bool: ...
+
 class FastPath:
     seed: int
     buckets_log2: int
@@ -17,7 +21,10 @@ class FastPath:
     n_rules: int
     n_features: int
     n_heads: int
-    score_gate: float
+    score_formula: int
+    level_weight: float
+    score_bias: float
+    placement_weight: float
     def __init__(
         self,
         *,
@@ -28,9 +35,12 @@ class FastPath:
         char_max: int,
         max_bytes: int,
         rule_phrases: Sequence[Sequence[str]],
-        weights: npt.NDArray[np.float32],
+        weights: Weights,
         bias: npt.NDArray[np.float64],
-        score_gate: float = 0.0,
+        score_formula: int = 2,
+        level_weight: float = 0.0,
+        score_bias: float = 0.0,
+        placement_weight: float = 0.0,
     ) -> None: ...
     def features(self, text: str) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float64], int]: ...
     def logits(

@@ -25,8 +25,11 @@ The algorithm (FEATURIZER_VERSION 1):
 6. Logits: per head, logit = bias + scale_w * sum(word weights) + scale_c * sum(char
    weights) + sum(dense and rule weights), each sum accumulated in float64 in emission
    order; a chat's earlier turns add ``context_weight`` times their own sums.
-7. Outputs: level probabilities = softmax(heads 0-4); score = sigmoid(gain head +
-   score_gate * sigmoid(placement head)).
+7. Outputs: level probabilities = softmax(heads 0-4); the score by the model's formula:
+   ``SCORE_LEVEL_GAIN`` (format-2 models): sigmoid(level_weight * E[level] +
+   sigmoid(gate head) * gain head + score_bias), E[level] = sum of k * P(level k);
+   ``SCORE_PLACEMENT_GAIN`` (format-1 models): sigmoid(gain head + placement_weight *
+   sigmoid(placement head)).
 """
 
 from __future__ import annotations
@@ -42,10 +45,19 @@ import xxhash
 
 FEATURIZER_VERSION = 1
 LEVELS = 5
-# Heads: 5 level logits (softmax), the gain logit and the placement logit.
+# Heads: 5 level logits (softmax), the gain logit and the gate logit (which the format-1
+# formula reads as the placement logit).
 GAIN_HEAD = LEVELS
-PLACE_HEAD = LEVELS + 1
+GATE_HEAD = LEVELS + 1
 HEADS = LEVELS + 2
+# Score formulas, by number (the model file's score.formula).
+SCORE_PLACEMENT_GAIN = 1
+SCORE_LEVEL_GAIN = 2
+SCORE_FORMULAS = (SCORE_PLACEMENT_GAIN, SCORE_LEVEL_GAIN)
+
+# Weights as model files hold them (float16) or as training makes them (float32): both
+# paths read the same values, widened exactly to float64.
+Weights = npt.NDArray[np.float16] | npt.NDArray[np.float32]
 
 _xxh3 = xxhash.xxh3_64_intdigest
 _PAIR = struct.Struct("<QQ")
@@ -150,16 +162,22 @@ def _dense_indices(stats: Sequence[int], offset: int) -> list[int]:
     return indices
 
 
-def phrase_hash(phrase: str, seed: int, max_bytes: int = 1 << 15) -> tuple[int, int]:
-    """Return (chained hash, token count) of a rule phrase, tokenized like queries."""
+def phrase_chain(phrase: str, seed: int, max_bytes: int = 1 << 15) -> list[int]:
+    """Return the chained hashes of a rule phrase's first 1, 2, ... tokens (as in queries)."""
     buf, _ = _scan(normalize(phrase, max_bytes))
     spans = _tokens(buf)
     if not spans:
         raise ValueError(f"rule phrase {phrase!r} has no tokens")
-    h = _xxh3(buf[spans[0][0] : spans[0][1]], seed)
+    chain = [_xxh3(buf[spans[0][0] : spans[0][1]], seed)]
     for s, e in spans[1:]:
-        h = _xxh3(_PAIR.pack(h, _xxh3(buf[s:e], seed)), seed + 2)
-    return h, len(spans)
+        chain.append(_xxh3(_PAIR.pack(chain[-1], _xxh3(buf[s:e], seed)), seed + 2))
+    return chain
+
+
+def phrase_hash(phrase: str, seed: int, max_bytes: int = 1 << 15) -> tuple[int, int]:
+    """Return (chained hash, token count) of a rule phrase, tokenized like queries."""
+    chain = phrase_chain(phrase, seed, max_bytes)
+    return chain[-1], len(chain)
 
 
 def check_settings(
@@ -190,15 +208,37 @@ def rule_table(
     return table, longest
 
 
-def checked_weights(
-    weights: npt.NDArray[np.float32], bias: npt.NDArray[np.float64], n_features: int
-) -> npt.NDArray[np.float32]:
-    """Return the weights as a C-contiguous float32 matrix, checking both shapes."""
-    weights = np.ascontiguousarray(weights, dtype=np.float32)
+def rule_prefixes(rule_phrases: Sequence[Sequence[str]], seed: int, max_bytes: int) -> set[int]:
+    """Return the chained hashes of every proper prefix of every rule phrase.
+
+    A query's token chain that is not among them cannot grow into a phrase, so the
+    compiled path stops extending it there (the same rules fire, with fewer hashes).
+    """
+    return {
+        h
+        for phrases in rule_phrases
+        for phrase in phrases
+        for h in phrase_chain(phrase, seed, max_bytes)[:-1]
+    }
+
+
+def check_score_formula(formula: int) -> None:
+    """Raise ValueError for a score formula neither fast path computes."""
+    if formula not in SCORE_FORMULAS:
+        raise ValueError(f"unknown score formula {formula!r} (known: {list(SCORE_FORMULAS)})")
+
+
+def checked_weights(weights: Weights, bias: npt.NDArray[np.float64], n_features: int) -> Weights:
+    """Return the weights as a C-contiguous float16 or float32 matrix, checking both shapes."""
+    weights = (
+        np.ascontiguousarray(weights, dtype=np.float16)
+        if weights.dtype == np.float16
+        else np.ascontiguousarray(weights, dtype=np.float32)
+    )
     if weights.ndim != 2 or weights.shape[0] != n_features:
         raise ValueError(f"weights must have shape ({n_features}, heads)")
     if weights.shape[1] != HEADS:
-        raise ValueError(f"weights must have {HEADS} heads (5 levels, gain, placement)")
+        raise ValueError(f"weights must have {HEADS} heads (5 levels, gain, gate)")
     if bias.shape != (HEADS,):
         raise ValueError(f"bias must have shape ({HEADS},)")
     return weights
@@ -217,10 +257,14 @@ class FastPath:
         char_max: int,
         max_bytes: int,
         rule_phrases: Sequence[Sequence[str]],
-        weights: npt.NDArray[np.float32],
+        weights: Weights,
         bias: npt.NDArray[np.float64],
-        score_gate: float = 0.0,
+        score_formula: int = SCORE_LEVEL_GAIN,
+        level_weight: float = 0.0,
+        score_bias: float = 0.0,
+        placement_weight: float = 0.0,
     ) -> None:
+        check_score_formula(score_formula)
         check_settings(
             buckets_log2=buckets_log2,
             word_max=word_max,
@@ -244,7 +288,10 @@ class FastPath:
         # Python floats are float64: the same values the compiled path reads.
         self._w = weights.astype(np.float64).tolist()
         self._bias = [float(b) for b in bias]
-        self.score_gate = float(score_gate)
+        self.score_formula = score_formula
+        self.level_weight = float(level_weight)
+        self.score_bias = float(score_bias)
+        self.placement_weight = float(placement_weight)
 
     # -- featurization ---------------------------------------------------------------
 
@@ -344,10 +391,12 @@ class FastPath:
     ) -> tuple[float, tuple[float, ...], int]:
         """Return the difficulty score, the level probabilities and the fired-rules mask.
 
-        Heads 0-4 are the level logits (softmax). The score is
-        sigmoid(gain + score_gate * sigmoid(placement)): the placement head says whether
-        the query is of a kind the cheapest tier serves (FAQ, chit-chat, lookups), the
-        gain head how much a stronger model helps within its kind.
+        Heads 0-4 are the level logits (softmax). With ``SCORE_LEVEL_GAIN`` the score is
+        sigmoid(level_weight * E[level] + sigmoid(gate) * gain + score_bias): the expected
+        level carries general difficulty, the gain head how much the stronger model helps,
+        and the gate head how much the query is like the rows that taught the gain head.
+        With ``SCORE_PLACEMENT_GAIN`` (format-1 models) it is
+        sigmoid(gain + placement_weight * sigmoid(placement)).
         """
         logits, rules = self.logits(text, context, context_weight)
         top = max(logits[:LEVELS])
@@ -356,8 +405,18 @@ class FastPath:
         for e in exps:
             total += e
         levels = tuple(e / total for e in exps)
-        gate = self.score_gate * _sigmoid(logits[PLACE_HEAD])
-        return _sigmoid(logits[GAIN_HEAD] + gate), levels, rules
+        if self.score_formula == SCORE_LEVEL_GAIN:
+            expected = 0.0
+            for k, p in enumerate(levels):
+                expected += k * p
+            z = (
+                self.level_weight * expected
+                + _sigmoid(logits[GATE_HEAD]) * logits[GAIN_HEAD]
+                + self.score_bias
+            )
+        else:
+            z = logits[GAIN_HEAD] + self.placement_weight * _sigmoid(logits[GATE_HEAD])
+        return _sigmoid(z), levels, rules
 
 
 def _sigmoid(x: float) -> float:

@@ -6,7 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from router.server.cli import add_config_parser, add_serve_parser
+from router.loop.cli import add_export_parser, add_label_parser
+from router.server.cli import add_config_parser, add_keys_parser, add_serve_parser
+from router.store.cli import add_stats_parser
 from router.training.cli import (
     EXIT_USAGE,
     EXTRAS,
@@ -26,10 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_serve_parser(subparsers)
     add_config_parser(subparsers)
+    add_keys_parser(subparsers)
     add_route_parser(subparsers)
     add_train_parser(subparsers)
     add_eval_parser(subparsers)
     add_calibrate_parser(subparsers)
+    add_stats_parser(subparsers)
+    add_export_parser(subparsers)
+    add_label_parser(subparsers)
     return parser
 
 

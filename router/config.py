@@ -25,9 +25,17 @@ from pydantic import (
     model_validator,
 )
 
+from router.validation import MAX_TENANT_CHARS
+
 CONFIG_VERSION = 1
+# The controller's offset limits may not exceed this many logits (router/controller.py).
+MAX_OFFSET = 20.0
+# The tenant a request without a tenant field belongs to.
+DEFAULT_TENANT = "default"
 MIN_TIERS = 2
 MAX_TIERS = 5
+# The ModelRouter methods an API key can be allowed to call (auth.keys[].methods).
+RPC_METHODS = ("Route", "Complete", "Feedback", "GetConfig", "GetStats")
 
 
 class ConfigError(ValueError):
@@ -158,11 +166,30 @@ class RoutingConfig(_Frozen):
     escalation_margin: Annotated[float, Field(ge=0, le=1)] = 0.0
     # Weight of earlier chat turns relative to the last user turn.
     context_weight: Annotated[float, Field(ge=0, le=1)] = 0.3
+    # A request with a session_id never goes to a cheaper tier than its session already
+    # used (reason SESSION_FLOOR); a caller's hints.tier and hints.max_tier still win.
+    session_floor: bool = True
+    # Sessions each worker remembers (the store keeps them all when there is one).
+    max_sessions: Annotated[int, Field(ge=1)] = 100_000
 
 
 class CompletionConfig(_Frozen):
     max_attempts: Annotated[int, Field(ge=1, le=MAX_TIERS)] = 3
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+
+
+class TlsConfig(_Frozen):
+    """TLS on a port: the server's PEM certificate chain and key, and for mutual TLS a CA bundle.
+
+    Relative paths are taken from the configuration file's directory. SIGHUP re-reads the
+    files (certificate rotation) without dropping open connections.
+    """
+
+    cert: Annotated[str, Field(min_length=1)]
+    key: Annotated[str, Field(min_length=1)]
+    # Client certificates must chain to one of these CAs (mutual TLS); empty: no client
+    # certificate is asked for.
+    client_ca: str = ""
 
 
 class ServerConfig(_Frozen):
@@ -174,9 +201,62 @@ class ServerConfig(_Frozen):
     max_prompt_bytes: Annotated[int, Field(ge=1)] = 256 * 1024
     max_concurrent_rpcs: Annotated[int, Field(ge=1)] = 1000
     grace_period_s: NonNegative = 10.0
+    # On SIGTERM: health turns NOT_SERVING at once, RPCs are still served for this many
+    # seconds (load balancers and clients that watch health move away), then new RPCs are
+    # refused and in-flight ones get grace_period_s. Kubernetes' preStop pattern; SIGINT
+    # (Ctrl-C) and a second SIGTERM skip it.
+    drain_delay_s: NonNegative = 0.0
+    # Request ids each worker remembers, to answer Feedback's known_request without a
+    # store look-up.
     feedback_capacity: Annotated[int, Field(ge=1)] = 10_000
     # Prometheus metrics over HTTP on their own port (GET /metrics); 0 turns them off.
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9464
+    # A plaintext port that serves only grpc.health.v1.Health (no ModelRouter, no
+    # reflection), for probes that cannot speak TLS or send an API key (Kubernetes' native
+    # gRPC probes); 0 turns it off.
+    health_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    # The address of the metrics port; empty: the same as host.
+    metrics_host: str = ""
+    # TLS (and mutual TLS with client_ca) on the gRPC port; None: plaintext.
+    tls: TlsConfig | None = None
+    # HTTPS on the metrics port, set apart from tls; None: plain HTTP.
+    metrics_tls: TlsConfig | None = None
+
+
+class StoreConfig(_Frozen):
+    """Where requests, their outcomes and feedback are kept (router/store/)."""
+
+    # A SQLite file (relative to the configuration file), or a PostgreSQL URL
+    # (postgresql://user:password@host/db) for several replicas. Neither: the SQLite file
+    # in the per-user state directory ($XDG_STATE_HOME/modelrouter/modelrouter.db, else
+    # ~/.local/state/modelrouter/modelrouter.db).
+    path: Annotated[str, Field(min_length=1)] | None = None
+    url: Annotated[str, Field(min_length=1)] | None = None
+    # Keep the prompt text (the relabel loop needs it). Off by default: prompts may hold
+    # personal data, and a store keeps them until someone deletes them.
+    keep_text: bool = False
+    # Records waiting to be written; beyond this they are dropped and counted.
+    queue_size: Annotated[int, Field(ge=1)] = 10_000
+    batch_size: Annotated[int, Field(ge=1)] = 500
+    # A record waits at most this long before its batch is written.
+    flush_interval_s: Positive = 0.5
+
+    @model_validator(mode="after")
+    def _check_target(self) -> StoreConfig:
+        if self.path is not None and self.url is not None:
+            raise ValueError("set path (SQLite) or url (PostgreSQL), not both")
+        if self.url is not None and not self.url.startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                "url must start with postgresql:// or postgres:// (a SQLite file is path)"
+            )
+        return self
+
+
+class FeedbackConfig(_Frozen):
+    """How ratings are read."""
+
+    # A rating at or above this counts as a satisfied user (GetStats' satisfaction).
+    satisfied_at: Annotated[float, Field(ge=0, le=1)] = 0.7
 
 
 class LoggingConfig(_Frozen):
@@ -214,6 +294,142 @@ class TracingConfig(_Frozen):
         return bool(self.otlp_endpoint)
 
 
+TenantName = Annotated[str, Field(min_length=1, max_length=MAX_TENANT_CHARS)]
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class ApiKeyConfig(_Frozen):
+    """One API key: the SHA-256 digest of the key (never the key), its tenant and methods."""
+
+    # Hex of SHA-256 over the key's UTF-8 bytes (`modelrouter keys new` prints it).
+    sha256: str
+    tenant: TenantName
+    methods: Annotated[
+        list[Literal["Route", "Complete", "Feedback", "GetConfig", "GetStats"]],
+        Field(min_length=1),
+    ]
+
+    @field_validator("sha256")
+    @classmethod
+    def _check_digest(cls, digest: str) -> str:
+        digest = digest.strip().lower()
+        if not _SHA256_HEX.fullmatch(digest):
+            raise ValueError(
+                "not a SHA-256 hex digest (64 hex digits): list the digest of each key, never "
+                "the key itself (`modelrouter keys new --tenant T` prints both)"
+            )
+        return digest
+
+
+class AuthConfig(_Frozen):
+    """API keys in ``authorization: Bearer <key>`` metadata; each key names its tenant."""
+
+    enabled: bool = False
+    keys: list[ApiKeyConfig] = []
+    # Also ask health checks and server reflection for a key (any configured key).
+    protect_health: bool = False
+
+
+class TenantLimitsConfig(_Frozen):
+    """A tenant's limits; an unset one does not apply."""
+
+    # Route and Complete calls per second (a token bucket that refills at this rate).
+    requests_per_s: Positive | None = None
+    # Calls admitted at once after a quiet spell; default: one second's worth.
+    burst: Annotated[int, Field(ge=1)] | None = None
+    # Tokens (prompt + completion) of Complete per minute.
+    tokens_per_minute: Annotated[int, Field(ge=1)] | None = None
+    # US dollars of Complete (every attempt, at its tier's price) per UTC day and month.
+    usd_per_day: Positive | None = None
+    usd_per_month: Positive | None = None
+
+    @model_validator(mode="after")
+    def _burst_needs_a_rate(self) -> TenantLimitsConfig:
+        if self.burst is not None and self.requests_per_s is None:
+            raise ValueError("burst: set requests_per_s too (burst is the rate's bucket)")
+        return self
+
+    @property
+    def any(self) -> bool:
+        """Whether any limit is set."""
+        return self != TenantLimitsConfig()
+
+
+class LimitsConfig(_Frozen):
+    """Where the tenants' limits keep their counts."""
+
+    # Empty: in this process (each worker counts for itself). redis://HOST:PORT/DB (or
+    # rediss:// for TLS): shared by every worker and replica.
+    redis_url: str = ""
+    # Each call to Redis gives up after this long; the policy below then applies.
+    redis_timeout_s: Annotated[float, Field(gt=0, le=5)] = 0.5
+    # While Redis cannot be reached: admit (fail_open) or refuse with UNAVAILABLE
+    # (fail_closed). Spend that could not be recorded is added once Redis answers again.
+    on_redis_error: Literal["fail_open", "fail_closed"] = "fail_closed"
+    # Prefix of every Redis key, so that several deployments can share one Redis.
+    key_prefix: Annotated[str, Field(min_length=1, max_length=64)] = "modelrouter"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        if url and not re.fullmatch(r"(rediss?|unix)://\S+", url):
+            raise ValueError(f"{url!r} is not redis://HOST:PORT/DB, rediss://... or unix://PATH")
+        return url
+
+
+class TargetConfig(_Frozen):
+    """A tenant's cost target: exactly one of a strong share and a spend rate."""
+
+    # The share of the tenant's requests answered above the cheapest tier.
+    strong_share: Annotated[float, Field(ge=0, le=1)] | None = None
+    # US dollars per hour, over the controller's window.
+    usd_per_hour: Positive | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> TargetConfig:
+        if (self.strong_share is None) == (self.usd_per_hour is None):
+            raise ValueError("set exactly one of strong_share and usd_per_hour")
+        return self
+
+
+class TenantConfig(_Frozen):
+    """What is configured for one tenant (the request's ``tenant`` field, or its key's)."""
+
+    # Held by the online cost controller (``controller``), which moves this tenant's
+    # thresholds; without a target the tenant is routed on the configured thresholds.
+    target: TargetConfig | None = None
+    # Rates and budgets (``limits`` says where they are counted).
+    limits: TenantLimitsConfig = TenantLimitsConfig()
+
+
+class ControllerConfig(_Frozen):
+    """How the online cost controller moves a tenant's thresholds (router/controller.py)."""
+
+    # The sliding window: the tenant's last window_requests requests, none older than
+    # window_s seconds.
+    window_requests: Annotated[int, Field(ge=10, le=100_000)] = 500
+    window_s: Positive = 3600.0
+    # No move before the window holds this many requests.
+    min_requests: Annotated[int, Field(ge=1)] = 100
+    # Requests between two moves.
+    update_every: Annotated[int, Field(ge=1)] = 25
+    # The largest move, and the limits, of the threshold offset (logits).
+    max_step: Annotated[float, Field(gt=0, le=MAX_OFFSET)] = 0.5
+    min_offset: Annotated[float, Field(ge=-MAX_OFFSET, le=0)] = -6.0
+    max_offset: Annotated[float, Field(ge=0, le=MAX_OFFSET)] = 6.0
+    # How much of the window's realised error the next requests make up (0 to 2).
+    catch_up: Annotated[float, Field(ge=0, le=2)] = 1.0
+
+    @model_validator(mode="after")
+    def _window_holds_min(self) -> ControllerConfig:
+        if self.min_requests > self.window_requests:
+            raise ValueError(
+                f"controller.min_requests: {self.min_requests} is more than the window "
+                f"holds (controller.window_requests {self.window_requests})"
+            )
+        return self
+
+
 class Config(_Frozen):
     """The whole service configuration."""
 
@@ -224,9 +440,18 @@ class Config(_Frozen):
     routing: RoutingConfig = RoutingConfig()
     completion: CompletionConfig = CompletionConfig()
     logging: LoggingConfig = LoggingConfig()
+    # `store: null` keeps nothing.
+    store: StoreConfig | None = StoreConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
     tracing: TracingConfig = TracingConfig()
     tiers: Annotated[list[TierConfig], Field(min_length=MIN_TIERS, max_length=MAX_TIERS)]
     backends: dict[str, BackendConfig]
+    auth: AuthConfig = AuthConfig()
+    # Per tenant, by the request's tenant field (or its API key's tenant); "default" is
+    # the tenant of requests without one.
+    tenants: dict[TenantName, TenantConfig] = {}
+    controller: ControllerConfig = ControllerConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     @model_validator(mode="after")
     def _check_tiers(self) -> Config:
@@ -263,6 +488,17 @@ class Config(_Frozen):
                         f"tiers[{i}].min_score: thresholds must increase with the tier "
                         f"({cur} is not above tiers[{i - 1}].min_score {prev})"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> Config:
+        if self.auth.enabled and not self.auth.keys:
+            raise ValueError("auth.keys: auth is enabled but no key is configured")
+        seen: set[str] = set()
+        for i, key in enumerate(self.auth.keys):
+            if key.sha256 in seen:
+                raise ValueError(f"auth.keys[{i}].sha256: the same digest is listed twice")
+            seen.add(key.sha256)
         return self
 
     def explicit_thresholds(self) -> tuple[float, ...] | None:

@@ -30,6 +30,64 @@ class Overloaded(RouterError):
 class BackendUnavailable(RouterError):
     """No allowed tier could answer (UNAVAILABLE); the message names each attempt's failure."""
 
+    def __init__(self, message: str, attempts: tuple[Attempt, ...] = ()) -> None:
+        super().__init__(message)
+        # Every attempt made, when no summary was sent: for the store, and what they cost
+        # settles budgets.
+        self.attempts = attempts
+
+
+class DeadlineExceeded(BackendUnavailable):
+    """The caller's deadline leaves no stronger tier time for a first token (DEADLINE_EXCEEDED).
+
+    The message names every attempt made and every tier skipped for the deadline; like
+    ``BackendUnavailable`` it carries the attempts (what they cost settles budgets).
+    """
+
+
+class Unauthenticated(RouterError):
+    """No API key, or one the configuration does not list (UNAUTHENTICATED)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # a bounded label: missing_key, malformed, unknown_key
+
+
+class PermissionDenied(RouterError):
+    """The key may not do this: another method, or another tenant (PERMISSION_DENIED)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # a bounded label: method_denied, tenant_mismatch
+
+
+class Retryable(RouterError):
+    """A refusal the caller may retry after ``retry_after_s`` seconds (google.rpc.RetryInfo)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class LimitExceeded(Retryable):
+    """A tenant's rate, token or budget limit is used up (RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, limit: str, message: str, retry_after_s: float) -> None:
+        super().__init__(message, retry_after_s)
+        self.limit = limit  # the limit's key: requests_per_s, tokens_per_minute, usd_per_day, ...
+
+
+class LimitsUnavailable(Retryable):
+    """The shared limit counts cannot be reached and the policy is fail_closed (UNAVAILABLE)."""
+
+
+class NotConfigured(RouterError):
+    """The request needs something this server's configuration turned off (FAILED_PRECONDITION)."""
+
+
+class StoreUnavailable(RouterError):
+    """The store could not be read (UNAVAILABLE)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
@@ -56,6 +114,8 @@ class RouteRequest:
     tenant: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
     hints: TierHints = TierHints()
+    # A conversation's id: its requests never go to a cheaper tier than it already used.
+    session_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +129,8 @@ class GenerationOptions:
 class CompleteRequest:
     route: RouteRequest
     generation: GenerationOptions = GenerationOptions()
+    # When the caller stops waiting, in seconds on ``time.monotonic()``; None: no deadline.
+    deadline: float | None = None
 
 
 class DecisionReason(enum.Enum):
@@ -77,6 +139,7 @@ class DecisionReason(enum.Enum):
     MAX_TIER = "max_tier"
     FORCED = "forced"
     MARGIN = "margin"
+    SESSION_FLOOR = "session_floor"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +168,7 @@ class RouteFailure:
 
     request_id: str
     error: RouterError
+    tenant: str = ""
 
 
 class AttemptOutcome(enum.Enum):
@@ -121,6 +185,7 @@ class AttemptOutcome(enum.Enum):
     CIRCUIT_OPEN = "circuit_open"
     CANCELLED = "cancelled"
     FAILED_AFTER_COMMIT = "failed_after_commit"
+    DEADLINE_SKIPPED = "deadline_skipped"
 
 
 class CircuitState(enum.Enum):
@@ -222,3 +287,12 @@ class Feedback:
     rating: float
     comment: str = ""
     tenant: str = ""
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackResult:
+    """What Feedback answers: whether the request id is known, and whether it was kept."""
+
+    known_request: bool
+    stored: bool

@@ -40,15 +40,19 @@ N_DENSE = _fastpath_py.N_DENSE
 LEVELS = _fastpath_py.LEVELS
 HEADS = _fastpath_py.HEADS
 GAIN_HEAD = _fastpath_py.GAIN_HEAD
-PLACE_HEAD = _fastpath_py.PLACE_HEAD
+GATE_HEAD = _fastpath_py.GATE_HEAD
+SCORE_PLACEMENT_GAIN = _fastpath_py.SCORE_PLACEMENT_GAIN
+SCORE_LEVEL_GAIN = _fastpath_py.SCORE_LEVEL_GAIN
 
 __all__ = [
     "FEATURIZER_VERSION",
     "GAIN_HEAD",
+    "GATE_HEAD",
     "HEADS",
     "IMPLEMENTATION",
     "LEVELS",
     "N_DENSE",
-    "PLACE_HEAD",
+    "SCORE_LEVEL_GAIN",
+    "SCORE_PLACEMENT_GAIN",
     "FastPath",
 ]

@@ -3,7 +3,12 @@
 One ``.npz`` file (numpy's zip of arrays, read with ``allow_pickle=False``) holds a JSON
 ``meta`` entry and the arrays. ``meta.checksum`` is the SHA-256 of the canonical meta
 (without the checksum) and of every array's bytes, so a corrupt or edited file is an
-error at load. Weights are stored as float16 and widened to float32 in memory.
+error at load. Weights are stored as float16 and kept so in memory (the fast path reads
+halves: half the bytes to fetch per n-gram); training makes float32 ones.
+
+Format versions: 2 names its score formula in ``meta.score`` (``ScoreFormula``); 1 (the
+models before it) had ``meta.score_gate``, the weight of the placement head in the only
+formula there was, and still loads and scores as it did.
 """
 
 from __future__ import annotations
@@ -24,10 +29,20 @@ import numpy as np
 import numpy.typing as npt
 
 from router import _fastpath_py
-from router.fastpath import FEATURIZER_VERSION, HEADS, LEVELS, FastPath
+from router._fastpath_py import Weights
+from router.fastpath import (
+    FEATURIZER_VERSION,
+    HEADS,
+    LEVELS,
+    SCORE_LEVEL_GAIN,
+    SCORE_PLACEMENT_GAIN,
+    FastPath,
+)
 
 FORMAT = "modelrouter-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
+_FORMULA_NAMES = {SCORE_LEVEL_GAIN: "level_gain", SCORE_PLACEMENT_GAIN: "placement_gain"}
 DEFAULT_MODEL = "default.npz"
 
 
@@ -55,6 +70,37 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
+class ScoreFormula:
+    """How the heads make the score (``router/_fastpath_py.py``, ``FastPath.score``).
+
+    ``level_gain`` (format 2): sigmoid(level_weight * E[level] + sigmoid(gate) * gain +
+    bias). ``placement_gain`` (format-1 files): sigmoid(gain + placement_weight *
+    sigmoid(placement)), where head 6 is the placement logit.
+    """
+
+    formula: int = SCORE_LEVEL_GAIN
+    level_weight: float = 0.0
+    bias: float = 0.0
+    placement_weight: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        if self.formula == SCORE_PLACEMENT_GAIN:
+            return {"formula": "placement_gain", "placement_weight": self.placement_weight}
+        return {"formula": "level_gain", "level_weight": self.level_weight, "bias": self.bias}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ScoreFormula:
+        names = {name: number for number, name in _FORMULA_NAMES.items()}
+        if data.get("formula") not in names:
+            raise ValueError(f"unknown score formula {data.get('formula')!r}")
+        if names[data["formula"]] == SCORE_PLACEMENT_GAIN:
+            return cls(SCORE_PLACEMENT_GAIN, placement_weight=float(data["placement_weight"]))
+        return cls(
+            SCORE_LEVEL_GAIN, level_weight=float(data["level_weight"]), bias=float(data["bias"])
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class FeaturizerSpec:
     """Everything that decides which features a text gets; saved with the weights."""
 
@@ -74,10 +120,10 @@ class FeaturizerSpec:
 
     def fastpath(
         self,
-        weights: npt.NDArray[np.float32] | None = None,
+        weights: Weights | None = None,
         bias: npt.NDArray[np.float64] | None = None,
         implementation: type[_fastpath_py.FastPath] = FastPath,
-        score_gate: float = 0.0,
+        score: ScoreFormula = ScoreFormula(),
     ) -> _fastpath_py.FastPath:
         """Return a fast path over these settings (zero weights when none are given)."""
         if weights is None:
@@ -94,7 +140,10 @@ class FeaturizerSpec:
             rule_phrases=[r.phrases for r in self.rules],
             weights=weights,
             bias=bias,
-            score_gate=score_gate,
+            score_formula=score.formula,
+            level_weight=score.level_weight,
+            score_bias=score.bias,
+            placement_weight=score.placement_weight,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -133,13 +182,13 @@ class RouterModel:
     """A trained routing model with its calibrated operating point."""
 
     spec: FeaturizerSpec
-    # (n_features, HEADS): 5 level logits, the gain logit, the placement logit.
-    weights: npt.NDArray[np.float32]
+    # (n_features, HEADS): 5 level logits, the gain logit, the gate logit; float16 as saved
+    # and loaded, float32 as training makes them.
+    weights: Weights
     bias: npt.NDArray[np.float64]  # (HEADS,)
     tier_names: tuple[str, ...]
     thresholds: tuple[float, ...]
-    # score = sigmoid(gain + score_gate * sigmoid(placement)).
-    score_gate: float = 0.0
+    score: ScoreFormula = field(default_factory=ScoreFormula)
     name: str = "model"
     info: Mapping[str, Any] = field(default_factory=dict)
     checksum: str = ""
@@ -165,7 +214,7 @@ class RouterModel:
         self, implementation: type[_fastpath_py.FastPath] = FastPath
     ) -> _fastpath_py.FastPath:
         """Return a fast path scoring with this model's weights."""
-        return self.spec.fastpath(self.weights, self.bias, implementation, self.score_gate)
+        return self.spec.fastpath(self.weights, self.bias, implementation, self.score)
 
     def with_operating_point(
         self, tier_names: Sequence[str], thresholds: Sequence[float], note: Mapping[str, Any]
@@ -188,7 +237,7 @@ def _meta_without_checksum(model: RouterModel) -> dict[str, Any]:
         "name": model.name,
         "featurizer": model.spec.to_json(),
         "heads": HEADS,
-        "score_gate": model.score_gate,
+        "score": model.score.to_json(),
         "tier_names": list(model.tier_names),
         "thresholds": list(model.thresholds),
         "info": dict(model.info),
@@ -218,7 +267,7 @@ def save_model(model: RouterModel, path: str | Path) -> RouterModel:
     with tmp.open("wb") as fh:
         np.savez_compressed(fh, meta=meta_bytes, weights=arrays["weights"], bias=arrays["bias"])
     tmp.replace(path)
-    return replace(model, checksum=checksum, weights=arrays["weights"].astype(np.float32))
+    return replace(model, checksum=checksum, weights=arrays["weights"])
 
 
 def load_model(path: str | Path) -> RouterModel:
@@ -256,10 +305,10 @@ def load_model(path: str | Path) -> RouterModel:
         raise ModelError(f"{path}: corrupt metadata ({exc})") from None
     if not isinstance(meta, dict):
         raise ModelError(f"{path}: corrupt metadata (not a JSON object)")
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format") != FORMAT or meta.get("format_version") not in READABLE_FORMAT_VERSIONS:
         raise ModelError(
             f"{path}: format {meta.get('format')!r} v{meta.get('format_version')}, "
-            f"expected {FORMAT!r} v{FORMAT_VERSION}"
+            f"expected {FORMAT!r} v{' or v'.join(map(str, READABLE_FORMAT_VERSIONS))}"
         )
     checksum = meta.pop("checksum", "")
     if _digest(meta, arrays) != checksum:
@@ -268,6 +317,13 @@ def load_model(path: str | Path) -> RouterModel:
         spec = FeaturizerSpec.from_json(meta["featurizer"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{path}: bad featurizer settings ({exc})") from None
+    try:
+        if meta["format_version"] == 1:
+            score = ScoreFormula(SCORE_PLACEMENT_GAIN, placement_weight=float(meta["score_gate"]))
+        else:
+            score = ScoreFormula.from_json(meta["score"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{path}: bad score formula ({exc})") from None
     if spec.featurizer_version != FEATURIZER_VERSION:
         raise ModelError(
             f"{path}: trained with featurizer version {spec.featurizer_version}, "
@@ -288,11 +344,11 @@ def load_model(path: str | Path) -> RouterModel:
         raise ModelError(f"{path}: {meta.get('heads')} heads, this code scores {HEADS}")
     return RouterModel(
         spec=spec,
-        weights=weights.astype(np.float32),
+        weights=weights.astype(np.float16),
         bias=bias.astype(np.float64),
         tier_names=tuple(meta["tier_names"]),
         thresholds=tuple(float(t) for t in meta["thresholds"]),
-        score_gate=float(meta["score_gate"]),
+        score=score,
         name=str(meta["name"]),
         info=meta["info"],
         checksum=checksum,
@@ -310,6 +366,7 @@ __all__ = [
     "ModelError",
     "RouterModel",
     "Rule",
+    "ScoreFormula",
     "default_model_path",
     "load_model",
     "save_model",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Protocol
 
+from router.auth import KeyRing, key_ring
 from router.config import Config
 from router.domain import (
     BackendState,
@@ -21,6 +22,7 @@ from router.domain import (
     TextDelta,
 )
 from router.routing import Router
+from router.store import StoreWriter
 
 
 class Engine(Protocol):
@@ -33,6 +35,7 @@ class Engine(Protocol):
         generation: GenerationOptions,
         *,
         max_tier_index: int,
+        deadline: float | None = None,
     ) -> AsyncGenerator[TextDelta | Escalation | CompletionSummary, None]: ...
 
     def backend_states(self) -> list[BackendState]: ...
@@ -58,6 +61,8 @@ class Runtime:
         "context_weight",
         "engine",
         "input_price",
+        "keep_text",
+        "key_ring",
         "margins",
         "max_concurrent_rpcs",
         "max_prompt_bytes",
@@ -65,16 +70,29 @@ class Runtime:
         "model_version",
         "retired",
         "router",
+        "session_floor",
         "streams",
         "thresholds",
         "tier_index",
+        "writer",
     )
 
-    def __init__(self, config: Config, router: Router, engine: Engine, model_source: str) -> None:
+    def __init__(
+        self,
+        config: Config,
+        router: Router,
+        engine: Engine,
+        model_source: str,
+        writer: StoreWriter | None = None,
+    ) -> None:
         self.config = config
         self.router = router
         self.engine = engine
         self.model_source = model_source
+        # Where this world's requests are recorded (a reload may keep the same writer).
+        self.writer = writer
+        self.keep_text = config.store is not None and config.store.keep_text
+        self.session_floor = config.routing.session_floor
         self.thresholds = router.thresholds
         self.model_version = router.version
         self.tier_index = {tier.name: i for i, tier in enumerate(config.tiers)}
@@ -88,6 +106,9 @@ class Runtime:
         self.context_weight = config.routing.context_weight
         self.max_prompt_bytes = config.server.max_prompt_bytes
         self.max_concurrent_rpcs = config.server.max_concurrent_rpcs
-        # Complete streams running on this engine; a retired runtime closes at zero.
+        # The API keys when auth is on, else None.
+        self.key_ring: KeyRing | None = key_ring(config.auth)
+        # Complete streams running on this engine and writer; a retired runtime closes
+        # them at zero.
         self.streams = 0
         self.retired = False

@@ -1,37 +1,54 @@
-"""The transport-neutral service: decide a request's tier, run it, record feedback.
+"""The transport-neutral service: decide a request's tier, run it, record it and its feedback.
 
 The gRPC servicer converts protobuf to the domain types of ``router.domain`` and calls this
 module; nothing here knows about gRPC. Requests are checked by ``router.validation``; what
-they run on (configuration, routing model, engine) is one ``router.runtime.Runtime`` that
-``reload`` replaces with a single assignment.
+they run on (configuration, routing model, engine, store writer) is one
+``router.runtime.Runtime`` that ``reload`` replaces with a single assignment. Records go to
+the store through its writer's queue (``router.recording`` builds them), never waiting on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import structlog
+
+from router.auth import KeyRing
 from router.completion.cost import estimate_tokens
 from router.config import Config
+from router.controller import NO_TIER, Controllers, Pricing, Served, Snapshot
 from router.domain import (
+    Attempt,
     BackendState,
+    BackendUnavailable,
     ChatMessage,
     CompleteEvent,
     CompleteRequest,
+    CompletionSummary,
+    DecisionReason,
+    Escalation,
     Feedback,
+    FeedbackResult,
     InvalidRequest,
+    NotConfigured,
     RouteFailure,
     RouteRequest,
     RouterError,
     RoutingDecision,
+    StoreUnavailable,
 )
-from router.feedback import FeedbackStore
+from router.limits import Limiter, most_cost_usd
+from router.recording import complete_record, route_record
 from router.request_ids import RequestIds
 from router.routing import Router, choose_tier
 from router.runtime import EngineFactory, Runtime, completion_engine
+from router.sessions import BoundedMap, Sessions
+from router.store import FeedbackRecord, StateRecord, Stats, StatsQuery, StoreWriter
+from router.store.stats import SATISFIED_AT_STATE
 from router.validation import (
     check_batch,
     check_feedback,
@@ -40,8 +57,11 @@ from router.validation import (
     check_messages,
     check_metadata,
     check_prompt,
+    check_session_id,
     check_tenant,
 )
+
+log = structlog.get_logger()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +76,32 @@ class ServiceInfo:
     margins: tuple[float, ...]
     fastpath: str
     backends: tuple[BackendState, ...]
+    # The tenants' cost controllers, by tenant name.
+    controllers: tuple[Snapshot, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatus:
+    """The store a worker writes to, and its writer's counters."""
+
+    kind: str
+    location: str
+    queued: int
+    written: int
+    dropped: int
+    failed_writes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStats:
+    """What GetStats reports: the stats read from the store, and the store's state."""
+
+    stats: Stats
+    store: StoreStatus
 
 
 class RouterService:
-    """Route and complete requests against the runtime in force; reload it atomically."""
+    """Route, complete and record requests against the runtime in force; reload it atomically."""
 
     def __init__(
         self,
@@ -68,12 +110,23 @@ class RouterService:
         *,
         model_source: str = "builtin",
         engine_factory: EngineFactory = completion_engine,
+        store: StoreWriter | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._engine_factory = engine_factory
-        self._runtime = Runtime(config, router, engine_factory(config), model_source)
-        self._feedback = FeedbackStore(config.server.feedback_capacity)
+        self._runtime = Runtime(config, router, engine_factory(config), model_source, store)
+        self._controllers = Controllers(clock)
+        self._controllers.configure(config, _pricing(self._runtime))
+        # Request ids served lately (-> tier), to answer Feedback's known_request at once.
+        self._served: BoundedMap[str, str] = BoundedMap(config.server.feedback_capacity)
+        self._sessions = Sessions(config.routing.max_sessions)
         self._ids = RequestIds()
+        # Keys of stored records: unique across workers, whatever the callers' ids.
+        self._record_keys = RequestIds()
         self._closing: set[asyncio.Task[None]] = set()
+        # Outlives reloads: the tenants' counts carry over.
+        self._limiter = Limiter(config)
+        _note_settings(self._runtime)
 
     @property
     def config(self) -> Config:
@@ -84,8 +137,18 @@ class RouterService:
         return self._runtime.max_concurrent_rpcs
 
     @property
-    def feedback_store(self) -> FeedbackStore:
-        return self._feedback
+    def store(self) -> StoreWriter | None:
+        """Return the store writer in force (None without a store)."""
+        return self._runtime.writer
+
+    def served_tier(self, request_id: str) -> str | None:
+        """Return the tier a request this worker served lately was routed to, if known."""
+        return self._served.get(request_id)
+
+    @property
+    def key_ring(self) -> KeyRing | None:
+        """Return the API keys in force, or None when auth is off."""
+        return self._runtime.key_ring
 
     # -- request ids -------------------------------------------------------------------
 
@@ -97,24 +160,38 @@ class RouterService:
         """Return the caller's request id after checking it, or a fresh one when it is empty."""
         return self._ids.assign(given)
 
+    # -- limits ------------------------------------------------------------------------
+
+    @property
+    def limiter(self) -> Limiter:
+        return self._limiter
+
+    def admit(self, tenant: str) -> Awaitable[None] | None:
+        """Return the check of one Route or Complete against the tenant's request rate (None
+        when the tenant has none); awaiting it raises LimitExceeded when over."""
+        return self._limiter.admit(tenant)
+
     # -- Route -------------------------------------------------------------------------
 
-    def route(self, request: RouteRequest) -> RoutingDecision:
-        """Validate a request and return its routing decision.
+    async def route(self, request: RouteRequest) -> RoutingDecision:
+        """Validate a request, return its routing decision and record it.
 
         ``request.request_id`` is taken as assigned (by ``assign_request_id``, which checks
         the caller's id once at the edge); an empty one is replaced by a fresh id.
         """
-        request_id = request.request_id or self._ids.new()
-        decision, _ = self._decide(self._runtime, request, request_id)
-        return decision
+        return await self._route(self._runtime, request, request.request_id or self._ids.new())
 
-    def route_batch(self, requests: Sequence[RouteRequest]) -> list[RoutingDecision | RouteFailure]:
+    async def route_batch(
+        self,
+        requests: Sequence[RouteRequest],
+        tenant_for: Callable[[str], str] | None = None,
+    ) -> list[RoutingDecision | RouteFailure]:
         """Return each request's decision, or the error Route would have ended it with, in order.
 
-        Unlike ``route``, each ``request.request_id`` is the caller's as sent: it is checked
-        here, request by request, and an empty one is replaced by a fresh id. Only a batch
-        over the size limit raises.
+        Each request goes through what Route does to it: its ``request_id`` (the caller's, as
+        sent) is checked, or replaced by a fresh id when empty; ``tenant_for`` (the caller's
+        API key's, when auth is on) resolves its tenant; the tenant's request rate admits it;
+        then it is decided and recorded. Only a batch over the size limit raises.
         """
         check_batch(len(requests))
         rt = self._runtime
@@ -124,13 +201,48 @@ class RouterService:
             request_id = ""
             try:
                 request_id = ids.assign(request.request_id)
-                results.append(self._decide(rt, request, request_id)[0])
+                if tenant_for is not None:
+                    tenant = tenant_for(request.tenant)
+                    if tenant != request.tenant:
+                        request = replace(request, tenant=tenant)
+                admission = self.admit(request.tenant)
+                if admission is not None:
+                    await admission
+                results.append(await self._route(rt, request, request_id))
             except RouterError as exc:
-                results.append(RouteFailure(request_id or ids.new(), exc))
+                results.append(RouteFailure(request_id or ids.new(), exc, request.tenant))
         return results
 
+    async def _route(self, rt: Runtime, request: RouteRequest, request_id: str) -> RoutingDecision:
+        """Decide a request under ``request_id``; tell its session, the store, the controller."""
+        floor = await self._session_floor(rt, request) if request.session_id else None
+        decision, _ = self._decide(rt, request, request_id, floor)
+        if request.session_id and rt.session_floor:
+            self._sessions.used(
+                request.tenant, request.session_id, decision.tier, rt.tier_index, rt.writer
+            )
+        if rt.writer is not None:
+            rt.writer.put(
+                route_record(self._record_keys.new(), request, decision, keep_text=rt.keep_text)
+            )
+        controller = self._controllers.get(request.tenant)
+        if controller is not None:
+            # Route runs no model: the decided tier answers, at the prompt's estimated cost.
+            controller.record(_served(rt, request, decision, decision.tier_index))
+        return decision
+
+    async def _session_floor(self, rt: Runtime, request: RouteRequest) -> int | None:
+        """Return the tier index the request's session already reached (None: no floor)."""
+        check_session_id(request.session_id)
+        if not rt.session_floor:
+            return None
+        check_tenant(request.tenant)
+        return await self._sessions.floor(
+            request.tenant, request.session_id, rt.tier_index, rt.writer
+        )
+
     def _decide(
-        self, rt: Runtime, request: RouteRequest, request_id: str
+        self, rt: Runtime, request: RouteRequest, request_id: str, floor: int | None = None
     ) -> tuple[RoutingDecision, int]:
         """Return the decision under ``request_id`` and the highest tier index allowed."""
         check_tenant(request.tenant)
@@ -150,18 +262,26 @@ class RouterService:
             tokens = estimate_tokens(len(prompt))
             started = time.perf_counter()
             scored = rt.router.score(prompt)
+        controller = self._controllers.get(request.tenant)
         index, reason = choose_tier(
             scored.score,
-            rt.thresholds,
+            rt.thresholds if controller is None else controller.thresholds,
             margin=rt.margins,
             forced=forced,
             min_index=low,
             max_index=high,
         )
+        # The session's floor: above the score and min_tier, below a forced tier and
+        # max_tier (the caller's explicit limits win).
+        if floor is not None and forced is None and index < floor:
+            if high is None or floor <= high:
+                index, reason = floor, DecisionReason.SESSION_FLOOR
+            else:  # the floor lies above max_tier: the cap decides
+                index, reason = high, DecisionReason.MAX_TIER
         micros = (time.perf_counter() - started) * 1e6
         tier = rt.config.tiers[index]
         prices = rt.input_price
-        self._feedback.remember(request_id, tier.name)
+        self._served.put(request_id, tier.name)
         decision = RoutingDecision(
             request_id=request_id,
             tier=tier.name,
@@ -183,32 +303,156 @@ class RouterService:
     # -- Complete ----------------------------------------------------------------------
 
     async def complete(self, request: CompleteRequest) -> AsyncGenerator[CompleteEvent, None]:
-        """Yield the decision, then the engine's deltas and escalations, then its summary."""
+        """Yield the decision, then the engine's deltas and escalations, then its summary.
+
+        The request is recorded when the stream ends, however it ends.
+        """
         rt = self._runtime
         check_generation(request.generation)
         route = request.route
-        decision, max_index = self._decide(rt, route, route.request_id or self._ids.new())
+        floor = await self._session_floor(rt, route) if route.session_id else None
+        decision, max_index = self._decide(rt, route, route.request_id or self._ids.new(), floor)
+        session = route.session_id and rt.session_floor
+        if session:
+            self._sessions.used(
+                route.tenant, route.session_id, decision.tier, rt.tier_index, rt.writer
+            )
         messages = route.messages or (ChatMessage("user", route.prompt),)
+        tiers, generation = rt.config.tiers, request.generation
+        prompt_tokens = decision.estimated_prompt_tokens
+        # The most each attempt can cost is held against the tenant's budget until it settles.
+        held = await self._limiter.hold(
+            route.tenant,
+            prompt_tokens,
+            most_cost_usd(tiers[decision.tier_index], prompt_tokens, generation),
+        )
+        started_unix, started = time.time(), time.perf_counter()
+        summary: CompletionSummary | None = None
+        escalated: list[Attempt] = []
+        # Every attempt, when no tier answered: the last one failed without escalating.
+        all_failed = False
+        outcome = "error"
         # Counted before the first yield: a reload while the decision is being sent must
         # not close the engine this stream is about to run on.
         rt.streams += 1
         try:
             yield decision
-            run = rt.engine.run(decision, messages, request.generation, max_tier_index=max_index)
+            run = rt.engine.run(
+                decision,
+                messages,
+                generation,
+                max_tier_index=max_index,
+                deadline=request.deadline,
+            )
             async with aclosing(run) as events:
                 async for event in events:
+                    if isinstance(event, Escalation):
+                        escalated.append(event.attempt)
+                    elif isinstance(event, CompletionSummary):
+                        summary = event
+                        self._observe(rt, route, decision, event)
+                        if held is not None:
+                            held.attempts = event.attempts
+                        if session:
+                            self._sessions.used(
+                                route.tenant, route.session_id, event.tier, rt.tier_index, rt.writer
+                            )
                     yield event
+                    if held is not None and isinstance(event, Escalation):
+                        # The next attempt starts when the engine is asked for its next
+                        # event: the most it can cost is held first.
+                        tier = tiers[rt.tier_index[event.to_tier]]
+                        await held.climb(
+                            event.attempt, most_cost_usd(tier, prompt_tokens, generation)
+                        )
+            outcome = "ok"
+        except BackendUnavailable as exc:
+            if held is not None and held.attempts is None and exc.attempts:
+                held.attempts = exc.attempts
+            if exc.attempts:
+                escalated, all_failed = list(exc.attempts), True
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "cancelled"
+            raise
         finally:
+            if rt.writer is not None:
+                rt.writer.put(
+                    complete_record(
+                        self._record_keys.new(),
+                        route,
+                        decision,
+                        summary,
+                        escalated,
+                        outcome=outcome,
+                        escalations=len(escalated) - all_failed,
+                        started=started_unix,
+                        duration_ms=(time.perf_counter() - started) * 1000.0,
+                        tier_index=rt.tier_index,
+                        keep_text=rt.keep_text,
+                    )
+                )
             rt.streams -= 1
             if rt.retired and rt.streams == 0:
                 self._close_later(rt)
+            if held is not None:
+                await held.settle()
 
-    # -- Feedback and GetConfig --------------------------------------------------------
+    def _observe(
+        self,
+        rt: Runtime,
+        request: RouteRequest,
+        decision: RoutingDecision,
+        summary: CompletionSummary,
+    ) -> None:
+        """Tell the tenant's controller (if any) which tier answered and what it cost."""
+        controller = self._controllers.get(request.tenant)
+        if controller is None:
+            return
+        usage = summary.usage
+        answer_cost = rt.config.tiers[summary.tier_index].price
+        answered = (
+            usage.prompt_tokens * answer_cost.input_per_mtok
+            + usage.completion_tokens * answer_cost.output_per_mtok
+        ) / 1e6
+        controller.record(
+            _served(
+                rt,
+                request,
+                decision,
+                summary.tier_index,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                max(0.0, summary.cost_usd - answered),
+            )
+        )
 
-    def feedback(self, feedback: Feedback) -> bool:
-        """Validate and store feedback; return whether its request id was served here."""
+    # -- Feedback, GetConfig, GetStats --------------------------------------------------
+
+    async def feedback(self, feedback: Feedback) -> FeedbackResult:
+        """Validate and store feedback; say whether its request id is known and if it was kept.
+
+        Feedback for an unknown request id is kept all the same (the stats report it).
+        """
         check_feedback(feedback)
-        return self._feedback.add(feedback)
+        writer = self._runtime.writer
+        known = self._served.get(feedback.request_id) is not None
+        if not known and writer is not None:
+            try:
+                known = await asyncio.to_thread(writer.store.has_request, feedback.request_id)
+            except Exception as exc:
+                log.warning("request look-up failed", store=writer.store.location, error=str(exc))
+        stored = writer is not None and writer.put(
+            FeedbackRecord(
+                request_id=feedback.request_id,
+                time=time.time(),
+                tenant=feedback.tenant,
+                rating=feedback.rating,
+                comment=feedback.comment,
+                label=feedback.label,
+            )
+        )
+        return FeedbackResult(known_request=known, stored=stored)
 
     def info(self) -> ServiceInfo:
         """Return the configuration in force, the model and the backends' circuit states."""
@@ -221,29 +465,129 @@ class RouterService:
             margins=rt.margins,
             fastpath=rt.router.implementation,
             backends=tuple(rt.engine.backend_states()),
+            controllers=tuple(self._controllers.snapshots()),
         )
+
+    @property
+    def controllers(self) -> Controllers:
+        return self._controllers
+
+    async def stats(self, since: float | None, tenant: str | None) -> ServiceStats:
+        """Return satisfaction, escalation, errors and cost per tier and model, from the store."""
+        if tenant is not None:
+            check_tenant(tenant)
+        rt = self._runtime
+        writer = rt.writer
+        if writer is None:
+            raise NotConfigured("no store is configured (store: null): there are no stats")
+        query = StatsQuery(since=since, tenant=tenant, satisfied_at=rt.config.feedback.satisfied_at)
+        try:
+            stats = await asyncio.to_thread(writer.store.stats, query)
+        except Exception as exc:
+            log.error("store read failed", store=writer.store.location, error=str(exc))
+            raise StoreUnavailable(f"the store cannot be read: {exc}") from None
+        return ServiceStats(stats, store_status(writer))
 
     # -- reload and shutdown -----------------------------------------------------------
 
-    def reload(self, config: Config, router: Router, model_source: str) -> None:
-        """Swap in a new configuration, model and engine; in-flight streams finish on the old."""
-        new = Runtime(config, router, self._engine_factory(config), model_source)
+    def reload(
+        self,
+        config: Config,
+        router: Router,
+        model_source: str,
+        store: StoreWriter | None = None,
+    ) -> None:
+        """Swap in a new configuration, model, engine and store writer.
+
+        In-flight streams finish (and are recorded) on the old ones; a writer the new
+        runtime does not keep is drained once they have.
+        """
+        new = Runtime(config, router, self._engine_factory(config), model_source, store)
+        self._controllers.configure(config, _pricing(new))
         old, self._runtime = self._runtime, new
-        self._feedback.capacity = config.server.feedback_capacity
+        _note_settings(new)
+        self._served.capacity = config.server.feedback_capacity
+        self._sessions.capacity = config.routing.max_sessions
+        self._limiter.configure(config)
         old.retired = True
         if old.streams == 0:
             self._close_later(old)
 
     def _close_later(self, rt: Runtime) -> None:
-        task = asyncio.get_running_loop().create_task(rt.engine.aclose())
+        task = asyncio.get_running_loop().create_task(self._close(rt))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
+    async def _close(self, rt: Runtime) -> None:
+        await rt.engine.aclose()
+        if rt.writer is not None and rt.writer is not self._runtime.writer:
+            await rt.writer.aclose()
+
     async def aclose(self) -> None:
-        """Close the engine in force and wait for retired ones to close."""
-        await self._runtime.engine.aclose()
+        """Close the engine in force, wait for retired runtimes, close the limits' store, write
+        what is queued."""
+        rt = self._runtime
+        await rt.engine.aclose()
         if self._closing:
             await asyncio.gather(*self._closing)
+        if rt.writer is not None:
+            await rt.writer.aclose()
+        await self._limiter.aclose()
 
 
-__all__ = ["RouterService", "ServiceInfo"]
+def _pricing(rt: Runtime) -> Pricing:
+    """Return what a tenant's controller acts on: the runtime's thresholds and prices."""
+    return Pricing(
+        thresholds=rt.thresholds,
+        margins=rt.margins,
+        input_price=rt.input_price,
+        output_price=tuple(t.price.output_per_mtok / 1e6 for t in rt.config.tiers),
+        model_version=rt.model_version,
+    )
+
+
+def _served(
+    rt: Runtime,
+    request: RouteRequest,
+    decision: RoutingDecision,
+    answered: int,
+    prompt_tokens: int | None = None,
+    completion_tokens: int = 0,
+    extra_cost_usd: float = 0.0,
+) -> Served:
+    """Return a served request as a controller learns from it (hints already checked)."""
+    hints, index = request.hints, rt.tier_index
+    return Served(
+        score=decision.score,
+        decided=decision.tier_index,
+        answered=answered,
+        forced=index[hints.tier] if hints.tier else NO_TIER,
+        min_index=index[hints.min_tier] if hints.min_tier else NO_TIER,
+        max_index=index[hints.max_tier] if hints.max_tier else NO_TIER,
+        prompt_tokens=(
+            decision.estimated_prompt_tokens if prompt_tokens is None else prompt_tokens
+        ),
+        completion_tokens=completion_tokens,
+        extra_cost_usd=extra_cost_usd,
+    )
+
+
+def _note_settings(rt: Runtime) -> None:
+    """Write the satisfaction threshold to the store, for readers of the store itself."""
+    if rt.writer is not None:
+        rt.writer.put(StateRecord(SATISFIED_AT_STATE, rt.config.feedback.satisfied_at, time.time()))
+
+
+def store_status(writer: StoreWriter) -> StoreStatus:
+    """Return the store's kind and location and its writer's counters."""
+    return StoreStatus(
+        kind=writer.store.kind,
+        location=writer.store.location,
+        queued=writer.queued,
+        written=writer.written,
+        dropped=writer.dropped,
+        failed_writes=writer.failed_writes,
+    )
+
+
+__all__ = ["RouterService", "ServiceInfo", "ServiceStats", "StoreStatus"]

@@ -3,6 +3,9 @@
 #
 # Runs on a fresh machine with Go, Java 17 and Maven preinstalled, after the Python package
 # has been installed in the venv at $VENV (default .venv) so that `modelrouter` exists there.
+# The Go test of limits shared across three replicas needs Debian's redis-server
+# (scripts/install_redis.sh); it skips without it unless MODELROUTER_REQUIRE_REDIS is set.
+# The TLS tests make their certificates at run time (Go's crypto/x509; openssl for Java).
 # Generates the Go code (pinned protoc plugins from the Go module proxy), runs the Go tests
 # and the Java tests (protoc, protoc-gen-grpc-java and the libraries from Maven Central)
 # against a real `modelrouter serve`, then a few-second smoke run of bench/ghz_route.sh.

@@ -1,4 +1,4 @@
-"""Shared fixtures: both fast-path implementations, small real model files, both stores."""
+"""Shared fixtures: both fast-path implementations, small real model files, both stores, Redis."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from router import _fastpath_py
 from router.model import save_model
 from router.store import Store, open_store
+from router.telemetry import metrics
+from router.telemetry.exporter import use_process_values
+from tests import redis_server as redis_support
 from tests.postgres_server import REQUIRE_ENV, find_bindir, postgres_server
 from tests.support import _fastpath_c, random_model
 
@@ -92,3 +96,31 @@ def store(store_target: str) -> Iterator[Store]:
     opened = open_store(store_target)
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis_support.RedisServer]:
+    """Start a real redis-server of its own for one test (it may kill and restart it)."""
+    missing = []
+    if redis_support.find_redis_server() is None:
+        missing.append("redis-server (Debian's redis-server package)")
+    if importlib.util.find_spec("redis") is None:
+        missing.append("redis-py (pip install 'modelrouter[redis]')")
+    if missing:
+        if os.environ.get(redis_support.REQUIRE_ENV):
+            pytest.fail(f"{redis_support.REQUIRE_ENV} is set but {' and '.join(missing)} missing")
+        pytest.skip(f"{' and '.join(missing)} not installed")
+    server = redis_support.RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def registry() -> Iterator[CollectorRegistry]:
+    """Install this process's metrics on a fresh registry for one test."""
+    use_process_values()
+    registry = CollectorRegistry()
+    metrics.install(metrics.Metrics(registry))
+    yield registry
+    metrics.install(None)

@@ -7,8 +7,8 @@ from types import ModuleType
 
 import numpy as np
 
-from router.fastpath import HEADS
-from router.model import FeaturizerSpec, RouterModel, Rule
+from router.fastpath import HEADS, SCORE_LEVEL_GAIN, SCORE_PLACEMENT_GAIN
+from router.model import FeaturizerSpec, RouterModel, Rule, ScoreFormula
 
 _fastpath_c: ModuleType | None
 try:
@@ -27,7 +27,17 @@ TEST_RULES = (
 )
 
 
-def random_model(seed: int = 7, buckets_log2: int = 12, name: str = "test") -> RouterModel:
+# The score formulas a model file can name, with parameters a test can check by hand.
+LEVEL_GAIN = ScoreFormula(SCORE_LEVEL_GAIN, level_weight=1.5, bias=-3.0)
+PLACEMENT_GAIN = ScoreFormula(SCORE_PLACEMENT_GAIN, placement_weight=3.0)
+
+
+def random_model(
+    seed: int = 7,
+    buckets_log2: int = 12,
+    name: str = "test",
+    score: ScoreFormula = LEVEL_GAIN,
+) -> RouterModel:
     """Return a small model with seeded random weights and a three-tier operating point."""
     spec = FeaturizerSpec(buckets_log2=buckets_log2, rules=TEST_RULES)
     rng = np.random.default_rng(seed)
@@ -35,7 +45,7 @@ def random_model(seed: int = 7, buckets_log2: int = 12, name: str = "test") -> R
         spec=spec,
         weights=rng.normal(scale=0.5, size=(spec.n_features, HEADS)).astype(np.float32),
         bias=rng.normal(size=HEADS),
-        score_gate=3.0,
+        score=score,
         tier_names=("cheap", "strong", "expert"),
         thresholds=(0.4, 0.7),
         name=name,

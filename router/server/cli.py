@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from router.config import DEFAULT_CONFIG_YAML, ConfigError
+import yaml
+
+from router.config import DEFAULT_CONFIG_YAML, RPC_METHODS, ApiKeyConfig, Config, ConfigError
 from router.loading import ConfigSource, load
 from router.server.process import EXIT_CONFIG, serve, worker_count
+from router.store import is_url
 
 Subparsers = Any  # argparse's _SubParsersAction is private
 
@@ -93,10 +96,83 @@ def _run_check(args: argparse.Namespace) -> int:
         f"{source.describe()}: OK: tiers {tiers}; model {loaded.router.version} from "
         f"{loaded.model_source}; backends {', '.join(sorted(config.backends))}; "
         f"{worker_count(config)} worker(s) on {config.server.host}:{config.server.port}"
+        f"; {_security(config)}; store {_describe_store(loaded.store)}"
     )
     return 0
 
 
+def _security(config: Config) -> str:
+    """Describe the transport, the API keys and the tenant limits of a configuration."""
+    tls = config.server.tls
+    transport = "plaintext" if tls is None else "mutual TLS" if tls.client_ca else "TLS"
+    keys = f"{len(config.auth.keys)} API key(s)" if config.auth.enabled else "no API keys"
+    limited = sum(1 for tenant in config.tenants.values() if tenant.limits.any)
+    where = "in Redis" if config.limits.redis_url else "per worker"
+    limits = f"limits for {limited} tenant(s), counted {where}" if limited else "no limits"
+    return f"{transport}, {keys}, {limits}"
+
+
+def _describe_store(target: str | None) -> str:
+    """Return where the store is, without a password (the store is not opened here)."""
+    if target is None:
+        return "off"
+    if is_url(target):
+        from router.store.postgres import redact
+
+        return f"postgres {redact(target)}"
+    return f"sqlite {target}"
+
+
 def _run_default(args: argparse.Namespace) -> int:
     print(DEFAULT_CONFIG_YAML, end="")
+    return 0
+
+
+def add_keys_parser(subparsers: Subparsers) -> None:
+    """Register ``modelrouter keys new``."""
+    parser = subparsers.add_parser("keys", help="make API keys")
+    commands = parser.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    new = commands.add_parser(
+        "new",
+        help="print a new API key and the line that lists its digest under auth.keys",
+        description="Print a new random API key (give it to the caller; it is not stored "
+        "anywhere) and the auth.keys entry that admits it: its SHA-256 digest, tenant and "
+        "methods. The configuration holds only the digest.",
+    )
+    new.add_argument("--tenant", required=True, help="the tenant the key's calls belong to")
+    new.add_argument(
+        "--methods",
+        default=",".join(RPC_METHODS),
+        help=f"comma-separated methods the key may call (default: {','.join(RPC_METHODS)})",
+    )
+    new.set_defaults(handler=_run_keys_new)
+
+
+def _run_keys_new(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from router.auth import new_key
+
+    key, digest = new_key()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    try:
+        entry = ApiKeyConfig.model_validate(
+            {"sha256": digest, "tenant": args.tenant, "methods": methods}
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{e['loc'][0]}: {e['msg']}" if e["loc"] else e["msg"] for e in exc.errors()
+        )
+        print(
+            f"modelrouter keys new: {problems} (methods: {', '.join(RPC_METHODS)})", file=sys.stderr
+        )
+        return 2
+    flow = yaml.safe_dump(
+        entry.model_dump(), default_flow_style=True, sort_keys=False, width=1_000_000
+    )
+    line = f"- {flow.strip()}"
+    print(f"# the API key of tenant {entry.tenant} (shown once; keep it in the caller's secrets):")
+    print(key)
+    print("# add under auth.keys in the configuration (only the digest is stored):")
+    print(line)
     return 0

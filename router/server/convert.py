@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import MappingProxyType
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
 
 from router._proto.modelrouter.v1 import router_pb2 as pb
+from router.controller import Snapshot
 from router.domain import (
     Attempt,
     AttemptOutcome,
@@ -16,6 +21,7 @@ from router.domain import (
     DecisionReason,
     Escalation,
     Feedback,
+    FeedbackResult,
     GateReport,
     GenerationOptions,
     RouteFailure,
@@ -24,8 +30,10 @@ from router.domain import (
     TextDelta,
     TierHints,
 )
-from router.service import ServiceInfo
+from router.service import ServiceInfo, ServiceStats, StoreStatus
+from router.store import Stats, TierStats
 
+_Row = TypeVar("_Row", TierStats, StoreStatus)
 _NO_METADATA: MappingProxyType[str, str] = MappingProxyType({})
 _NO_HINTS = TierHints()
 _NO_GENERATION = GenerationOptions()
@@ -36,6 +44,7 @@ _REASONS = {
     DecisionReason.MAX_TIER: pb.DECISION_REASON_MAX_TIER,
     DecisionReason.FORCED: pb.DECISION_REASON_FORCED,
     DecisionReason.MARGIN: pb.DECISION_REASON_MARGIN,
+    DecisionReason.SESSION_FLOOR: pb.DECISION_REASON_SESSION_FLOOR,
 }
 # The proto enums mirror the domain's by name.
 _OUTCOMES: dict[AttemptOutcome, pb.AttemptOutcome] = {
@@ -46,8 +55,8 @@ _CIRCUITS: dict[CircuitState, pb.CircuitState] = {
 }
 
 
-def route_request(message: pb.RouteRequest, request_id: str) -> RouteRequest:
-    """Return the domain request of a RouteRequest, under the request id already assigned."""
+def route_request(message: pb.RouteRequest, request_id: str, tenant: str) -> RouteRequest:
+    """Return the domain request of a RouteRequest, under the request id and tenant resolved."""
     # Positional, and no generator for the usual request without messages, metadata or
     # hints: this runs on every Route.
     messages = message.messages
@@ -55,18 +64,21 @@ def route_request(message: pb.RouteRequest, request_id: str) -> RouteRequest:
         message.prompt,
         tuple([ChatMessage(m.role, m.content) for m in messages]) if messages else (),
         request_id,
-        message.tenant,
+        tenant,
         dict(message.metadata) if message.metadata else _NO_METADATA,
         (
             TierHints(message.hints.min_tier, message.hints.max_tier, message.hints.tier)
             if message.HasField("hints")
             else _NO_HINTS
         ),
+        session_id=message.session_id,
     )
 
 
-def complete_request(message: pb.CompleteRequest, request_id: str) -> CompleteRequest:
-    """Return the domain request of a CompleteRequest."""
+def complete_request(
+    message: pb.CompleteRequest, request_id: str, tenant: str, deadline: float | None = None
+) -> CompleteRequest:
+    """Return the domain request of a CompleteRequest (``deadline`` on ``time.monotonic()``)."""
     generation = _NO_GENERATION
     if message.HasField("generation"):
         g = message.generation
@@ -75,12 +87,46 @@ def complete_request(message: pb.CompleteRequest, request_id: str) -> CompleteRe
             temperature=g.temperature if g.HasField("temperature") else None,
             stop=tuple(g.stop),
         )
-    return CompleteRequest(route_request(message.route, request_id), generation)
+    return CompleteRequest(route_request(message.route, request_id, tenant), generation, deadline)
 
 
-def feedback(message: pb.FeedbackRequest) -> Feedback:
-    """Return the domain feedback of a FeedbackRequest."""
-    return Feedback(message.request_id, message.rating, message.comment, message.tenant)
+def feedback(message: pb.FeedbackRequest, tenant: str) -> Feedback:
+    """Return the domain feedback of a FeedbackRequest, under the tenant resolved."""
+    return Feedback(message.request_id, message.rating, message.comment, tenant, message.label)
+
+
+def feedback_response(result: FeedbackResult) -> pb.FeedbackResponse:
+    """Return the protobuf of what Feedback did with a rating."""
+    return pb.FeedbackResponse(known_request=result.known_request, stored=result.stored)
+
+
+def stats_query(message: pb.GetStatsRequest) -> tuple[float | None, str | None]:
+    """Return the time and tenant a GetStatsRequest asks for (None: no limit)."""
+    since = message.since_unix_seconds or None
+    return since, message.tenant if message.HasField("tenant") else None
+
+
+def _values(row: Any) -> dict[str, Any]:
+    """Return a dataclass's fields by name (the stats messages mirror them by name)."""
+    return {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}
+
+
+def _read(message: Message, name: str) -> Any:
+    """Return a field's value, None for an optional one that is not set."""
+    field = message.DESCRIPTOR.fields_by_name[name]
+    return getattr(message, name) if not field.has_presence or message.HasField(name) else None
+
+
+def stats_response(report: ServiceStats) -> pb.GetStatsResponse:
+    """Return the GetStats answer."""
+    stats = report.stats
+    return pb.GetStatsResponse(
+        tiers=[pb.TierStats(**_values(row)) for row in stats.tiers],
+        total=pb.TierStats(**_values(stats.total)),
+        satisfied_at=stats.satisfied_at,
+        unmatched_feedback=stats.unmatched_feedback,
+        store=pb.StoreStatus(**_values(report.store)),
+    )
 
 
 def fill_decision(target: pb.RoutingDecision, d: RoutingDecision) -> None:
@@ -247,4 +293,40 @@ def config_response(info: ServiceInfo) -> pb.GetConfigResponse:
         fastpath=info.fastpath,
         max_prompt_bytes=config.server.max_prompt_bytes,
         max_concurrent_rpcs=config.server.max_concurrent_rpcs,
+        # serve() resolves 0 (one per core); a server built in-process is one process.
+        workers=config.server.workers or 1,
+        controllers=[controller(c) for c in info.controllers],
+    )
+
+
+def controller(snapshot: Snapshot) -> pb.TenantController:
+    """Return a tenant controller's state as GetConfig reports it."""
+    return pb.TenantController(
+        tenant=snapshot.tenant,
+        target_kind=snapshot.target.kind,
+        target=snapshot.target.value,
+        offset=snapshot.offset,
+        thresholds=snapshot.thresholds,
+        realised=snapshot.realised,
+        window_requests=snapshot.window_requests,
+        updates=snapshot.updates,
+        saturated=snapshot.saturated,
+    )
+
+
+def _dataclass_of(kind: type[_Row], message: Message) -> _Row:
+    """Return the dataclass a stats message mirrors field by field."""
+    return kind(**{f.name: _read(message, f.name) for f in dataclasses.fields(kind)})
+
+
+def stats_of(message: pb.GetStatsResponse) -> ServiceStats:
+    """Return the domain stats of a GetStats answer (for ``modelrouter stats --target``)."""
+    return ServiceStats(
+        stats=Stats(
+            tiers=tuple(_dataclass_of(TierStats, row) for row in message.tiers),
+            total=_dataclass_of(TierStats, message.total),
+            satisfied_at=message.satisfied_at,
+            unmatched_feedback=message.unmatched_feedback,
+        ),
+        store=_dataclass_of(StoreStatus, message.store),
     )

@@ -1,9 +1,11 @@
-"""The one interceptor: status codes for domain errors, the concurrency cap, one log line per RPC.
+"""The one interceptor: API keys, status codes for domain errors, the concurrency cap, one log
+line per RPC.
 
 It wraps the ModelRouter methods once (the wrapped handlers are cached per method), so the
-per-RPC cost is a dictionary look-up, a context variable, the gRPC metrics and the log
-line. Health passes through with its metrics only, and reflection (a bidirectional stream)
-untouched, so both answer even when the service is at its cap.
+per-RPC cost is a dictionary look-up, a context variable, the key check when auth is on, the
+gRPC metrics and the log line. Health passes through with its metrics only, and reflection
+(a bidirectional stream) untouched, so both answer even when the service is at its cap;
+with ``auth.protect_health`` both ask for a key first.
 """
 
 from __future__ import annotations
@@ -17,10 +19,26 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import structlog
-from google.protobuf import descriptor_pool
+from google.protobuf import any_pb2, descriptor_pool, duration_pb2
 from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
-from router.domain import BackendUnavailable, InvalidRequest, Overloaded, RouterError
+from router.auth import KeyRing, Principal
+from router.domain import (
+    BackendUnavailable,
+    DeadlineExceeded,
+    InvalidRequest,
+    LimitExceeded,
+    LimitsUnavailable,
+    NotConfigured,
+    Overloaded,
+    PermissionDenied,
+    Retryable,
+    RouterError,
+    StoreUnavailable,
+    Unauthenticated,
+)
+from router.server.inflight import InFlight
 from router.server.logs import write_rpc_line
 from router.telemetry.metrics import SERVER_STREAM, UNARY, Metrics, RpcMetrics
 
@@ -32,6 +50,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 REQUEST_ID_HEADER = "x-request-id"
+# The trailer of a rich error status (google.rpc.Status), as grpcio-status and the Go and
+# Java status APIs read it.
+STATUS_DETAILS_TRAILER = "grpc-status-details-bin"
 # Caller-controlled strings are clipped to this many characters in log lines, so that a
 # request the service rejects for its size cannot blow up the log.
 MAX_LOGGED_CHARS = 128
@@ -47,7 +68,15 @@ _OK = grpc.StatusCode.OK
 _STATUS_OF: tuple[tuple[type[RouterError], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    # Before BackendUnavailable: a DeadlineExceeded is one.
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (BackendUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (LimitsUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (NotConfigured, grpc.StatusCode.FAILED_PRECONDITION),
 )
 
 
@@ -59,6 +88,16 @@ def status_for(error: RouterError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def retry_details(code: grpc.StatusCode, message: str, retry_after_s: float) -> bytes:
+    """Return a google.rpc.Status carrying a RetryInfo, serialized for its trailer."""
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(max(0, round(retry_after_s * 1e9)))
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    return bytes(status.SerializeToString())
+
+
 class RpcRecord:
     """What the servicer learns about an RPC, for its log line."""
 
@@ -67,6 +106,7 @@ class RpcRecord:
         "escalated",
         "extra",
         "method",
+        "principal",
         "request_id",
         "score",
         "span",
@@ -83,6 +123,8 @@ class RpcRecord:
         self.decision_micros: float | None = None
         self.escalated = False
         self.span: Span | None = None  # the RPC's span, when tracing is on
+        # The caller its API key identifies, when auth is on.
+        self.principal: Principal | None = None
         # More fields for the log line, after the usual ones (RouteBatch's counts).
         self.extra: tuple[tuple[str, str | int], ...] = ()
 
@@ -117,6 +159,9 @@ def current_rpc() -> RpcRecord:
 class ServiceInterceptor(_ServerInterceptor):
     """Map domain errors to status codes, cap concurrent RPCs and log one line per RPC.
 
+    The cap counts ModelRouter RPCs in ``in_flight``: this process's alone by default, or
+    every worker's of the server (``router.server.inflight.SharedInFlight``).
+
     Every error status carries the request id in the ``x-request-id`` trailer: the one the
     servicer assigned, or ``new_request_id()`` when the RPC failed before it had one.
     ``rpc_sample`` is the share of successful RPCs that get a log line; errors and
@@ -133,8 +178,11 @@ class ServiceInterceptor(_ServerInterceptor):
         rpc_sample: float = 1.0,
         metrics: Metrics | None = None,
         tracing: Tracing | None = None,
+        auth: Callable[[], KeyRing | None] = lambda: None,
+        in_flight: InFlight | None = None,
     ) -> None:
         self._service_name = service_name
+        self._auth = auth
         self._prefix = f"/{service_name}/"
         self._max_concurrent = max_concurrent
         self._new_request_id = new_request_id
@@ -143,15 +191,29 @@ class ServiceInterceptor(_ServerInterceptor):
         self._metrics = metrics
         self._tracing = tracing
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-        self.in_flight = 0
+        self._in_flight = InFlight() if in_flight is None else in_flight
+
+    @property
+    def in_flight(self) -> int:
+        """Return this process's ModelRouter RPCs in flight."""
+        return self._in_flight.count
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any]:
         method: str = handler_call_details.method
-        handler = self._handlers.get(method)
-        if handler is not None:
-            return handler
+        if not method.startswith(self._prefix):
+            keys = self._auth()
+            if keys is not None and keys.protect_health:
+                try:
+                    keys.authenticate(handler_call_details.invocation_metadata)
+                except Unauthenticated as exc:
+                    self._auth_failed(method.rpartition("/")[2], exc)
+                    refused = await continuation(handler_call_details)
+                    return refused if refused is None else _refusal(refused, exc)
+        cached = self._handlers.get(method)
+        if cached is not None:
+            return cached
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -245,8 +307,10 @@ class ServiceInterceptor(_ServerInterceptor):
         )
         log_rpcs, sample = self._log_rpcs, self._rpc_sample
         log_all = sample >= 1.0
+        auth = self._auth
         uniform = random.random
         tracing, service = self._tracing, self._service_name
+        in_flight = self._in_flight
 
         async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
@@ -261,20 +325,29 @@ class ServiceInterceptor(_ServerInterceptor):
             code = grpc.StatusCode.OK
             error = ""
             failure: BaseException | None = None
+            details: tuple[tuple[str, str | bytes], ...] = ()
             try:
+                keys = auth()
+                if keys is not None:
+                    record.principal = keys.authorize(context.invocation_metadata(), name)
+                    record.tenant = record.principal.tenant
                 limit = self._max_concurrent()
-                if self.in_flight >= limit:
+                if not in_flight.enter(limit):
                     raise Overloaded(
-                        f"{self.in_flight} RPCs in flight, the limit is {limit} "
+                        f"{in_flight.total()} RPCs in flight, the limit is {limit} "
                         "(server.max_concurrent_rpcs): retry with backoff"
                     )
-                self.in_flight += 1
                 try:
                     return await behaviour(decode(request), context)
                 finally:
-                    self.in_flight -= 1
+                    in_flight.leave()
             except RouterError as exc:
                 code, error = status_for(exc), str(exc)
+                if isinstance(exc, Retryable):
+                    details = (
+                        (STATUS_DETAILS_TRAILER, retry_details(code, error, exc.retry_after_s)),
+                    )
+                self._refused(name, record, exc)
             except asyncio.CancelledError:
                 remaining = context.time_remaining()
                 expired = remaining is not None and remaining <= 0
@@ -304,9 +377,18 @@ class ServiceInterceptor(_ServerInterceptor):
                 if tracing is not None and record.span is not None:
                     tracing.end_rpc(record.span, token, code.name, error)
             # Only reached after an error was recorded: end the RPC with its status.
-            await context.abort(code, error, ((REQUEST_ID_HEADER, record.request_id),))
+            await context.abort(code, error, ((REQUEST_ID_HEADER, record.request_id), *details))
 
         return handle
+
+    def _refused(self, method: str, record: RpcRecord, error: RouterError) -> None:
+        """Count a refusal by auth or by a tenant's limit."""
+        if self._metrics is not None:
+            count_refusal(self._metrics, method, record.tenant, error)
+
+    def _auth_failed(self, method: str, error: Unauthenticated) -> None:
+        if self._metrics is not None:
+            self._metrics.auth_failed(method, error.reason)
 
     @staticmethod
     def _log(
@@ -360,3 +442,36 @@ class ServiceInterceptor(_ServerInterceptor):
             log.error("rpc", **fields, error=repr(failure), exc_info=failure)
         else:
             log.info("rpc", **fields)
+
+
+def count_refusal(metrics: Metrics, method: str, tenant: str, error: RouterError) -> None:
+    """Count a refusal by auth or by a tenant's limit (other errors are not counted here)."""
+    if isinstance(error, Unauthenticated | PermissionDenied):
+        metrics.auth_failed(method, error.reason)
+    elif isinstance(error, LimitExceeded):
+        metrics.limit_rejected(tenant, error.limit)
+
+
+def _refusal(
+    handler: grpc.RpcMethodHandler[Any, Any], error: Unauthenticated
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """Return a handler of the same shape as ``handler`` that ends with UNAUTHENTICATED."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
+
+    make: Any
+    if handler.request_streaming and handler.response_streaming:
+        make = grpc.stream_stream_rpc_method_handler
+    elif handler.request_streaming:
+        make = grpc.stream_unary_rpc_method_handler
+    elif handler.response_streaming:
+        make = grpc.unary_stream_rpc_method_handler
+    else:
+        make = grpc.unary_unary_rpc_method_handler
+    refusal: grpc.RpcMethodHandler[Any, Any] = make(
+        refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+    return refusal

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import aclosing
 from typing import Any
 
@@ -11,7 +12,13 @@ from router._proto.modelrouter.v1 import router_pb2 as pb
 from router._proto.modelrouter.v1 import router_pb2_grpc
 from router.domain import CompletionSummary, Escalation, RouteFailure, RoutingDecision
 from router.server import convert
-from router.server.interceptor import REQUEST_ID_HEADER, RpcRecord, current_rpc, status_for
+from router.server.interceptor import (
+    REQUEST_ID_HEADER,
+    RpcRecord,
+    count_refusal,
+    current_rpc,
+    status_for,
+)
 from router.service import RouterService
 from router.telemetry.attributes import decision_attributes
 from router.telemetry.metrics import Metrics
@@ -26,20 +33,28 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         self._service = service
         self._metrics = metrics
 
-    def _start(self, record: RpcRecord, request_id: str, tenant: str) -> str:
-        """Check or generate the request id, once per request, and note it for the log line."""
-        record.tenant = tenant  # clipped when logged
+    def _start(self, record: RpcRecord, request_id: str, tenant: str) -> tuple[str, str]:
+        """Check or generate the request id, resolve the tenant; note both for the log line.
+
+        With auth on, the tenant is the API key's; a tenant field naming another is refused.
+        """
         rid = record.request_id = self._service.assign_request_id(request_id)
-        return rid
+        if record.principal is not None:
+            tenant = record.principal.tenant_for(tenant)
+        record.tenant = tenant  # clipped when logged
+        return rid, tenant
 
     async def Route(self, request: pb.RouteRequest, context: Context) -> pb.RouteResponse:
         """Return the routing decision for a query."""
         record = current_rpc()
-        rid = self._start(record, request.request_id, request.tenant)
+        rid, tenant = self._start(record, request.request_id, request.tenant)
+        admission = self._service.admit(tenant)
+        if admission is not None:
+            await admission
         # A trailer, not a header: on a unary call grpc.aio sends a header in a batch of
         # its own, which cost a fifth of Route's throughput; trailers ride with the status.
         context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
-        decision = self._service.route(convert.route_request(request, rid))
+        decision = await self._service.route(convert.route_request(request, rid, tenant))
         self._note_decision(record, decision)
         return convert.route_response(decision)
 
@@ -51,8 +66,10 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         # The batch's own id, for its trailer and log line; each request has its own.
         rid = record.request_id = self._service.new_request_id()
         context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
-        results = self._service.route_batch(
-            [convert.route_request(r, r.request_id) for r in request.requests]
+        principal = record.principal
+        results = await self._service.route_batch(
+            [convert.route_request(r, r.request_id, r.tenant) for r in request.requests],
+            None if principal is None else principal.tenant_for,
         )
         response = pb.RouteBatchResponse()
         add = response.results.add
@@ -66,6 +83,7 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
                 convert.fill_route_error(add().error, result, code.value[0])
                 if metrics is not None:
                     metrics.batch_item(code.name)
+                    count_refusal(metrics, "RouteBatch", result.tenant, result.error)
                 continue
             decision_micros += result.decision_micros
             convert.fill_decision(add().decision, result)
@@ -80,10 +98,16 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         """Stream the decision, the answer's deltas and escalations, then the summary."""
         route = request.route
         record = current_rpc()
-        rid = self._start(record, route.request_id, route.tenant)
+        rid, tenant = self._start(record, route.request_id, route.tenant)
+        admission = self._service.admit(tenant)
+        if admission is not None:
+            await admission
         # A stream sends its header with the first message anyway.
         await context.send_initial_metadata(((REQUEST_ID_HEADER, rid),))
-        events = self._service.complete(convert.complete_request(request, rid))
+        # The caller's deadline, as a plain time on the service's clock.
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        events = self._service.complete(convert.complete_request(request, rid, tenant, deadline))
         # aclosing: a cancelled RPC closes the engine's upstream stream at once.
         async with aclosing(events):
             async for event in events:
@@ -98,20 +122,34 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
     async def Feedback(self, request: pb.FeedbackRequest, context: Context) -> pb.FeedbackResponse:
         """Store a rating of an answer."""
         record = current_rpc()
-        record.tenant = request.tenant
-        known = self._service.feedback(convert.feedback(request))
+        tenant = request.tenant
+        if record.principal is not None:
+            tenant = record.principal.tenant_for(tenant)
+        record.tenant = tenant
+        result = await self._service.feedback(convert.feedback(request, tenant))
         # Noted once checked: it also goes into the x-request-id trailer of an error.
         record.request_id = request.request_id
         if self._metrics is not None:
-            tier = self._service.feedback_store.served_tier(request.request_id)
+            tier = self._service.served_tier(request.request_id)
             self._metrics.feedback(tier or "unknown")
-        return pb.FeedbackResponse(known_request=known)
+        return convert.feedback_response(result)
 
     async def GetConfig(
         self, request: pb.GetConfigRequest, context: Context
     ) -> pb.GetConfigResponse:
         """Describe the configuration in force."""
         return convert.config_response(self._service.info())
+
+    async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.GetStatsResponse:
+        """Report satisfaction, escalation, errors and cost per tier and model.
+
+        With auth on, a key sees its own tenant's stats only.
+        """
+        since, tenant = convert.stats_query(request)
+        record = current_rpc()
+        if record.principal is not None:
+            tenant = record.principal.tenant_for(tenant or "")
+        return convert.stats_response(await self._service.stats(since, tenant))
 
     def _note_decision(self, record: RpcRecord, decision: RoutingDecision) -> None:
         """Note a decision for the RPC's log line and count it."""

@@ -14,15 +14,28 @@ from router.config import ConfigError
 from router.domain import CircuitState
 from router.loading import ConfigSource, Loaded, load
 from router.server.app import RunningServer, create_server
+from router.server.inflight import InFlight
 from router.server.logs import flush_logs, set_worker
 from router.service import RouterService
+from router.store import StoreError, StoreWriter, start_writer
 from router.telemetry import install_tracing, metrics
+from router.tls import ServerTls
 
 log = structlog.get_logger()
 
 # Settings a reload cannot change in a running process.
-RESTART_ONLY = ("host", "port", "workers", "max_message_bytes", "metrics_port")
+RESTART_ONLY = (
+    "host",
+    "port",
+    "workers",
+    "max_message_bytes",
+    "metrics_port",
+    "metrics_host",
+    "metrics_tls",
+    "health_port",
+)
 EXIT_LISTEN = 3
+EXIT_STORE = 4
 # How often a worker moves its pending metric counts into prometheus-client's values.
 METRICS_FLUSH_S = 1.0
 
@@ -38,8 +51,20 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-def run_worker(source: ConfigSource, loaded: Loaded, *, index: int | None, reuse_port: bool) -> int:
-    """Run one server process on an event loop (uvloop when installed) until it stops."""
+def run_worker(
+    source: ConfigSource,
+    loaded: Loaded,
+    *,
+    index: int | None,
+    reuse_port: bool,
+    in_flight: InFlight | None = None,
+    on_reload: Callable[[], None] | None = None,
+) -> int:
+    """Run one server process on an event loop (uvloop when installed) until it stops.
+
+    ``in_flight`` is the supervisor's count of every worker's RPCs (None: this process's).
+    ``on_reload`` also runs on every SIGHUP (the metrics port's certificates, in one process).
+    """
     set_worker(index)
     tracing = None
     if loaded.config.tracing.enabled:
@@ -50,20 +75,35 @@ def run_worker(source: ConfigSource, loaded: Loaded, *, index: int | None, reuse
         install_tracing(tracing)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(_serve_async(source, loaded, reuse_port))
+            return runner.run(_serve_async(source, loaded, reuse_port, in_flight, on_reload))
     finally:
         if tracing is not None:
             install_tracing(None)
             tracing.shutdown()
 
 
-async def _serve_async(source: ConfigSource, loaded: Loaded, reuse_port: bool) -> int:
+async def _serve_async(
+    source: ConfigSource,
+    loaded: Loaded,
+    reuse_port: bool,
+    in_flight: InFlight | None,
+    on_reload: Callable[[], None] | None,
+) -> int:
     loop = asyncio.get_running_loop()
     config = loaded.config
-    service = RouterService(config, loaded.router, model_source=loaded.model_source)
+    writer = None
+    if loaded.store is not None and config.store is not None:
+        try:
+            writer = await start_writer(loaded.store, config.store)
+        except StoreError as exc:
+            log.error("cannot open the store", error=str(exc))
+            return EXIT_STORE
+    service = RouterService(config, loaded.router, model_source=loaded.model_source, store=writer)
     address = f"{config.server.host}:{config.server.port}"
     try:
-        running = create_server(config, service, reuse_port=reuse_port)
+        running = create_server(
+            config, service, reuse_port=reuse_port, tls=loaded.tls, in_flight=in_flight
+        )
     except RuntimeError as exc:
         log.error("cannot listen", address=address, error=str(exc))
         await service.aclose()
@@ -77,19 +117,28 @@ async def _serve_async(source: ConfigSource, loaded: Loaded, reuse_port: bool) -
         model_version=loaded.router.version,
         fastpath=loaded.router.implementation,
         event_loop=type(loop).__module__.split(".")[0],
+        store=None if writer is None else writer.store.location,
     )
-    stop = asyncio.Event()
+    stopping = _StopSignals()
     # Supervised workers share the port; the supervisor counts the reloads.
     supervised = reuse_port
-    reloader = Reloader(source, service, count=None if supervised else metrics.current())
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
+    reloader = Reloader(
+        source, service, count=None if supervised else metrics.current(), tls=running.tls
+    )
+    loop.add_signal_handler(signal.SIGTERM, stopping.terminate)
+    loop.add_signal_handler(signal.SIGINT, stopping.interrupt)
+    loop.add_signal_handler(
+        signal.SIGHUP, reloader.trigger if on_reload is None else _both(reloader.trigger, on_reload)
+    )
     current_metrics = metrics.current()
     flusher = None
     if current_metrics is not None:
         flusher = loop.create_task(_flush_metrics_every(current_metrics, running))
-    await stop.wait()
+    await stopping.requested.wait()
+    drain = 0.0 if stopping.hurry.is_set() else service.config.server.drain_delay_s
+    if drain:
+        log.info("draining", drain_s=drain, in_flight=running.interceptor.in_flight)
+    await running.drain(drain, stopping.hurry)
     grace = service.config.server.grace_period_s
     log.info("stopping", grace_s=grace, in_flight=running.interceptor.in_flight)
     await running.stop(grace)
@@ -98,18 +147,57 @@ async def _serve_async(source: ConfigSource, loaded: Loaded, reuse_port: bool) -
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
         _flush_metrics(current_metrics, running)
-    log.info("stopped")
+    store = service.store
+    log.info(
+        "stopped",
+        **(
+            {}
+            if store is None
+            else {"store_written": store.written, "store_dropped": store.dropped}
+        ),
+    )
     flush_logs()
     return 0
+
+
+class _StopSignals:
+    """SIGTERM asks for a stop after the drain delay; SIGINT or a second SIGTERM, at once."""
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self.hurry = asyncio.Event()
+
+    def terminate(self) -> None:
+        """Handle SIGTERM."""
+        if self.requested.is_set():
+            self.hurry.set()
+        self.requested.set()
+
+    def interrupt(self) -> None:
+        """Handle SIGINT."""
+        self.hurry.set()
+        self.requested.set()
+
+
+def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        first()
+        second()
+
+    return run
 
 
 def _flush_metrics(current: metrics.Metrics, running: RunningServer) -> None:
     """Move pending metric counts into prometheus-client and sample the gauges."""
     info = running.service.info()
+    store = running.service.store
+    if store is not None:
+        current.store(store, store.written, store.dropped, store.queued)
     current.flush(
         running.interceptor.in_flight,
         info.model_version,
         ((b.name, b.circuit is not CircuitState.CLOSED) for b in info.backends),
+        info.controllers,
     )
 
 
@@ -124,13 +212,28 @@ class Reloader:
     """Reload configuration and model on SIGHUP; keep the old ones when the new are bad."""
 
     def __init__(
-        self, source: ConfigSource, service: RouterService, *, count: metrics.Metrics | None = None
+        self,
+        source: ConfigSource,
+        service: RouterService,
+        *,
+        count: metrics.Metrics | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self._source = source
         self._service = service
         self._count = count
+        self._tls = tls
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
+
+    async def _writer_for(self, loaded: Loaded) -> StoreWriter | None:
+        """Return the writer the new configuration's store needs: the same one, or a new one."""
+        current = self._service.store
+        if current is not None and current.serves(loaded.store, loaded.config.store):
+            return current
+        if loaded.store is None or loaded.config.store is None:
+            return None
+        return await start_writer(loaded.store, loaded.config.store)
 
     def trigger(self) -> None:
         """Start a reload in the background (called from the signal handler)."""
@@ -150,8 +253,9 @@ class Reloader:
             old = self._service.config
             try:
                 loaded = await asyncio.to_thread(load, self._source)
-                self._service.reload(loaded.config, loaded.router, loaded.model_source)
-            except ConfigError as exc:
+                writer = await self._writer_for(loaded)
+                self._service.reload(loaded.config, loaded.router, loaded.model_source, writer)
+            except (ConfigError, StoreError) as exc:
                 log.error("reload rejected", config=self._source.describe(), error=str(exc))
                 return False
             except Exception as exc:
@@ -162,14 +266,22 @@ class Reloader:
                     exc_info=exc,
                 )
                 return False
-            log.info(
-                "reloaded", config=self._source.describe(), model_version=loaded.router.version
-            )
             stale = [
                 f"server.{key}"
                 for key in RESTART_ONLY
                 if getattr(old.server, key) != getattr(loaded.config.server, key)
             ]
+            tls = self._tls
+            if tls is not None and loaded.tls is not None and loaded.tls.mutual == tls.files.mutual:
+                if loaded.tls != tls.files:
+                    tls.update(loaded.tls)
+                    log.info("certificates reloaded", mutual_tls=tls.files.mutual)
+            elif (tls is None) != (loaded.tls is None) or tls is not None:
+                # Turning TLS on or off, or client certificates on or off, rebuilds the port.
+                stale.append("server.tls")
+            log.info(
+                "reloaded", config=self._source.describe(), model_version=loaded.router.version
+            )
             stale.extend(
                 key
                 for key in ("logging", "tracing")

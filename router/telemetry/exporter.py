@@ -15,19 +15,26 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import sys
 import tempfile
 import threading
 from http.server import HTTPServer, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, multiprocess, values
 from prometheus_client.exposition import MetricsHandler
 
+from router.config import ConfigError, TlsConfig
+from router.tls import load_metrics_certificates, metrics_ssl_context
+
 log = structlog.get_logger()
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# A scraper gets this long for its TLS handshake and its request.
+HTTPS_TIMEOUT_S = 10.0
 
 
 def cannot_listen_for_metrics(host: str, port: int, exc: OSError) -> None:
@@ -89,37 +96,66 @@ def use_process_values() -> None:
     values.ValueClass = values.MutexValue
 
 
-def _http_server(sock: socket.socket, registry: CollectorRegistry) -> HTTPServer:
-    server = ThreadingHTTPServer(
+class _MetricsServer(ThreadingHTTPServer):
+    """The metrics HTTP server; with an SSL context, each connection's handshake runs in its
+    own thread, so a slow or failing client cannot hold up the others."""
+
+    ssl_context: ssl.SSLContext | None = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.ssl_context is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(HTTPS_TIMEOUT_S)
+        try:
+            tls = self.ssl_context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            log.info("metrics tls handshake failed", client=str(client_address[0]), error=str(exc))
+            return
+        with tls:
+            super().finish_request(tls, client_address)
+
+
+def _http_server(
+    sock: socket.socket, registry: CollectorRegistry, ssl_context: ssl.SSLContext | None = None
+) -> HTTPServer:
+    server = _MetricsServer(
         sock.getsockname()[:2], MetricsHandler.factory(registry), bind_and_activate=False
     )
+    server.ssl_context = ssl_context
     server.socket.close()
     server.socket = sock
     server.daemon_threads = True
     return server
 
 
-def serve_in_thread(sock: socket.socket, registry: CollectorRegistry) -> HTTPServer:
+def serve_in_thread(
+    sock: socket.socket, registry: CollectorRegistry, ssl_context: ssl.SSLContext | None = None
+) -> HTTPServer:
     """Serve a registry on a listening socket from a daemon thread; shut it down to stop."""
-    server = _http_server(sock, registry)
+    server = _http_server(sock, registry, ssl_context)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
 
 
-def run_exporter(sock: socket.socket) -> int:
+def run_exporter(sock: socket.socket, tls: MetricsTls | None = None) -> int:
     """Serve the merged view of the multiprocess directory until SIGTERM (a forked child)."""
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    server = _http_server(sock, registry)
+    server = _http_server(sock, registry, None if tls is None else tls.context)
 
     def stop(signo: int, frame: object) -> None:
         raise SystemExit(0)
 
+    def reload(signo: int, frame: object) -> None:
+        if tls is not None:
+            tls.reload()
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    # The supervisor relays SIGHUP (reload) to every child: nothing to reload here.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+    # The supervisor relays SIGHUP (reload) to every child: here it re-reads certificates.
+    signal.signal(signal.SIGHUP, reload)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     try:
         server.serve_forever()
     except SystemExit:
@@ -129,3 +165,21 @@ def run_exporter(sock: socket.socket) -> int:
             server.server_close()
         sys.stdout.flush()
     return 0
+
+
+class MetricsTls:
+    """HTTPS on the metrics port (server.metrics_tls); ``reload`` re-reads the certificates."""
+
+    def __init__(self, config: TlsConfig, base_dir: Path | None = None) -> None:
+        self._config = config
+        self._base_dir = base_dir
+        self.context = metrics_ssl_context(config, base_dir)
+
+    def reload(self) -> None:
+        """Use the certificate files' current contents for new connections."""
+        try:
+            load_metrics_certificates(self.context, self._config, self._base_dir)
+        except (ConfigError, ssl.SSLError) as exc:
+            log.error("metrics certificates not reloaded", error=str(exc))
+        else:
+            log.info("metrics certificates reloaded")

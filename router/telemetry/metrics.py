@@ -10,7 +10,8 @@ loses what it counted since its last flush (at most a second); a graceful stop f
 Gauges (in-flight RPCs, circuit states, the model version) are sampled at flush.
 
 Every label takes values from a bounded set: gRPC method names and status codes, tier and
-backend names from the configuration, attempt outcomes, token kinds, reload results.
+backend names from the configuration, attempt outcomes, token kinds, reload results, and
+tenant names only where they come from the configuration (the tenants with limits).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from router.controller import Snapshot
 
 # Seconds. Route takes well under a millisecond and a Complete stream up to minutes.
 HANDLING_BUCKETS = (
@@ -219,6 +222,27 @@ class Metrics:
             ("result",),
             registry=r,
         )
+        self.auth_failures = Counter(
+            "modelrouter_auth_failures_total",
+            "Calls refused by API key checks, by method and reason (missing_key, malformed, "
+            "unknown_key, method_denied, tenant_mismatch).",
+            ("grpc_method", "reason"),
+            registry=r,
+        )
+        self.limit_rejections = Counter(
+            "modelrouter_limit_rejections_total",
+            "Calls refused by a tenant's limit, by tenant (configured) and limit "
+            "(requests_per_s, tokens_per_minute, usd_per_day, usd_per_month).",
+            ("tenant", "limit"),
+            registry=r,
+        )
+        self.limit_store_errors = Counter(
+            "modelrouter_limit_store_errors_total",
+            "Limit checks that could not reach Redis, by the policy applied (fail_open, "
+            "fail_closed).",
+            ("policy",),
+            registry=r,
+        )
         self.circuit_open = Gauge(
             "modelrouter_backend_circuit_open",
             "1 while a backend's circuit breaker skips it (open or half-open) in any worker.",
@@ -237,6 +261,52 @@ class Metrics:
             "modelrouter_inflight_rpcs",
             "ModelRouter RPCs being handled, summed over the live workers.",
             multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.store_records = Counter(
+            "modelrouter_store_records_total",
+            "Records for the store, by result: written, or dropped (queue full, or the store "
+            "unwritable while stopping).",
+            ("result",),
+            registry=r,
+        )
+        self.store_queue = Gauge(
+            "modelrouter_store_queued_records",
+            "Records waiting to be written to the store, summed over the live workers.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        # The store writer last flushed, and its counts then (a reload may swap it).
+        self._store_writer: object = None
+        self._store_counts = (0, 0)
+        # The online cost controllers, per tenant with a target (a configured, bounded set);
+        # each worker runs its own, so a gauge shows the most recently flushed worker's.
+        self.controller_target = Gauge(
+            "modelrouter_controller_target",
+            "A tenant's cost target: a share of requests above the cheapest tier, or USD/hour.",
+            ("tenant", "kind"),
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
+        self.controller_realised = Gauge(
+            "modelrouter_controller_realised",
+            "What the tenant's window of requests was served: the target's quantity.",
+            ("tenant", "kind"),
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
+        self.controller_offset = Gauge(
+            "modelrouter_controller_offset_logits",
+            "The offset the controller adds to the logit of each of the tenant's thresholds.",
+            ("tenant",),
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
+        self.controller_saturated = Gauge(
+            "modelrouter_controller_saturated",
+            "1 while the tenant's offset sits at a limit and the target is still not met.",
+            ("tenant",),
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
         self._pending: list[Count | Observations] = []
@@ -329,6 +399,18 @@ class Metrics:
         """Count one feedback record."""
         self.count(self.feedback_ratings, (tier,)).n += 1
 
+    def auth_failed(self, method: str, reason: str) -> None:
+        """Count a call refused by the API key checks."""
+        self.count(self.auth_failures, (method, reason)).n += 1
+
+    def limit_rejected(self, tenant: str, limit: str) -> None:
+        """Count a call refused by a tenant's limit."""
+        self.count(self.limit_rejections, (tenant, limit)).n += 1
+
+    def limit_store_failed(self, policy: str) -> None:
+        """Count a limit check that could not reach Redis, by the policy applied."""
+        self.count(self.limit_store_errors, (policy,)).n += 1
+
     def reloaded(self, success: bool) -> None:
         """Count a configuration reload (written at once: reloads are rare)."""
         self.config_reloads.labels("success" if success else "failure").inc()
@@ -345,11 +427,24 @@ class Metrics:
 
     # -- flush -------------------------------------------------------------------------
 
+    def store(self, writer: object, written: int, dropped: int, queued: int) -> None:
+        """Count what a store writer wrote and dropped since the last flush (its totals)."""
+        if writer is not self._store_writer:
+            self._store_writer, self._store_counts = writer, (0, 0)
+        last_written, last_dropped = self._store_counts
+        if written > last_written:
+            self.store_records.labels("written").inc(written - last_written)
+        if dropped > last_dropped:
+            self.store_records.labels("dropped").inc(dropped - last_dropped)
+        self._store_counts = (written, dropped)
+        self.store_queue.set(queued)
+
     def flush(
         self,
         inflight: int,
         model_version: str,
         circuits_open: Iterable[tuple[str, bool]],
+        controllers: Iterable[Snapshot] = (),
     ) -> None:
         """Move the pending counts into prometheus-client and sample the gauges."""
         for pending in self._pending:
@@ -366,6 +461,13 @@ class Metrics:
             if self._circuits.get(backend) != is_open:
                 self.circuit_open.labels(backend).set(1 if is_open else 0)
                 self._circuits[backend] = is_open
+        for c in controllers:
+            kind = c.target.kind
+            self.controller_target.labels(c.tenant, kind).set(c.target.value)
+            if c.realised is not None:
+                self.controller_realised.labels(c.tenant, kind).set(c.realised)
+            self.controller_offset.labels(c.tenant).set(c.offset)
+            self.controller_saturated.labels(c.tenant).set(1 if c.saturated else 0)
         for backend in [b for b in self._circuits if b not in seen]:
             # A backend a reload removed: its circuit is no longer open anywhere here.
             self.circuit_open.labels(backend).set(0)

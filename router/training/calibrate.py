@@ -21,29 +21,58 @@ HARD_LEVELS = (3, 4)
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Exactly one of the three targets."""
+    """Where the cheapest tier ends: a strong share alone, or any of the promise's bounds.
+
+    ``quality``: keep at least this share of all-strong quality on the outcome rows;
+    ``max_hard_on_cheapest``: at most this share of level 3-4 rows on the cheapest tier;
+    ``min_simple_on_cheapest``: at least this share of level-0 rows on it. Together they
+    pick the most saving threshold that keeps the first two; the third is met when it can
+    be (``first_threshold``).
+    """
 
     strong_share: float | None = None
     quality: float | None = None
     max_hard_on_cheapest: float | None = None
+    min_simple_on_cheapest: float | None = None
 
     def __post_init__(self) -> None:
-        given = [
-            v for v in (self.strong_share, self.quality, self.max_hard_on_cheapest) if v is not None
-        ]
-        if len(given) != 1:
+        bounds = (self.quality, self.max_hard_on_cheapest, self.min_simple_on_cheapest)
+        given = [v for v in (self.strong_share, *bounds) if v is not None]
+        if not given or (self.strong_share is not None and len(given) > 1):
             raise ValueError(
-                "give exactly one target: strong share, quality or hard-on-cheapest share"
+                "give a strong share alone, or one or more of: quality, hard-on-cheapest "
+                "share, simple-on-cheapest share"
             )
-        if not 0.0 <= given[0] <= 1.0:
-            raise ValueError(f"the target must lie in [0, 1], got {given[0]}")
+        for value in given:
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"the target must lie in [0, 1], got {value}")
+
+    @classmethod
+    def promise(cls, *, outcomes: bool, hard: bool, simple: bool) -> Target:
+        """Return PRODUCT.md's promise for the rows at hand (a strong share of 0.5 if none)."""
+        if not (outcomes or hard or simple):
+            return cls(strong_share=0.5)
+        return cls(
+            quality=0.98 if outcomes else None,
+            max_hard_on_cheapest=0.02 if hard else None,
+            min_simple_on_cheapest=0.95 if simple else None,
+        )
 
     def describe(self) -> str:
         if self.strong_share is not None:
             return f"strong share {self.strong_share:g}"
+        parts = []
         if self.quality is not None:
-            return f"quality {self.quality:g} of all-strong"
-        return f"at most {self.max_hard_on_cheapest:g} of level 3-4 queries on the cheapest tier"
+            parts.append(f"quality {self.quality:g} of all-strong")
+        if self.max_hard_on_cheapest is not None:
+            parts.append(
+                f"at most {self.max_hard_on_cheapest:g} of level 3-4 queries on the cheapest tier"
+            )
+        if self.min_simple_on_cheapest is not None:
+            parts.append(
+                f"at least {self.min_simple_on_cheapest:g} of level 0 queries on the cheapest tier"
+            )
+        return ", ".join(parts)
 
 
 def _threshold_for_top(scores: npt.NDArray[np.float64], k: int) -> float:
@@ -54,6 +83,36 @@ def _threshold_for_top(scores: npt.NDArray[np.float64], k: int) -> float:
     return float(ordered[min(k, len(ordered)) - 1])
 
 
+def _quality_bound(
+    scores: npt.NDArray[np.float64], weak: npt.ArrayLike, strong: npt.ArrayLike, quality: float
+) -> float:
+    """Return the highest threshold keeping ``quality`` of all-strong on outcome rows."""
+    curve = pgr_curve(scores, weak, strong)
+    reach = np.flatnonzero(curve.quality >= quality * curve.q_strong - 1e-12)
+    return _threshold_for_top(scores, int(reach[0]) if len(reach) else len(scores))
+
+
+def _hard_bound(
+    scores: npt.NDArray[np.float64], hard: npt.NDArray[np.bool_], share: float
+) -> float:
+    """Return the highest threshold leaving at most ``share`` of the hard rows below it."""
+    hard_scores = np.sort(scores[hard])
+    allowed = math.floor(share * len(hard_scores) + 1e-9)
+    # Everything at or above the (allowed+1)-th lowest hard score goes up.
+    return float(hard_scores[min(allowed, len(hard_scores) - 1)])
+
+
+def _simple_bound(
+    scores: npt.NDArray[np.float64], simple: npt.NDArray[np.bool_], share: float
+) -> float:
+    """Return the lowest threshold keeping at least ``share`` of the simple rows below it."""
+    simple_scores = np.sort(scores[simple])
+    needed = math.ceil(share * len(simple_scores) - 1e-9)
+    if needed <= 0:
+        return 0.0
+    return float(min(1.0, np.nextafter(simple_scores[needed - 1], np.inf)))
+
+
 def first_threshold(
     scores: npt.ArrayLike,
     target: Target,
@@ -61,27 +120,39 @@ def first_threshold(
     weak: npt.ArrayLike | None = None,
     strong: npt.ArrayLike | None = None,
     levels: Sequence[int | None] | None = None,
+    outcome: npt.ArrayLike | None = None,
 ) -> float:
-    """Return the cheapest tier's upper threshold meeting ``target`` on these rows."""
+    """Return the cheapest tier's upper threshold meeting ``target`` on these rows.
+
+    ``weak`` and ``strong`` are the outcomes of the rows marked in ``outcome`` (of every
+    row when it is None), ``levels`` the level of every row. With several bounds the
+    threshold is the highest (most saving) one that keeps quality and the hard-query share;
+    the simple-query share is met when that leaves room for it, else it is missed (quality
+    first) and the report says by how much.
+    """
     s = np.asarray(scores, dtype=np.float64)
     if target.strong_share is not None:
         return _threshold_for_top(s, math.ceil(target.strong_share * len(s) - 1e-9))
+    upper: list[float] = []
     if target.quality is not None:
         if weak is None or strong is None:
             raise ValueError("a quality target needs rows with weak and strong outcomes")
-        curve = pgr_curve(s, weak, strong)
-        reach = np.flatnonzero(curve.quality >= target.quality * curve.q_strong - 1e-12)
-        return _threshold_for_top(s, int(reach[0]) if len(reach) else len(s))
-    assert target.max_hard_on_cheapest is not None
-    if levels is None:
-        raise ValueError("a hard-query target needs rows with levels")
-    hard = np.array([lvl in HARD_LEVELS for lvl in levels])
-    if not hard.any():
-        raise ValueError("no level 3-4 rows to calibrate the hard-query share on")
-    hard_scores = np.sort(s[hard])
-    allowed = math.floor(target.max_hard_on_cheapest * len(hard_scores) + 1e-9)
-    # Everything at or above the (allowed+1)-th lowest hard score goes up.
-    return float(hard_scores[min(allowed, len(hard_scores) - 1)])
+        picked = s if outcome is None else s[np.asarray(outcome, dtype=bool)]
+        upper.append(_quality_bound(picked, weak, strong, target.quality))
+    level_of = None if levels is None else np.array([-1 if v is None else v for v in levels])
+    if target.max_hard_on_cheapest is not None:
+        if level_of is None:
+            raise ValueError("a hard-query target needs rows with levels")
+        hard = np.isin(level_of, HARD_LEVELS)
+        if not hard.any():
+            raise ValueError("no level 3-4 rows to calibrate the hard-query share on")
+        upper.append(_hard_bound(s, hard, target.max_hard_on_cheapest))
+    if upper:
+        return min(upper)
+    assert target.min_simple_on_cheapest is not None
+    if level_of is None or not (level_of == 0).any():
+        raise ValueError("a simple-query target needs level 0 rows")
+    return _simple_bound(s, level_of == 0, target.min_simple_on_cheapest)
 
 
 def thresholds_for(

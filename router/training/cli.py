@@ -70,6 +70,20 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _data_file(text: str) -> tuple[Path, float]:
+    """Parse ``FILE`` or ``FILE:WEIGHT`` (a positive number; 1 when omitted)."""
+    name, sep, weight = text.rpartition(":")
+    if sep and name:
+        try:
+            value = float(weight)
+        except ValueError:
+            return Path(text), 1.0  # a colon in the file name, not a weight
+        if not (value > 0 and value < float("inf")):
+            raise argparse.ArgumentTypeError(f"{text!r}: the weight must be a positive number")
+        return Path(name), value
+    return Path(text), 1.0
+
+
 def _tier_names(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(","))
     if not 2 <= len(names) <= 5 or not all(names) or len(set(names)) != len(names):
@@ -95,7 +109,13 @@ def _add_outcome_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_target_options(parser: argparse.ArgumentParser, required: bool) -> None:
-    group = parser.add_mutually_exclusive_group(required=required)
+    group = parser.add_argument_group(
+        "operating point",
+        "a strong share alone, or any of the promise's bounds (--quality, "
+        "--max-hard-on-cheapest, --min-simple-on-cheapest): the most saving threshold that "
+        "keeps the first two, the third met when they leave room for it"
+        + ("" if required else "; default: all three the data can carry (0.98, 0.02, 0.95)"),
+    )
     group.add_argument(
         "--strong-share",
         type=_fraction,
@@ -114,6 +134,12 @@ def _add_target_options(parser: argparse.ArgumentParser, required: bool) -> None
         metavar="Z",
         help="let at most this share of level 3-4 rows on the cheapest tier",
     )
+    group.add_argument(
+        "--min-simple-on-cheapest",
+        type=_fraction,
+        metavar="W",
+        help="keep at least this share of level 0 rows on the cheapest tier",
+    )
     parser.add_argument(
         "--top-share",
         type=_fraction,
@@ -123,9 +149,11 @@ def _add_target_options(parser: argparse.ArgumentParser, required: bool) -> None
 
 
 def _target(args: argparse.Namespace) -> Target | None:
-    if args.strong_share is None and args.quality is None and args.max_hard_on_cheapest is None:
+    values = (args.strong_share, args.quality, args.max_hard_on_cheapest)
+    given = (*values, args.min_simple_on_cheapest)
+    if all(v is None for v in given):
         return None
-    return Target(args.strong_share, args.quality, args.max_hard_on_cheapest)
+    return Target(*given)
 
 
 def _load(args: argparse.Namespace) -> RouterModel:
@@ -143,12 +171,20 @@ def add_train_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "train",
         help="fit a routing model on labelled queries",
-        description="Fit the level, gain and placement heads on JSONL rows with 'text' and a "
+        description="Fit the level, gain and gate heads on JSONL rows with 'text' and a "
         "'tier' (0-4) and/or weak/strong outcome 'scores', through the serving featurizer; "
-        "calibrate the thresholds on out-of-fold scores; write the model file.",
+        "calibrate the thresholds on out-of-fold scores; write the model file. With --report "
+        "or --by-source, first route each source with a model trained without it.",
     )
     parser.add_argument(
-        "--data", type=Path, action="append", required=True, help="training JSONL file (repeatable)"
+        "--data",
+        type=_data_file,
+        action="append",
+        required=True,
+        metavar="FILE[:WEIGHT]",
+        help="training JSONL file, repeatable: the files' rows are merged; each row of FILE "
+        "counts WEIGHT times as much as it would alone (1), on top of the 1/sqrt(rows of its "
+        "source) weighting; a row without 'source' takes the file's name as its source",
     )
     parser.add_argument("--out", type=Path, required=True, help="model file to write")
     parser.add_argument(
@@ -160,7 +196,12 @@ def add_train_parser(subparsers: Subparsers) -> None:
         default=5,
         help="folds for held-out numbers and calibration; 0 or 1: none (5)",
     )
-    parser.add_argument("--report", type=Path, help="write the cross-validated report as JSON")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        help="write the report as JSON: each source held out first (as --by-source), then "
+        "the cross-validated numbers",
+    )
     parser.add_argument(
         "--plot",
         type=Path,
@@ -169,7 +210,7 @@ def add_train_parser(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--by-source",
         action="store_true",
-        help="also route each source with a model trained without it (slow)",
+        help="also route each source with a model trained without it (one more fit per source)",
     )
     parser.add_argument(
         "--tiers",
@@ -201,16 +242,17 @@ def add_train_parser(subparsers: Subparsers) -> None:
         help=f"inverse penalty of the level head ({defaults.level_c:g})",
     )
     parser.add_argument(
-        "--place-c",
+        "--gate-c",
         type=float,
-        default=defaults.place_c,
-        help=f"inverse penalty of the placement head ({defaults.place_c:g})",
+        default=defaults.gate_c,
+        help=f"inverse penalty of the gate head ({defaults.gate_c:g})",
     )
     parser.add_argument(
-        "--score-gate",
+        "--gain-scale",
         type=float,
-        default=defaults.score_gate,
-        help=f"weight of the placement head in the score ({defaults.score_gate:g})",
+        default=defaults.gain_scale,
+        help="spread of the gain head over the outcome rows, in levels of the score "
+        f"({defaults.gain_scale:g})",
     )
     _add_target_options(parser, required=False)
     _add_outcome_options(parser)
@@ -230,8 +272,14 @@ def _run_train(args: argparse.Namespace) -> int:
     try:
         rows = [
             row
-            for path in args.data
-            for row in read_rows(path, weak_model=args.weak_model, strong_model=args.strong_model)
+            for path, weight in args.data
+            for row in read_rows(
+                path,
+                weak_model=args.weak_model,
+                strong_model=args.strong_model,
+                default_source=path.stem,
+                weight=weight,
+            )
         ]
         target = _target(args)
         rules = load_rules(args.rules)
@@ -242,8 +290,8 @@ def _run_train(args: argparse.Namespace) -> int:
         buckets_log2=args.buckets_log2,
         gain_alpha=args.gain_alpha,
         level_c=args.level_c,
-        place_c=args.place_c,
-        score_gate=args.score_gate,
+        gate_c=args.gate_c,
+        gain_scale=args.gain_scale,
         name=args.name,
     )
     try:
@@ -255,20 +303,22 @@ def _run_train(args: argparse.Namespace) -> int:
             tier_names=args.tiers,
             top_share=args.top_share,
             log=_log,
-            data_digest=files_digest(args.data),
-            by_source=args.by_source,
+            data_digest=files_digest([path for path, _ in args.data]),
+            data_weights=[(path.name, weight) for path, weight in args.data],
+            by_source=args.by_source or args.report is not None,
         )
     except ValueError as exc:
         return _err(str(exc))
     model = save_model(model, args.out)
     if report is not None:
         from router.training.evaluate import format_report
+        from router.training.generalisation import format_generalisation
 
+        if "held_out_sources" in report:
+            print(format_generalisation(report["held_out_sources"], args.tiers))
+            print()
         if "outcomes" in report:
             print(format_report(report))
-        for name, held in report.get("held_out_sources", {}).items():
-            shares = ", ".join(f"{100 * s:.1f}%" for s in held["tier_shares"])
-            print(f"held-out source {name}: {held['rows']} rows, tier shares {shares}")
         if args.report:
             args.report.write_text(json.dumps(_without_curves(report), indent=1))
         if args.plot and report.get("outcomes"):
@@ -349,7 +399,8 @@ def add_calibrate_parser(subparsers: Subparsers) -> None:
         help="set the score thresholds for a cost or quality target",
         description="Score the rows with the model and set the thresholds so that the target "
         "holds on them; write them into a copy of the model (--out) or into a service "
-        "configuration's tiers[].min_score (--config; the file is rewritten without comments).",
+        "configuration's tiers[].min_score (--config; with --model, its model too; the file "
+        "is rewritten without comments).",
     )
     parser.add_argument("--data", type=Path, required=True, help="JSONL file to calibrate on")
     _add_model_option(parser)
@@ -375,7 +426,13 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     try:
         rows = read_rows(args.data, weak_model=args.weak_model, strong_model=args.strong_model)
         target = _target(args)
-        assert target is not None
+        if target is None:
+            print(
+                "modelrouter calibrate: give a target: --strong-share, or one or more of "
+                "--quality, --max-hard-on-cheapest, --min-simple-on-cheapest",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         if args.config:
             # The thresholds must fit the model the configuration serves, not the shipped one.
             model_path, config_data = _read_config_yaml(args.config)
@@ -399,9 +456,21 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         saved = save_model(model.with_operating_point(tier_names, thresholds, note), args.out)
         print(f"wrote {args.out} ({saved.version})")
     else:
+        assert config_data is not None
+        if args.model is not None:
+            # The thresholds fit this model: the configuration must serve it.
+            config_data["model"] = _config_relative(args.model, args.config)
         _write_config_thresholds(args.config, config_data, thresholds)
-        print(f"wrote tiers[].min_score into {args.config}")
+        written = "model and tiers[].min_score" if args.model is not None else "tiers[].min_score"
+        print(f"wrote {written} into {args.config}")
     return EXIT_OK
+
+
+def _config_relative(model: Path, config: Path) -> str:
+    """Return a model path as a configuration file names it: relative to the file's
+    directory when the model lies under it, else absolute."""
+    model, base = model.resolve(), config.resolve().parent
+    return str(model.relative_to(base)) if model.is_relative_to(base) else str(model)
 
 
 def _placeholder(n_tiers: int) -> tuple[float, ...]:

@@ -33,6 +33,9 @@ class Row:
     weak: float | None = None
     strong: float | None = None
     source: str = ""
+    # How much the row counts in training relative to others of its source (the weight
+    # of the file it came from: ``train --data FILE:WEIGHT``).
+    weight: float = 1.0
 
     @property
     def has_outcome(self) -> bool:
@@ -53,6 +56,21 @@ def _outcome(path: Path, line: int, scores: Any, model: str) -> float:
     return float(value)
 
 
+def _outcome_if(path: Path, line: int, scores: Any, model: str) -> float | None:
+    """Return a model's outcome when the row has one, else None."""
+    return _outcome(path, line, scores, model) if model in scores else None
+
+
+def _model_name(path: Path, line: int, obj: dict[str, Any], field: str, default: str) -> str:
+    """Return the model a row names in ``field`` for its outcome, or the default."""
+    name = obj.get(field)
+    if name is None:
+        return default
+    if not isinstance(name, str) or not name:
+        raise _fail(path, line, field, f"must be a model name (a non-empty string), got {name!r}")
+    return name
+
+
 def iter_rows(
     path: str | Path,
     *,
@@ -60,13 +78,20 @@ def iter_rows(
     require_id: bool = False,
     weak_model: str = DEFAULT_WEAK_MODEL,
     strong_model: str = DEFAULT_STRONG_MODEL,
+    default_source: str = "",
+    weight: float = 1.0,
 ) -> Iterator[Row]:
     """Yield the rows of a JSONL file; with ``labels``, also parse ``tier`` and ``scores``.
 
     Every row needs a string ``text`` (and an ``id`` with ``require_id``). ``tier`` is
     null or an integer level 0-4;
-    ``scores`` is null or an object holding both models' outcomes in [0, 1]. Other
-    fields are ignored. The first malformed row raises DataError.
+    ``scores`` is null or an object holding both models' outcomes in [0, 1]: those of
+    ``weak_model`` and ``strong_model``, unless the row names its own pair in
+    ``weak_model`` and ``strong_model`` fields (as ``modelrouter export`` writes: the
+    models of its cheapest and strongest tiers); such a row may hold the outcome of one
+    of them only (not neither), and then has no outcome. A row without ``source`` gets
+    ``default_source``; every row gets ``weight``. Other fields are ignored. The first
+    malformed row raises DataError.
     """
     path = Path(path)
     try:
@@ -95,7 +120,11 @@ def iter_rows(
             if require_id and "id" not in obj:
                 raise _fail(path, line_no, "id", "missing")
             row = Row(
-                line=line_no, id=obj.get("id"), text=text, source=str(obj.get("source") or "")
+                line=line_no,
+                id=obj.get("id"),
+                text=text,
+                source=str(obj.get("source") or default_source),
+                weight=weight,
             )
             if not labels:
                 yield row
@@ -117,8 +146,18 @@ def iter_rows(
                     raise _fail(
                         path, line_no, "scores", "must be null or an object of model -> outcome"
                     )
-                weak = _outcome(path, line_no, scores, weak_model)
-                strong = _outcome(path, line_no, scores, strong_model)
+                row_weak = _model_name(path, line_no, obj, "weak_model", weak_model)
+                row_strong = _model_name(path, line_no, obj, "strong_model", strong_model)
+                if ("weak_model" in obj or "strong_model" in obj) and (
+                    row_weak in scores or row_strong in scores
+                ):
+                    # A row that names its own pair may hold one model's outcome only (a
+                    # rating of one answer): no outcome for training, not an error.
+                    weak = _outcome_if(path, line_no, scores, row_weak)
+                    strong = _outcome_if(path, line_no, scores, row_strong)
+                else:
+                    weak = _outcome(path, line_no, scores, row_weak)
+                    strong = _outcome(path, line_no, scores, row_strong)
             yield Row(
                 line=line_no,
                 id=row.id,
@@ -127,6 +166,7 @@ def iter_rows(
                 weak=weak,
                 strong=strong,
                 source=row.source,
+                weight=weight,
             )
 
 

@@ -1,18 +1,23 @@
 """Fit the routing model's three linear heads through the serving featurizer.
 
-- levels (5 logits): multinomial logistic regression on the rows' complexity levels;
+- levels (5 logits): multinomial logistic regression on the rows' complexity levels.
+  Their expected level E[level] is the general difficulty every query gets a value of;
 - gain: ridge regression of (strong outcome - weak outcome) on the rows with measured
   outcomes: how much the stronger model helps on this query;
-- placement: logistic regression of "is this the kind of query where the model choice
-  matters" (level >= 2, or a row with measured outcomes) against FAQ/chit-chat/lookups.
+- gate: logistic regression of "a row with measured outcomes" against the rest: how much
+  a query is like the rows that taught the gain head.
 
-The score is sigmoid(gain + gate * (sigmoid(placement) - 1/2)) (the -gate/2 is folded
-into the gain bias): placement decides which kind of traffic a query belongs to, gain
-ranks queries within it. Rows are weighted by 1/sqrt(rows of their source), so that a
-large source does not drown a small one. Every fit is deterministic.
+The score (``ScoreFormula``, level_gain) is
+sigmoid(level_weight * (E[level] - 2) + sigmoid(gate) * gain): on traffic like the
+outcome rows the gain ranks within what the level says; elsewhere the gate closes and the
+expected level alone ranks, as a plain level model would. The gain head is scaled so that
+its spread over the outcome rows is ``gain_scale`` levels and it is zero at their
+``gain_floor_quantile``: it lifts queries, it does not lower them. Rows are weighted by
+1/sqrt(rows of their source), so that a large source does not drown a small one. Every
+fit is deterministic.
 
-Held-out numbers come from cross-validation (``cross_validate``): rows are split in
-folds by a hash of their text, so the same text never lands on both sides.
+Held-out numbers come from cross-validation and from leaving each source out
+(``router/training/generalisation.py``).
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from router.fastpath import GAIN_HEAD, HEADS, LEVELS, PLACE_HEAD, FastPath
-from router.model import FeaturizerSpec, RouterModel, Rule
+from router.fastpath import GAIN_HEAD, GATE_HEAD, HEADS, LEVELS, SCORE_LEVEL_GAIN, FastPath
+from router.model import FeaturizerSpec, RouterModel, Rule, ScoreFormula
 from router.training.data import Row
+from router.training.generalisation import out_of_fold
 from router.training.rules import load_rules
 
 if TYPE_CHECKING:
@@ -41,30 +47,21 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True, slots=True)
 class RulePriors:
-    """What a fired rule of level L adds to the fitted weights, on top of what data teaches.
+    """What a fired rule of level L >= 2 adds to the level head's logit for L, on top of
+    what data teaches (the data has no short expert requests).
 
-    The level head's logit for L gets ``level``; the placement logit gets ``placement``
-    for L >= 2 (the kind of query where the model choice matters); the gain logit gets
-    ``gain[L]`` (level 4 rules aim at the strongest tier). Low-level rules get no placement
-    prior: a greeting in front of a hard request ("Hi! Review this contract clause...")
-    must not pull it down to the cheap tier.
+    Rules of levels 0-1 get no prior: a greeting in front of a hard request ("Hi! Review
+    this contract clause...") must not pull it down to the cheap tier.
     """
 
     level: float = 10.0
-    placement: float = 6.0
-    gain: tuple[float, ...] = (0.0, 0.0, 0.0, 0.5, 3.0)
 
     def apply(self, weights: npt.NDArray[np.float64], rules: Sequence[Rule]) -> None:
         """Add the priors of ``rules`` to their rows, the last ``len(rules)`` of ``weights``."""
         base = weights.shape[0] - len(rules)
         for i, rule in enumerate(rules):
-            if rule.level is None:
-                continue
-            row = weights[base + i]
-            row[rule.level] += self.level
-            if rule.level >= 2:
-                row[PLACE_HEAD] += self.placement
-            row[GAIN_HEAD] += self.gain[rule.level]
+            if rule.level is not None and rule.level >= 2:
+                weights[base + i, rule.level] += self.level
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +71,16 @@ class TrainOptions:
     char_min: int = 3
     char_max: int = 5
     level_c: float = 0.2
-    place_c: float = 0.2
+    gate_c: float = 0.2
     gain_alpha: float = 100.0
-    gain_anchor: float = 0.05
-    # Spread (standard deviation) of the gain logit over the outcome rows.
-    gain_scale: float = 1.0
-    score_gate: float = 6.0
+    # Spread (standard deviation) of the gain over the outcome rows, in levels, and the
+    # quantile of it that adds nothing (the gain is >= 0 above it).
+    gain_scale: float = 2.0
+    gain_floor_quantile: float = 0.01
+    # Score logit per level of E[level] (the spread of scores in [0, 1]).
+    level_weight: float = 1.5
+    # Rows per source the logistic heads fit on (capped_rows).
+    max_rows_per_source: int = 4000
     max_iter: int = 500
     name: str = "model"
     rules: tuple[Rule, ...] = field(default_factory=load_rules)
@@ -94,14 +95,24 @@ class TrainOptions:
             rules=self.rules,
         )
 
+    def score_formula(self) -> ScoreFormula:
+        """Return the score formula: E[level] = 2 sits at score 1/2."""
+        return ScoreFormula(
+            SCORE_LEVEL_GAIN, level_weight=self.level_weight, bias=-2.0 * self.level_weight
+        )
+
+
+def _sigmoid(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    return np.asarray(1.0 / (1.0 + np.exp(-x)), dtype=np.float64)
+
 
 @dataclass(frozen=True)
 class Heads:
-    """Fitted weights and bias of the seven heads, and the score gate."""
+    """Fitted weights and bias of the seven heads, and the score formula."""
 
     weights: npt.NDArray[np.float32]
     bias: npt.NDArray[np.float64]
-    score_gate: float
+    score_formula: ScoreFormula
 
     def logits(self, X: sp.csr_matrix) -> npt.NDArray[np.float64]:
         return np.asarray(X @ self.weights.astype(np.float64)) + self.bias
@@ -109,13 +120,21 @@ class Heads:
     def score(self, X: sp.csr_matrix) -> npt.NDArray[np.float64]:
         """Return the scores of featurized rows (the fast path's formula, in numpy)."""
         logits = self.logits(X)
-        placement = 1.0 / (1.0 + np.exp(-logits[:, PLACE_HEAD]))
-        return 1.0 / (1.0 + np.exp(-(logits[:, GAIN_HEAD] + self.score_gate * placement)))
+        f = self.score_formula
+        if f.formula == SCORE_LEVEL_GAIN:
+            expected = _levels(logits) @ np.arange(LEVELS, dtype=np.float64)
+            gain = _sigmoid(logits[:, GATE_HEAD]) * logits[:, GAIN_HEAD]
+            return _sigmoid(f.level_weight * expected + gain + f.bias)
+        return _sigmoid(logits[:, GAIN_HEAD] + f.placement_weight * _sigmoid(logits[:, GATE_HEAD]))
 
     def levels(self, X: sp.csr_matrix) -> npt.NDArray[np.float64]:
-        logits = self.logits(X)[:, :LEVELS]
-        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return np.asarray(exp / exp.sum(axis=1, keepdims=True), dtype=np.float64)
+        return _levels(self.logits(X))
+
+
+def _levels(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    level_logits = logits[:, :LEVELS]
+    exp = np.exp(level_logits - level_logits.max(axis=1, keepdims=True))
+    return np.asarray(exp / exp.sum(axis=1, keepdims=True), dtype=np.float64)
 
 
 def featurize(texts: Sequence[str], spec: FeaturizerSpec) -> sp.csr_matrix:
@@ -144,44 +163,65 @@ def featurize(texts: Sequence[str], spec: FeaturizerSpec) -> sp.csr_matrix:
 
 
 def source_weights(rows: Sequence[Row]) -> npt.NDArray[np.float64]:
-    """Return per-row weights 1/sqrt(rows of its source), scaled to mean 1."""
+    """Return per-row weights 1/sqrt(rows of its source) times the row's own weight,
+    scaled to mean 1."""
     counts = Counter(r.source for r in rows)
-    w = np.array([1.0 / math.sqrt(counts[r.source]) for r in rows], dtype=np.float64)
+    w = np.array([r.weight / math.sqrt(counts[r.source]) for r in rows], dtype=np.float64)
     return np.asarray(w / w.mean(), dtype=np.float64)
 
 
-def placement_label(row: Row) -> int | None:
-    """Return 1 where the model choice matters (level >= 2 or measured outcomes), 0 for
-    levels 0-1, None when the row says neither."""
-    if row.has_outcome:
-        return 1
-    if row.tier is None:
-        return None
-    return 1 if row.tier >= 2 else 0
-
-
-def fold_of(row: Row, folds: int) -> int:
-    """Return the row's cross-validation fold, from a hash of its text."""
+def _text_rank(row: Row) -> int:
     digest = hashlib.sha256(row.text.encode("utf-8", "surrogatepass")).digest()
-    return int.from_bytes(digest[:8], "little") % folds
+    return int.from_bytes(digest[8:16], "little")  # not the bytes fold_of reads
+
+
+def capped_rows(
+    rows: Sequence[Row], cap: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+    """Return the rows a logistic head fits on and their weights.
+
+    A source with more than ``cap`` rows keeps the ``cap`` of them with the smallest hash
+    of their text; each source still weighs sqrt(its rows) in all, as with
+    ``source_weights``, and the weights are scaled to mean 1. Large sources of
+    near-identical queries (intents, banking FAQs) then cost fitting time in proportion
+    to what they teach.
+    """
+    by_source: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_source.setdefault(r.source, []).append(i)
+    keep: list[int] = []
+    weight: dict[int, float] = {}
+    for members in by_source.values():
+        picked = members
+        if len(members) > cap:
+            picked = sorted(sorted(members, key=lambda i: _text_rank(rows[i]))[:cap])
+        for i in picked:
+            weight[i] = rows[i].weight * math.sqrt(len(members)) / len(picked)
+        keep.extend(picked)
+    keep.sort()
+    w = np.array([weight[i] for i in keep], dtype=np.float64)
+    return np.array(keep, dtype=np.intp), np.asarray(w / w.mean(), dtype=np.float64)
 
 
 def fit_heads(X: sp.csr_matrix, rows: Sequence[Row], options: TrainOptions, log: Log) -> Heads:
-    """Fit the level, gain and placement heads on featurized rows."""
+    """Fit the level, gain and gate heads on featurized rows."""
     from sklearn.linear_model import LogisticRegression, Ridge
 
     n_features = X.shape[1]
     weights = np.zeros((n_features, HEADS), dtype=np.float64)
     bias = np.zeros(HEADS, dtype=np.float64)
-    sample_w = source_weights(rows)
     started = time.monotonic()
 
     tiers = np.array([-1 if r.tier is None else r.tier for r in rows])
-    have_tier = tiers >= 0
-    present = sorted(set(tiers[have_tier].tolist()))
+    with_tier = np.flatnonzero(tiers >= 0)
+    level_rows, level_w = capped_rows(
+        [rows[int(i)] for i in with_tier], options.max_rows_per_source
+    )
+    level_rows = with_tier[level_rows]
+    present = sorted(set(tiers[with_tier].tolist()))
     if len(present) >= 2:
         levels = LogisticRegression(C=options.level_c, max_iter=options.max_iter)
-        levels.fit(X[have_tier], tiers[have_tier], sample_weight=sample_w[have_tier])
+        levels.fit(X[level_rows], tiers[level_rows], sample_weight=level_w)
         coef, intercept = levels.coef_, levels.intercept_
         if len(present) == 2:  # sklearn fits one logit for two classes: it is the second's
             coef = np.vstack([np.zeros_like(coef[0]), coef[0]])
@@ -193,7 +233,7 @@ def fit_heads(X: sp.csr_matrix, rows: Sequence[Row], options: TrainOptions, log:
         for level in set(range(LEVELS)) - set(present):
             bias[level] = -30.0
         log(
-            f"levels: fitted on {int(have_tier.sum())} rows, levels {present} "
+            f"levels: fitted on {len(level_rows)} rows, levels {present} "
             f"({levels.n_iter_[0]} iterations, {time.monotonic() - started:.1f}s)"
         )
     else:
@@ -202,82 +242,69 @@ def fit_heads(X: sp.csr_matrix, rows: Sequence[Row], options: TrainOptions, log:
     outcome = np.array([r.has_outcome for r in rows])
     if outcome.sum() >= 2:
         gain = np.array([(r.strong or 0.0) - (r.weak or 0.0) for r in rows])
-        # Rows without outcomes anchor the gain at its mean, with a small weight: the head
-        # then ranks within the kind of queries it has outcomes for, instead of
-        # extrapolating far on text unlike them (e.g. very short queries).
-        gain[~outcome] = gain[outcome].mean()
-        anchor = np.where(outcome, 1.0, options.gain_anchor)
         ridge = Ridge(alpha=options.gain_alpha, solver="sparse_cg", tol=1e-6)
-        ridge.fit(X, gain, sample_weight=anchor)
+        row_weight = np.array([r.weight for r in rows])
+        ridge.fit(X[outcome], gain[outcome], sample_weight=row_weight[outcome])
         predicted = np.asarray(X[outcome] @ ridge.coef_) + ridge.intercept_
         spread = float(predicted.std()) or 1.0
-        scale = options.gain_scale / spread
+        floor = float(np.quantile(predicted, options.gain_floor_quantile))
+        # In score-logit units: gain_scale levels per standard deviation, and zero at a low
+        # quantile, so that it lifts the queries where the strong model helps without
+        # dropping the others below what their level says (which would move the
+        # threshold that keeps hard queries off the cheapest tier: issue 9).
+        scale = options.level_weight * options.gain_scale / spread
         weights[:, GAIN_HEAD] = scale * ridge.coef_
-        bias[GAIN_HEAD] = scale * (ridge.intercept_ - float(predicted.mean()))
+        bias[GAIN_HEAD] = scale * (ridge.intercept_ - floor)
         log(
             f"gain: fitted on {int(outcome.sum())} outcome rows (spread {spread:.4f}, "
             f"{time.monotonic() - started:.1f}s)"
         )
     else:
         log("gain: no outcome rows; the gain head stays zero")
-    bias[GAIN_HEAD] -= options.score_gate / 2.0
 
-    labels = [placement_label(r) for r in rows]
-    placed = np.array([lab is not None for lab in labels])
-    y = np.array([lab or 0 for lab in labels])
-    if placed.any() and len(set(y[placed].tolist())) == 2:
-        place = LogisticRegression(C=options.place_c, max_iter=options.max_iter)
-        place.fit(X[placed], y[placed], sample_weight=sample_w[placed])
-        weights[:, PLACE_HEAD] = place.coef_[0]
-        bias[PLACE_HEAD] = place.intercept_[0]
-        log(
-            f"placement: fitted on {int(placed.sum())} rows "
-            f"({int(y[placed].sum())} where the choice matters; {place.n_iter_[0]} iterations, "
-            f"{time.monotonic() - started:.1f}s)"
-        )
+    if outcome.all() or not outcome.any():
+        # One kind of row only: the gate is open on everything, or shut (no gain to add).
+        bias[GATE_HEAD] = 30.0 if outcome.any() else -30.0
+        log("gate: " + ("every row has outcomes: open" if outcome.any() else "no outcomes: shut"))
     else:
-        log("placement: needs rows of both kinds; the placement head stays neutral")
+        gate_rows, gate_w = capped_rows(rows, options.max_rows_per_source)
+        gate = LogisticRegression(C=options.gate_c, max_iter=options.max_iter)
+        gate.fit(X[gate_rows], outcome[gate_rows].astype(np.int64), sample_weight=gate_w)
+        weights[:, GATE_HEAD] = gate.coef_[0]
+        bias[GATE_HEAD] = gate.intercept_[0]
+        log(
+            f"gate: fitted on {len(gate_rows)} rows "
+            f"({int(outcome[gate_rows].sum())} with outcomes; "
+            f"{gate.n_iter_[0]} iterations, {time.monotonic() - started:.1f}s)"
+        )
     options.priors.apply(weights, options.rules)
-    return Heads(weights.astype(np.float32), bias, options.score_gate)
+    return Heads(weights.astype(np.float32), bias, options.score_formula())
+
+
+def fit_score(
+    X: sp.csr_matrix,
+    rows: Sequence[Row],
+    options: TrainOptions,
+    levels_out: npt.NDArray[np.float64],
+) -> Callable[[npt.NDArray[np.intp], npt.NDArray[np.intp]], npt.NDArray[np.float64]]:
+    """Return a function fitting heads on some rows and scoring others (their level
+    probabilities go into ``levels_out``), for cross-validation and held-out sources."""
+
+    def run(train: npt.NDArray[np.intp], test: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:
+        heads = fit_heads(X[train], [rows[i] for i in train], options, lambda _msg: None)
+        levels_out[test] = heads.levels(X[test])
+        return heads.score(X[test])
+
+    return run
 
 
 def cross_validate(
     X: sp.csr_matrix, rows: Sequence[Row], options: TrainOptions, folds: int, log: Log
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Return out-of-fold scores and level probabilities for every row."""
-    fold = np.array([fold_of(r, folds) for r in rows])
-    sizes = np.bincount(fold, minlength=folds)
-    if (sizes == 0).any():  # with two or more folds, this also means no fold holds every row
-        raise ValueError(
-            f"{len(rows)} rows do not fill {folds} cross-validation folds (rows per fold: "
-            f"{sizes.tolist()}); give more distinct texts or fewer folds (--cv-folds)"
-        )
-    scores = np.zeros(len(rows))
     levels = np.zeros((len(rows), LEVELS))
-    for f in range(folds):
-        test = fold == f
-        train_rows = [r for r, t in zip(rows, test, strict=True) if not t]
-        log(f"fold {f + 1}/{folds}: training on {len(train_rows)} rows")
-        heads = fit_heads(X[~test], train_rows, options, lambda _msg: None)
-        scores[test] = heads.score(X[test])
-        levels[test] = heads.levels(X[test])
+    scores = out_of_fold(rows, fit_score(X, rows, options, levels), folds, log)
     return scores, levels
-
-
-def cross_validate_sources(
-    X: sp.csr_matrix, rows: Sequence[Row], options: TrainOptions, log: Log
-) -> dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]:
-    """Return, for each source, its scores and level probabilities from a model that never
-    saw a row of that source."""
-    source = np.array([r.source for r in rows])
-    out = {}
-    for name in sorted(set(source.tolist())):
-        held = source == name
-        log(f"holding out source {name!r} ({int(held.sum())} rows)")
-        kept = [r for r, h in zip(rows, held, strict=True) if not h]
-        heads = fit_heads(X[~held], kept, options, lambda _msg: None)
-        out[name] = (heads.score(X[held]), heads.levels(X[held]))
-    return out
 
 
 def build_model(heads: Heads, options: TrainOptions, info: dict[str, object]) -> RouterModel:
@@ -288,7 +315,7 @@ def build_model(heads: Heads, options: TrainOptions, info: dict[str, object]) ->
         bias=heads.bias,
         tier_names=("cheap", "strong", "expert"),
         thresholds=(0.5, 0.9),
-        score_gate=heads.score_gate,
+        score=heads.score_formula,
         name=options.name,
         info=info,
     )

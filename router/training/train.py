@@ -13,31 +13,28 @@ import numpy as np
 
 from router.model import RouterModel
 from router.routing import tier_for_score
-from router.training.calibrate import HARD_LEVELS, Target, first_threshold, thresholds_for
-from router.training.data import Row, outcome_arrays
+from router.training.calibrate import HARD_LEVELS, Target
+from router.training.data import Row
 from router.training.evaluate import ScoredRows, build_report
 from router.training.fit import (
     Log,
     TrainOptions,
     build_model,
     cross_validate,
-    cross_validate_sources,
     featurize,
     fit_heads,
+    fit_score,
 )
+from router.training.generalisation import calibrate, generalisation_report, leave_one_source_out
 
 
 def default_target(rows: Sequence[Row]) -> Target:
-    """Return the default calibration target for the rows at hand.
-
-    With level 3-4 rows: at most 1% of them on the cheapest tier; else, with outcome
-    rows: 98% of the strong model's quality; else half the traffic above the cheapest.
-    """
-    if any(r.tier in HARD_LEVELS for r in rows):
-        return Target(max_hard_on_cheapest=0.01)
-    if any(r.has_outcome for r in rows):
-        return Target(quality=0.98)
-    return Target(strong_share=0.5)
+    """Return the promise's calibration target for the rows at hand (Target.promise)."""
+    return Target.promise(
+        outcomes=any(r.has_outcome for r in rows),
+        hard=any(r.tier in HARD_LEVELS for r in rows),
+        simple=any(r.tier == 0 for r in rows),
+    )
 
 
 def calibrate_thresholds(
@@ -48,16 +45,7 @@ def calibrate_thresholds(
     top_share: float,
 ) -> tuple[float, ...]:
     """Return the thresholds meeting ``target`` on scored rows (outcomes and levels as needed)."""
-    outcome = np.array([r.has_outcome for r in rows])
-    weak, strong = outcome_arrays(rows)
-    first = first_threshold(
-        scores if target.quality is None else scores[outcome],
-        target,
-        weak=weak,
-        strong=strong,
-        levels=[r.tier for r in rows],
-    )
-    return thresholds_for(scores, first, n_tiers, top_share)
+    return calibrate(scores, rows, target, n_tiers, top_share)
 
 
 def files_digest(paths: Sequence[str | Path]) -> str:
@@ -78,14 +66,16 @@ def train(
     top_share: float,
     log: Log,
     data_digest: str = "",
+    data_weights: Sequence[tuple[str, float]] = (),
     by_source: bool = False,
 ) -> tuple[RouterModel, dict[str, Any] | None]:
-    """Return the trained, calibrated model and its cross-validated report (None without CV).
+    """Return the trained, calibrated model and its report (None without CV or sources).
 
     Thresholds are calibrated on out-of-fold scores when ``folds`` >= 2, so they hold on
     queries the model did not see; otherwise on the training scores themselves. With
-    ``by_source``, the report also says how each source is routed by a model trained
-    without any of its rows (the test of generalising to traffic unlike the training data).
+    ``by_source`` the report starts with how each source is routed by a model trained
+    without any of its rows (``router/training/generalisation.py``): the test models are
+    chosen by.
     """
     started = time.monotonic()
     target = target or default_target(rows)
@@ -95,7 +85,7 @@ def train(
         f"featurized {len(rows)} rows into {spec.n_features} features ({X.nnz} non-zeros) "
         f"in {time.monotonic() - started:.1f}s"
     )
-    report = None
+    report: dict[str, Any] | None = None
     if folds >= 2:
         oof_scores, oof_levels = cross_validate(X, rows, options, folds, log)
         calibration_scores = oof_scores
@@ -108,24 +98,37 @@ def train(
         f"calibrated for {target.describe()}: "
         f"thresholds {', '.join(f'{t:.4f}' for t in thresholds)}"
     )
+    if by_source:
+        held_levels = np.zeros((len(rows), oof_levels.shape[1]))
+        held_out = leave_one_source_out(rows, fit_score(X, rows, options, held_levels), log)
+        report = {
+            "held_out_sources": generalisation_report(
+                rows, held_out, calibration_scores, target, len(tier_names), top_share
+            )
+        }
     if folds >= 2:
         tiers = np.array(
             [tier_for_score(s, thresholds) for s in calibration_scores], dtype=np.int64
         )
-        report = build_report(
-            ScoredRows(calibration_scores, oof_levels, tiers),
-            rows,
-            version=f"{options.name} ({folds}-fold cross-validation)",
-            tier_names=tier_names,
-            thresholds=thresholds,
-        )
-    if by_source:
-        held_out = cross_validate_sources(X, rows, options, log)
         report = report or {}
-        report["held_out_sources"] = _source_report(held_out, rows, thresholds)
+        report.update(
+            build_report(
+                ScoredRows(calibration_scores, oof_levels, tiers),
+                rows,
+                version=f"{options.name} ({folds}-fold cross-validation)",
+                tier_names=tier_names,
+                thresholds=thresholds,
+            )
+        )
     info: dict[str, Any] = {
         "trained_rows": len(rows),
         "data_sha256": data_digest,
+        # Only when a file was weighted: unweighted models keep their bytes.
+        **(
+            {"data_weights": [list(w) for w in data_weights]}
+            if any(weight != 1.0 for _, weight in data_weights)
+            else {}
+        ),
         "options": {k: v for k, v in asdict(options).items() if k != "rules"},
         "calibration": {
             "target": target.describe(),
@@ -139,30 +142,6 @@ def train(
     model = model.with_operating_point(tier_names, thresholds, info["calibration"])
     log(f"trained in {time.monotonic() - started:.1f}s")
     return model, report
-
-
-def _source_report(
-    held_out: dict[str, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]],
-    rows: Sequence[Row],
-    thresholds: Sequence[float],
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, (scores, levels) in held_out.items():
-        picked = [r for r in rows if r.source == name]
-        tiers = np.array([tier_for_score(s, thresholds) for s in scores])
-        true = np.array([-1 if r.tier is None else r.tier for r in picked])
-        known = true >= 0
-        out[name] = {
-            "rows": len(picked),
-            "tier_shares": (
-                np.bincount(tiers, minlength=len(thresholds) + 1) / len(tiers)
-            ).tolist(),
-            "score_quartiles": np.quantile(scores, [0.25, 0.5, 0.75]).tolist(),
-            "level_accuracy": float((levels.argmax(axis=1)[known] == true[known]).mean())
-            if known.any()
-            else None,
-        }
-    return out
 
 
 def _headline(report: dict[str, Any]) -> dict[str, Any]:

@@ -15,8 +15,13 @@ the server's ``scenarios`` map from model name to scenario), ``NAME`` or ``NAME:
 - ``lowlp``: a normal stream whose tokens have log-probabilities near -6
 - ``nousage``: a normal stream without the usage chunk
 - ``replay:FILE``: replay the recorded SSE stream tests/fixtures/FILE (either endpoint)
+- ``say:TEXT``: a normal stream whose answer is TEXT (its words, in order)
 
 ``POST /v1/messages`` replays a recorded Anthropic Messages stream from tests/fixtures/.
+``attempt_delays`` slows the next requests one by one: each chat request (an attempt,
+to the router) takes the first delay off the list and waits that many more seconds before
+its first token (or its error status).
+
 The server counts open connections and records every request (when the client went
 away, how many tokens it was sent) so tests can prove nothing leaks. ``refused_port`` is
 a bound port that refuses connections; ``blackhole_port`` accepts none (a slow connect).
@@ -174,6 +179,8 @@ class FakeOpenAIServer:
         self.requests: list[RequestRecord] = []
         # Model name -> scenario, so a test can make a model fail and later heal it.
         self.scenarios: dict[str, str] = {}
+        # Extra seconds before the first token, one per request in order of arrival.
+        self.attempt_delays: list[float] = []
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
         self._extra_sockets: list[socket.socket] = []
@@ -300,7 +307,9 @@ class FakeOpenAIServer:
 
     async def _openai(self, conn: _Conn, record: RequestRecord, body: dict[str, Any]) -> bool:
         name, _, arg = record.scenario.partition(":")
+        slowed = self.attempt_delays.pop(0) if self.attempt_delays else 0.0
         if name == "http":
+            await conn.sleep(slowed)
             await _send_error(conn, int(arg or 500), {"type": "fake_error"})
             return True
         if name == "echo":
@@ -314,7 +323,9 @@ class FakeOpenAIServer:
             return True
         # OpenAI's newer models take the limit as max_completion_tokens.
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or self.tokens)
-        count = min(self.tokens, max_tokens)
+        words = arg.split() if name == "say" else WORDS
+        tokens = len(words) if name == "say" else self.tokens
+        count = min(tokens, max_tokens)
         want_logprobs = bool(body.get("logprobs"))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         logprob = LOW_LOGPROB if name == "lowlp" else NORMAL_LOGPROB
@@ -343,7 +354,7 @@ class FakeOpenAIServer:
             },
         )
         interval = 1.0 / self.tokens_per_second
-        delay = self.first_token_ms / 1000.0
+        delay = self.first_token_ms / 1000.0 + slowed
         if name == "slow-first":
             delay += float(arg or 1.0)
         start = time.monotonic() + delay
@@ -351,7 +362,7 @@ class FakeOpenAIServer:
             if stop_after is not None and i == stop_after:
                 return await self._fault(conn, name)
             await conn.sleep(start + i * interval - time.monotonic())
-            word = WORDS[i % len(WORDS)]
+            word = words[i % len(words)]
             text = word if i == 0 else " " + word
             choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": None}
             if want_logprobs:
@@ -371,7 +382,7 @@ class FakeOpenAIServer:
             record.tokens_sent += 1
         if stop_after is not None and stop_after >= count:
             return await self._fault(conn, name)
-        finish = "length" if count == max_tokens and count < self.tokens else "stop"
+        finish = "length" if count == max_tokens and count < tokens else "stop"
         await _send_event(
             conn, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
         )

@@ -110,11 +110,16 @@ def test_train_writes_the_model_and_the_report(trained: Trained) -> None:
     model = load_model(trained.path)
     assert trained.result.stdout.rstrip().endswith(f"wrote {trained.path} ({model.version})")
     assert "outcomes [all]: 140 rows" in trained.result.stdout
+    # --report holds each source out first, and says so first.
+    assert trained.result.stdout.startswith("leave-one-source-out (")
+    assert trained.result.stdout.index("leave-one") < trained.result.stdout.index("outcomes [all]")
     assert "trained in" in trained.result.stderr  # progress goes to stderr
     assert model.spec.buckets_log2 == 10
     assert model.tier_names == TIERS
     assert "cross_validation" in model.info
     report = json.loads(trained.report.read_text())
+    assert next(iter(report)) == "held_out_sources"
+    assert len(report["held_out_sources"]["sources"]) == 6  # the sample has no nq_open
     assert report["model_version"] == "model (2-fold cross-validation)"
     assert report["rows"] == 300
     assert "curve" not in report["outcomes"][0]
@@ -132,6 +137,7 @@ def test_the_command_trains_what_the_library_trains(trained: Trained) -> None:
         top_share=0.2,
         log=quiet,
         data_digest=files_digest([SAMPLE]),
+        by_source=True,
     )
     again = save_model(model, trained.path.with_name("in-process.npz"))
     assert again.checksum == load_model(trained.path).checksum
@@ -147,10 +153,12 @@ def test_train_by_source(tmp_path: Path) -> None:
     args = ("train", "--data", data, "--out", out, "--cv-folds", "0", "--buckets-log2", "8")
     result = modelrouter(*args, "--by-source")
     assert result.returncode == 0, result.stderr
-    held = [line for line in result.stdout.splitlines() if line.startswith("held-out source ")]
-    assert held[0].startswith("held-out source clinc150: 45 rows, tier shares ")
-    assert held[1].startswith("held-out source math: 25 rows, tier shares ")
-    assert len(held) == 2
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("leave-one-source-out (")
+    assert lines[1].split()[:3] == ["held-out", "source", "rows"]
+    assert lines[2].split()[:2] == ["clinc150", "45"]
+    assert lines[3].split()[:2] == ["math", "25"]
+    assert lines[4].startswith("pooled over 70 held-out scores: AUC level 2+ vs 0-1 ")
     assert out.exists()
 
 
@@ -265,6 +273,27 @@ def test_calibrate_a_quality_with_two_tiers(trained: Trained, tmp_path: Path) ->
     assert np.mean(routed) >= 0.98 * np.mean(strong) - 1e-12  # type: ignore[arg-type]
 
 
+def test_calibrate_the_promise_with_several_bounds(trained: Trained, tmp_path: Path) -> None:
+    out = tmp_path / "promise.npz"
+    args = ("calibrate", "--data", SAMPLE, "--model", trained.path, "--out", out)
+    result = modelrouter(*args, "--quality", "0.98", "--max-hard-on-cheapest", "0.02")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(
+        "quality 0.98 of all-strong, at most 0.02 of level 3-4 queries on the cheapest tier on "
+    )
+    assert load_model(out).info["calibration"]["target"].startswith("quality 0.98")
+
+
+def test_calibrate_needs_a_target_and_a_share_alone(trained: Trained, tmp_path: Path) -> None:
+    args = ("calibrate", "--data", SAMPLE, "--model", trained.path, "--out", tmp_path / "x.npz")
+    result = modelrouter(*args)
+    assert result.returncode == 2
+    assert "give a target: --strong-share, or one or more of" in result.stderr
+    result = modelrouter(*args, "--strong-share", "0.3", "--quality", "0.98")
+    assert_clean_error(result, "give a strong share alone, or one or more of")
+    assert not (tmp_path / "x.npz").exists()
+
+
 def test_calibrate_into_a_config(
     trained: Trained, calibrated: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path
 ) -> None:
@@ -275,8 +304,9 @@ def test_calibrate_into_a_config(
     args = ("calibrate", "--data", SAMPLE, "--model", trained.path, "--strong-share", "0.3")
     result = modelrouter(*args, "--config", config)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.rstrip().endswith(f"wrote tiers[].min_score into {config}")
+    assert result.stdout.rstrip().endswith(f"wrote model and tiers[].min_score into {config}")
     loaded = load_config(config)  # still a valid configuration
+    assert loaded.model == str(trained.path)  # the model the thresholds were set for
     assert loaded.tiers[0].min_score is None
     expected = load_model(calibrated[0]).thresholds  # the same target on the same rows
     assert loaded.explicit_thresholds() == tuple(round(t, 6) for t in expected)

@@ -134,3 +134,59 @@ def test_a_header_with_a_control_character_is_rejected_naming_its_path() -> None
         "(U+000A at position 6 of 6)"
     )
     assert "backends.openai.headers.x-tab\tbed.[key]: contains a control character" in message
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "message"),
+    [
+        (
+            "tenants",
+            {"acme": {"limits": {"burst": 10}}},
+            "tenants.acme.limits: burst: set requests_per_s too (burst is the rate's bucket)",
+        ),
+        (
+            "tenants",
+            {"acme": {"limits": {"usd_per_day": 0}}},
+            "tenants.acme.limits.usd_per_day: Input should be greater than 0",
+        ),
+        ("tenants", {"acme": {"limit": {}}}, "tenants.acme.limit: unknown key"),
+        (
+            "limits",
+            {"redis_url": "localhost:6379"},
+            "limits.redis_url: 'localhost:6379' is not redis://HOST:PORT/DB",
+        ),
+        (
+            "limits",
+            {"on_redis_error": "ignore"},
+            "limits.on_redis_error: Input should be 'fail_open' or 'fail_closed'",
+        ),
+        ("server", {"tls": {"cert": "server.crt"}}, "server.tls.key: Field required"),
+        ("auth", {"enabled": True, "key": []}, "auth.key: unknown key"),
+    ],
+)
+def test_security_and_limit_keys_are_checked_naming_the_key(
+    section: str, value: Any, message: str
+) -> None:
+    data = default_data()
+    data[section] = value
+    assert error_of(data).startswith(message)
+
+
+def test_limits_and_keys_parse() -> None:
+    data = default_data()
+    data["tenants"] = {
+        "acme": {
+            "limits": {"requests_per_s": 5, "usd_per_month": 100},
+            "target": {"strong_share": 0.3},  # a cost target and limits side by side
+        }
+    }
+    data["limits"] = {"redis_url": "rediss://cache:6380/1", "on_redis_error": "fail_open"}
+    data["auth"] = {
+        "enabled": True,
+        "keys": [{"sha256": "AB" * 32, "tenant": "acme", "methods": ["Route"]}],
+    }
+    config = parse_config(data, environ={})
+    assert config.tenants["acme"].limits.any
+    assert config.tenants["acme"].target is not None
+    assert config.auth.keys[0].sha256 == "ab" * 32  # digests compare in lower case
+    assert not config.tenants.get("default", None)

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import xxhash
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import router.fastpath
 from router import _fastpath_py
 from router.fastpath import HEADS
-from router.model import FeaturizerSpec
-from tests.support import SHARED_DATA, TEST_RULES, _fastpath_c, random_model
+from router.model import FeaturizerSpec, RouterModel, ScoreFormula
+from tests.support import (
+    LEVEL_GAIN,
+    PLACEMENT_GAIN,
+    SHARED_DATA,
+    TEST_RULES,
+    _fastpath_c,
+    random_model,
+)
 
 SPEC = FeaturizerSpec(buckets_log2=12, rules=TEST_RULES)
 
@@ -31,10 +40,12 @@ def test_fastpath_c_loaded() -> None:
     assert router.fastpath.FastPath is _fastpath_c.FastPath
 
 
-def _pair(model_seed: int = 7) -> tuple[_fastpath_py.FastPath, _fastpath_py.FastPath]:
+def _pair(
+    model_seed: int = 7, score: ScoreFormula = LEVEL_GAIN
+) -> tuple[_fastpath_py.FastPath, _fastpath_py.FastPath]:
     if _fastpath_c is None:
         pytest.skip("compiled fast path not built")
-    model = random_model(model_seed)
+    model = random_model(model_seed, score=score)
     return model.fastpath(_fastpath_py.FastPath), model.fastpath(_fastpath_c.FastPath)
 
 
@@ -60,6 +71,60 @@ def test_parity_on_generated_text(text: str, context: str) -> None:
     _assert_same(py, c, text, context)
 
 
+@settings(max_examples=300, deadline=None)
+@given(text=UNICODE_TEXT, context=st.text(max_size=80))
+def test_parity_of_the_format_1_score(text: str, context: str) -> None:
+    py, c = _pair(score=PLACEMENT_GAIN)
+    _assert_same(py, c, text, context)
+
+
+def _half_model(seed: int = 5) -> RouterModel:
+    """Return a model with float16 weights (as files hold them) drawn from every finite half."""
+    model = random_model(seed)
+    rng = np.random.default_rng(seed)
+    bits = rng.integers(0, 0x7C00, size=model.weights.shape, dtype=np.uint16)  # no inf or nan
+    bits |= rng.integers(0, 2, size=bits.shape, dtype=np.uint16) << 15
+    # Rows of only zeros and subnormals as well (the portable conversion's own branches).
+    bits[::7] &= 0x83FF
+    return dataclasses.replace(model, weights=bits.view(np.float16))
+
+
+@pytest.fixture(params=["f16c", "portable"])
+def half_conversion(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run a test with the compiled path's F16C row sums, then with its portable ones."""
+    if _fastpath_c is None:
+        pytest.skip("compiled fast path not built")
+    old = _fastpath_c._set_f16c(request.param == "f16c")
+    try:
+        yield request.param
+    finally:
+        _fastpath_c._set_f16c(old)
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    # The fixture only switches the conversion: the same for every example.
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(text=UNICODE_TEXT, context=st.text(max_size=80))
+def test_parity_with_float16_weights(half_conversion: str, text: str, context: str) -> None:
+    model = _half_model()
+    py, c = model.fastpath(_fastpath_py.FastPath), model.fastpath(_fastpath_c.FastPath)
+    _assert_same(py, c, text, context)
+
+
+def test_float16_weights_score_as_their_float32_widening(half_conversion: str) -> None:
+    """Halves are read exactly: the same model widened to float32 gives the same scores."""
+    model = _half_model(9)
+    wide = dataclasses.replace(model, weights=model.weights.astype(np.float32))
+    half_fp, wide_fp = model.fastpath(_fastpath_c.FastPath), wide.fastpath(_fastpath_c.FastPath)
+    for text in [*ODD_INPUTS, "Compare plan A vs plan B for my usage pattern"]:
+        args = (text, "earlier turn", 0.3)
+        assert half_fp.logits(*args) == wide_fp.logits(*args)
+        assert half_fp.score(*args) == wide_fp.score(*args)
+
+
 @settings(max_examples=500, deadline=None)
 @given(
     text=st.lists(
@@ -76,11 +141,12 @@ def test_parity_on_training_queries() -> None:
     data = SHARED_DATA / "routing_train.jsonl"
     if not data.exists():
         pytest.skip("../shared/data is not beside the repository")
-    py, c = _pair(3)
+    pairs = [_pair(3), _pair(3, PLACEMENT_GAIN)]
     with data.open(encoding="utf-8") as fh:
         for i, line in enumerate(fh):
             if i % 97 == 0:
-                _assert_same(py, c, json.loads(line)["text"])
+                for py, c in pairs:
+                    _assert_same(py, c, json.loads(line)["text"])
 
 
 ODD_INPUTS = [
@@ -176,20 +242,63 @@ def test_context_weight_zero_ignores_context(fastpath_impl: type[_fastpath_py.Fa
     assert fp.score("hello", "a long contract clause", 0.5) != fp.score("hello")
 
 
-def test_score_is_the_gated_sigmoid_of_the_linear_model(
+def _logits_by_hand(model: RouterModel, fp: _fastpath_py.FastPath, text: str) -> np.ndarray:
+    indices, values, _ = fp.features(text)
+    return np.asarray(model.bias + values @ model.weights[indices].astype(np.float64))
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+HAND_TEXT = "Compare plan A vs plan B for my usage pattern: 3 calls a day, 2 GB of data?"
+
+
+def test_score_is_the_level_gain_formula(fastpath_impl: type[_fastpath_py.FastPath]) -> None:
+    """sigmoid(1.5 * E[level] + sigmoid(gate) * gain - 3), heads from numpy's X @ W."""
+    model = random_model(score=LEVEL_GAIN)
+    fp = model.fastpath(fastpath_impl)
+    logits = _logits_by_hand(model, fp, HAND_TEXT)
+    score, levels, _ = fp.score(HAND_TEXT)
+    exp = np.exp(logits[:5] - logits[:5].max())
+    probabilities = exp / exp.sum()
+    assert levels == pytest.approx(tuple(probabilities), rel=1e-9)
+    expected_level = float(probabilities @ np.arange(5))
+    z = 1.5 * expected_level + _sigmoid(logits[6]) * logits[5] - 3.0
+    assert score == pytest.approx(_sigmoid(z), rel=1e-9)
+
+
+def test_score_is_the_placement_gain_formula(fastpath_impl: type[_fastpath_py.FastPath]) -> None:
+    """Format 1: sigmoid(gain + 3 * sigmoid(placement)), heads from numpy's X @ W."""
+    model = random_model(score=PLACEMENT_GAIN)
+    fp = model.fastpath(fastpath_impl)
+    logits = _logits_by_hand(model, fp, HAND_TEXT)
+    score, _, _ = fp.score(HAND_TEXT)
+    assert score == pytest.approx(_sigmoid(logits[5] + 3.0 * _sigmoid(logits[6])), rel=1e-9)
+
+
+def test_level_gain_score_rises_with_the_expected_level_and_the_gain(
     fastpath_impl: type[_fastpath_py.FastPath],
 ) -> None:
-    """The score equals sigmoid(gain + 3 * sigmoid(placement)), heads from numpy's X @ W."""
-    model = random_model()
-    fp = model.fastpath(fastpath_impl)
-    text = "Compare plan A vs plan B for my usage pattern: 3 calls a day, 2 GB of data?"
-    indices, values, _ = fp.features(text)
-    logits = model.bias + values @ model.weights[indices].astype(np.float64)
-    score, levels, _ = fp.score(text)
-    placement = 1 / (1 + math.exp(-logits[6]))
-    assert score == pytest.approx(1 / (1 + math.exp(-logits[5] - 3.0 * placement)), rel=1e-9)
-    exp = np.exp(logits[:5] - logits[:5].max())
-    assert levels == pytest.approx(tuple(exp / exp.sum()), rel=1e-9)
+    """Monotone in both signals: more mass on high levels, or more gain, scores higher."""
+    spec = FeaturizerSpec(buckets_log2=8)
+    weights = np.zeros((spec.n_features, HEADS), dtype=np.float32)
+
+    def score(level_bias: list[float], gain: float, gate: float) -> float:
+        fp = spec.fastpath(weights, np.array([*level_bias, gain, gate]), fastpath_impl, LEVEL_GAIN)
+        return fp.score("anything")[0]
+
+    low, high = [2.0, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0, 2.0]
+    assert score(low, 0.0, 0.0) < score(high, 0.0, 0.0)
+    assert score(low, 0.0, 0.0) < score(low, 1.0, 0.0) < score(low, 1.0, 3.0)
+    # A shut gate leaves the expected level alone: E[level] 2 sits at 1/2.
+    assert score([0.0] * 5, 5.0, -60.0) == pytest.approx(0.5, abs=1e-20)
+
+
+def test_unknown_score_formula_is_an_error(fastpath_impl: type[_fastpath_py.FastPath]) -> None:
+    spec = FeaturizerSpec(buckets_log2=8)
+    with pytest.raises(ValueError, match="unknown score formula 3"):
+        spec.fastpath(implementation=fastpath_impl, score=ScoreFormula(3))
 
 
 @pytest.mark.parametrize(

@@ -12,13 +12,15 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+import router.fastpath
 from router import _fastpath_py
-from router.fastpath import FEATURIZER_VERSION, HEADS, N_DENSE
+from router.fastpath import FEATURIZER_VERSION, HEADS, N_DENSE, SCORE_PLACEMENT_GAIN, FastPath
 from router.model import (
     FeaturizerSpec,
     ModelError,
     RouterModel,
     Rule,
+    ScoreFormula,
     default_model_path,
     dense_layout_fingerprint,
     load_model,
@@ -46,17 +48,49 @@ def saved(tmp_path: Path) -> tuple[RouterModel, Path]:
 # -- round trip ----------------------------------------------------------------------------
 
 
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+@pytest.mark.parametrize("implementation", ["c", "py"])
+def test_a_format_1_model_loads_and_scores_as_before(implementation: str) -> None:
+    """tests/fixtures/model_v1.npz was written, and its queries scored, by the format-1 code."""
+    impl = _fastpath_py.FastPath if implementation == "py" else FastPath
+    if implementation == "c" and router.fastpath.IMPLEMENTATION != "compiled":
+        pytest.skip("compiled fast path not in use")
+    expected = json.loads((FIXTURES / "model_v1_scores.json").read_text(encoding="utf-8"))
+    model = load_model(FIXTURES / "model_v1.npz")
+    assert model.version == expected["version"]
+    assert model.score == ScoreFormula(SCORE_PLACEMENT_GAIN, placement_weight=6.0)
+    fastpath = model.fastpath(impl)
+    for query in expected["queries"]:
+        score, levels, rules = fastpath.score(query["text"], "earlier turn", 0.3)
+        assert (score, list(levels), rules) == (query["score"], query["levels"], query["rules"])
+
+
+def test_a_resaved_format_1_model_is_format_2_and_scores_the_same(tmp_path: Path) -> None:
+    model = load_model(FIXTURES / "model_v1.npz")
+    resaved = save_model(model, tmp_path / "m.npz")
+    meta, _ = read_raw(tmp_path / "m.npz")
+    assert meta["format_version"] == 2
+    assert meta["score"] == {"formula": "placement_gain", "placement_weight": 6.0}
+    assert "score_gate" not in meta
+    again = load_model(tmp_path / "m.npz")
+    assert again.score == model.score
+    for text in QUERIES:
+        assert again.fastpath().score(text) == resaved.fastpath().score(text)
+
+
 def test_round_trip_keeps_everything(saved: tuple[RouterModel, Path]) -> None:
     model, path = saved
     loaded = load_model(path)
     assert loaded.spec == model.spec
     assert loaded.spec.rules[2].level == 3
-    assert loaded.weights.dtype == np.float32
+    assert loaded.weights.dtype == np.float16
     assert loaded.weights.tobytes() == model.weights.tobytes()
     assert loaded.bias.tobytes() == model.bias.tobytes()
     assert loaded.tier_names == model.tier_names
     assert loaded.thresholds == model.thresholds
-    assert loaded.score_gate == model.score_gate
+    assert loaded.score == model.score
     assert loaded.name == model.name
     assert loaded.info == model.info
     assert loaded.checksum == model.checksum
@@ -71,8 +105,9 @@ def test_weights_are_stored_as_float16(tmp_path: Path) -> None:
     _, arrays = read_raw(tmp_path / "m.npz")
     assert arrays["weights"].dtype == np.float16
     assert arrays["bias"].dtype == np.float64
-    # save_model returns the weights as they will load: float16-rounded, widened to float32.
-    assert saved.weights.tobytes() == model.weights.astype(np.float16).astype(np.float32).tobytes()
+    # save_model returns the weights as they will load: float16, as the fast path reads them.
+    assert saved.weights.dtype == np.float16
+    assert saved.weights.tobytes() == model.weights.astype(np.float16).tobytes()
 
 
 def test_checksum_and_version(saved: tuple[RouterModel, Path]) -> None:
@@ -313,8 +348,11 @@ MISMATCHES: list[tuple[str, Edit, str]] = [
     ),
     ("featurizer key missing", _drop_featurizer("seed"), "bad featurizer settings"),
     ("featurizer value", _set_featurizer("buckets_log2", "many"), "bad featurizer settings"),
-    ("format", _set_meta("format", "something-else"), "format 'something-else' v1, expected"),
-    ("format version", _set_meta("format_version", 2), "v2, expected 'modelrouter-model' v1"),
+    ("format", _set_meta("format", "something-else"), "format 'something-else' v2, expected"),
+    ("format version", _set_meta("format_version", 3), "v3, expected 'modelrouter-model' v1 or v2"),
+    ("score formula", _set_meta("score", {"formula": "magic"}), "bad score formula"),
+    ("score parameter", _set_meta("score", {"formula": "level_gain"}), "bad score formula"),
+    ("format 1 gate", _set_meta("format_version", 1), "bad score formula ('score_gate')"),
     ("heads", _set_meta("heads", HEADS + 1), f"{HEADS + 1} heads, this code scores {HEADS}"),
     ("weights rows", _resize("weights", 100, HEADS), "do not fit the featurizer"),
     ("weights heads", _resize("weights", 1024 + N_DENSE + 3, HEADS - 2), "do not fit"),

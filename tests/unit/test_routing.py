@@ -238,7 +238,8 @@ def test_the_default_router_routes_the_product_examples() -> None:
     ):
         assert router.route(hard).tier_index > 0, hard
     # A greeting in front of a hard request barely moves its score (a level-0 rule carries
-    # no placement prior; with one, this score fell from 0.98 to 0.45).
+    # no prior; with one on the placement head of format-1 models, this score fell from
+    # 0.98 to 0.45).
     plain = router.route("Review this contract clause for compliance issues").score
     greeted = router.route("Hi! Review this contract clause for compliance issues").score
     assert greeted >= plain - 0.1

@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 import yaml
 
 from router._proto.modelrouter.v1 import router_pb2_grpc
@@ -25,6 +27,24 @@ from tests.support import random_model
 
 TIERS = ("cheap", "strong", "expert")
 SERVICE = "modelrouter.v1.ModelRouter"
+
+
+async def failure(call: Any) -> grpc.aio.AioRpcError:
+    """Return the error a unary call, or a whole stream, ends with (failing if it succeeds)."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        if hasattr(call, "__aiter__"):
+            async for _ in call:
+                pass
+        else:
+            await call
+    return caught.value
+
+
+def free_port() -> int:
+    """Return a loopback port that was free a moment ago (for a flag that cannot take 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def router_stub(channel: grpc.Channel | grpc.aio.Channel) -> router_pb2_grpc.ModelRouterStub:

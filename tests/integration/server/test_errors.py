@@ -16,7 +16,7 @@ from router.completion.engine import CompletionEngine
 from router.config import Config
 from router.domain import ChatMessage, GenerationOptions, RoutingDecision
 from router.validation import MAX_MESSAGES
-from tests.integration.server.support import router_stub, slow_demo
+from tests.integration.server.support import failure, router_stub, slow_demo
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -27,13 +27,8 @@ def msgs(*turns: tuple[str, str]) -> list[pb.Message]:
 
 async def rejection(call: Any) -> tuple[grpc.StatusCode, str | None]:
     """Return the status code and message a unary call or a whole stream ends with."""
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        if hasattr(call, "__aiter__"):
-            async for _ in call:
-                pass
-        else:
-            await call
-    return caught.value.code(), caught.value.details()
+    error = await failure(call)
+    return error.code(), error.details()
 
 
 ROUTE_CASES = [
@@ -261,6 +256,7 @@ class ExplodingEngine(CompletionEngine):
         generation: GenerationOptions,
         *,
         max_tier_index: int,
+        deadline: float | None = None,
     ) -> Any:
         raise KeyError("secret internal detail")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -15,21 +15,10 @@ from router._proto.modelrouter.v1 import router_pb2 as pb
 from router.config import Config
 from router.server import RunningServer
 from router.telemetry import metrics
-from router.telemetry.exporter import use_process_values
 from tests.integration.server.support import SERVICE, router_stub
 
 # The cheap tier on a port where nothing listens: a request forced onto it escalates.
 DOWN = {"down": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}}
-
-
-@pytest.fixture
-def registry() -> Iterator[CollectorRegistry]:
-    """Install this process's metrics on a fresh registry for one test."""
-    use_process_values()
-    registry = CollectorRegistry()
-    metrics.install(metrics.Metrics(registry))
-    yield registry
-    metrics.install(None)
 
 
 def escalating(make_config: Callable[..., Config]) -> Config:

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -26,19 +25,19 @@ import pytest
 import yaml
 
 from router._proto.modelrouter.v1 import router_pb2 as pb
-from tests.integration.server.support import SERVICE, ServeProcess, router_stub, write_config
+from tests.integration.server.support import (
+    SERVICE,
+    ServeProcess,
+    free_port,
+    router_stub,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
 Start = Callable[..., ServeProcess]
 # Own connection per channel, so that SO_REUSEPORT can hand each to a different worker.
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Prometheus:

@@ -75,7 +75,9 @@ def without_own_fields(decision: pb.RoutingDecision) -> pb.RoutingDecision:
 
 
 async def test_each_request_gets_what_route_gives_it_in_order(
-    registry: CollectorRegistry, start_server: Callable[..., Any], make_config: Callable[..., Config]
+    registry: CollectorRegistry,
+    start_server: Callable[..., Any],
+    make_config: Callable[..., Config],
 ) -> None:
     server: RunningServer = await start_server(make_config())
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:

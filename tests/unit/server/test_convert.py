@@ -24,12 +24,12 @@ def test_every_domain_enum_has_its_proto_value() -> None:
 
 def test_request_conversion_keeps_unset_fields_unset() -> None:
     message = pb.CompleteRequest(route=pb.RouteRequest(prompt="hi", metadata={"a": "b"}))
-    request = convert.complete_request(message, "rid")
+    request = convert.complete_request(message, "rid", "")
     assert request.route.request_id == "rid"
     assert dict(request.route.metadata) == {"a": "b"}
     assert request.generation.temperature is None
     message.generation.temperature = 0.0
-    assert convert.complete_request(message, "rid").generation.temperature == 0.0
+    assert convert.complete_request(message, "rid", "").generation.temperature == 0.0
 
 
 def test_gate_report_optional_logprobs() -> None:
@@ -75,10 +75,10 @@ def test_route_request_conversion_reads_every_part() -> None:
         metadata={"k": "v"},
         hints=pb.TierHints(min_tier="strong"),
     )
-    request = convert.route_request(message, "rid")
+    request = convert.route_request(message, "rid", "t")
     assert request.messages == (ChatMessage("user", "hi"),)
     assert (request.tenant, request.request_id, dict(request.metadata)) == ("t", "rid", {"k": "v"})
     assert request.hints == TierHints(min_tier="strong")
-    bare = convert.route_request(pb.RouteRequest(prompt="hi"), "rid")
+    bare = convert.route_request(pb.RouteRequest(prompt="hi"), "rid", "")
     assert (bare.prompt, bare.messages, bare.hints) == ("hi", (), TierHints())
     assert dict(bare.metadata) == {}

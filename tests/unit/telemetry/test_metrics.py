@@ -7,6 +7,7 @@ import random
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
+from router.controller import Snapshot, Target
 from router.telemetry.exporter import use_process_values
 from router.telemetry.metrics import DECISION_BUCKETS, Metrics, Observations
 
@@ -113,3 +114,45 @@ def test_completion_counts_tokens_cost_and_the_baseline() -> None:
     assert value("modelrouter_completion_seconds_sum", {"tier": "strong"}) == 1.5
     assert value("modelrouter_config_reloads_total", {"result": "success"}) == 1
     assert value("modelrouter_config_reloads_total", {"result": "failure"}) == 1
+
+
+def test_store_counts_follow_the_writer_and_restart_with_a_new_one() -> None:
+    use_process_values()
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    value = registry.get_sample_value
+    first, second = object(), object()
+    metrics.store(first, written=10, dropped=0, queued=4)
+    metrics.store(first, written=25, dropped=3, queued=0)
+    assert value("modelrouter_store_records_total", {"result": "written"}) == 25
+    assert value("modelrouter_store_records_total", {"result": "dropped"}) == 3
+    assert value("modelrouter_store_queued_records") == 0
+    # A reload's new writer counts from zero: its totals add to the earlier ones.
+    metrics.store(second, written=5, dropped=0, queued=2)
+    assert value("modelrouter_store_records_total", {"result": "written"}) == 30
+    assert value("modelrouter_store_queued_records") == 2
+
+
+def test_each_tenant_controller_is_a_set_of_gauges() -> None:
+    use_process_values()
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    value = registry.get_sample_value
+    share = Snapshot("acme", Target("strong_share", 0.3), 1.5, (0.5, 0.9), 0.31, 500, 12, False)
+    spend = Snapshot("default", Target("usd_per_hour", 5.0), -6.0, (0.1, 0.2), None, 0, 0, True)
+    metrics.flush(0, "m-1", (), (share, spend))
+    assert value("modelrouter_controller_target", {"tenant": "acme", "kind": "strong_share"}) == 0.3
+    assert (
+        value("modelrouter_controller_realised", {"tenant": "acme", "kind": "strong_share"}) == 0.31
+    )
+    assert value("modelrouter_controller_offset_logits", {"tenant": "acme"}) == 1.5
+    assert value("modelrouter_controller_saturated", {"tenant": "acme"}) == 0
+    assert (
+        value("modelrouter_controller_target", {"tenant": "default", "kind": "usd_per_hour"}) == 5.0
+    )
+    # No realised value before the window has one.
+    assert (
+        value("modelrouter_controller_realised", {"tenant": "default", "kind": "usd_per_hour"})
+        is None
+    )
+    assert value("modelrouter_controller_saturated", {"tenant": "default"}) == 1

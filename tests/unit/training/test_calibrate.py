@@ -35,15 +35,20 @@ UNIT_SCORES = st.floats(0.0, 1.0, exclude_max=True)
 # -- Target ----------------------------------------------------------------------------------
 
 
+ONE_OR_BOUNDS = "give a strong share alone, or one or more of"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({}, "give exactly one target"),
-        ({"strong_share": 0.3, "quality": 0.98}, "give exactly one target"),
-        ({"strong_share": 0.3, "max_hard_on_cheapest": 0.01}, "give exactly one target"),
+        ({}, ONE_OR_BOUNDS),
+        ({"strong_share": 0.3, "quality": 0.98}, ONE_OR_BOUNDS),
+        ({"strong_share": 0.3, "max_hard_on_cheapest": 0.01}, ONE_OR_BOUNDS),
+        ({"strong_share": 0.3, "min_simple_on_cheapest": 0.9}, ONE_OR_BOUNDS),
         ({"strong_share": 1.2}, "must lie in [0, 1], got 1.2"),
         ({"quality": -0.1}, "must lie in [0, 1]"),
         ({"max_hard_on_cheapest": 2.0}, "must lie in [0, 1]"),
+        ({"quality": 0.98, "min_simple_on_cheapest": 1.5}, "must lie in [0, 1], got 1.5"),
     ],
 )
 def test_target_validation(kwargs: dict[str, float], message: str) -> None:
@@ -57,6 +62,9 @@ def test_target_descriptions() -> None:
     assert Target(quality=0.98).describe() == "quality 0.98 of all-strong"
     assert Target(max_hard_on_cheapest=0.01).describe() == (
         "at most 0.01 of level 3-4 queries on the cheapest tier"
+    )
+    assert Target(quality=0.98, min_simple_on_cheapest=0.95).describe() == (
+        "quality 0.98 of all-strong, at least 0.95 of level 0 queries on the cheapest tier"
     )
     assert Target(strong_share=0.0).strong_share == 0.0  # zero is a target, not "none"
 
@@ -219,3 +227,77 @@ def test_thresholds_for_rejects() -> None:
         thresholds_for(MANY, 0.5, 1)
     with pytest.raises(ValueError, match="no room for distinct thresholds"):
         thresholds_for(np.array([1.0, 1.0]), 1.0, 3)
+
+
+# -- the promise: several bounds at once -----------------------------------------------------
+
+# Eight rows: levels, outcomes on four of them (weak, strong), and scores.
+P_SCORES = np.array([0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+P_LEVELS = [0, 0, 3, 1, 0, 4, 2, 3]
+P_OUTCOME = np.array([False, False, True, True, False, True, True, False])
+P_WEAK = np.array([1.0, 1.0, 0.0, 0.0])  # rows at 0.2, 0.3, 0.5, 0.6
+P_STRONG = np.array([1.0, 1.0, 1.0, 1.0])
+
+
+def _promise(**bounds: float) -> float:
+    return first_threshold(
+        P_SCORES,
+        Target(**bounds),
+        weak=P_WEAK,
+        strong=P_STRONG,
+        levels=P_LEVELS,
+        outcome=P_OUTCOME,
+    )
+
+
+def test_each_bound_alone() -> None:
+    # Quality 1.0 needs the two weak-wrong outcome rows (0.5, 0.6) up: threshold 0.5.
+    assert _promise(quality=1.0) == 0.5
+    # Hard rows score 0.2, 0.5, 0.7: none may stay cheap, so the lowest goes up.
+    assert _promise(max_hard_on_cheapest=0.0) == 0.2
+    # Level 0 rows score 0.05, 0.1, 0.4: all of them cheap needs a threshold above 0.4.
+    simple = _promise(min_simple_on_cheapest=1.0)
+    assert 0.4 < simple <= np.nextafter(0.4, 1.0)
+    assert 0.1 < _promise(min_simple_on_cheapest=0.6) <= 0.4  # two of three
+
+
+def test_the_promise_takes_the_most_saving_threshold_that_keeps_quality_and_hard() -> None:
+    assert _promise(quality=1.0, max_hard_on_cheapest=0.34) == 0.5  # quality binds
+    assert _promise(quality=1.0, max_hard_on_cheapest=0.0) == 0.2  # the hard bound binds
+    # The simple bound never lowers what quality allows: it is met when there is room...
+    assert _promise(quality=1.0, min_simple_on_cheapest=0.6) == 0.5
+    # ...and missed, quality first, when there is not (the report says by how much).
+    assert _promise(quality=1.0, max_hard_on_cheapest=0.0, min_simple_on_cheapest=1.0) == 0.2
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(UNIT_SCORES, st.sampled_from([0, 1, 2, 3, 4]), st.booleans()),
+        min_size=3,
+        max_size=40,
+        unique_by=lambda r: r[0],
+    ),
+    quality=st.floats(0.5, 1.0),
+    hard_share=st.floats(0.0, 0.2),
+)
+def test_the_promise_holds_on_the_rows_it_was_set_on(
+    rows: list[tuple[float, int, bool]], quality: float, hard_share: float
+) -> None:
+    s = np.array([r[0] for r in rows])
+    levels = [r[1] for r in rows]
+    weak_right = np.array([r[2] for r in rows], dtype=float)
+    strong = np.ones(len(rows))
+    hard = np.isin(levels, (3, 4))
+    if not hard.any():
+        return
+    threshold = first_threshold(
+        s,
+        Target(quality=quality, max_hard_on_cheapest=hard_share),
+        weak=weak_right,
+        strong=strong,
+        levels=levels,
+    )
+    up = above_mask(s, threshold)
+    assert np.where(up, strong, weak_right).mean() >= quality * strong.mean() - 1e-12
+    assert (~up[hard]).sum() <= math.floor(hard_share * hard.sum() + 1e-9)

@@ -7,7 +7,7 @@ import numpy.typing as npt
 import pytest
 import scipy.sparse as sp
 
-from router.fastpath import GAIN_HEAD, HEADS, LEVELS, PLACE_HEAD, FastPath
+from router.fastpath import GAIN_HEAD, GATE_HEAD, HEADS, LEVELS, FastPath
 from router.model import Rule
 from router.routing import Router
 from router.training.data import Row, read_rows
@@ -15,13 +15,13 @@ from router.training.fit import (
     Heads,
     RulePriors,
     build_model,
+    capped_rows,
     cross_validate,
     featurize,
     fit_heads,
-    fold_of,
-    placement_label,
     source_weights,
 )
+from router.training.generalisation import fold_of
 from tests.unit.training.support import SAMPLE, quiet, small_options
 
 OPTIONS = small_options()
@@ -75,7 +75,7 @@ def test_fitted_heads_shape_and_sense(
     assert heads.weights.shape == (SPEC.n_features, HEADS)
     assert heads.weights.dtype == np.float32
     assert heads.bias.shape == (HEADS,)
-    assert heads.score_gate == OPTIONS.score_gate
+    assert heads.score_formula == OPTIONS.score_formula()
     assert np.all(np.isfinite(heads.weights)) and np.all(np.isfinite(heads.bias))
     # On its own training rows the level head beats always guessing the commonest level.
     tiers = np.array([r.tier for r in rows])
@@ -92,7 +92,7 @@ def test_fitting_is_deterministic(heads: Heads, features: sp.csr_matrix, rows: l
 def test_rule_priors_are_added_to_the_rule_rows(
     heads: Heads, features: sp.csr_matrix, rows: list[Row]
 ) -> None:
-    no_priors = small_options(priors=RulePriors(level=0.0, placement=0.0, gain=(0.0,) * LEVELS))
+    no_priors = small_options(priors=RulePriors(level=0.0))
     plain = fit_heads(features, rows, no_priors, quiet)
     n_rules = len(OPTIONS.rules)
     base = SPEC.n_features - n_rules
@@ -115,12 +115,10 @@ def test_rule_priors_by_hand() -> None:
         Rule("free", ("x",), None),
     )
     weights: npt.NDArray[np.float64] = np.zeros((10, HEADS))
-    RulePriors(level=10.0, placement=6.0, gain=(0.0, 0.0, 0.0, 0.5, 3.0)).apply(weights, rules)
+    RulePriors(level=10.0).apply(weights, rules)
     expected = np.zeros((10, HEADS))
-    expected[5, 0] = 10.0  # no placement prior below level 2
-    expected[6, 1] = 10.0
-    expected[7, [2, PLACE_HEAD]] = [10.0, 6.0]
-    expected[8, [4, PLACE_HEAD, GAIN_HEAD]] = [10.0, 6.0, 3.0]
+    expected[7, 2] = 10.0  # no prior below level 2
+    expected[8, 4] = 10.0
     assert weights.tolist() == expected.tolist()
 
 
@@ -132,20 +130,24 @@ def test_source_weights() -> None:
     assert weights.mean() == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize(
-    ("row", "label"),
-    [
-        (Row(1, 1, "t", tier=0), 0),
-        (Row(1, 1, "t", tier=1), 0),
-        (Row(1, 1, "t", tier=2), 1),
-        (Row(1, 1, "t", tier=4), 1),
-        (Row(1, 1, "t"), None),
-        (Row(1, 1, "t", tier=0, weak=1.0, strong=1.0), 1),
-        (Row(1, 1, "t", weak=0.0, strong=1.0), 1),
-    ],
-)
-def test_placement_label(row: Row, label: int | None) -> None:
-    assert placement_label(row) == label
+def test_capped_rows_keep_each_source_weight() -> None:
+    rows = [Row(i, i, f"text {i}", source="big" if i < 9 else "small") for i in range(11)]
+    keep, weights = capped_rows(rows, 3)
+    assert len(keep) == 5 and list(keep) == sorted(keep)
+    big = keep < 9
+    assert big.sum() == 3 and (~big).sum() == 2
+    # Each source weighs sqrt(its rows) in all: 3 and sqrt(2), scaled to mean 1.
+    total = 3 + np.sqrt(2)
+    assert weights[big].sum() == pytest.approx(5 * 3 / total)
+    assert weights[~big].sum() == pytest.approx(5 * np.sqrt(2) / total)
+    assert weights.mean() == pytest.approx(1.0)
+    # The same texts are kept whatever the order of the rows.
+    again, _ = capped_rows(rows[::-1], 3)
+    assert sorted(rows[::-1][i].text for i in again) == sorted(rows[i].text for i in keep)
+    # Under the cap every row is kept, weighted as source_weights does.
+    all_rows, w = capped_rows(rows, 100)
+    assert list(all_rows) == list(range(11))
+    assert w == pytest.approx(source_weights(rows))
 
 
 def test_folds_follow_the_text(rows: list[Row]) -> None:
@@ -173,7 +175,7 @@ def test_cross_validate_gives_out_of_fold_numbers(
 
 
 def test_degenerate_data_leaves_heads_neutral() -> None:
-    """One level, no outcomes, one placement class: nothing to fit, only the priors."""
+    """One level, no outcomes: nothing to fit, only the priors; the gate is shut."""
     rows = [Row(i, i, f"what time is it {i}", tier=1, source="s") for i in range(12)]
     X = featurize([r.text for r in rows], SPEC)
     messages: list[str] = []
@@ -181,11 +183,35 @@ def test_degenerate_data_leaves_heads_neutral() -> None:
     assert messages == [
         "levels: fewer than two levels in the data; the level head stays uniform",
         "gain: no outcome rows; the gain head stays zero",
-        "placement: needs rows of both kinds; the placement head stays neutral",
+        "gate: no outcomes: shut",
     ]
     base = SPEC.n_features - len(OPTIONS.rules)
     assert not heads.weights[:base].any()
-    assert heads.bias.tolist() == [0.0] * GAIN_HEAD + [-OPTIONS.score_gate / 2, 0.0]
+    assert heads.bias.tolist() == [0.0] * GAIN_HEAD + [0.0, -30.0]
+
+
+def test_outcome_rows_only_open_the_gate(features: sp.csr_matrix, rows: list[Row]) -> None:
+    """A user's own traffic, every row with outcomes: the gain counts on every query."""
+    picked = [i for i, r in enumerate(rows) if r.has_outcome]
+    messages: list[str] = []
+    heads = fit_heads(features[picked], [rows[i] for i in picked], OPTIONS, messages.append)
+    assert messages[-1] == "gate: every row has outcomes: open"
+    assert heads.bias[GATE_HEAD] == 30.0 and not heads.weights[:, GATE_HEAD].any()
+    gain = heads.logits(features[picked])[:, GAIN_HEAD]
+    # Zero at its 1% quantile, with a spread of gain_scale levels in score-logit units.
+    assert np.quantile(gain, OPTIONS.gain_floor_quantile) == pytest.approx(0.0, abs=1e-5)
+    assert (gain < -1e-5).mean() <= OPTIONS.gain_floor_quantile + 1 / len(gain)
+    assert gain.std() == pytest.approx(OPTIONS.gain_scale * OPTIONS.level_weight, rel=1e-4)
+
+
+def test_the_gate_opens_on_outcome_rows(
+    heads: Heads, features: sp.csr_matrix, rows: list[Row]
+) -> None:
+    gate = heads.logits(features)[:, GATE_HEAD]
+    outcome = np.array([r.has_outcome for r in rows])
+    assert gate[outcome].min() > gate[~outcome].max() - 1e-9 or (
+        (gate[outcome] > 0).mean() > 0.9 and (gate[~outcome] < 0).mean() > 0.9
+    )
 
 
 def test_two_levels_fill_the_level_head(features: sp.csr_matrix, rows: list[Row]) -> None:

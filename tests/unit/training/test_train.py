@@ -74,11 +74,13 @@ def test_held_out_numbers_with_cv_folds(trained: tuple[RouterModel, dict[str, An
 def test_the_default_target_holds_on_held_out_scores(
     trained: tuple[RouterModel, dict[str, Any] | None],
 ) -> None:
-    """The sample has level 3-4 rows: at most 1% of them on the cheapest tier, out of fold."""
+    """The promise's bounds that keep quality hold out of fold; the simple one is reported."""
     model, report = trained
     assert report is not None
-    assert model.info["calibration"]["target"] == Target(max_hard_on_cheapest=0.01).describe()
-    assert report["levels"]["hard_on_cheapest"] <= 0.01
+    promise = Target(quality=0.98, max_hard_on_cheapest=0.02, min_simple_on_cheapest=0.95)
+    assert model.info["calibration"]["target"] == promise.describe()
+    assert report["levels"]["hard_on_cheapest"] <= 0.02
+    assert report["outcomes"][0]["operating_point"]["quality_kept"] >= 0.98 - 1e-12
 
 
 def test_the_trained_model_is_complete(
@@ -120,17 +122,27 @@ def test_two_to_five_tiers(rows: list[Row], n_tiers: int) -> None:
 
 
 def test_held_out_sources(rows: list[Row]) -> None:
+    """The leave-one-source-out report: per source, then pooled; it comes first."""
     picked = [r for r in rows if r.source in {"clinc150", "gsm8k_train", "routellm_mmlu"}][::2]
     log: list[str] = []
-    _, report = run(picked, folds=0, by_source=True, log=log.append)
+    _, report = run(picked, folds=2, by_source=True, log=log.append)
     assert report is not None
+    assert next(iter(report)) == "held_out_sources"
     held = report["held_out_sources"]
-    assert set(held) == {"clinc150", "gsm8k_train", "routellm_mmlu"}
-    for name, numbers in held.items():
+    assert "out-of-fold" in held["protocol"]
+    assert set(held["sources"]) == {"clinc150", "gsm8k_train", "routellm_mmlu"}
+    for name, numbers in held["sources"].items():
         assert numbers["rows"] == sum(r.source == name for r in picked)
         assert sum(numbers["tier_shares"]) == pytest.approx(1.0)
-        assert len(numbers["score_quartiles"]) == 3
-        assert 0.0 <= numbers["level_accuracy"] <= 1.0
+        assert len(numbers["thresholds"]) == 2
+    clinc, mmlu = held["sources"]["clinc150"], held["sources"]["routellm_mmlu"]
+    assert clinc["outcomes"] is None and clinc["hard_on_cheapest"] is None
+    assert 0.0 <= clinc["simple_on_cheapest"] <= 1.0
+    assert 0.0 < mmlu["outcomes"]["apgr"] < 1.5
+    assert 0.0 <= mmlu["hard_on_cheapest"] <= 1.0
+    assert -1.0 <= mmlu["spearman_score_level"] <= 1.0
+    assert held["pooled"]["rows"] == len(picked)
+    assert 0.0 <= held["pooled"]["auc_level_2plus_vs_01"] <= 1.0
     assert any("holding out source 'clinc150'" in line for line in log)
 
 
@@ -138,9 +150,13 @@ def test_default_target() -> None:
     hard = Row(1, 1, "t", tier=3)
     outcome = Row(2, 2, "t", tier=1, weak=0.0, strong=1.0)
     plain = Row(3, 3, "t", tier=0)
-    assert default_target([plain, hard, outcome]) == Target(max_hard_on_cheapest=0.01)
-    assert default_target([plain, outcome]) == Target(quality=0.98)
-    assert default_target([plain]) == Target(strong_share=0.5)
+    middle = Row(4, 4, "t", tier=2)
+    assert default_target([plain, hard, outcome]) == Target(
+        quality=0.98, max_hard_on_cheapest=0.02, min_simple_on_cheapest=0.95
+    )
+    assert default_target([middle, outcome]) == Target(quality=0.98)
+    assert default_target([plain]) == Target(min_simple_on_cheapest=0.95)
+    assert default_target([middle]) == Target(strong_share=0.5)
 
 
 def test_calibrate_a_quality_target_on_outcome_rows_only() -> None:

@@ -4,6 +4,7 @@
 //	go run ./cmd/modelrouter-example -addr localhost:50051 "What are your business hours?"
 //	go run ./cmd/modelrouter-example -complete -max-tokens 64 "Compare plan A vs plan B"
 //	go run ./cmd/modelrouter-example -traceparent 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 "hi"
+//	go run ./cmd/modelrouter-example -ca ca.crt -cert client.crt -key client.key -api-key "$KEY" "hi"
 package main
 
 import (
@@ -42,6 +43,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	timeout := flags.Duration("timeout", 30*time.Second, "deadline of the call")
 	traceparent := flags.String("traceparent", "", "W3C traceparent to continue (the server's spans join this trace)")
 	summaryJSON := flags.Bool("summary-json", false, "with -complete, end with the summary as one line of JSON")
+	var tlsOpts modelrouter.TLSOptions
+	useTLS := flags.Bool("tls", false, "speak TLS with the system's roots (implied by -ca)")
+	flags.StringVar(&tlsOpts.CAFile, "ca", "", "PEM bundle of the CAs to trust (TLS)")
+	flags.StringVar(&tlsOpts.CertFile, "cert", "", "PEM client certificate (mutual TLS)")
+	flags.StringVar(&tlsOpts.KeyFile, "key", "", "PEM key of the client certificate")
+	flags.StringVar(&tlsOpts.ServerName, "server-name", "", "name to check the server's certificate against")
+	key := flags.String("api-key", "", "API key, sent as 'authorization: Bearer KEY' (needs TLS)")
 	if err := flags.Parse(args); err != nil {
 		return 2
 	}
@@ -51,7 +59,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 
-	client, err := modelrouter.Dial(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	transport := grpc.WithTransportCredentials(insecure.NewCredentials())
+	if *useTLS || tlsOpts != (modelrouter.TLSOptions{}) {
+		var err error
+		if transport, err = modelrouter.WithTLS(tlsOpts); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 2
+		}
+	}
+	opts := []grpc.DialOption{transport}
+	if *key != "" {
+		opts = append(opts, modelrouter.WithAPIKey(*key))
+	}
+	client, err := modelrouter.Dial(*addr, opts...)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
@@ -120,6 +140,9 @@ func printDecision(w io.Writer, d *routerv1.RoutingDecision) {
 func fail(stderr io.Writer, err error) int {
 	if st, ok := status.FromError(err); ok && !errors.Is(err, context.Canceled) {
 		fmt.Fprintf(stderr, "modelrouter: %s: %s\n", st.Code(), st.Message())
+		if delay, ok := modelrouter.RetryDelay(err); ok {
+			fmt.Fprintf(stderr, "modelrouter: retry in %s\n", delay)
+		}
 	} else {
 		fmt.Fprintln(stderr, "modelrouter:", err)
 	}

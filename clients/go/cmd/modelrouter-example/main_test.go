@@ -42,3 +42,15 @@ func TestExampleReportsInvalidArgument(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q", code, errOut)
 	}
 }
+
+func TestExampleTLSFlags(t *testing.T) {
+	code, _, errOut := runExample(t, "-ca", "/nonexistent/ca.crt", "hello")
+	if code != 2 || !strings.Contains(errOut, "CA bundle") {
+		t.Fatalf("a missing CA file: exit %d, stderr %q", code, errOut)
+	}
+	// TLS to the plaintext test server fails cleanly.
+	code, _, errOut = runExample(t, "-tls", "-timeout", "5s", "hello")
+	if code != 1 || !strings.Contains(errOut, "Unavailable") {
+		t.Fatalf("TLS to a plaintext port: exit %d, stderr %q", code, errOut)
+	}
+}

@@ -55,6 +55,18 @@ type Server struct {
 	cmd  *exec.Cmd
 	log  *syncBuffer
 	done chan error
+	// The server's own state directory ($XDG_STATE_HOME): its store starts empty.
+	state string
+	dial  []grpc.DialOption
+}
+
+// Options are what StartWith adds to a plain start.
+type Options struct {
+	// Env is added to the server's environment ("NAME=value").
+	Env []string
+	// Dial are the options of the connection that waits for SERVING (TLS, for example);
+	// default: plaintext.
+	Dial []grpc.DialOption
 }
 
 // Binary returns the modelrouter command: $MODELROUTER_BIN, else `modelrouter` on PATH.
@@ -70,13 +82,21 @@ func Binary() (string, error) {
 }
 
 // Config returns the path of the shared test configuration (clients/testdata/server.yaml).
-func Config() string {
+func Config() string { return Testdata("server.yaml") }
+
+// Testdata returns the path of a file in clients/testdata.
+func Testdata(name string) string {
 	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..", "..", "testdata", "server.yaml")
+	return filepath.Join(filepath.Dir(file), "..", "..", "..", "testdata", name)
 }
 
 // Start runs `modelrouter serve` with args on a free loopback port and waits until it is SERVING.
 func Start(args ...string) (*Server, error) {
+	return StartWith(Options{}, args...)
+}
+
+// StartWith is Start with an environment and the dial options of the health check.
+func StartWith(opts Options, args ...string) (*Server, error) {
 	bin, err := Binary()
 	if err != nil {
 		return nil, err
@@ -89,7 +109,7 @@ func Start(args ...string) (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
-		s, err := start(bin, port, args)
+		s, err := start(bin, port, args, opts)
 		if err == nil {
 			return s, nil
 		}
@@ -98,15 +118,25 @@ func Start(args ...string) (*Server, error) {
 	return nil, lastErr
 }
 
-func start(bin string, port int, args []string) (*Server, error) {
+func start(bin string, port int, args []string, opts Options) (*Server, error) {
 	argv := append([]string{"serve", "--host", "127.0.0.1", "--port", strconv.Itoa(port)}, args...)
+	state, err := os.MkdirTemp("", "modelrouter-client-state-")
+	if err != nil {
+		return nil, err
+	}
 	cmd := exec.Command(bin, argv...)
+	cmd.Env = append(append(os.Environ(), "XDG_STATE_HOME="+state), opts.Env...)
 	log := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
+		os.RemoveAll(state)
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd, log: log, done: make(chan error, 1)}
+	dial := opts.Dial
+	if dial == nil {
+		dial = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd, log: log, done: make(chan error, 1), state: state, dial: dial}
 	go func() { s.done <- cmd.Wait() }()
 	if err := s.waitServing(); err != nil {
 		s.Stop()
@@ -116,7 +146,7 @@ func start(bin string, port int, args []string) (*Server, error) {
 }
 
 func (s *Server) waitServing() error {
-	conn, err := grpc.NewClient(s.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(s.Addr, s.dial...)
 	if err != nil {
 		return err
 	}
@@ -146,6 +176,7 @@ func (s *Server) Output() string { return s.log.String() }
 
 // Stop sends SIGTERM, waits for the graceful stop (SIGKILL after a timeout) and returns the exit error.
 func (s *Server) Stop() error {
+	defer os.RemoveAll(s.state)
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-s.done:

@@ -1,10 +1,15 @@
 package dev.modelrouter.client;
 
+import com.google.protobuf.Any;
+import com.google.protobuf.InvalidProtocolBufferException;
+import com.google.rpc.RetryInfo;
 import dev.modelrouter.v1.CompleteEvent;
 import dev.modelrouter.v1.CompleteRequest;
 import dev.modelrouter.v1.FeedbackRequest;
 import dev.modelrouter.v1.GetConfigRequest;
 import dev.modelrouter.v1.GetConfigResponse;
+import dev.modelrouter.v1.GetStatsRequest;
+import dev.modelrouter.v1.GetStatsResponse;
 import dev.modelrouter.v1.Message;
 import dev.modelrouter.v1.ModelRouterGrpc;
 import dev.modelrouter.v1.RouteBatchRequest;
@@ -18,16 +23,20 @@ import io.grpc.Context;
 import io.grpc.Grpc;
 import io.grpc.InsecureChannelCredentials;
 import io.grpc.ManagedChannel;
+import io.grpc.ManagedChannelBuilder;
 import io.grpc.Metadata;
 import io.grpc.health.v1.HealthCheckRequest;
 import io.grpc.health.v1.HealthCheckResponse;
 import io.grpc.health.v1.HealthGrpc;
+import io.grpc.protobuf.StatusProto;
 import io.grpc.stub.AbstractStub;
 import io.grpc.stub.MetadataUtils;
+import java.io.IOException;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Iterator;
 import java.util.List;
+import java.util.Optional;
 import java.util.concurrent.TimeUnit;
 
 /**
@@ -57,6 +66,9 @@ public final class ModelRouterClient implements AutoCloseable {
 
   private static final Metadata.Key<String> TRACEPARENT =
       Metadata.Key.of(TRACEPARENT_KEY, Metadata.ASCII_STRING_MARSHALLER);
+
+  private static final Metadata.Key<String> AUTHORIZATION =
+      Metadata.Key.of("authorization", Metadata.ASCII_STRING_MARSHALLER);
 
   private final Channel channel;
   private final ManagedChannel owned;
@@ -94,6 +106,19 @@ public final class ModelRouterClient implements AutoCloseable {
     return new ModelRouterClient(channel, channel, null);
   }
 
+  /**
+   * Connect to target over TLS (mutual TLS when the options carry a client certificate); a
+   * server name in the options overrides the authority checked against the certificate.
+   */
+  public static ModelRouterClient connect(String target, TlsOptions tls) throws IOException {
+    ManagedChannelBuilder<?> builder = Grpc.newChannelBuilder(target, tls.credentials());
+    if (tls.serverName() != null) {
+      builder.overrideAuthority(tls.serverName());
+    }
+    ManagedChannel channel = builder.build();
+    return new ModelRouterClient(channel, channel, null);
+  }
+
   /** Use an existing channel, which the caller keeps and shuts down. */
   public static ModelRouterClient of(Channel channel) {
     return new ModelRouterClient(channel, null, null);
@@ -117,6 +142,43 @@ public final class ModelRouterClient implements AutoCloseable {
     }
     added.put(TRACEPARENT, traceparent);
     return new ModelRouterClient(channel, null, timeout, added);
+  }
+
+  /**
+   * Return a client on the same channel whose calls carry {@code authorization: Bearer key}, for
+   * a server with API keys on (send it over TLS only: a key is a password).
+   */
+  public ModelRouterClient withApiKey(String key) {
+    Metadata added = new Metadata();
+    if (headers != null) {
+      added.merge(headers);
+    }
+    added.put(AUTHORIZATION, "Bearer " + key);
+    return new ModelRouterClient(channel, null, timeout, added);
+  }
+
+  /**
+   * Return how long the server asked to wait before retrying a failed call: the {@code
+   * google.rpc.RetryInfo} in its status details (RESOURCE_EXHAUSTED when a tenant is over a
+   * limit, UNAVAILABLE when the limits cannot be checked), read with {@link
+   * StatusProto#fromThrowable}; empty when the status carries none.
+   */
+  public static Optional<Duration> retryDelay(Throwable error) {
+    com.google.rpc.Status status = StatusProto.fromThrowable(error);
+    if (status == null) {
+      return Optional.empty();
+    }
+    for (Any detail : status.getDetailsList()) {
+      if (detail.is(RetryInfo.class)) {
+        try {
+          com.google.protobuf.Duration delay = detail.unpack(RetryInfo.class).getRetryDelay();
+          return Optional.of(Duration.ofSeconds(delay.getSeconds(), delay.getNanos()));
+        } catch (InvalidProtocolBufferException e) {
+          return Optional.empty();
+        }
+      }
+    }
+    return Optional.empty();
   }
 
   /** Return a request that routes a single query. */
@@ -188,6 +250,15 @@ public final class ModelRouterClient implements AutoCloseable {
             .setComment(comment)
             .build();
     return withDeadline(router).feedback(request).getKnownRequest();
+  }
+
+  /**
+   * Return satisfaction, escalation, errors, latency and cost per tier and model, read from the
+   * server's store; an empty request counts every stored request. FAILED_PRECONDITION means the
+   * server keeps no store ({@code store: null}).
+   */
+  public GetStatsResponse stats(GetStatsRequest request) {
+    return withDeadline(router).getStats(request);
   }
 
   /** Return the server's tiers, prices, thresholds and routing model version. */

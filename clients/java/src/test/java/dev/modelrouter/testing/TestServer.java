@@ -1,5 +1,6 @@
 package dev.modelrouter.testing;
 
+import io.grpc.ChannelCredentials;
 import io.grpc.Grpc;
 import io.grpc.InsecureChannelCredentials;
 import io.grpc.ManagedChannel;
@@ -17,7 +18,9 @@ import java.nio.file.Path;
 import java.time.Duration;
 import java.time.Instant;
 import java.util.ArrayList;
+import java.util.Comparator;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.TimeUnit;
 
 /** A real {@code modelrouter serve} on a free loopback port, for the tests. */
@@ -28,11 +31,17 @@ public final class TestServer implements AutoCloseable {
   private final Process process;
   private final Path log;
   private final String address;
+  // The server's own state directory ($XDG_STATE_HOME): its store starts empty.
+  private final Path state;
+  private final ChannelCredentials credentials;
 
-  private TestServer(Process process, Path log, String address) {
+  private TestServer(
+      Process process, Path log, String address, Path state, ChannelCredentials credentials) {
     this.process = process;
     this.log = log;
     this.address = address;
+    this.state = state;
+    this.credentials = credentials;
   }
 
   /** Return the modelrouter command: $MODELROUTER_BIN, else modelrouter on PATH. */
@@ -54,6 +63,16 @@ public final class TestServer implements AutoCloseable {
   /** Start {@code modelrouter serve} with the shared test configuration and one worker. */
   public static TestServer start() throws IOException, InterruptedException {
     String config = System.getProperty("modelrouter.testConfig", "../testdata/server.yaml");
+    return start(config, Map.of(), InsecureChannelCredentials.create());
+  }
+
+  /**
+   * Start {@code modelrouter serve} with a configuration, more environment, and the credentials
+   * of the health checks that wait for it to serve.
+   */
+  public static TestServer start(
+      String config, Map<String, String> env, ChannelCredentials credentials)
+      throws IOException, InterruptedException {
     IllegalStateException last = null;
     // The free port is found by binding and releasing it; another process may take it in
     // between, so a server that exits during start-up is retried on a new port.
@@ -62,9 +81,13 @@ public final class TestServer implements AutoCloseable {
       List<String> argv = new ArrayList<>(List.of(binary(), "serve", "--host", "127.0.0.1",
           "--port", Integer.toString(port), "--config", config, "--workers", "1"));
       Path log = Files.createTempFile("modelrouter-serve-", ".log");
-      Process process = new ProcessBuilder(argv).redirectErrorStream(true)
-          .redirectOutput(log.toFile()).start();
-      TestServer server = new TestServer(process, log, "127.0.0.1:" + port);
+      Path state = Files.createTempDirectory("modelrouter-client-state-");
+      ProcessBuilder builder = new ProcessBuilder(argv).redirectErrorStream(true)
+          .redirectOutput(log.toFile());
+      builder.environment().put("XDG_STATE_HOME", state.toString());
+      builder.environment().putAll(env);
+      Process process = builder.start();
+      TestServer server = new TestServer(process, log, "127.0.0.1:" + port, state, credentials);
       try {
         server.waitServing();
         return server;
@@ -91,8 +114,7 @@ public final class TestServer implements AutoCloseable {
   }
 
   private void waitServing() throws InterruptedException {
-    ManagedChannel channel =
-        Grpc.newChannelBuilder(address, InsecureChannelCredentials.create()).build();
+    ManagedChannel channel = Grpc.newChannelBuilder(address, credentials).build();
     try {
       HealthGrpc.HealthBlockingStub health = HealthGrpc.newBlockingStub(channel);
       Instant deadline = Instant.now().plus(START_TIMEOUT);
@@ -142,6 +164,11 @@ public final class TestServer implements AutoCloseable {
     }
     try {
       Files.deleteIfExists(log);
+      try (var paths = Files.walk(state)) {
+        for (Path path : paths.sorted(Comparator.reverseOrder()).toList()) {
+          Files.deleteIfExists(path);
+        }
+      }
     } catch (IOException e) {
       throw new UncheckedIOException(e);
     }
