@@ -856,15 +856,22 @@ def rerun_overhead(
     args: argparse.Namespace, bench: Bench, router: Callable[..., tuple[list[str], int]]
 ) -> int:
     """Measure the observability comparison again and put it into the recorded results."""
-    result: dict[str, Any] = json.loads(args.output.read_text(encoding="utf-8"))
     overhead = overhead_comparison(bench, router, args.cache, args.overhead_rounds)
-    overhead["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    overhead["command"] = args.command
-    overhead["duration_s"] = args.duration
-    result["observability_overhead"] = overhead
-    result["runs"] = [
-        run for run in result["runs"] if not run["name"].startswith(OVERHEAD_PREFIX)
-    ] + [asdict(run) for run in bench.runs]
+    return record_rerun(args, bench, "observability_overhead", OVERHEAD_PREFIX, overhead)
+
+
+def record_rerun(
+    args: argparse.Namespace, bench: Bench, key: str, prefix: str, summary: dict[str, Any]
+) -> int:
+    """Replace one comparison (``key``, its runs named ``prefix``...) in the recorded results."""
+    result: dict[str, Any] = json.loads(args.output.read_text(encoding="utf-8"))
+    summary["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    summary["command"] = args.command
+    summary["duration_s"] = args.duration
+    result[key] = summary
+    result["runs"] = [run for run in result["runs"] if not run["name"].startswith(prefix)] + [
+        asdict(run) for run in bench.runs
+    ]
     args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     markdown = args.markdown or args.output.with_suffix(".md")
     markdown.write_text(render_markdown(result), encoding="utf-8")
@@ -959,20 +966,8 @@ def rerun_route_cpu(
     python_noop: Callable[..., tuple[list[str], int]],
 ) -> int:
     """Measure the Route CPU comparison again and put it into the recorded results."""
-    result: dict[str, Any] = json.loads(args.output.read_text(encoding="utf-8"))
     route_cpu = route_cpu_comparison(bench, router, python_noop, args)
-    route_cpu["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    route_cpu["command"] = args.command
-    route_cpu["duration_s"] = args.duration
-    result["route_cpu"] = route_cpu
-    result["runs"] = [
-        run for run in result["runs"] if not run["name"].startswith(ROUTE_CPU_PREFIX)
-    ] + [asdict(run) for run in bench.runs]
-    args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    markdown = args.markdown or args.output.with_suffix(".md")
-    markdown.write_text(render_markdown(result), encoding="utf-8")
-    print(render_markdown(result))
-    return 0
+    return record_rerun(args, bench, "route_cpu", ROUTE_CPU_PREFIX, route_cpu)
 
 
 BATCH_PREFIX = "batch_"
@@ -1018,20 +1013,8 @@ def rerun_batch(
     args: argparse.Namespace, bench: Bench, router: Callable[..., tuple[list[str], int]]
 ) -> int:
     """Measure the RouteBatch comparison again and put it into the recorded results."""
-    result: dict[str, Any] = json.loads(args.output.read_text(encoding="utf-8"))
     batch = batch_comparison(bench, router, args.batch_rounds)
-    batch["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    batch["command"] = args.command
-    batch["duration_s"] = args.duration
-    result["route_batch"] = batch
-    result["runs"] = [run for run in result["runs"] if not run["name"].startswith(BATCH_PREFIX)] + [
-        asdict(run) for run in bench.runs
-    ]
-    args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    markdown = args.markdown or args.output.with_suffix(".md")
-    markdown.write_text(render_markdown(result), encoding="utf-8")
-    print(render_markdown(result))
-    return 0
+    return record_rerun(args, bench, "route_batch", BATCH_PREFIX, batch)
 
 
 class OtlpSink:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -15,7 +15,6 @@ from router._proto.modelrouter.v1 import router_pb2_grpc
 from router.config import Config
 from router.server import RunningServer
 from router.telemetry import metrics
-from router.telemetry.exporter import use_process_values
 from router.validation import MAX_BATCH_REQUESTS
 from tests.integration.server.support import SERVICE, router_stub
 
@@ -37,16 +36,6 @@ REQUESTS = [
     pb.RouteRequest(prompt="Prove that the square root of 2 is irrational", tenant="t" * 129),
     pb.RouteRequest(prompt="Solve 3x + 5 = 20", metadata={"source": "batch"}),
 ]
-
-
-@pytest.fixture
-def registry() -> Iterator[CollectorRegistry]:
-    """Install this process's metrics on a fresh registry for one test."""
-    use_process_values()
-    registry = CollectorRegistry()
-    metrics.install(metrics.Metrics(registry))
-    yield registry
-    metrics.install(None)
 
 
 def trailer(call_or_error: Any, metadata: Any = None) -> str:
