@@ -35,7 +35,7 @@ DEFAULT_TENANT = "default"
 MIN_TIERS = 2
 MAX_TIERS = 5
 # The ModelRouter methods an API key can be allowed to call (auth.keys[].methods).
-RPC_METHODS = ("Route", "Complete", "Feedback", "GetConfig", "GetStats")
+RPC_METHODS = ("Route", "RouteBatch", "Complete", "Feedback", "GetConfig", "GetStats")
 
 
 class ConfigError(ValueError):
@@ -305,7 +305,7 @@ class ApiKeyConfig(_Frozen):
     sha256: str
     tenant: TenantName
     methods: Annotated[
-        list[Literal["Route", "Complete", "Feedback", "GetConfig", "GetStats"]],
+        list[Literal["Route", "RouteBatch", "Complete", "Feedback", "GetConfig", "GetStats"]],
         Field(min_length=1),
     ]
 

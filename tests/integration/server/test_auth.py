@@ -160,6 +160,36 @@ async def test_a_method_the_key_may_not_call_is_permission_denied(
     assert completes.code() is grpc.StatusCode.PERMISSION_DENIED
 
 
+async def test_a_batch_needs_its_own_method_and_each_request_the_keys_tenant(
+    start_server: Callable[..., Any], make_config: Callable[..., Config]
+) -> None:
+    section = auth_section()
+    section["keys"][0]["methods"] = ["Route", "RouteBatch"]
+    server: RunningServer = await start_server(make_config(auth=section))
+    batch = pb.RouteBatchRequest(
+        requests=[
+            pb.RouteRequest(prompt="hi"),
+            pb.RouteRequest(prompt="hi", tenant="acme"),
+            pb.RouteRequest(prompt="hi", tenant="globex"),
+        ]
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = router_stub(channel)
+        with structlog.testing.capture_logs() as logs:
+            answer = await stub.RouteBatch(batch, metadata=bearer(ACME_KEY), timeout=TIMEOUT_S)
+        denied = await failure(
+            stub.RouteBatch(batch, metadata=bearer(GLOBEX_KEY), timeout=TIMEOUT_S)
+        )
+    first, second, third = answer.results
+    assert first.HasField("decision") and second.HasField("decision")
+    assert third.error.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert "the API key belongs to tenant 'acme'" in third.error.message
+    [line] = [line for line in logs if line.get("event") == "rpc"]
+    assert (line["tenant"], line["items"], line["item_errors"]) == ("acme", 3, 1)
+    assert denied.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert denied.details().endswith("may not call RouteBatch (allowed: Route)")
+
+
 async def test_a_key_sees_the_stats_of_its_own_tenant_only(
     start_server: Callable[..., Any], make_config: Callable[..., Config]
 ) -> None:

@@ -73,6 +73,11 @@ async def test_reflection_describes_the_api(channel: grpc.aio.Channel) -> None:
     methods = {m.name: (m.input_type, m.output_type, m.server_streaming) for m in service.method}
     assert methods == {
         "Route": (".modelrouter.v1.RouteRequest", ".modelrouter.v1.RouteResponse", False),
+        "RouteBatch": (
+            ".modelrouter.v1.RouteBatchRequest",
+            ".modelrouter.v1.RouteBatchResponse",
+            False,
+        ),
         "Complete": (".modelrouter.v1.CompleteRequest", ".modelrouter.v1.CompleteEvent", True),
         "Feedback": (".modelrouter.v1.FeedbackRequest", ".modelrouter.v1.FeedbackResponse", False),
         "GetConfig": (
