@@ -34,6 +34,7 @@ class Engine(Protocol):
         generation: GenerationOptions,
         *,
         max_tier_index: int,
+        deadline: float | None = None,
     ) -> AsyncGenerator[TextDelta | Escalation | CompletionSummary, None]: ...
 
     def backend_states(self) -> list[BackendState]: ...
