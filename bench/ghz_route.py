@@ -209,7 +209,10 @@ class Server:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
+        # The embedded default records every request in a store in the per-user state
+        # directory: the benchmark's servers keep theirs beside their logs instead.
+        env = {**os.environ, "XDG_STATE_HOME": str(log_path.parent / "state")}
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     def wait_serving(self, timeout_s: float = 60.0) -> None:
         """Block until the health service reports SERVING for the router service."""

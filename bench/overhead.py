@@ -148,6 +148,8 @@ def router_server(config: dict[str, Any], workdir: Path) -> Iterator[str]:
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
+        # The embedded default's store goes to the per-user state directory: not here.
+        env={**os.environ, "XDG_STATE_HOME": str(workdir / "state")},
     )
     address = f"127.0.0.1:{port}"
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import shutil
 import subprocess
 import sys
@@ -79,6 +80,8 @@ def main() -> int:
                  "--host", "127.0.0.1", "--port", "0", "--workers", "1",
                  "--metrics-port", str(free_port())],
                 stdout=fh, stderr=subprocess.STDOUT,
+                # The default store goes to the per-user state directory: not here.
+                env={**os.environ, "XDG_STATE_HOME": str(tmp / "state")},
             )  # fmt: skip
         try:
             port = wait_listening(log, 1, [server])[0]["port"]

@@ -4,8 +4,9 @@ One invocation measures, on the same machine and under the same closed-loop load
 
 - ``noop``: a grpc.aio server (uvloop) whose Route returns one fixed RouteResponse without
   reading the request: the Python gRPC stack alone, the ceiling for a Python server;
-- ``modelrouter serve`` with the per-RPC log line (the default) and with logging at
-  ``warning`` (no per-RPC line), each with ``--workers 1`` and ``--workers 2``.
+- ``modelrouter serve`` with the per-RPC log line (the default), without it
+  (``logging.rpc: false``), and without the store (``store: null``; the default records
+  every decision in a SQLite file), each with ``--workers 1`` and ``--workers 2``.
 
 The load comes from client processes (uvloop, grpc.aio, pre-serialized requests so the
 client spends as little CPU as possible), each keeping ``concurrency / clients`` calls in
@@ -419,9 +420,14 @@ def main() -> int:
         data["model"] = str(Path(args.model).resolve()) if args.model != "builtin" else "builtin"
         logged_config = tmp / "logged.yaml"
         logged_config.write_text(yaml.safe_dump(data))
+        unstored_config = tmp / "unstored.yaml"
+        unstored_config.write_text(yaml.safe_dump({**data, "store": None}))
         data["logging"] = {"rpc": False}
         quiet_config = tmp / "quiet.yaml"
         quiet_config.write_text(yaml.safe_dump(data))
+        # The embedded default keeps a store in the per-user state directory: here, a
+        # directory of the run's own.
+        state = {"XDG_STATE_HOME": str(tmp / "state")}
         load_before = os.getloadavg()
         # Rounds interleave the targets, so that a burst of other work on the machine
         # hits all of them; each target's median round is reported.
@@ -429,11 +435,28 @@ def main() -> int:
             for workers in args.workers:
                 results.append(bench_noop(workers, payloads, args, tmp))
                 results.append(
-                    bench_router("modelrouter", logged_config, workers, payloads, args, tmp)
+                    bench_router("modelrouter", logged_config, workers, payloads, args, tmp, state)
                 )
                 results.append(
                     bench_router(
-                        "modelrouter (no rpc log)", quiet_config, workers, payloads, args, tmp
+                        "modelrouter (no rpc log)",
+                        quiet_config,
+                        workers,
+                        payloads,
+                        args,
+                        tmp,
+                        state,
+                    )
+                )
+                results.append(
+                    bench_router(
+                        "modelrouter (store off)",
+                        unstored_config,
+                        workers,
+                        payloads,
+                        args,
+                        tmp,
+                        state,
                     )
                 )
                 if workers == 1 and args.compare_loops:
@@ -445,7 +468,7 @@ def main() -> int:
                             payloads,
                             args,
                             tmp,
-                            env={"MODELROUTER_NO_UVLOOP": "1"},
+                            env={"MODELROUTER_NO_UVLOOP": "1", **state},
                         )
                     )
         load_after = os.getloadavg()
@@ -457,6 +480,7 @@ def main() -> int:
     for w in args.workers:
         noop, logged = by["python grpc.aio no-op", w], by["modelrouter", w]
         quiet = by["modelrouter (no rpc log)", w]
+        unstored = by["modelrouter (store off)", w]
         decision = logged.decision_us_mean or 0.0
         ratios[f"modelrouter_over_noop_rps_workers{w}"] = logged.rps / noop.rps
         ratios[f"modelrouter_no_rpc_log_over_noop_rps_workers{w}"] = quiet.rps / noop.rps
@@ -468,6 +492,11 @@ def main() -> int:
         ratios[f"layer_cpu_us_per_request_no_rpc_log_workers{w}"] = (
             quiet.server_cpu_us_per_request - noop.server_cpu_us_per_request - decision
         )
+        # What recording each decision in the embedded SQLite store costs the server.
+        ratios[f"store_cpu_us_per_request_workers{w}"] = (
+            logged.server_cpu_us_per_request - unstored.server_cpu_us_per_request
+        )
+        ratios[f"modelrouter_over_store_off_rps_workers{w}"] = logged.rps / unstored.rps
     report: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine(),

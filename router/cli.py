@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from router.loop.cli import add_export_parser, add_label_parser
 from router.server.cli import add_config_parser, add_keys_parser, add_serve_parser
+from router.store.cli import add_stats_parser
 from router.training.cli import (
     EXIT_USAGE,
     EXTRAS,
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(subparsers)
     add_eval_parser(subparsers)
     add_calibrate_parser(subparsers)
+    add_stats_parser(subparsers)
     add_export_parser(subparsers)
     add_label_parser(subparsers)
     return parser

@@ -35,7 +35,7 @@ DEFAULT_TENANT = "default"
 MIN_TIERS = 2
 MAX_TIERS = 5
 # The ModelRouter methods an API key can be allowed to call (auth.keys[].methods).
-RPC_METHODS = ("Route", "Complete", "Feedback", "GetConfig")
+RPC_METHODS = ("Route", "Complete", "Feedback", "GetConfig", "GetStats")
 
 
 class ConfigError(ValueError):
@@ -166,6 +166,11 @@ class RoutingConfig(_Frozen):
     escalation_margin: Annotated[float, Field(ge=0, le=1)] = 0.0
     # Weight of earlier chat turns relative to the last user turn.
     context_weight: Annotated[float, Field(ge=0, le=1)] = 0.3
+    # A request with a session_id never goes to a cheaper tier than its session already
+    # used (reason SESSION_FLOOR); a caller's hints.tier and hints.max_tier still win.
+    session_floor: bool = True
+    # Sessions each worker remembers (the store keeps them all when there is one).
+    max_sessions: Annotated[int, Field(ge=1)] = 100_000
 
 
 class CompletionConfig(_Frozen):
@@ -201,6 +206,8 @@ class ServerConfig(_Frozen):
     # refused and in-flight ones get grace_period_s. Kubernetes' preStop pattern; SIGINT
     # (Ctrl-C) and a second SIGTERM skip it.
     drain_delay_s: NonNegative = 0.0
+    # Request ids each worker remembers, to answer Feedback's known_request without a
+    # store look-up.
     feedback_capacity: Annotated[int, Field(ge=1)] = 10_000
     # Prometheus metrics over HTTP on their own port (GET /metrics); 0 turns them off.
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9464
@@ -214,6 +221,42 @@ class ServerConfig(_Frozen):
     tls: TlsConfig | None = None
     # HTTPS on the metrics port, set apart from tls; None: plain HTTP.
     metrics_tls: TlsConfig | None = None
+
+
+class StoreConfig(_Frozen):
+    """Where requests, their outcomes and feedback are kept (router/store/)."""
+
+    # A SQLite file (relative to the configuration file), or a PostgreSQL URL
+    # (postgresql://user:password@host/db) for several replicas. Neither: the SQLite file
+    # in the per-user state directory ($XDG_STATE_HOME/modelrouter/modelrouter.db, else
+    # ~/.local/state/modelrouter/modelrouter.db).
+    path: Annotated[str, Field(min_length=1)] | None = None
+    url: Annotated[str, Field(min_length=1)] | None = None
+    # Keep the prompt text (the relabel loop needs it). Off by default: prompts may hold
+    # personal data, and a store keeps them until someone deletes them.
+    keep_text: bool = False
+    # Records waiting to be written; beyond this they are dropped and counted.
+    queue_size: Annotated[int, Field(ge=1)] = 10_000
+    batch_size: Annotated[int, Field(ge=1)] = 500
+    # A record waits at most this long before its batch is written.
+    flush_interval_s: Positive = 0.5
+
+    @model_validator(mode="after")
+    def _check_target(self) -> StoreConfig:
+        if self.path is not None and self.url is not None:
+            raise ValueError("set path (SQLite) or url (PostgreSQL), not both")
+        if self.url is not None and not self.url.startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                "url must start with postgresql:// or postgres:// (a SQLite file is path)"
+            )
+        return self
+
+
+class FeedbackConfig(_Frozen):
+    """How ratings are read."""
+
+    # A rating at or above this counts as a satisfied user (GetStats' satisfaction).
+    satisfied_at: Annotated[float, Field(ge=0, le=1)] = 0.7
 
 
 class LoggingConfig(_Frozen):
@@ -262,7 +305,8 @@ class ApiKeyConfig(_Frozen):
     sha256: str
     tenant: TenantName
     methods: Annotated[
-        list[Literal["Route", "Complete", "Feedback", "GetConfig"]], Field(min_length=1)
+        list[Literal["Route", "Complete", "Feedback", "GetConfig", "GetStats"]],
+        Field(min_length=1),
     ]
 
     @field_validator("sha256")
@@ -396,6 +440,9 @@ class Config(_Frozen):
     routing: RoutingConfig = RoutingConfig()
     completion: CompletionConfig = CompletionConfig()
     logging: LoggingConfig = LoggingConfig()
+    # `store: null` keeps nothing.
+    store: StoreConfig | None = StoreConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
     tracing: TracingConfig = TracingConfig()
     tiers: Annotated[list[TierConfig], Field(min_length=MIN_TIERS, max_length=MAX_TIERS)]
     backends: dict[str, BackendConfig]

@@ -32,7 +32,8 @@ class BackendUnavailable(RouterError):
 
     def __init__(self, message: str, attempts: tuple[Attempt, ...] = ()) -> None:
         super().__init__(message)
-        # Every attempt made, when no summary was sent (what they cost settles budgets).
+        # Every attempt made, when no summary was sent: for the store, and what they cost
+        # settles budgets.
         self.attempts = attempts
 
 
@@ -80,6 +81,14 @@ class LimitsUnavailable(Retryable):
     """The shared limit counts cannot be reached and the policy is fail_closed (UNAVAILABLE)."""
 
 
+class NotConfigured(RouterError):
+    """The request needs something this server's configuration turned off (FAILED_PRECONDITION)."""
+
+
+class StoreUnavailable(RouterError):
+    """The store could not be read (UNAVAILABLE)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
     role: str
@@ -105,6 +114,8 @@ class RouteRequest:
     tenant: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
     hints: TierHints = TierHints()
+    # A conversation's id: its requests never go to a cheaper tier than it already used.
+    session_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +139,7 @@ class DecisionReason(enum.Enum):
     MAX_TIER = "max_tier"
     FORCED = "forced"
     MARGIN = "margin"
+    SESSION_FLOOR = "session_floor"
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,3 +278,12 @@ class Feedback:
     rating: float
     comment: str = ""
     tenant: str = ""
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackResult:
+    """What Feedback answers: whether the request id is known, and whether it was kept."""
+
+    known_request: bool
+    stored: bool

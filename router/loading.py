@@ -13,15 +13,37 @@ from pathlib import Path
 from router.config import Config, ConfigError, default_config, load_config
 from router.model import ModelError, default_model_path, load_model
 from router.routing import Router
+from router.store import default_store_path
 from router.tls import TlsFiles, read_tls
+
+
+def relative_to(base_dir: Path | None, name: str) -> Path:
+    """Return a path from the configuration, a relative one taken from ``base_dir``."""
+    path = Path(name).expanduser()
+    return base_dir / path if not path.is_absolute() and base_dir is not None else path
 
 
 def config_model_path(config: Config, base_dir: Path | None = None) -> Path:
     """Return the model file a configuration names, a relative path taken from ``base_dir``."""
     if config.model == "builtin":
         return default_model_path()
-    path = Path(config.model)
-    return base_dir / path if not path.is_absolute() and base_dir is not None else path
+    return relative_to(base_dir, config.model)
+
+
+def store_target(config: Config, base_dir: Path | None = None) -> str | None:
+    """Return the store a configuration names: a PostgreSQL URL, a SQLite path, or None.
+
+    No ``path`` and no ``url`` is the SQLite file in the per-user state directory;
+    ``store: null`` is None (nothing kept).
+    """
+    store = config.store
+    if store is None:
+        return None
+    if store.url is not None:
+        return store.url
+    if store.path is None:
+        return str(default_store_path())
+    return str(relative_to(base_dir, store.path))
 
 
 def load_router(config: Config, base_dir: Path | None = None) -> tuple[Router, str]:
@@ -88,13 +110,15 @@ class ConfigSource:
 
 @dataclass(frozen=True)
 class Loaded:
-    """A validated configuration, the routing model it names and its TLS files, read."""
+    """A validated configuration, the routing model it names, its TLS files, read, and its store."""
 
     config: Config
     router: Router
     model_source: str
     # The gRPC port's certificates (server.tls), None for plaintext.
     tls: TlsFiles | None = None
+    # The store's URL or SQLite path; None when the configuration keeps nothing.
+    store: str | None = None
 
 
 def load(source: ConfigSource) -> Loaded:
@@ -107,7 +131,7 @@ def load(source: ConfigSource) -> Loaded:
         read_tls(server.metrics_tls, "server.metrics_tls", source.base_dir)
     if config.limits.redis_url:
         check_redis_installed()
-    return Loaded(config, router, model_source, tls)
+    return Loaded(config, router, model_source, tls, store_target(config, source.base_dir))
 
 
 def check_redis_installed() -> None:

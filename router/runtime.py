@@ -22,6 +22,7 @@ from router.domain import (
     TextDelta,
 )
 from router.routing import Router
+from router.store import StoreWriter
 
 
 class Engine(Protocol):
@@ -60,6 +61,7 @@ class Runtime:
         "context_weight",
         "engine",
         "input_price",
+        "keep_text",
         "key_ring",
         "margins",
         "max_concurrent_rpcs",
@@ -68,16 +70,29 @@ class Runtime:
         "model_version",
         "retired",
         "router",
+        "session_floor",
         "streams",
         "thresholds",
         "tier_index",
+        "writer",
     )
 
-    def __init__(self, config: Config, router: Router, engine: Engine, model_source: str) -> None:
+    def __init__(
+        self,
+        config: Config,
+        router: Router,
+        engine: Engine,
+        model_source: str,
+        writer: StoreWriter | None = None,
+    ) -> None:
         self.config = config
         self.router = router
         self.engine = engine
         self.model_source = model_source
+        # Where this world's requests are recorded (a reload may keep the same writer).
+        self.writer = writer
+        self.keep_text = config.store is not None and config.store.keep_text
+        self.session_floor = config.routing.session_floor
         self.thresholds = router.thresholds
         self.model_version = router.version
         self.tier_index = {tier.name: i for i, tier in enumerate(config.tiers)}
@@ -93,6 +108,7 @@ class Runtime:
         self.max_concurrent_rpcs = config.server.max_concurrent_rpcs
         # The API keys when auth is on, else None.
         self.key_ring: KeyRing | None = key_ring(config.auth)
-        # Complete streams running on this engine; a retired runtime closes at zero.
+        # Complete streams running on this engine and writer; a retired runtime closes
+        # them at zero.
         self.streams = 0
         self.retired = False

@@ -1,9 +1,10 @@
-"""The transport-neutral service: decide a request's tier, run it, record feedback.
+"""The transport-neutral service: decide a request's tier, run it, record it and its feedback.
 
 The gRPC servicer converts protobuf to the domain types of ``router.domain`` and calls this
 module; nothing here knows about gRPC. Requests are checked by ``router.validation``; what
-they run on (configuration, routing model, engine) is one ``router.runtime.Runtime`` that
-``reload`` replaces with a single assignment.
+they run on (configuration, routing model, engine, store writer) is one
+``router.runtime.Runtime`` that ``reload`` replaces with a single assignment. Records go to
+the store through its writer's queue (``router.recording`` builds them), never waiting on it.
 """
 
 from __future__ import annotations
@@ -14,28 +15,38 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
+import structlog
+
 from router.auth import KeyRing
 from router.completion.cost import estimate_tokens
 from router.config import Config
 from router.controller import NO_TIER, Controllers, Pricing, Served, Snapshot
 from router.domain import (
+    Attempt,
     BackendState,
     BackendUnavailable,
     ChatMessage,
     CompleteEvent,
     CompleteRequest,
     CompletionSummary,
+    DecisionReason,
     Escalation,
     Feedback,
+    FeedbackResult,
     InvalidRequest,
+    NotConfigured,
     RouteRequest,
     RoutingDecision,
+    StoreUnavailable,
 )
-from router.feedback import FeedbackStore
 from router.limits import Limiter, most_cost_usd
+from router.recording import complete_record, route_record
 from router.request_ids import RequestIds
 from router.routing import Router, choose_tier
 from router.runtime import EngineFactory, Runtime, completion_engine
+from router.sessions import BoundedMap, Sessions
+from router.store import FeedbackRecord, StateRecord, Stats, StatsQuery, StoreWriter
+from router.store.stats import SATISFIED_AT_STATE
 from router.validation import (
     check_feedback,
     check_generation,
@@ -43,8 +54,11 @@ from router.validation import (
     check_messages,
     check_metadata,
     check_prompt,
+    check_session_id,
     check_tenant,
 )
+
+log = structlog.get_logger()
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +77,28 @@ class ServiceInfo:
     controllers: tuple[Snapshot, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class StoreStatus:
+    """The store a worker writes to, and its writer's counters."""
+
+    kind: str
+    location: str
+    queued: int
+    written: int
+    dropped: int
+    failed_writes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStats:
+    """What GetStats reports: the stats read from the store, and the store's state."""
+
+    stats: Stats
+    store: StoreStatus
+
+
 class RouterService:
-    """Route and complete requests against the runtime in force; reload it atomically."""
+    """Route, complete and record requests against the runtime in force; reload it atomically."""
 
     def __init__(
         self,
@@ -73,17 +107,23 @@ class RouterService:
         *,
         model_source: str = "builtin",
         engine_factory: EngineFactory = completion_engine,
+        store: StoreWriter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._engine_factory = engine_factory
-        self._runtime = Runtime(config, router, engine_factory(config), model_source)
+        self._runtime = Runtime(config, router, engine_factory(config), model_source, store)
         self._controllers = Controllers(clock)
         self._controllers.configure(config, _pricing(self._runtime))
-        self._feedback = FeedbackStore(config.server.feedback_capacity)
+        # Request ids served lately (-> tier), to answer Feedback's known_request at once.
+        self._served: BoundedMap[str, str] = BoundedMap(config.server.feedback_capacity)
+        self._sessions = Sessions(config.routing.max_sessions)
         self._ids = RequestIds()
+        # Keys of stored records: unique across workers, whatever the callers' ids.
+        self._record_keys = RequestIds()
         self._closing: set[asyncio.Task[None]] = set()
         # Outlives reloads: the tenants' counts carry over.
         self._limiter = Limiter(config)
+        _note_settings(self._runtime)
 
     @property
     def config(self) -> Config:
@@ -94,13 +134,18 @@ class RouterService:
         return self._runtime.max_concurrent_rpcs
 
     @property
+    def store(self) -> StoreWriter | None:
+        """Return the store writer in force (None without a store)."""
+        return self._runtime.writer
+
+    def served_tier(self, request_id: str) -> str | None:
+        """Return the tier a request this worker served lately was routed to, if known."""
+        return self._served.get(request_id)
+
+    @property
     def key_ring(self) -> KeyRing | None:
         """Return the API keys in force, or None when auth is off."""
         return self._runtime.key_ring
-
-    @property
-    def feedback_store(self) -> FeedbackStore:
-        return self._feedback
 
     # -- request ids -------------------------------------------------------------------
 
@@ -125,21 +170,42 @@ class RouterService:
 
     # -- Route -------------------------------------------------------------------------
 
-    def route(self, request: RouteRequest) -> RoutingDecision:
-        """Validate a request and return its routing decision.
+    async def route(self, request: RouteRequest) -> RoutingDecision:
+        """Validate a request, return its routing decision and record it.
 
         ``request.request_id`` is taken as assigned (by ``assign_request_id``, which checks
         the caller's id once at the edge); an empty one is replaced by a fresh id.
         """
         rt = self._runtime
-        decision, _ = self._decide(rt, request)
+        floor = await self._session_floor(rt, request) if request.session_id else None
+        decision, _ = self._decide(rt, request, floor)
+        if request.session_id and rt.session_floor:
+            self._sessions.used(
+                request.tenant, request.session_id, decision.tier, rt.tier_index, rt.writer
+            )
+        if rt.writer is not None:
+            rt.writer.put(
+                route_record(self._record_keys.new(), request, decision, keep_text=rt.keep_text)
+            )
         controller = self._controllers.get(request.tenant)
         if controller is not None:
             # Route runs no model: the decided tier answers, at the prompt's estimated cost.
             controller.record(_served(rt, request, decision, decision.tier_index))
         return decision
 
-    def _decide(self, rt: Runtime, request: RouteRequest) -> tuple[RoutingDecision, int]:
+    async def _session_floor(self, rt: Runtime, request: RouteRequest) -> int | None:
+        """Return the tier index the request's session already reached (None: no floor)."""
+        check_session_id(request.session_id)
+        if not rt.session_floor:
+            return None
+        check_tenant(request.tenant)
+        return await self._sessions.floor(
+            request.tenant, request.session_id, rt.tier_index, rt.writer
+        )
+
+    def _decide(
+        self, rt: Runtime, request: RouteRequest, floor: int | None = None
+    ) -> tuple[RoutingDecision, int]:
         """Return the decision and the highest tier index the request allows."""
         request_id = request.request_id or self._ids.new()
         check_tenant(request.tenant)
@@ -168,10 +234,17 @@ class RouterService:
             min_index=low,
             max_index=high,
         )
+        # The session's floor: above the score and min_tier, below a forced tier and
+        # max_tier (the caller's explicit limits win).
+        if floor is not None and forced is None and index < floor:
+            if high is None or floor <= high:
+                index, reason = floor, DecisionReason.SESSION_FLOOR
+            else:  # the floor lies above max_tier: the cap decides
+                index, reason = high, DecisionReason.MAX_TIER
         micros = (time.perf_counter() - started) * 1e6
         tier = rt.config.tiers[index]
         prices = rt.input_price
-        self._feedback.remember(request_id, tier.name)
+        self._served.put(request_id, tier.name)
         decision = RoutingDecision(
             request_id=request_id,
             tier=tier.name,
@@ -193,11 +266,20 @@ class RouterService:
     # -- Complete ----------------------------------------------------------------------
 
     async def complete(self, request: CompleteRequest) -> AsyncGenerator[CompleteEvent, None]:
-        """Yield the decision, then the engine's deltas and escalations, then its summary."""
+        """Yield the decision, then the engine's deltas and escalations, then its summary.
+
+        The request is recorded when the stream ends, however it ends.
+        """
         rt = self._runtime
         check_generation(request.generation)
-        decision, max_index = self._decide(rt, request.route)
         route = request.route
+        floor = await self._session_floor(rt, route) if route.session_id else None
+        decision, max_index = self._decide(rt, route, floor)
+        session = route.session_id and rt.session_floor
+        if session:
+            self._sessions.used(
+                route.tenant, route.session_id, decision.tier, rt.tier_index, rt.writer
+            )
         messages = route.messages or (ChatMessage("user", route.prompt),)
         tiers, generation = rt.config.tiers, request.generation
         prompt_tokens = decision.estimated_prompt_tokens
@@ -207,6 +289,12 @@ class RouterService:
             prompt_tokens,
             most_cost_usd(tiers[decision.tier_index], prompt_tokens, generation),
         )
+        started_unix, started = time.time(), time.perf_counter()
+        summary: CompletionSummary | None = None
+        escalated: list[Attempt] = []
+        # Every attempt, when no tier answered: the last one failed without escalating.
+        all_failed = False
+        outcome = "error"
         # Counted before the first yield: a reload while the decision is being sent must
         # not close the engine this stream is about to run on.
         rt.streams += 1
@@ -221,10 +309,17 @@ class RouterService:
             )
             async with aclosing(run) as events:
                 async for event in events:
-                    if isinstance(event, CompletionSummary):
+                    if isinstance(event, Escalation):
+                        escalated.append(event.attempt)
+                    elif isinstance(event, CompletionSummary):
+                        summary = event
                         self._observe(rt, route, decision, event)
                         if held is not None:
                             held.attempts = event.attempts
+                        if session:
+                            self._sessions.used(
+                                route.tenant, route.session_id, event.tier, rt.tier_index, rt.writer
+                            )
                     yield event
                     if held is not None and isinstance(event, Escalation):
                         # The next attempt starts when the engine is asked for its next
@@ -233,11 +328,33 @@ class RouterService:
                         await held.climb(
                             event.attempt, most_cost_usd(tier, prompt_tokens, generation)
                         )
+            outcome = "ok"
         except BackendUnavailable as exc:
             if held is not None and held.attempts is None and exc.attempts:
                 held.attempts = exc.attempts
+            if exc.attempts:
+                escalated, all_failed = list(exc.attempts), True
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "cancelled"
             raise
         finally:
+            if rt.writer is not None:
+                rt.writer.put(
+                    complete_record(
+                        self._record_keys.new(),
+                        route,
+                        decision,
+                        summary,
+                        escalated,
+                        outcome=outcome,
+                        escalations=len(escalated) - all_failed,
+                        started=started_unix,
+                        duration_ms=(time.perf_counter() - started) * 1000.0,
+                        tier_index=rt.tier_index,
+                        keep_text=rt.keep_text,
+                    )
+                )
             rt.streams -= 1
             if rt.retired and rt.streams == 0:
                 self._close_later(rt)
@@ -273,12 +390,32 @@ class RouterService:
             )
         )
 
-    # -- Feedback and GetConfig --------------------------------------------------------
+    # -- Feedback, GetConfig, GetStats --------------------------------------------------
 
-    def feedback(self, feedback: Feedback) -> bool:
-        """Validate and store feedback; return whether its request id was served here."""
+    async def feedback(self, feedback: Feedback) -> FeedbackResult:
+        """Validate and store feedback; say whether its request id is known and if it was kept.
+
+        Feedback for an unknown request id is kept all the same (the stats report it).
+        """
         check_feedback(feedback)
-        return self._feedback.add(feedback)
+        writer = self._runtime.writer
+        known = self._served.get(feedback.request_id) is not None
+        if not known and writer is not None:
+            try:
+                known = await asyncio.to_thread(writer.store.has_request, feedback.request_id)
+            except Exception as exc:
+                log.warning("request look-up failed", store=writer.store.location, error=str(exc))
+        stored = writer is not None and writer.put(
+            FeedbackRecord(
+                request_id=feedback.request_id,
+                time=time.time(),
+                tenant=feedback.tenant,
+                rating=feedback.rating,
+                comment=feedback.comment,
+                label=feedback.label,
+            )
+        )
+        return FeedbackResult(known_request=known, stored=stored)
 
     def info(self) -> ServiceInfo:
         """Return the configuration in force, the model and the backends' circuit states."""
@@ -298,29 +435,66 @@ class RouterService:
     def controllers(self) -> Controllers:
         return self._controllers
 
+    async def stats(self, since: float | None, tenant: str | None) -> ServiceStats:
+        """Return satisfaction, escalation, errors and cost per tier and model, from the store."""
+        if tenant is not None:
+            check_tenant(tenant)
+        rt = self._runtime
+        writer = rt.writer
+        if writer is None:
+            raise NotConfigured("no store is configured (store: null): there are no stats")
+        query = StatsQuery(since=since, tenant=tenant, satisfied_at=rt.config.feedback.satisfied_at)
+        try:
+            stats = await asyncio.to_thread(writer.store.stats, query)
+        except Exception as exc:
+            log.error("store read failed", store=writer.store.location, error=str(exc))
+            raise StoreUnavailable(f"the store cannot be read: {exc}") from None
+        return ServiceStats(stats, store_status(writer))
+
     # -- reload and shutdown -----------------------------------------------------------
 
-    def reload(self, config: Config, router: Router, model_source: str) -> None:
-        """Swap in a new configuration, model and engine; in-flight streams finish on the old."""
-        new = Runtime(config, router, self._engine_factory(config), model_source)
+    def reload(
+        self,
+        config: Config,
+        router: Router,
+        model_source: str,
+        store: StoreWriter | None = None,
+    ) -> None:
+        """Swap in a new configuration, model, engine and store writer.
+
+        In-flight streams finish (and are recorded) on the old ones; a writer the new
+        runtime does not keep is drained once they have.
+        """
+        new = Runtime(config, router, self._engine_factory(config), model_source, store)
         self._controllers.configure(config, _pricing(new))
         old, self._runtime = self._runtime, new
-        self._feedback.capacity = config.server.feedback_capacity
+        _note_settings(new)
+        self._served.capacity = config.server.feedback_capacity
+        self._sessions.capacity = config.routing.max_sessions
         self._limiter.configure(config)
         old.retired = True
         if old.streams == 0:
             self._close_later(old)
 
     def _close_later(self, rt: Runtime) -> None:
-        task = asyncio.get_running_loop().create_task(rt.engine.aclose())
+        task = asyncio.get_running_loop().create_task(self._close(rt))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
+    async def _close(self, rt: Runtime) -> None:
+        await rt.engine.aclose()
+        if rt.writer is not None and rt.writer is not self._runtime.writer:
+            await rt.writer.aclose()
+
     async def aclose(self) -> None:
-        """Close the engine in force, wait for retired ones to close, close the limits' store."""
-        await self._runtime.engine.aclose()
+        """Close the engine in force, wait for retired runtimes, close the limits' store, write
+        what is queued."""
+        rt = self._runtime
+        await rt.engine.aclose()
         if self._closing:
             await asyncio.gather(*self._closing)
+        if rt.writer is not None:
+            await rt.writer.aclose()
         await self._limiter.aclose()
 
 
@@ -361,4 +535,22 @@ def _served(
     )
 
 
-__all__ = ["RouterService", "ServiceInfo"]
+def _note_settings(rt: Runtime) -> None:
+    """Write the satisfaction threshold to the store, for readers of the store itself."""
+    if rt.writer is not None:
+        rt.writer.put(StateRecord(SATISFIED_AT_STATE, rt.config.feedback.satisfied_at, time.time()))
+
+
+def store_status(writer: StoreWriter) -> StoreStatus:
+    """Return the store's kind and location and its writer's counters."""
+    return StoreStatus(
+        kind=writer.store.kind,
+        location=writer.store.location,
+        queued=writer.queued,
+        written=writer.written,
+        dropped=writer.dropped,
+        failed_writes=writer.failed_writes,
+    )
+
+
+__all__ = ["RouterService", "ServiceInfo", "ServiceStats", "StoreStatus"]

@@ -13,6 +13,7 @@ from router.domain import ChatMessage, Feedback, GenerationOptions, InvalidReque
 
 MAX_REQUEST_ID_CHARS = 128
 MAX_TENANT_CHARS = 128
+MAX_SESSION_ID_CHARS = 128
 MAX_MESSAGES = 1000
 MAX_METADATA_ENTRIES = 32
 MAX_METADATA_KEY_CHARS = 64
@@ -20,6 +21,7 @@ MAX_METADATA_VALUE_CHARS = 256
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 64
 MAX_COMMENT_CHARS = 2048
+MAX_LABEL_CHARS = 64
 MAX_TEMPERATURE = 2.0
 ROLES = frozenset({"system", "user", "assistant"})
 
@@ -57,6 +59,11 @@ def check_tenant(tenant: str) -> None:
         raise InvalidRequest(
             "tenant", f"{len(tenant)} characters, over the limit of {MAX_TENANT_CHARS}"
         )
+
+
+def check_session_id(session_id: str) -> None:
+    """Check a session id (empty means no session): like a request id."""
+    check_id("session_id", session_id, MAX_SESSION_ID_CHARS)
 
 
 def check_metadata(metadata: Mapping[str, str]) -> None:
@@ -185,5 +192,9 @@ def check_feedback(feedback: Feedback) -> None:
         raise InvalidRequest(
             "comment",
             f"{len(feedback.comment)} characters, over the limit of {MAX_COMMENT_CHARS}",
+        )
+    if len(feedback.label) > MAX_LABEL_CHARS:
+        raise InvalidRequest(
+            "label", f"{len(feedback.label)} characters, over the limit of {MAX_LABEL_CHARS}"
         )
     check_tenant(feedback.tenant)

@@ -12,6 +12,7 @@ import yaml
 from router.config import DEFAULT_CONFIG_YAML, RPC_METHODS, ApiKeyConfig, Config, ConfigError
 from router.loading import ConfigSource, load
 from router.server.process import EXIT_CONFIG, serve, worker_count
+from router.store import is_url
 
 Subparsers = Any  # argparse's _SubParsersAction is private
 
@@ -95,7 +96,7 @@ def _run_check(args: argparse.Namespace) -> int:
         f"{source.describe()}: OK: tiers {tiers}; model {loaded.router.version} from "
         f"{loaded.model_source}; backends {', '.join(sorted(config.backends))}; "
         f"{worker_count(config)} worker(s) on {config.server.host}:{config.server.port}"
-        f"; {_security(config)}"
+        f"; {_security(config)}; store {_describe_store(loaded.store)}"
     )
     return 0
 
@@ -109,6 +110,17 @@ def _security(config: Config) -> str:
     where = "in Redis" if config.limits.redis_url else "per worker"
     limits = f"limits for {limited} tenant(s), counted {where}" if limited else "no limits"
     return f"{transport}, {keys}, {limits}"
+
+
+def _describe_store(target: str | None) -> str:
+    """Return where the store is, without a password (the store is not opened here)."""
+    if target is None:
+        return "off"
+    if is_url(target):
+        from router.store.postgres import redact
+
+        return f"postgres {redact(target)}"
+    return f"sqlite {target}"
 
 
 def _run_default(args: argparse.Namespace) -> int:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import MappingProxyType
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
 
 from router._proto.modelrouter.v1 import router_pb2 as pb
 from router.controller import Snapshot
@@ -17,6 +21,7 @@ from router.domain import (
     DecisionReason,
     Escalation,
     Feedback,
+    FeedbackResult,
     GateReport,
     GenerationOptions,
     RouteRequest,
@@ -24,8 +29,10 @@ from router.domain import (
     TextDelta,
     TierHints,
 )
-from router.service import ServiceInfo
+from router.service import ServiceInfo, ServiceStats, StoreStatus
+from router.store import Stats, TierStats
 
+_Row = TypeVar("_Row", TierStats, StoreStatus)
 _NO_METADATA: MappingProxyType[str, str] = MappingProxyType({})
 _NO_HINTS = TierHints()
 _NO_GENERATION = GenerationOptions()
@@ -36,6 +43,7 @@ _REASONS = {
     DecisionReason.MAX_TIER: pb.DECISION_REASON_MAX_TIER,
     DecisionReason.FORCED: pb.DECISION_REASON_FORCED,
     DecisionReason.MARGIN: pb.DECISION_REASON_MARGIN,
+    DecisionReason.SESSION_FLOOR: pb.DECISION_REASON_SESSION_FLOOR,
 }
 # The proto enums mirror the domain's by name.
 _OUTCOMES: dict[AttemptOutcome, pb.AttemptOutcome] = {
@@ -59,6 +67,7 @@ def route_request(message: pb.RouteRequest, request_id: str, tenant: str) -> Rou
             if message.HasField("hints")
             else _NO_HINTS
         ),
+        session_id=message.session_id,
     )
 
 
@@ -79,7 +88,41 @@ def complete_request(
 
 def feedback(message: pb.FeedbackRequest, tenant: str) -> Feedback:
     """Return the domain feedback of a FeedbackRequest, under the tenant resolved."""
-    return Feedback(message.request_id, message.rating, message.comment, tenant)
+    return Feedback(message.request_id, message.rating, message.comment, tenant, message.label)
+
+
+def feedback_response(result: FeedbackResult) -> pb.FeedbackResponse:
+    """Return the protobuf of what Feedback did with a rating."""
+    return pb.FeedbackResponse(known_request=result.known_request, stored=result.stored)
+
+
+def stats_query(message: pb.GetStatsRequest) -> tuple[float | None, str | None]:
+    """Return the time and tenant a GetStatsRequest asks for (None: no limit)."""
+    since = message.since_unix_seconds or None
+    return since, message.tenant if message.HasField("tenant") else None
+
+
+def _values(row: Any) -> dict[str, Any]:
+    """Return a dataclass's fields by name (the stats messages mirror them by name)."""
+    return {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}
+
+
+def _read(message: Message, name: str) -> Any:
+    """Return a field's value, None for an optional one that is not set."""
+    field = message.DESCRIPTOR.fields_by_name[name]
+    return getattr(message, name) if not field.has_presence or message.HasField(name) else None
+
+
+def stats_response(report: ServiceStats) -> pb.GetStatsResponse:
+    """Return the GetStats answer."""
+    stats = report.stats
+    return pb.GetStatsResponse(
+        tiers=[pb.TierStats(**_values(row)) for row in stats.tiers],
+        total=pb.TierStats(**_values(stats.total)),
+        satisfied_at=stats.satisfied_at,
+        unmatched_feedback=stats.unmatched_feedback,
+        store=pb.StoreStatus(**_values(report.store)),
+    )
 
 
 def decision(d: RoutingDecision) -> pb.RoutingDecision:
@@ -240,4 +283,22 @@ def controller(snapshot: Snapshot) -> pb.TenantController:
         window_requests=snapshot.window_requests,
         updates=snapshot.updates,
         saturated=snapshot.saturated,
+    )
+
+
+def _dataclass_of(kind: type[_Row], message: Message) -> _Row:
+    """Return the dataclass a stats message mirrors field by field."""
+    return kind(**{f.name: _read(message, f.name) for f in dataclasses.fields(kind)})
+
+
+def stats_of(message: pb.GetStatsResponse) -> ServiceStats:
+    """Return the domain stats of a GetStats answer (for ``modelrouter stats --target``)."""
+    return ServiceStats(
+        stats=Stats(
+            tiers=tuple(_dataclass_of(TierStats, row) for row in message.tiers),
+            total=_dataclass_of(TierStats, message.total),
+            satisfied_at=message.satisfied_at,
+            unmatched_feedback=message.unmatched_feedback,
+        ),
+        store=_dataclass_of(StoreStatus, message.store),
     )

@@ -30,10 +30,12 @@ from router.domain import (
     InvalidRequest,
     LimitExceeded,
     LimitsUnavailable,
+    NotConfigured,
     Overloaded,
     PermissionDenied,
     Retryable,
     RouterError,
+    StoreUnavailable,
     Unauthenticated,
 )
 from router.server.inflight import InFlight
@@ -71,6 +73,8 @@ _STATUS_OF: tuple[tuple[type[RouterError], grpc.StatusCode], ...] = (
     (LimitsUnavailable, grpc.StatusCode.UNAVAILABLE),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (NotConfigured, grpc.StatusCode.FAILED_PRECONDITION),
 )
 
 

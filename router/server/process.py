@@ -17,6 +17,7 @@ from router.server.cpus import usable_cpus
 from router.server.logs import configure_logging
 from router.server.supervisor import Supervisor
 from router.server.worker import EXIT_LISTEN, run_worker
+from router.store import StoreError, open_store
 from router.telemetry import metrics
 from router.telemetry.exporter import (
     MetricsTls,
@@ -43,6 +44,14 @@ def serve(source: ConfigSource) -> int:
     except ConfigError as exc:
         print(f"modelrouter: {source.describe()}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if loaded.store is not None:
+        # Created and migrated once, before any worker starts (a bad path or an
+        # unreachable database stops here, with its reason).
+        try:
+            open_store(loaded.store).close()
+        except StoreError as exc:
+            print(f"modelrouter: store: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     configure_logging(loaded.config.logging)
     workers = worker_count(loaded.config)
     # Resolved once: GetConfig reports the count, and a reload keeps it.

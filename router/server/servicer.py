@@ -48,7 +48,7 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         # A trailer, not a header: on a unary call grpc.aio sends a header in a batch of
         # its own, which cost a fifth of Route's throughput; trailers ride with the status.
         context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
-        decision = self._service.route(convert.route_request(request, rid, tenant))
+        decision = await self._service.route(convert.route_request(request, rid, tenant))
         self._note_decision(decision)
         return pb.RouteResponse(decision=convert.decision(decision))
 
@@ -83,19 +83,30 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         if record.principal is not None:
             tenant = record.principal.tenant_for(tenant)
         record.tenant = tenant
-        known = self._service.feedback(convert.feedback(request, tenant))
+        result = await self._service.feedback(convert.feedback(request, tenant))
         # Noted once checked: it also goes into the x-request-id trailer of an error.
         record.request_id = request.request_id
         if self._metrics is not None:
-            tier = self._service.feedback_store.served_tier(request.request_id)
+            tier = self._service.served_tier(request.request_id)
             self._metrics.feedback(tier or "unknown")
-        return pb.FeedbackResponse(known_request=known)
+        return convert.feedback_response(result)
 
     async def GetConfig(
         self, request: pb.GetConfigRequest, context: Context
     ) -> pb.GetConfigResponse:
         """Describe the configuration in force."""
         return convert.config_response(self._service.info())
+
+    async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.GetStatsResponse:
+        """Report satisfaction, escalation, errors and cost per tier and model.
+
+        With auth on, a key sees its own tenant's stats only.
+        """
+        since, tenant = convert.stats_query(request)
+        record = current_rpc()
+        if record.principal is not None:
+            tenant = record.principal.tenant_for(tenant or "")
+        return convert.stats_response(await self._service.stats(since, tenant))
 
     def _note_decision(self, decision: RoutingDecision) -> None:
         """Note a decision for the RPC's log line and count it."""

@@ -17,6 +17,7 @@ from router.server.app import RunningServer, create_server
 from router.server.inflight import InFlight
 from router.server.logs import flush_logs, set_worker
 from router.service import RouterService
+from router.store import StoreError, StoreWriter, start_writer
 from router.telemetry import install_tracing, metrics
 from router.tls import ServerTls
 
@@ -34,6 +35,7 @@ RESTART_ONLY = (
     "health_port",
 )
 EXIT_LISTEN = 3
+EXIT_STORE = 4
 # How often a worker moves its pending metric counts into prometheus-client's values.
 METRICS_FLUSH_S = 1.0
 
@@ -89,7 +91,14 @@ async def _serve_async(
 ) -> int:
     loop = asyncio.get_running_loop()
     config = loaded.config
-    service = RouterService(config, loaded.router, model_source=loaded.model_source)
+    writer = None
+    if loaded.store is not None and config.store is not None:
+        try:
+            writer = await start_writer(loaded.store, config.store)
+        except StoreError as exc:
+            log.error("cannot open the store", error=str(exc))
+            return EXIT_STORE
+    service = RouterService(config, loaded.router, model_source=loaded.model_source, store=writer)
     address = f"{config.server.host}:{config.server.port}"
     try:
         running = create_server(
@@ -108,6 +117,7 @@ async def _serve_async(
         model_version=loaded.router.version,
         fastpath=loaded.router.implementation,
         event_loop=type(loop).__module__.split(".")[0],
+        store=None if writer is None else writer.store.location,
     )
     stopping = _StopSignals()
     # Supervised workers share the port; the supervisor counts the reloads.
@@ -137,7 +147,15 @@ async def _serve_async(
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
         _flush_metrics(current_metrics, running)
-    log.info("stopped")
+    store = service.store
+    log.info(
+        "stopped",
+        **(
+            {}
+            if store is None
+            else {"store_written": store.written, "store_dropped": store.dropped}
+        ),
+    )
     flush_logs()
     return 0
 
@@ -172,6 +190,9 @@ def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[],
 def _flush_metrics(current: metrics.Metrics, running: RunningServer) -> None:
     """Move pending metric counts into prometheus-client and sample the gauges."""
     info = running.service.info()
+    store = running.service.store
+    if store is not None:
+        current.store(store, store.written, store.dropped, store.queued)
     current.flush(
         running.interceptor.in_flight,
         info.model_version,
@@ -205,6 +226,15 @@ class Reloader:
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
 
+    async def _writer_for(self, loaded: Loaded) -> StoreWriter | None:
+        """Return the writer the new configuration's store needs: the same one, or a new one."""
+        current = self._service.store
+        if current is not None and current.serves(loaded.store, loaded.config.store):
+            return current
+        if loaded.store is None or loaded.config.store is None:
+            return None
+        return await start_writer(loaded.store, loaded.config.store)
+
     def trigger(self) -> None:
         """Start a reload in the background (called from the signal handler)."""
         task = asyncio.get_running_loop().create_task(self.reload())
@@ -223,8 +253,9 @@ class Reloader:
             old = self._service.config
             try:
                 loaded = await asyncio.to_thread(load, self._source)
-                self._service.reload(loaded.config, loaded.router, loaded.model_source)
-            except ConfigError as exc:
+                writer = await self._writer_for(loaded)
+                self._service.reload(loaded.config, loaded.router, loaded.model_source, writer)
+            except (ConfigError, StoreError) as exc:
                 log.error("reload rejected", config=self._source.describe(), error=str(exc))
                 return False
             except Exception as exc:

@@ -7,10 +7,12 @@ state directory (``$XDG_STATE_HOME/modelrouter/``, else ``~/.local/state/modelro
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from router.config import StoreConfig
 from router.store.base import Store, StoreError
 from router.store.records import (
     AttemptRecord,
@@ -57,6 +59,20 @@ def open_store(target: str | Path, *, migrate: bool = True) -> Store:
     return SQLiteStore(Path(target).expanduser(), migrate=migrate)
 
 
+async def start_writer(target: str, settings: StoreConfig) -> StoreWriter:
+    """Open (and migrate) the store in a thread, and start its writer on the running loop."""
+    store = await asyncio.to_thread(open_store, target)
+    writer = StoreWriter(
+        store,
+        queue_size=settings.queue_size,
+        batch_size=settings.batch_size,
+        flush_interval_s=settings.flush_interval_s,
+        target=target,
+    )
+    writer.start()
+    return writer
+
+
 __all__ = [
     "AttemptRecord",
     "FeedbackRecord",
@@ -74,4 +90,5 @@ __all__ = [
     "default_store_path",
     "is_url",
     "open_store",
+    "start_writer",
 ]

@@ -34,7 +34,10 @@ class AttemptRecord:
     gate_reason: str
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: built on the request path, where a frozen dataclass's __init__ (one
+# object.__setattr__ per field) costs twice as much, and a Complete's record is its
+# decision's record with the outcome filled in. Nothing changes a record once queued.
+@dataclass(slots=True)
 class RequestRecord:
     """A request: who sent it, what was decided, and for Complete what happened."""
 

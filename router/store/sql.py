@@ -26,7 +26,8 @@ from router.store.records import (
 from router.store.stats import Counts, Stats, StatsQuery, build_stats
 
 # Attempt outcomes that count as a tier's error (AttemptOutcome values). A gate rejection
-# is the gate doing its job, and a cancellation is the caller's.
+# is the gate doing its job; a cancellation, and a tier skipped for the caller's deadline
+# (deadline_skipped), are the caller's.
 ERROR_OUTCOMES = (
     "connect_error",
     "timeout",
@@ -109,6 +110,11 @@ def _and(where: str, clause: str) -> str:
     return f"{where} AND {clause}" if where else f" WHERE {clause}"
 
 
+def _floats(values: Sequence[float]) -> str:
+    """Return a JSON list of floats (repr is JSON for finite floats, and faster than dumps)."""
+    return "[" + ",".join(map(repr, values)) + "]"
+
+
 def _request_row(r: RequestRecord) -> tuple[Any, ...]:
     return (
         r.key,
@@ -122,11 +128,11 @@ def _request_row(r: RequestRecord) -> tuple[Any, ...]:
         r.model,
         r.backend,
         r.score,
-        json.dumps(r.levels),
-        json.dumps(r.rules),
+        _floats(r.levels),
+        json.dumps(r.rules) if r.rules else "[]",
         r.reason,
         r.model_version,
-        json.dumps(dict(r.hints)),
+        json.dumps(dict(r.hints)) if r.hints else "{}",
         r.outcome,
         r.prompt_tokens,
         r.completion_tokens,

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_SATISFIED_AT = 0.7
+# The state key where a server notes its feedback.satisfied_at, so that reading the store
+# directly (modelrouter stats --store) counts satisfaction as the server does.
+SATISFIED_AT_STATE = "feedback.satisfied_at"
 TOTAL = "total"
 
 

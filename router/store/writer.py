@@ -5,7 +5,9 @@ records once the batch is full or ``flush_interval_s`` after the first one arriv
 writes them in one transaction from a worker thread. A full queue drops the new record,
 counts it and logs (at most one line per ``DROP_LOG_INTERVAL_S``): the request it belongs
 to still succeeds. A failed write is retried with a growing pause, the batch kept in
-front of the queue. ``aclose`` writes everything still queued, then closes the store.
+front of the queue. ``aclose`` writes everything still queued, then closes the store; a
+store still failing after ``drain_timeout_s`` (5 s: well inside the supervisor's grace
+before it kills a stopping worker) has the rest counted as dropped and logged.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 
 import structlog
 
+from router.config import StoreConfig
 from router.store.base import Store
 from router.store.records import Record
 
@@ -36,9 +39,12 @@ class StoreWriter:
         queue_size: int = 10_000,
         batch_size: int = 500,
         flush_interval_s: float = 0.5,
-        drain_timeout_s: float = 30.0,
+        drain_timeout_s: float = 5.0,
+        target: str = "",
     ) -> None:
         self.store = store
+        # The path or URL it was opened from: a reload naming the same keeps this writer.
+        self.target = target
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
@@ -54,6 +60,15 @@ class StoreWriter:
         self._closing = False
         self._last_drop_log = 0.0
         self._task: asyncio.Task[None] | None = None
+
+    def serves(self, target: str | None, settings: StoreConfig | None) -> bool:
+        """Return whether this writer is the one a configuration's store asks for."""
+        return (
+            settings is not None
+            and target == self.target
+            and (settings.queue_size, settings.batch_size, settings.flush_interval_s)
+            == (self.queue_size, self.batch_size, self.flush_interval_s)
+        )
 
     @property
     def queued(self) -> int:

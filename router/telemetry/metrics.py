@@ -257,6 +257,22 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.store_records = Counter(
+            "modelrouter_store_records_total",
+            "Records for the store, by result: written, or dropped (queue full, or the store "
+            "unwritable while stopping).",
+            ("result",),
+            registry=r,
+        )
+        self.store_queue = Gauge(
+            "modelrouter_store_queued_records",
+            "Records waiting to be written to the store, summed over the live workers.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        # The store writer last flushed, and its counts then (a reload may swap it).
+        self._store_writer: object = None
+        self._store_counts = (0, 0)
         # The online cost controllers, per tenant with a target (a configured, bounded set);
         # each worker runs its own, so a gauge shows the most recently flushed worker's.
         self.controller_target = Gauge(
@@ -396,6 +412,18 @@ class Metrics:
         return found
 
     # -- flush -------------------------------------------------------------------------
+
+    def store(self, writer: object, written: int, dropped: int, queued: int) -> None:
+        """Count what a store writer wrote and dropped since the last flush (its totals)."""
+        if writer is not self._store_writer:
+            self._store_writer, self._store_counts = writer, (0, 0)
+        last_written, last_dropped = self._store_counts
+        if written > last_written:
+            self.store_records.labels("written").inc(written - last_written)
+        if dropped > last_dropped:
+            self.store_records.labels("dropped").inc(dropped - last_dropped)
+        self._store_counts = (written, dropped)
+        self.store_queue.set(queued)
 
     def flush(
         self,

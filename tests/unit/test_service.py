@@ -44,11 +44,11 @@ async def service_for(config: Config) -> RouterService:
 
 async def test_route_decides_with_the_model_and_the_configured_tiers(model_path: Path) -> None:
     service = await service_for(build(model_path))
-    decision = service.route(RouteRequest(prompt="What are your business hours?"))
+    decision = await service.route(RouteRequest(prompt="What are your business hours?"))
     assert decision.tier in ("cheap", "strong", "expert")
     assert decision.model == f"demo-{decision.tier}"
     assert decision.reason is DecisionReason.SCORE
-    assert decision.request_id and service.feedback_store.served_tier(decision.request_id)
+    assert decision.request_id and service.served_tier(decision.request_id)
     await service.aclose()
 
 
@@ -65,7 +65,7 @@ async def test_request_ids_are_unique_and_checked(model_path: Path) -> None:
 async def test_forced_tier_with_matching_bounds(model_path: Path) -> None:
     service = await service_for(build(model_path))
     hints = TierHints(min_tier="strong", max_tier="strong", tier="strong")
-    decision = service.route(RouteRequest(prompt="hi", hints=hints))
+    decision = await service.route(RouteRequest(prompt="hi", hints=hints))
     assert (decision.tier, decision.reason) == ("strong", DecisionReason.FORCED)
     await service.aclose()
 
@@ -107,7 +107,7 @@ async def test_reload_swaps_everything_and_keeps_streams_on_the_old_engine(
     router, source = load_router(new_config)
     service.reload(new_config, router, source)
 
-    decision = service.route(RouteRequest(prompt="hi"))
+    decision = await service.route(RouteRequest(prompt="hi"))
     assert decision.model.startswith("new-") and decision.model_version == model.version
     assert service.info().model_version == model.version
     assert service._runtime.engine is not old_engine
@@ -193,7 +193,7 @@ async def test_route_uses_each_tiers_own_escalation_margin(model_path: Path) -> 
     tiers[1]["min_score"], tiers[2]["min_score"] = 0.98, 0.99
     tiers[1]["escalation_margin"] = 0.99
     service = await service_for(build(model_path, tiers=tiers))
-    decision = service.route(RouteRequest(prompt="hi"))
+    decision = await service.route(RouteRequest(prompt="hi"))
     assert decision.score < 0.98
     assert (decision.tier, decision.reason) == ("strong", DecisionReason.MARGIN)
     assert service.info().margins == (0.99, 0.0)
@@ -203,7 +203,7 @@ async def test_route_uses_each_tiers_own_escalation_margin(model_path: Path) -> 
 async def test_chat_turns_are_limited(model_path: Path) -> None:
     service = await service_for(build(model_path))
     turns = (ChatMessage("user", "hi"),) * MAX_MESSAGES
-    assert service.route(RouteRequest(messages=turns)).tier
+    assert (await service.route(RouteRequest(messages=turns))).tier
     with pytest.raises(InvalidRequest, match=r"^messages: 1001 turns, over the limit of 1000$"):
-        service.route(RouteRequest(messages=(*turns, ChatMessage("user", "hi"))))
+        await service.route(RouteRequest(messages=(*turns, ChatMessage("user", "hi"))))
     await service.aclose()

@@ -116,6 +116,17 @@ func (c *Client) Feedback(ctx context.Context, requestID string, rating float64,
 	return resp.GetKnownRequest(), nil
 }
 
+// Stats returns satisfaction, escalation, errors, latency and cost per tier and model,
+// read from the server's store. A nil req counts every stored request; set
+// SinceUnixSeconds and Tenant to narrow it. FAILED_PRECONDITION means the server keeps
+// no store (`store: null`).
+func (c *Client) Stats(ctx context.Context, req *routerv1.GetStatsRequest, opts ...grpc.CallOption) (*routerv1.GetStatsResponse, error) {
+	if req == nil {
+		req = &routerv1.GetStatsRequest{}
+	}
+	return c.router.GetStats(ctx, req, opts...)
+}
+
 // Config returns the server's tiers, prices, thresholds and routing model version.
 func (c *Client) Config(ctx context.Context, opts ...grpc.CallOption) (*routerv1.GetConfigResponse, error) {
 	return c.router.GetConfig(ctx, &routerv1.GetConfigRequest{}, opts...)

@@ -349,6 +349,46 @@ func TestConfigAndFeedback(t *testing.T) {
 	}
 }
 
+func TestStatsCountTheRatedRequests(t *testing.T) {
+	client := dial(t)
+	ctx := testContext(t)
+	req := modelrouter.Prompt("What are your business hours?")
+	req.RequestId, req.Tenant = "go-stats-1", "go-stats"
+	if _, err := client.Route(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Feedback(ctx, "go-stats-1", 0.9, "fine"); err != nil {
+		t.Fatal(err)
+	}
+	tenant := "go-stats"
+	// Records reach the store within the server's flush interval.
+	for {
+		stats, err := client.Stats(ctx, &routerv1.GetStatsRequest{Tenant: &tenant})
+		if err != nil {
+			t.Fatal(err)
+		}
+		total := stats.GetTotal()
+		if total.GetRated() == 1 {
+			if total.GetRequests() != 1 || total.GetMeanRating() != 0.9 || total.GetSatisfaction() != 1 {
+				t.Errorf("total %v, want one request rated 0.9 and satisfied", total)
+			}
+			if len(stats.GetTiers()) != 1 || stats.GetSatisfiedAt() != 0.7 || stats.GetStore().GetKind() != "sqlite" {
+				t.Errorf("stats %v, want one tier row, satisfied_at 0.7, a sqlite store", stats)
+			}
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the rating never reached the stats: %v", stats)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	all, err := client.Stats(ctx, nil)
+	if err != nil || all.GetTotal().GetRequests() < 1 {
+		t.Errorf("stats of every tenant: %v %v", all, err)
+	}
+}
+
 func TestHealth(t *testing.T) {
 	client := dial(t)
 	for _, service := range []string{"", modelrouter.ServiceName} {
@@ -397,7 +437,7 @@ func TestReflectionDescribesTheService(t *testing.T) {
 			MessageRequest: &reflectionpb.ServerReflectionRequest_FileContainingSymbol{FileContainingSymbol: symbol},
 		})
 		if !describesService(t, file) {
-			t.Errorf("reflection did not describe %s with its 4 methods for symbol %s: %v", modelrouter.ServiceName, symbol, file)
+			t.Errorf("reflection did not describe %s with its 5 methods for symbol %s: %v", modelrouter.ServiceName, symbol, file)
 		}
 	}
 	if err := stream.CloseSend(); err != nil {
@@ -416,7 +456,7 @@ func describesService(t *testing.T, resp *reflectionpb.ServerReflectionResponse)
 			t.Fatal(err)
 		}
 		for _, svc := range fd.GetService() {
-			if fd.GetPackage()+"."+svc.GetName() == modelrouter.ServiceName && len(svc.GetMethod()) == 4 {
+			if fd.GetPackage()+"."+svc.GetName() == modelrouter.ServiceName && len(svc.GetMethod()) == 5 {
 				return true
 			}
 		}

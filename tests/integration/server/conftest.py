@@ -11,10 +11,11 @@ import pytest
 
 from router._proto.modelrouter.v1 import router_pb2_grpc
 from router.config import Config, parse_config
-from router.loading import load_router
+from router.loading import load_router, store_target
 from router.runtime import EngineFactory, completion_engine
 from router.server import RunningServer, create_server
 from router.service import RouterService
+from router.store import start_writer
 from tests.integration.server.support import ServeProcess, config_data, make_model, router_stub
 
 
@@ -26,10 +27,14 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def make_config(model_path: Path) -> Callable[..., Config]:
-    """Return a builder of configurations on the test model (sections merged in)."""
+def make_config(model_path: Path, tmp_path: Path) -> Callable[..., Config]:
+    """Return a builder of configurations on the test model (sections merged in).
 
-    def build(**sections: dict[str, Any]) -> Config:
+    The store is a SQLite file of the test's own, unless the sections say otherwise.
+    """
+
+    def build(**sections: Any) -> Config:
+        sections.setdefault("store", {"path": str(tmp_path / "store.db")})
         return parse_config(config_data(model_path, **sections), environ={})
 
     return build
@@ -44,7 +49,13 @@ async def start_server() -> AsyncIterator[Callable[..., Any]]:
         config: Config, engine_factory: EngineFactory = completion_engine
     ) -> RunningServer:
         router, source = load_router(config)
-        service = RouterService(config, router, model_source=source, engine_factory=engine_factory)
+        target = store_target(config)
+        writer = None
+        if target is not None and config.store is not None:
+            writer = await start_writer(target, config.store)
+        service = RouterService(
+            config, router, model_source=source, engine_factory=engine_factory, store=writer
+        )
         server = create_server(config, service, host="127.0.0.1", port=0, reuse_port=False)
         await server.start()
         running.append(server)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import subprocess
@@ -19,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from router._proto.modelrouter.v1 import router_pb2 as pb
 from router.auth import digest, new_key
-from router.config import Config, ConfigError
+from router.config import RPC_METHODS, Config, ConfigError
 from router.loading import load_router
 from router.server import RunningServer
 from router.telemetry import metrics
@@ -159,6 +160,41 @@ async def test_a_method_the_key_may_not_call_is_permission_denied(
     assert completes.code() is grpc.StatusCode.PERMISSION_DENIED
 
 
+async def test_a_key_sees_the_stats_of_its_own_tenant_only(
+    start_server: Callable[..., Any], make_config: Callable[..., Config]
+) -> None:
+    section = auth_section()
+    section["keys"][0]["methods"] = ["Route", "GetStats"]
+    server: RunningServer = await start_server(make_config(auth=section))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = router_stub(channel)
+        await stub.Route(pb.RouteRequest(prompt="hi"), metadata=bearer(ACME_KEY), timeout=TIMEOUT_S)
+        for _ in range(2):
+            await stub.Route(
+                pb.RouteRequest(prompt="hi"), metadata=bearer(GLOBEX_KEY), timeout=TIMEOUT_S
+            )
+        writer = server.service.store
+        assert writer is not None
+        for _ in range(600):  # written a flush interval later
+            if writer.written == 3:
+                break
+            await asyncio.sleep(0.05)
+        own = await stub.GetStats(
+            pb.GetStatsRequest(), metadata=bearer(ACME_KEY), timeout=TIMEOUT_S
+        )
+        assert own.total.requests == 1
+        other = await failure(
+            stub.GetStats(
+                pb.GetStatsRequest(tenant="globex"), metadata=bearer(ACME_KEY), timeout=TIMEOUT_S
+            )
+        )
+        assert other.code() is grpc.StatusCode.PERMISSION_DENIED
+        denied = await failure(
+            stub.GetStats(pb.GetStatsRequest(), metadata=bearer(GLOBEX_KEY), timeout=TIMEOUT_S)
+        )
+        assert denied.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
 async def test_auth_failures_are_counted_by_method_and_reason(
     registry: CollectorRegistry,
     start_server: Callable[..., Any],
@@ -271,7 +307,7 @@ def test_keys_new_prints_a_key_and_the_line_that_admits_it(
     assert parsed == {
         "sha256": hashlib.sha256(key.encode()).hexdigest(),
         "tenant": "acme corp",
-        "methods": ["Route", "Complete", "Feedback", "GetConfig"],
+        "methods": list(RPC_METHODS),
     }
     config = make_config(auth={"enabled": True, "keys": [parsed]})
     assert config.auth.keys[0].tenant == "acme corp"

@@ -80,6 +80,7 @@ async def test_reflection_describes_the_api(channel: grpc.aio.Channel) -> None:
             ".modelrouter.v1.GetConfigResponse",
             False,
         ),
+        "GetStats": (".modelrouter.v1.GetStatsRequest", ".modelrouter.v1.GetStatsResponse", False),
     }
 
 

@@ -201,19 +201,21 @@ async def test_get_config_reports_configured_thresholds_and_gates(
     assert (gate.enabled, gate.window_tokens, gate.window_ms) == (True, 5, 400.0)
 
 
-async def test_feedback_is_stored_and_bounded(
+async def test_feedback_knows_the_ids_served_lately_without_a_store(
     start_server: Callable[..., Any], make_config: Callable[..., Config]
 ) -> None:
-    server = await start_server(make_config(server={"feedback_capacity": 2}))
+    server = await start_server(make_config(server={"feedback_capacity": 2}, store=None))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = router_stub(channel)
-        rid = (await stub.Route(pb.RouteRequest(prompt="hi"))).decision.request_id
-        known = await stub.Feedback(pb.FeedbackRequest(request_id=rid, rating=0.9, comment="ok"))
-        assert known.known_request
+        rids = [(await stub.Route(pb.RouteRequest(prompt="hi"))).decision.request_id]
+        answer = await stub.Feedback(pb.FeedbackRequest(request_id=rids[0], rating=0.9))
+        # Known, but not kept: there is no store.
+        assert (answer.known_request, answer.stored) == (True, False)
         unknown = await stub.Feedback(pb.FeedbackRequest(request_id="never-seen", rating=0.1))
         assert not unknown.known_request
-        store = server.service.feedback_store
-        stored = store.get(rid)
-        assert stored is not None and (stored.rating, stored.comment) == (0.9, "ok")
-        await stub.Feedback(pb.FeedbackRequest(request_id="third", rating=0.5))
-        assert len(store) == 2 and store.get(rid) is None  # the oldest went first
+        for _ in range(2):
+            rids.append((await stub.Route(pb.RouteRequest(prompt="hi"))).decision.request_id)
+        # The memory is bounded: the oldest id went first.
+        first = await stub.Feedback(pb.FeedbackRequest(request_id=rids[0], rating=0.9))
+        last = await stub.Feedback(pb.FeedbackRequest(request_id=rids[-1], rating=0.9))
+        assert (first.known_request, last.known_request) == (False, True)

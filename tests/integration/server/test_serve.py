@@ -323,6 +323,27 @@ def test_config_check_accepts_a_good_file(tmp_path: Path, model_path: Path) -> N
     assert result.stdout.startswith(f"{config}: OK: tiers cheap, strong (>= 0.4), expert (>= 0.7)")
 
 
+@pytest.mark.parametrize(
+    ("store", "shown"),
+    [
+        (None, "store off"),
+        ({"path": "s.db"}, "store sqlite {dir}/s.db"),
+        (
+            {"url": "postgresql://u:secret@db.example/x"},
+            "store postgres postgresql://u:***@db.example/x",
+        ),
+    ],
+)
+def test_config_check_says_where_the_store_is(
+    tmp_path: Path, model_path: Path, store: dict[str, str] | None, shown: str
+) -> None:
+    config = write_config(tmp_path / "good.yaml", model_path, store=store)  # type: ignore[arg-type]
+    result = run_cli("config", "check", str(config))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().endswith(shown.format(dir=tmp_path))
+    assert not (tmp_path / "s.db").exists()  # checking opens no store
+
+
 README = Path(__file__).resolve().parents[3] / "README.md"
 
 

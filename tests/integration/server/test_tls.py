@@ -301,6 +301,6 @@ def test_config_check_says_how_the_port_and_the_tenants_are_guarded(
         text=True,
         check=True,
     )
-    assert result.stdout.rstrip().endswith(
-        "; mutual TLS, 1 API key(s), limits for 1 tenant(s), counted per worker"
+    assert "; mutual TLS, 1 API key(s), limits for 1 tenant(s), counted per worker; store " in (
+        result.stdout
     )

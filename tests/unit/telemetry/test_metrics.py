@@ -116,6 +116,23 @@ def test_completion_counts_tokens_cost_and_the_baseline() -> None:
     assert value("modelrouter_config_reloads_total", {"result": "failure"}) == 1
 
 
+def test_store_counts_follow_the_writer_and_restart_with_a_new_one() -> None:
+    use_process_values()
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    value = registry.get_sample_value
+    first, second = object(), object()
+    metrics.store(first, written=10, dropped=0, queued=4)
+    metrics.store(first, written=25, dropped=3, queued=0)
+    assert value("modelrouter_store_records_total", {"result": "written"}) == 25
+    assert value("modelrouter_store_records_total", {"result": "dropped"}) == 3
+    assert value("modelrouter_store_queued_records") == 0
+    # A reload's new writer counts from zero: its totals add to the earlier ones.
+    metrics.store(second, written=5, dropped=0, queued=2)
+    assert value("modelrouter_store_records_total", {"result": "written"}) == 30
+    assert value("modelrouter_store_queued_records") == 2
+
+
 def test_each_tenant_controller_is_a_set_of_gauges() -> None:
     use_process_values()
     registry = CollectorRegistry()

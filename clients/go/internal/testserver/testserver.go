@@ -55,7 +55,9 @@ type Server struct {
 	cmd  *exec.Cmd
 	log  *syncBuffer
 	done chan error
-	dial []grpc.DialOption
+	// The server's own state directory ($XDG_STATE_HOME): its store starts empty.
+	state string
+	dial  []grpc.DialOption
 }
 
 // Options are what StartWith adds to a plain start.
@@ -118,20 +120,23 @@ func StartWith(opts Options, args ...string) (*Server, error) {
 
 func start(bin string, port int, args []string, opts Options) (*Server, error) {
 	argv := append([]string{"serve", "--host", "127.0.0.1", "--port", strconv.Itoa(port)}, args...)
-	cmd := exec.Command(bin, argv...)
-	if opts.Env != nil {
-		cmd.Env = append(os.Environ(), opts.Env...)
+	state, err := os.MkdirTemp("", "modelrouter-client-state-")
+	if err != nil {
+		return nil, err
 	}
+	cmd := exec.Command(bin, argv...)
+	cmd.Env = append(append(os.Environ(), "XDG_STATE_HOME="+state), opts.Env...)
 	log := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
+		os.RemoveAll(state)
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
 	dial := opts.Dial
 	if dial == nil {
 		dial = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	}
-	s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd, log: log, done: make(chan error, 1), dial: dial}
+	s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd, log: log, done: make(chan error, 1), state: state, dial: dial}
 	go func() { s.done <- cmd.Wait() }()
 	if err := s.waitServing(); err != nil {
 		s.Stop()
@@ -171,6 +176,7 @@ func (s *Server) Output() string { return s.log.String() }
 
 // Stop sends SIGTERM, waits for the graceful stop (SIGKILL after a timeout) and returns the exit error.
 func (s *Server) Stop() error {
+	defer os.RemoveAll(s.state)
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-s.done:

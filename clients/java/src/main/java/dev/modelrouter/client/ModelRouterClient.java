@@ -8,6 +8,8 @@ import dev.modelrouter.v1.CompleteRequest;
 import dev.modelrouter.v1.FeedbackRequest;
 import dev.modelrouter.v1.GetConfigRequest;
 import dev.modelrouter.v1.GetConfigResponse;
+import dev.modelrouter.v1.GetStatsRequest;
+import dev.modelrouter.v1.GetStatsResponse;
 import dev.modelrouter.v1.Message;
 import dev.modelrouter.v1.ModelRouterGrpc;
 import dev.modelrouter.v1.RouteRequest;
@@ -223,6 +225,15 @@ public final class ModelRouterClient implements AutoCloseable {
             .setComment(comment)
             .build();
     return withDeadline(router).feedback(request).getKnownRequest();
+  }
+
+  /**
+   * Return satisfaction, escalation, errors, latency and cost per tier and model, read from the
+   * server's store; an empty request counts every stored request. FAILED_PRECONDITION means the
+   * server keeps no store ({@code store: null}).
+   */
+  public GetStatsResponse stats(GetStatsRequest request) {
+    return withDeadline(router).getStats(request);
   }
 
   /** Return the server's tiers, prices, thresholds and routing model version. */

@@ -17,6 +17,8 @@ import dev.modelrouter.v1.DecisionReason;
 import dev.modelrouter.v1.Escalation;
 import dev.modelrouter.v1.GenerationOptions;
 import dev.modelrouter.v1.GetConfigResponse;
+import dev.modelrouter.v1.GetStatsRequest;
+import dev.modelrouter.v1.GetStatsResponse;
 import dev.modelrouter.v1.ModelRouterGrpc;
 import dev.modelrouter.v1.RouteRequest;
 import dev.modelrouter.v1.RouterProto;
@@ -44,6 +46,7 @@ import io.grpc.reflection.v1alpha.ServiceResponse;
 import io.grpc.stub.MetadataUtils;
 import io.grpc.stub.StreamObserver;
 import java.time.Duration;
+import java.time.Instant;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
@@ -349,6 +352,30 @@ class ModelRouterClientTest {
   }
 
   @Test
+  void statsCountTheRatedRequests() throws InterruptedException {
+    RouteRequest request = ModelRouterClient.prompt("What are your business hours?").toBuilder()
+        .setRequestId("java-stats-1").setTenant("java-stats").build();
+    client.route(request);
+    client.feedback("java-stats-1", 0.9, "fine");
+    GetStatsRequest ask = GetStatsRequest.newBuilder().setTenant("java-stats").build();
+    // Records reach the store within the server's flush interval.
+    Instant deadline = Instant.now().plusSeconds(30);
+    GetStatsResponse stats = client.stats(ask);
+    while (stats.getTotal().getRated() != 1) {
+      assertTrue(Instant.now().isBefore(deadline), "the rating never reached the stats: " + stats);
+      Thread.sleep(50);
+      stats = client.stats(ask);
+    }
+    assertEquals(1, stats.getTotal().getRequests());
+    assertEquals(0.9, stats.getTotal().getMeanRating());
+    assertEquals(1.0, stats.getTotal().getSatisfaction());
+    assertEquals(1, stats.getTiersCount());
+    assertEquals(0.7, stats.getSatisfiedAt());
+    assertEquals("sqlite", stats.getStore().getKind());
+    assertTrue(client.stats(GetStatsRequest.getDefaultInstance()).getTotal().getRequests() >= 1);
+  }
+
+  @Test
   void reportsHealth() {
     assertEquals(ServingStatus.SERVING, client.health(""));
     assertEquals(ServingStatus.SERVING, client.health(ModelRouterGrpc.SERVICE_NAME));
@@ -413,7 +440,7 @@ class ModelRouterClientTest {
       FileDescriptorProto file = FileDescriptorProto.parseFrom(raw);
       for (var service : file.getServiceList()) {
         String name = file.getPackage() + "." + service.getName();
-        if (name.equals(ModelRouterGrpc.SERVICE_NAME) && service.getMethodCount() == 4) {
+        if (name.equals(ModelRouterGrpc.SERVICE_NAME) && service.getMethodCount() == 5) {
           return true;
         }
       }
@@ -426,7 +453,8 @@ class ModelRouterClientTest {
     Map<String, MethodDescriptor<?, ?>> methods = Map.of(
         "Route", ModelRouterGrpc.getRouteMethod(), "Complete", ModelRouterGrpc.getCompleteMethod(),
         "Feedback", ModelRouterGrpc.getFeedbackMethod(),
-        "GetConfig", ModelRouterGrpc.getGetConfigMethod());
+        "GetConfig", ModelRouterGrpc.getGetConfigMethod(),
+        "GetStats", ModelRouterGrpc.getGetStatsMethod());
     var service = RouterProto.getDescriptor().findServiceByName("ModelRouter");
     assertEquals(service.getFullName(), ModelRouterGrpc.SERVICE_NAME);
     assertEquals(service.getMethods().size(), methods.size());

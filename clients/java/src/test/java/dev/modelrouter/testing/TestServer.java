@@ -18,6 +18,7 @@ import java.nio.file.Path;
 import java.time.Duration;
 import java.time.Instant;
 import java.util.ArrayList;
+import java.util.Comparator;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.TimeUnit;
@@ -30,12 +31,16 @@ public final class TestServer implements AutoCloseable {
   private final Process process;
   private final Path log;
   private final String address;
+  // The server's own state directory ($XDG_STATE_HOME): its store starts empty.
+  private final Path state;
   private final ChannelCredentials credentials;
 
-  private TestServer(Process process, Path log, String address, ChannelCredentials credentials) {
+  private TestServer(
+      Process process, Path log, String address, Path state, ChannelCredentials credentials) {
     this.process = process;
     this.log = log;
     this.address = address;
+    this.state = state;
     this.credentials = credentials;
   }
 
@@ -76,11 +81,13 @@ public final class TestServer implements AutoCloseable {
       List<String> argv = new ArrayList<>(List.of(binary(), "serve", "--host", "127.0.0.1",
           "--port", Integer.toString(port), "--config", config, "--workers", "1"));
       Path log = Files.createTempFile("modelrouter-serve-", ".log");
+      Path state = Files.createTempDirectory("modelrouter-client-state-");
       ProcessBuilder builder = new ProcessBuilder(argv).redirectErrorStream(true)
           .redirectOutput(log.toFile());
+      builder.environment().put("XDG_STATE_HOME", state.toString());
       builder.environment().putAll(env);
       Process process = builder.start();
-      TestServer server = new TestServer(process, log, "127.0.0.1:" + port, credentials);
+      TestServer server = new TestServer(process, log, "127.0.0.1:" + port, state, credentials);
       try {
         server.waitServing();
         return server;
@@ -157,6 +164,11 @@ public final class TestServer implements AutoCloseable {
     }
     try {
       Files.deleteIfExists(log);
+      try (var paths = Files.walk(state)) {
+        for (Path path : paths.sorted(Comparator.reverseOrder()).toList()) {
+          Files.deleteIfExists(path);
+        }
+      }
     } catch (IOException e) {
       throw new UncheckedIOException(e);
     }

@@ -1,0 +1,133 @@
+"""The ``modelrouter stats`` subcommand: satisfaction per tier, from a store or a server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+from router.store.base import StoreError
+from router.store.stats import (
+    DEFAULT_SATISFIED_AT,
+    SATISFIED_AT_STATE,
+    Stats,
+    StatsQuery,
+    stats_table,
+)
+
+Subparsers = Any  # argparse's _SubParsersAction is private
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+RPC_TIMEOUT_S = 60.0
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """Return the Unix time a ``--since`` value names: a duration back (``24h``) or a date."""
+    match = _DURATION.match(text.strip())
+    if match:
+        now = time.time() if now is None else now
+        return now - float(match.group(1)) * _SECONDS[match.group(2)]
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a duration back (30m, 24h, 7d, 2w) or an ISO date or time "
+            "(2026-11-30, 2026-11-30T12:00, with +00:00 for UTC; local time otherwise)"
+        ) from None
+    return moment.timestamp()
+
+
+def add_stats_parser(subparsers: Subparsers) -> None:
+    """Register ``modelrouter stats``."""
+    parser = subparsers.add_parser(
+        "stats",
+        help="satisfaction, escalation, errors and cost per tier and model",
+        description="Print per tier and model: requests and their share, escalation and "
+        "gate-rejection rates, error rate, p50/p95 time to first token, rated requests, mean "
+        "rating, satisfaction (share rated at or above feedback.satisfied_at) and the cost "
+        "with its saving against sending everything to the strongest tier. Reads the store "
+        "directly (--store) or asks a running server (--target, the GetStats RPC).",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--store", metavar="PATH_OR_URL", help="a SQLite store file or a postgresql:// URL"
+    )
+    source.add_argument("--target", metavar="HOST:PORT", help="a running modelrouter server")
+    parser.add_argument(
+        "--since",
+        type=parse_since,
+        help="count requests since then: a duration back (24h, 7d) or an ISO date/time",
+    )
+    parser.add_argument("--tenant", help="count only this tenant's requests")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(handler=_run_stats)
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    try:
+        stats, note = (
+            _from_store(args.store, args.since, args.tenant)
+            if args.store is not None
+            else _from_server(args.target, args.since, args.tenant)
+        )
+    except StoreError as exc:
+        print(f"modelrouter: {exc}", file=sys.stderr)
+        return EXIT_USAGE if "pip install" in str(exc) else EXIT_ERROR
+    except _ServerError as exc:
+        print(f"modelrouter: {args.target}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        print(json.dumps(stats.as_json(), indent=2))
+    else:
+        print(stats_table(stats))
+        print(note)
+    return EXIT_OK
+
+
+def _from_store(target: str, since: float | None, tenant: str | None) -> tuple[Stats, str]:
+    from router.store import open_store
+
+    store = open_store(target, migrate=False)
+    try:
+        noted = store.state(SATISFIED_AT_STATE)
+        satisfied_at = DEFAULT_SATISFIED_AT if noted is None else float(noted)
+        stats = store.stats(StatsQuery(since=since, tenant=tenant, satisfied_at=satisfied_at))
+    finally:
+        store.close()
+    return stats, f"store: {store.kind} {store.location}"
+
+
+class _ServerError(Exception):
+    """The server could not be asked, or refused."""
+
+
+def _from_server(target: str, since: float | None, tenant: str | None) -> tuple[Stats, str]:
+    import grpc
+
+    from router._proto.modelrouter.v1 import router_pb2 as pb
+    from router._proto.modelrouter.v1 import router_pb2_grpc
+    from router.server.convert import stats_of
+
+    request = pb.GetStatsRequest(since_unix_seconds=since or 0.0)
+    if tenant is not None:
+        request.tenant = tenant
+    with grpc.insecure_channel(target) as channel:
+        stub = router_pb2_grpc.ModelRouterStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            response = stub.GetStats(request, timeout=RPC_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            raise _ServerError(f"{exc.code().name}: {exc.details()}") from None
+    report = stats_of(response)
+    store = report.store
+    return report.stats, (
+        f"store: {store.kind} {store.location}; the worker that answered has "
+        f"{store.queued} records queued, {store.written} written, {store.dropped} dropped"
+    )

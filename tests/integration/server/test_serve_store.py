@@ -1,0 +1,204 @@
+"""The store under a real ``modelrouter serve``: drained on SIGTERM, counted on SIGKILL,
+kept across reloads, shared by workers."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from router._proto.modelrouter.v1 import router_pb2 as pb
+from router.store import StatsQuery, open_store
+from tests.integration.server.support import (
+    ServeProcess,
+    router_stub,
+    slow_demo,
+    write_config,
+)
+from tests.integration.server.test_serve import route, stub_for
+
+Start = Callable[..., ServeProcess]
+START_S = 120.0
+# Records sit in the queue until a batch is full or the drain: nothing is written by time.
+HOLD = {"flush_interval_s": 3600.0}
+
+
+def store_section(target: str, **settings: Any) -> dict[str, Any]:
+    key = "url" if target.startswith("postgresql://") else "path"
+    return {key: target, **settings}
+
+
+def stored_requests(target: str) -> int:
+    store = open_store(target, migrate=False)
+    try:
+        return store.stats(StatsQuery()).total.requests
+    finally:
+        store.close()
+
+
+def serve(start: Start, config: Path, workers: int = 1) -> ServeProcess:
+    return start(
+        "--config", str(config), "--host", "127.0.0.1", "--port", "0", "--workers", str(workers)
+    )
+
+
+def port_of(server: ServeProcess, workers: int = 1) -> int:
+    """Return the port once the workers listen (start-up is slow on a loaded machine)."""
+    return int(server.wait_for("listening", count=workers, timeout=START_S)[0]["port"])
+
+
+def get_stats(port: int) -> pb.GetStatsResponse:
+    with stub_for(port) as stub:
+        stats: pb.GetStatsResponse = stub.GetStats(pb.GetStatsRequest(), timeout=30)
+        return stats
+
+
+def stats_when(port: int, done: Callable[[pb.GetStatsResponse], bool]) -> pb.GetStatsResponse:
+    deadline = time.monotonic() + 60
+    while not done(stats := get_stats(port)):
+        assert time.monotonic() < deadline, f"stats never settled: {stats}"
+        time.sleep(0.05)
+    return stats
+
+
+def test_sigterm_writes_every_queued_record_of_every_worker(
+    serve_process: Start, tmp_path: Path, model_path: Path, store_target: str
+) -> None:
+    config = write_config(
+        tmp_path / "c.yaml", model_path, store=store_section(store_target, **HOLD)
+    )
+    server = serve(serve_process, config, workers=2)
+    port = port_of(server, workers=2)
+    for i in range(40):
+        route(port, f"query number {i}")  # a connection each: both workers serve
+    assert {line["worker"] for line in server.wait_for("rpc", count=40, timeout=START_S)} == {0, 1}
+    assert stored_requests(store_target) == 0  # all of them still queued
+    server.signal(signal.SIGTERM)
+    assert server.wait(START_S) == 0
+    assert stored_requests(store_target) == 40
+    stopped = server.events("stopped")
+    # Each worker also wrote one record of its settings (feedback.satisfied_at).
+    assert sum(line["store_written"] for line in stopped) == 40 + 2
+    assert all(line["store_dropped"] == 0 for line in stopped)
+
+
+def test_sigkill_loses_only_what_sat_in_the_queue(
+    serve_process: Start, tmp_path: Path, model_path: Path, store_target: str
+) -> None:
+    config = write_config(
+        tmp_path / "c.yaml",
+        model_path,
+        store=store_section(store_target, batch_size=10, **HOLD),
+    )
+    server = serve(serve_process, config)
+    port = port_of(server)
+    for i in range(25):
+        route(port, f"query number {i}")
+    # The settings record and 25 requests: two full batches are written at once, and six
+    # requests wait for a third. (GetStats reads the writer's counters after the store: a
+    # batch committed in between shows in the counters first.)
+    stats = stats_when(port, lambda s: s.store.written == 20 and s.total.requests == 19)
+    assert stats.store.queued == 6
+    server.proc.kill()
+    server.wait(START_S)
+    lost = 25 - stored_requests(store_target)
+    assert lost == stats.store.queued == 6
+    # The store survives the kill: a new server opens it and records again.
+    again = serve(serve_process, config)
+    route(port_of(again), "after the crash")
+    again.signal(signal.SIGTERM)
+    assert again.wait(START_S) == 0
+    assert stored_requests(store_target) == 20
+
+
+def test_a_reload_never_loses_records(
+    serve_process: Start, tmp_path: Path, model_path: Path
+) -> None:
+    first, second = tmp_path / "first.db", tmp_path / "second.db"
+    config = tmp_path / "c.yaml"
+    sections: dict[str, Any] = {"store": {"path": str(first), **HOLD}, "backends": slow_demo(20)}
+    write_config(config, model_path, **sections)
+    server = serve(serve_process, config)
+    port = port_of(server)
+    for i in range(10):
+        route(port, f"before {i}")
+    # A reload keeping the store keeps its writer and its queue.
+    server.signal(signal.SIGHUP)
+    server.wait_for("reloaded", timeout=START_S)
+    for i in range(5):
+        route(port, f"between {i}")
+    assert stored_requests(str(first)) == 0
+    # A stream in flight when the store changes is recorded where it started.
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stream = router_stub(channel).Complete(
+            pb.CompleteRequest(route=pb.RouteRequest(prompt="a long answer"))
+        )
+        assert next(stream).WhichOneof("event") == "decision"
+        rest: list[str | None] = []
+        reader = threading.Thread(
+            target=lambda: rest.extend(event.WhichOneof("event") for event in stream)
+        )
+        reader.start()
+        sections["store"]["path"] = str(second)
+        write_config(config, model_path, **sections)
+        server.signal(signal.SIGHUP)
+        server.wait_for("reloaded", count=2, timeout=START_S)
+        for i in range(7):
+            route(port, f"after {i}")
+        reader.join(timeout=120)
+        assert rest[-1] == "summary"
+    # The old store's writer drains once its last stream ends: 15 Routes and the Complete.
+    deadline = time.monotonic() + 60
+    while stored_requests(str(first)) < 16:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    server.signal(signal.SIGTERM)
+    assert server.wait(START_S) == 0
+    assert (stored_requests(str(first)), stored_requests(str(second))) == (16, 7)
+
+
+def test_serve_stops_on_a_store_it_cannot_open(
+    serve_process: Start, tmp_path: Path, model_path: Path
+) -> None:
+    (tmp_path / "file").write_text("")
+    config = write_config(
+        tmp_path / "c.yaml", model_path, store={"path": str(tmp_path / "file" / "s.db")}
+    )
+    server = serve(serve_process, config)
+    assert server.wait(START_S) == 1
+    assert "modelrouter: store: " in "".join(server.raw)
+
+
+@pytest.mark.parametrize("value", ["null", "default"])
+def test_the_default_store_is_in_the_state_directory(
+    serve_process: Start, tmp_path: Path, model_path: Path, value: str
+) -> None:
+    state = tmp_path / "state"
+    sections = {"store": None} if value == "null" else {}
+    config = write_config(tmp_path / "c.yaml", model_path, **sections)
+    server = serve_process(
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--workers",
+        "1",
+        env={"XDG_STATE_HOME": str(state)},
+    )
+    route(port_of(server))
+    server.signal(signal.SIGTERM)
+    assert server.wait(START_S) == 0
+    path = state / "modelrouter" / "modelrouter.db"
+    if value == "null":
+        assert not path.exists()
+    else:
+        assert stored_requests(str(path)) == 1
+        assert path.stat().st_mode & 0o077 == 0  # owner only: it may hold prompts

@@ -1,0 +1,98 @@
+"""``modelrouter stats``: the same numbers from the store and from a running server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from router._proto.modelrouter.v1 import router_pb2 as pb
+from router.store.cli import parse_since
+from tests.integration.server.support import ServeProcess, write_config
+from tests.integration.server.test_serve import stub_for
+from tests.integration.server.test_serve_store import (
+    START_S,
+    port_of,
+    stats_when,
+    store_section,
+)
+from tests.integration.store.test_store import JSON_ROW_KEYS
+from tests.integration.test_cli import modelrouter
+
+Start = Callable[..., ServeProcess]
+
+
+def test_stats_from_the_store_and_from_the_server_agree(
+    serve_process: Start, tmp_path: Path, model_path: Path, store_target: str
+) -> None:
+    config = write_config(
+        tmp_path / "c.yaml",
+        model_path,
+        store=store_section(store_target, flush_interval_s=0.05),
+        feedback={"satisfied_at": 0.8},
+    )
+    server = serve_process(
+        "--config", str(config), "--host", "127.0.0.1", "--port", "0", "--workers", "1"
+    )
+    port = port_of(server)
+    with stub_for(port) as stub:
+        for i, tenant in enumerate(("acme", "acme", "globex")):
+            rid = f"q-{i}"
+            stub.Route(pb.RouteRequest(prompt=f"question {i}", request_id=rid, tenant=tenant))
+            stub.Feedback(pb.FeedbackRequest(request_id=rid, rating=0.25 * (i + 2)))
+        events = list(stub.Complete(pb.CompleteRequest(route=pb.RouteRequest(prompt="hi"))))
+        assert events[-1].WhichOneof("event") == "summary"
+        stub.Feedback(pb.FeedbackRequest(request_id="nobody", rating=1.0))
+    stats_when(port, lambda s: s.total.requests == 4 and s.unmatched_feedback == 1)
+
+    asked = modelrouter("stats", "--target", f"127.0.0.1:{port}", "--json")
+    assert asked.returncode == 0, asked.stderr
+    by_tenant = modelrouter("stats", "--target", f"127.0.0.1:{port}", "--tenant", "acme", "--json")
+    table = modelrouter("stats", "--target", f"127.0.0.1:{port}")
+    server.signal(signal.SIGTERM)
+    assert server.wait(START_S) == 0
+    read = modelrouter("stats", "--store", store_target, "--json")
+    assert read.returncode == 0, read.stderr
+
+    from_server, from_store = json.loads(asked.stdout), json.loads(read.stdout)
+    assert from_server == from_store
+    assert set(from_store) == {"tiers", "total"}
+    assert all(set(row) >= JSON_ROW_KEYS for row in from_store["tiers"])
+    total = from_store["total"]
+    assert (total["requests"], total["rated"], total["unmatched_feedback"]) == (4, 3, 1)
+    # Ratings 0.5, 0.75 and 1.0 against the server's satisfied_at of 0.8.
+    assert total["satisfied_at"] == 0.8 and total["satisfaction"] == pytest.approx(1 / 3)
+    assert json.loads(by_tenant.stdout)["total"]["requests"] == 2
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:4] == ["tier", "model", "requests", "share"]
+    assert any(line.startswith("total") for line in lines)
+    assert "satisfied: rated >= 0.8" in table.stdout
+    assert "feedback for request ids not in the store: 1" in table.stdout
+
+    since = modelrouter("stats", "--store", store_target, "--since", "2099-01-01", "--json")
+    assert json.loads(since.stdout)["total"]["requests"] == 0
+
+
+def test_stats_errors_say_what_is_wrong(tmp_path: Path) -> None:
+    missing = modelrouter("stats", "--store", tmp_path / "missing.db")
+    assert missing.returncode == 1 and "no store there" in missing.stderr
+    bad_since = modelrouter("stats", "--store", tmp_path / "x.db", "--since", "yesterday")
+    assert bad_since.returncode == 2 and "give a duration back" in bad_since.stderr
+    neither = modelrouter("stats")
+    assert neither.returncode == 2 and "--store" in neither.stderr
+    down = modelrouter("stats", "--target", "127.0.0.1:1")
+    assert down.returncode == 1 and "UNAVAILABLE" in down.stderr
+
+
+def test_since_takes_durations_and_dates() -> None:
+    now = 1_800_000_000.0
+    assert parse_since("90s", now) == now - 90
+    assert parse_since("24h", now) == now - 86400
+    assert parse_since("2w", now) == now - 14 * 86400
+    assert parse_since("2027-01-15T08:00:00+00:00") == now
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_since("soon")
