@@ -437,7 +437,7 @@ func TestReflectionDescribesTheService(t *testing.T) {
 			MessageRequest: &reflectionpb.ServerReflectionRequest_FileContainingSymbol{FileContainingSymbol: symbol},
 		})
 		if !describesService(t, file) {
-			t.Errorf("reflection did not describe %s with its 5 methods for symbol %s: %v", modelrouter.ServiceName, symbol, file)
+			t.Errorf("reflection did not describe %s with its %d methods for symbol %s: %v", modelrouter.ServiceName, serviceMethods(), symbol, file)
 		}
 	}
 	if err := stream.CloseSend(); err != nil {
@@ -448,6 +448,11 @@ func TestReflectionDescribesTheService(t *testing.T) {
 	}
 }
 
+// serviceMethods returns the number of methods of the generated service (unary and streaming).
+func serviceMethods() int {
+	return len(routerv1.ModelRouter_ServiceDesc.Methods) + len(routerv1.ModelRouter_ServiceDesc.Streams)
+}
+
 func describesService(t *testing.T, resp *reflectionpb.ServerReflectionResponse) bool {
 	t.Helper()
 	for _, raw := range resp.GetFileDescriptorResponse().GetFileDescriptorProto() {
@@ -456,7 +461,7 @@ func describesService(t *testing.T, resp *reflectionpb.ServerReflectionResponse)
 			t.Fatal(err)
 		}
 		for _, svc := range fd.GetService() {
-			if fd.GetPackage()+"."+svc.GetName() == modelrouter.ServiceName && len(svc.GetMethod()) == 5 {
+			if fd.GetPackage()+"."+svc.GetName() == modelrouter.ServiceName && len(svc.GetMethod()) == serviceMethods() {
 				return true
 			}
 		}
