@@ -114,7 +114,8 @@ class RouterService:
         self._runtime = Runtime(config, router, engine_factory(config), model_source, store)
         self._controllers = Controllers(clock)
         self._controllers.configure(config, _pricing(self._runtime))
-        # Request ids served lately (-> tier), to answer Feedback's known_request at once.
+        # Request ids this worker served lately -> the tier that served them (the decided
+        # tier, then the one that answered), so that Feedback need not ask the store.
         self._served: BoundedMap[str, str] = BoundedMap(config.server.feedback_capacity)
         self._sessions = Sessions(config.routing.max_sessions)
         self._ids = RequestIds()
@@ -137,10 +138,6 @@ class RouterService:
     def store(self) -> StoreWriter | None:
         """Return the store writer in force (None without a store)."""
         return self._runtime.writer
-
-    def served_tier(self, request_id: str) -> str | None:
-        """Return the tier a request this worker served lately was routed to, if known."""
-        return self._served.get(request_id)
 
     @property
     def key_ring(self) -> KeyRing | None:
@@ -307,6 +304,7 @@ class RouterService:
                         escalated.append(event.attempt)
                     elif isinstance(event, CompletionSummary):
                         summary = event
+                        self._served.put(decision.request_id, event.tier)
                         self._observe(rt, route, decision, event)
                         if held is not None:
                             held.attempts = event.attempts
@@ -392,11 +390,14 @@ class RouterService:
         Feedback for an unknown request id is kept all the same (the stats report it).
         """
         check_feedback(feedback)
-        writer = self._runtime.writer
-        known = self._served.get(feedback.request_id) is not None
-        if not known and writer is not None:
+        rt = self._runtime
+        writer = rt.writer
+        # This worker's own requests first; the store knows the other workers' and
+        # replicas' (once their records are written, a flush interval after the request).
+        tier = self._served.get(feedback.request_id)
+        if tier is None and writer is not None:
             try:
-                known = await asyncio.to_thread(writer.store.has_request, feedback.request_id)
+                tier = await asyncio.to_thread(writer.store.served_tier, feedback.request_id)
             except Exception as exc:
                 log.warning("request look-up failed", store=writer.store.location, error=str(exc))
         stored = writer is not None and writer.put(
@@ -409,7 +410,9 @@ class RouterService:
                 label=feedback.label,
             )
         )
-        return FeedbackResult(known_request=known, stored=stored)
+        # Only the tiers in force name the tier: the metrics' labels stay a configured set.
+        served = tier if tier in rt.tier_index else None
+        return FeedbackResult(known_request=tier is not None, stored=stored, tier=served)
 
     def info(self) -> ServiceInfo:
         """Return the configuration in force, the model and the backends' circuit states."""

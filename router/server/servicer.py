@@ -83,8 +83,7 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         # Noted once checked: it also goes into the x-request-id trailer of an error.
         record.request_id = request.request_id
         if self._metrics is not None:
-            tier = self._service.served_tier(request.request_id)
-            self._metrics.feedback(tier or "unknown")
+            self._metrics.feedback(result.tier or "unknown")
         return convert.feedback_response(result)
 
     async def GetConfig(

@@ -42,8 +42,8 @@ class Store(abc.ABC):
         """Yield stored requests, oldest first, each with its latest feedback."""
 
     @abc.abstractmethod
-    def has_request(self, request_id: str) -> bool:
-        """Return whether a request with this id is stored."""
+    def served_tier(self, request_id: str) -> str | None:
+        """Return the tier that served a stored request (None: no request with this id)."""
 
     @abc.abstractmethod
     def session_tier(self, tenant: str, session_id: str) -> str | None:
