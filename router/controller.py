@@ -262,6 +262,8 @@ class TenantController:
         self._count = 0
         self._since_update = 0
         self.updates = 0
+        # Requests recorded since the controller was made (a change to persist).
+        self.recorded = 0
         self.offset = 0.0
         self.saturated = False
         self._pricing = pricing
@@ -286,6 +288,7 @@ class TenantController:
         self._next = (self._next + 1) % self.settings.window_requests
         self._count = min(self._count + 1, self.settings.window_requests)
         self._since_update += 1
+        self.recorded += 1
         if self._since_update >= self.settings.update_every:
             self.update()
 
@@ -416,7 +419,12 @@ class TenantController:
         )
 
     def state(self) -> dict[str, Any]:
-        """Return what to persist so that a restart does not start cold."""
+        """Return what to persist so that a restart does not start cold.
+
+        ``thresholds``, ``realised`` and ``saturated`` are not restored (they follow from
+        the rest): they are there for readers of the store (``modelrouter stats --store``).
+        """
+        snapshot = self.snapshot()
         return {
             "version": STATE_VERSION,
             "target": {"kind": self.target.kind, "value": self.target.value},
@@ -424,6 +432,9 @@ class TenantController:
             "tiers": len(self._pricing.input_price),
             "offset": self.offset,
             "updates": self.updates,
+            "thresholds": list(snapshot.thresholds),
+            "realised": snapshot.realised,
+            "saturated": snapshot.saturated,
             "columns": list(_COLUMNS),
             "window": self._rows().tolist(),
         }
@@ -501,8 +512,9 @@ class Controllers:
         """Return the controller of a request's tenant, or None when it has no target."""
         return self._by_tenant.get(tenant or DEFAULT_TENANT)
 
-    def configure(self, config: Config, pricing: Pricing) -> None:
-        """Hold the targets of a (new) configuration, carrying each tenant's state over.
+    def configure(self, config: Config, pricing: Pricing) -> list[str]:
+        """Hold the targets of a (new) configuration, carrying each tenant's state over;
+        return the tenants that start cold (no state in this process: see ``restore``).
 
         A tenant whose target kind, model version and tiers are unchanged keeps its window
         and offset; a new target value is aimed at from there.
@@ -510,12 +522,14 @@ class Controllers:
         settings = settings_of(config.controller)
         old = self._by_tenant
         new = {}
+        cold = []
         for tenant, target in targets_of(config).items():
             controller = TenantController(tenant, target, settings, pricing, clock=self._clock)
-            if tenant in old:
-                controller.restore(old[tenant].state())
+            if tenant not in old or not controller.restore(old[tenant].state()):
+                cold.append(tenant)
             new[tenant] = controller
         self._by_tenant = new
+        return cold
 
     def __iter__(self) -> Iterator[TenantController]:
         return iter(self._by_tenant.values())

@@ -21,6 +21,7 @@ from router.auth import KeyRing
 from router.completion.cost import estimate_tokens
 from router.config import Config
 from router.controller import NO_TIER, Controllers, Pricing, Served, Snapshot
+from router.controller_store import ControllerStore
 from router.domain import (
     Attempt,
     BackendState,
@@ -113,7 +114,8 @@ class RouterService:
         self._engine_factory = engine_factory
         self._runtime = Runtime(config, router, engine_factory(config), model_source, store)
         self._controllers = Controllers(clock)
-        self._controllers.configure(config, _pricing(self._runtime))
+        cold = self._controllers.configure(config, _pricing(self._runtime))
+        self._controller_store = ControllerStore(self._controllers, clock, cold)
         # Request ids this worker served lately -> the tier that served them (the decided
         # tier, then the one that answered), so that Feedback need not ask the store.
         self._served: BoundedMap[str, str] = BoundedMap(config.server.feedback_capacity)
@@ -188,6 +190,7 @@ class RouterService:
         if controller is not None:
             # Route runs no model: the decided tier answers, at the prompt's estimated cost.
             controller.record(_served(rt, request, decision, decision.tier_index))
+            self._controller_store.recorded(controller, rt.writer)
         return decision
 
     async def _session_floor(self, rt: Runtime, request: RouteRequest) -> int | None:
@@ -381,6 +384,7 @@ class RouterService:
                 max(0.0, summary.cost_usd - answered),
             )
         )
+        self._controller_store.recorded(controller, rt.writer)
 
     # -- Feedback, GetConfig, GetStats --------------------------------------------------
 
@@ -432,6 +436,10 @@ class RouterService:
     def controllers(self) -> Controllers:
         return self._controllers
 
+    async def restore_controllers(self) -> list[str]:
+        """Resume the controllers that start cold from the store; return the tenants resumed."""
+        return await self._controller_store.restore(self._runtime.writer)
+
     async def stats(self, since: float | None, tenant: str | None) -> ServiceStats:
         """Return satisfaction, escalation, errors and cost per tier and model, from the store."""
         if tenant is not None:
@@ -463,7 +471,7 @@ class RouterService:
         runtime does not keep is drained once they have.
         """
         new = Runtime(config, router, self._engine_factory(config), model_source, store)
-        self._controllers.configure(config, _pricing(new))
+        self._controller_store.configured(self._controllers.configure(config, _pricing(new)))
         old, self._runtime = self._runtime, new
         _note_settings(new)
         self._served.capacity = config.server.feedback_capacity
@@ -484,13 +492,13 @@ class RouterService:
             await rt.writer.aclose()
 
     async def aclose(self) -> None:
-        """Close the engine in force, wait for retired runtimes, close the limits' store, write
-        what is queued."""
+        """Close the engines, save the controllers, write what is queued, close the limits."""
         rt = self._runtime
         await rt.engine.aclose()
         if self._closing:
             await asyncio.gather(*self._closing)
         if rt.writer is not None:
+            self._controller_store.save_all(rt.writer)
             await rt.writer.aclose()
         await self._limiter.aclose()
 
