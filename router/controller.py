@@ -33,11 +33,12 @@ import numpy as np
 import numpy.typing as npt
 
 from router.config import DEFAULT_TENANT, MAX_OFFSET, Config, ControllerConfig
+from router.store.stats import CONTROLLER_STATE
 
 TargetKind = Literal["strong_share", "usd_per_hour"]
 STATE_VERSION = 1
 # The store's named state of a tenant's controller is STATE_KEY + tenant.
-STATE_KEY = "controller:"
+STATE_KEY = CONTROLLER_STATE
 # A threshold is kept this far from 0 and 1 so that its logit is finite.
 _EDGE = 1e-6
 # Bisection steps when solving for the offset: the interval shrinks 2^-20.

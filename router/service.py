@@ -10,6 +10,7 @@ the store through its writer's queue (``router.recording`` builds them), never w
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
@@ -19,7 +20,7 @@ import structlog
 
 from router.auth import KeyRing
 from router.completion.cost import estimate_tokens
-from router.config import Config
+from router.config import DEFAULT_TENANT, Config
 from router.controller import NO_TIER, Controllers, Pricing, Served, Snapshot
 from router.controller_store import ControllerStore
 from router.domain import (
@@ -47,7 +48,7 @@ from router.routing import Router, choose_tier
 from router.runtime import EngineFactory, Runtime, completion_engine
 from router.sessions import BoundedMap, Sessions
 from router.store import FeedbackRecord, StateRecord, Stats, StatsQuery, StoreWriter
-from router.store.stats import SATISFIED_AT_STATE
+from router.store.stats import SATISFIED_AT_STATE, ControllerStats
 from router.validation import (
     check_feedback,
     check_generation,
@@ -454,7 +455,15 @@ class RouterService:
         except Exception as exc:
             log.error("store read failed", store=writer.store.location, error=str(exc))
             raise StoreUnavailable(f"the store cannot be read: {exc}") from None
-        return ServiceStats(stats, store_status(writer))
+        wanted = None if tenant is None else tenant or DEFAULT_TENANT
+        controllers = tuple(
+            _controller_stats(s)
+            for s in self._controllers.snapshots()
+            if wanted is None or s.tenant == wanted
+        )
+        return ServiceStats(
+            dataclasses.replace(stats, controllers=controllers), store_status(writer)
+        )
 
     # -- reload and shutdown -----------------------------------------------------------
 
@@ -537,6 +546,21 @@ def _served(
         ),
         completion_tokens=completion_tokens,
         extra_cost_usd=extra_cost_usd,
+    )
+
+
+def _controller_stats(snapshot: Snapshot) -> ControllerStats:
+    """Return a controller's state as GetStats reports it."""
+    return ControllerStats(
+        tenant=snapshot.tenant,
+        target_kind=snapshot.target.kind,
+        target=snapshot.target.value,
+        offset=snapshot.offset,
+        thresholds=snapshot.thresholds,
+        realised=snapshot.realised,
+        window_requests=snapshot.window_requests,
+        updates=snapshot.updates,
+        saturated=snapshot.saturated,
     )
 
 

@@ -31,8 +31,9 @@ from router.domain import (
 )
 from router.service import ServiceInfo, ServiceStats, StoreStatus
 from router.store import Stats, TierStats
+from router.store.stats import ControllerStats
 
-_Row = TypeVar("_Row", TierStats, StoreStatus)
+_Row = TypeVar("_Row", TierStats, StoreStatus, ControllerStats)
 _NO_METADATA: MappingProxyType[str, str] = MappingProxyType({})
 _NO_HINTS = TierHints()
 _NO_GENERATION = GenerationOptions()
@@ -120,6 +121,7 @@ def stats_response(report: ServiceStats) -> pb.GetStatsResponse:
         satisfied_at=stats.satisfied_at,
         unmatched_feedback=stats.unmatched_feedback,
         store=pb.StoreStatus(**_values(report.store)),
+        controllers=[pb.TenantController(**_values(row)) for row in stats.controllers],
     )
 
 
@@ -295,6 +297,10 @@ def stats_of(message: pb.GetStatsResponse) -> ServiceStats:
             total=_dataclass_of(TierStats, message.total),
             satisfied_at=message.satisfied_at,
             unmatched_feedback=message.unmatched_feedback,
+            controllers=tuple(
+                dataclasses.replace(row, thresholds=tuple(row.thresholds))
+                for row in (_dataclass_of(ControllerStats, c) for c in message.controllers)
+            ),
         ),
         store=_dataclass_of(StoreStatus, message.store),
     )

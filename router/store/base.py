@@ -54,5 +54,9 @@ class Store(abc.ABC):
         """Return the named state last written (decoded JSON), or None."""
 
     @abc.abstractmethod
+    def states(self, prefix: str) -> dict[str, Any]:
+        """Return every named state whose key starts with ``prefix`` (decoded JSON), by key."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Release the connections."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -10,12 +11,15 @@ import time
 from datetime import datetime
 from typing import Any
 
+from router.config import DEFAULT_TENANT
 from router.store.base import StoreError
 from router.store.stats import (
+    CONTROLLER_STATE,
     DEFAULT_SATISFIED_AT,
     SATISFIED_AT_STATE,
     Stats,
     StatsQuery,
+    controller_of_state,
     stats_table,
 )
 
@@ -100,8 +104,17 @@ def _from_store(target: str, since: float | None, tenant: str | None) -> tuple[S
         noted = store.state(SATISFIED_AT_STATE)
         satisfied_at = DEFAULT_SATISFIED_AT if noted is None else float(noted)
         stats = store.stats(StatsQuery(since=since, tenant=tenant, satisfied_at=satisfied_at))
+        states = store.states(CONTROLLER_STATE)
     finally:
         store.close()
+    # The controllers as last saved (a running server saves them every few seconds).
+    wanted = None if tenant is None else CONTROLLER_STATE + (tenant or DEFAULT_TENANT)
+    controllers = (
+        controller_of_state(key.removeprefix(CONTROLLER_STATE), state)
+        for key, state in states.items()
+        if wanted is None or key == wanted
+    )
+    stats = dataclasses.replace(stats, controllers=tuple(c for c in controllers if c))
     return stats, f"store: {store.kind} {store.location}"
 
 

@@ -298,6 +298,15 @@ class SqlStore(Store):
             row = cursor.fetchone()
         return None if row is None else json.loads(row[0])
 
+    def states(self, prefix: str) -> dict[str, Any]:
+        """Return every named state whose key starts with ``prefix`` (decoded JSON), by key."""
+        with self._reading() as cursor:
+            cursor.execute(
+                self._sql("SELECT key, value FROM state WHERE substr(key, 1, ?) = ? ORDER BY key"),
+                (len(prefix), prefix),
+            )
+            return {str(key): json.loads(value) for key, value in cursor.fetchall()}
+
     def requests(
         self, since: float | None = None, tenant: str | None = None
     ) -> Iterator[StoredRequest]:

@@ -34,6 +34,8 @@ def test_stats_from_the_store_and_from_the_server_agree(
         model_path,
         store=store_section(store_target, flush_interval_s=0.05),
         feedback={"satisfied_at": 0.8},
+        tenants={"acme": {"target": {"strong_share": 0.5}}},
+        controller={"window_requests": 10, "min_requests": 2, "update_every": 1},
     )
     server = serve_process(
         "--config", str(config), "--host", "127.0.0.1", "--port", "0", "--workers", "1"
@@ -52,6 +54,7 @@ def test_stats_from_the_store_and_from_the_server_agree(
     asked = modelrouter("stats", "--target", f"127.0.0.1:{port}", "--json")
     assert asked.returncode == 0, asked.stderr
     by_tenant = modelrouter("stats", "--target", f"127.0.0.1:{port}", "--tenant", "acme", "--json")
+    other = modelrouter("stats", "--target", f"127.0.0.1:{port}", "--tenant", "globex", "--json")
     table = modelrouter("stats", "--target", f"127.0.0.1:{port}")
     server.signal(signal.SIGTERM)
     assert server.wait(START_S) == 0
@@ -59,8 +62,15 @@ def test_stats_from_the_store_and_from_the_server_agree(
     assert read.returncode == 0, read.stderr
 
     from_server, from_store = json.loads(asked.stdout), json.loads(read.stdout)
+    # The controllers too: live from the server, as saved on SIGTERM in the store.
     assert from_server == from_store
-    assert set(from_store) == {"tiers", "total"}
+    assert set(from_store) == {"tiers", "total", "controllers"}
+    (acme,) = from_store["controllers"]
+    assert (acme["tenant"], acme["target_kind"], acme["target"]) == ("acme", "strong_share", 0.5)
+    assert acme["window_requests"] == 2 and acme["updates"] == 1
+    assert acme["realised"] in (0.0, 0.5, 1.0) and len(acme["thresholds"]) == 2
+    assert json.loads(by_tenant.stdout)["controllers"] == [acme]
+    assert json.loads(other.stdout)["controllers"] == []
     assert all(set(row) >= JSON_ROW_KEYS for row in from_store["tiers"])
     total = from_store["total"]
     assert (total["requests"], total["rated"], total["unmatched_feedback"]) == (4, 3, 1)
@@ -72,6 +82,7 @@ def test_stats_from_the_store_and_from_the_server_agree(
     assert any(line.startswith("total") for line in lines)
     assert "satisfied: rated >= 0.8" in table.stdout
     assert "feedback for request ids not in the store: 1" in table.stdout
+    assert "controller acme: target strong_share 0.5, realised " in table.stdout
 
     since = modelrouter("stats", "--store", store_target, "--since", "2099-01-01", "--json")
     assert json.loads(since.stdout)["total"]["requests"] == 0

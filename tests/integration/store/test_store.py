@@ -314,6 +314,22 @@ def test_named_state_is_replaced(store: Store) -> None:
     assert store.state("controller/acme") == {"offset": -0.05}
 
 
+def test_named_states_are_listed_by_prefix(store: Store) -> None:
+    store.write(
+        [
+            StateRecord("controller:acme", {"offset": 1.0}, T0),
+            StateRecord("controller:50%_off", {"offset": 2.0}, T0),
+            StateRecord("controllers", 3, T0),
+            StateRecord("feedback.satisfied_at", 0.7, T0),
+        ]
+    )
+    assert store.states("controller:") == {
+        "controller:50%_off": {"offset": 2.0},
+        "controller:acme": {"offset": 1.0},
+    }
+    assert store.states("nothing:") == {}
+
+
 def test_a_batch_is_written_all_or_nothing(store: Store) -> None:
     store.write([request("dup")])
     broken = dataclasses.replace(request("broken"), tenant=None)  # NOT NULL in the schema
