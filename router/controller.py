@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from router.config import DEFAULT_TENANT, MAX_OFFSET, Config, ControllerConfig
-from router.store.stats import CONTROLLER_STATE
+from router.store.stats import CONTROLLER_STATE, ControllerStats
 
 TargetKind = Literal["strong_share", "usd_per_hour"]
 STATE_VERSION = 1
@@ -128,6 +128,20 @@ class Snapshot:
     updates: int
     # True when the offset sits at a limit and the target is still not met.
     saturated: bool
+
+    def as_stats(self) -> ControllerStats:
+        """Return the snapshot as GetConfig and GetStats report it (flat, by message field)."""
+        return ControllerStats(
+            tenant=self.tenant,
+            target_kind=self.target.kind,
+            target=self.target.value,
+            offset=self.offset,
+            thresholds=self.thresholds,
+            realised=self.realised,
+            window_requests=self.window_requests,
+            updates=self.updates,
+            saturated=self.saturated,
+        )
 
 
 def shift_thresholds(thresholds: Sequence[float], offset: float) -> tuple[float, ...]:

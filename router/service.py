@@ -48,7 +48,7 @@ from router.routing import Router, choose_tier
 from router.runtime import EngineFactory, Runtime, completion_engine
 from router.sessions import BoundedMap, Sessions
 from router.store import FeedbackRecord, StateRecord, Stats, StatsQuery, StoreWriter
-from router.store.stats import SATISFIED_AT_STATE, ControllerStats
+from router.store.stats import SATISFIED_AT_STATE
 from router.validation import (
     check_feedback,
     check_generation,
@@ -457,7 +457,7 @@ class RouterService:
             raise StoreUnavailable(f"the store cannot be read: {exc}") from None
         wanted = None if tenant is None else tenant or DEFAULT_TENANT
         controllers = tuple(
-            _controller_stats(s)
+            s.as_stats()
             for s in self._controllers.snapshots()
             if wanted is None or s.tenant == wanted
         )
@@ -546,21 +546,6 @@ def _served(
         ),
         completion_tokens=completion_tokens,
         extra_cost_usd=extra_cost_usd,
-    )
-
-
-def _controller_stats(snapshot: Snapshot) -> ControllerStats:
-    """Return a controller's state as GetStats reports it."""
-    return ControllerStats(
-        tenant=snapshot.tenant,
-        target_kind=snapshot.target.kind,
-        target=snapshot.target.value,
-        offset=snapshot.offset,
-        thresholds=snapshot.thresholds,
-        realised=snapshot.realised,
-        window_requests=snapshot.window_requests,
-        updates=snapshot.updates,
-        saturated=snapshot.saturated,
     )
 
 

@@ -271,17 +271,7 @@ def config_response(info: ServiceInfo) -> pb.GetConfigResponse:
 
 def controller(snapshot: Snapshot) -> pb.TenantController:
     """Return a tenant controller's state as GetConfig reports it."""
-    return pb.TenantController(
-        tenant=snapshot.tenant,
-        target_kind=snapshot.target.kind,
-        target=snapshot.target.value,
-        offset=snapshot.offset,
-        thresholds=snapshot.thresholds,
-        realised=snapshot.realised,
-        window_requests=snapshot.window_requests,
-        updates=snapshot.updates,
-        saturated=snapshot.saturated,
-    )
+    return pb.TenantController(**_values(snapshot.as_stats()))
 
 
 def _dataclass_of(kind: type[_Row], message: Message) -> _Row:

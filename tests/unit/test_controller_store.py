@@ -6,30 +6,17 @@ import random
 from pathlib import Path
 from typing import Any
 
-from router.config import Config, parse_config
+from router.config import Config
 from router.controller import STATE_KEY, Controllers, TenantController
 from router.controller_store import SAVE_EVERY_S, ControllerStore
 from router.store import StoreWriter, open_store
-from tests.unit.test_controller import PRICING, Clock, serve
+from tests.unit.test_controller import PRICING, Clock, serve, targets_config
 
 
-def config(**tenants: dict[str, Any]) -> Config:
-    data = {
-        "version": 1,
-        "tiers": [
-            {
-                "name": n,
-                "model": n,
-                "backend": "demo",
-                "price": {"input_per_mtok": p, "output_per_mtok": p},
-            }
-            for n, p in (("cheap", 0.1), ("strong", 1.0), ("expert", 10.0))
-        ],
-        "backends": {"demo": {"kind": "demo"}},
-        "controller": {"window_requests": 200, "min_requests": 20, "update_every": 5},
-        "tenants": {name: {"target": target} for name, target in tenants.items()},
-    }
-    return parse_config(data, environ={})
+def config(**targets: dict[str, float]) -> Config:
+    return targets_config(
+        {"window_requests": 200, "min_requests": 20, "update_every": 5}, **targets
+    )
 
 
 def saved(path: Path, tenant: str) -> Any:
