@@ -232,7 +232,7 @@ def test_stats_per_tier_and_model(store: Store) -> None:
     assert total.error_rate == pytest.approx(2 / 5)
     assert stats.unmatched_feedback == 1
     data = stats.as_json()
-    assert set(data) == {"tiers", "total"}
+    assert set(data) == {"tiers", "total", "controllers"} and data["controllers"] == []
     assert data["total"]["unmatched_feedback"] == 1
     for row in data["tiers"]:
         assert set(row) >= JSON_ROW_KEYS
