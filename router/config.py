@@ -201,11 +201,20 @@ class ServerConfig(_Frozen):
     max_prompt_bytes: Annotated[int, Field(ge=1)] = 256 * 1024
     max_concurrent_rpcs: Annotated[int, Field(ge=1)] = 1000
     grace_period_s: NonNegative = 10.0
+    # On SIGTERM: health turns NOT_SERVING at once, RPCs are still served for this many
+    # seconds (load balancers and clients that watch health move away), then new RPCs are
+    # refused and in-flight ones get grace_period_s. Kubernetes' preStop pattern; SIGINT
+    # (Ctrl-C) and a second SIGTERM skip it.
+    drain_delay_s: NonNegative = 0.0
     # Request ids each worker remembers, to answer Feedback's known_request without a
     # store look-up.
     feedback_capacity: Annotated[int, Field(ge=1)] = 10_000
     # Prometheus metrics over HTTP on their own port (GET /metrics); 0 turns them off.
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9464
+    # A plaintext port that serves only grpc.health.v1.Health (no ModelRouter, no
+    # reflection), for probes that cannot speak TLS or send an API key (Kubernetes' native
+    # gRPC probes); 0 turns it off.
+    health_port: Annotated[int, Field(ge=0, le=65535)] = 0
     # The address of the metrics port; empty: the same as host.
     metrics_host: str = ""
     # TLS (and mutual TLS with client_ca) on the gRPC port; None: plaintext.

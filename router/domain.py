@@ -37,6 +37,14 @@ class BackendUnavailable(RouterError):
         self.attempts = attempts
 
 
+class DeadlineExceeded(BackendUnavailable):
+    """The caller's deadline leaves no stronger tier time for a first token (DEADLINE_EXCEEDED).
+
+    The message names every attempt made and every tier skipped for the deadline; like
+    ``BackendUnavailable`` it carries the attempts (what they cost settles budgets).
+    """
+
+
 class Unauthenticated(RouterError):
     """No API key, or one the configuration does not list (UNAUTHENTICATED)."""
 
@@ -121,6 +129,8 @@ class GenerationOptions:
 class CompleteRequest:
     route: RouteRequest
     generation: GenerationOptions = GenerationOptions()
+    # When the caller stops waiting, in seconds on ``time.monotonic()``; None: no deadline.
+    deadline: float | None = None
 
 
 class DecisionReason(enum.Enum):
@@ -166,6 +176,7 @@ class AttemptOutcome(enum.Enum):
     CIRCUIT_OPEN = "circuit_open"
     CANCELLED = "cancelled"
     FAILED_AFTER_COMMIT = "failed_after_commit"
+    DEADLINE_SKIPPED = "deadline_skipped"
 
 
 class CircuitState(enum.Enum):

@@ -35,6 +35,7 @@ class Engine(Protocol):
         generation: GenerationOptions,
         *,
         max_tier_index: int,
+        deadline: float | None = None,
     ) -> AsyncGenerator[TextDelta | Escalation | CompletionSummary, None]: ...
 
     def backend_states(self) -> list[BackendState]: ...

@@ -301,7 +301,13 @@ class RouterService:
         rt.streams += 1
         try:
             yield decision
-            run = rt.engine.run(decision, messages, generation, max_tier_index=max_index)
+            run = rt.engine.run(
+                decision,
+                messages,
+                generation,
+                max_tier_index=max_index,
+                deadline=request.deadline,
+            )
             async with aclosing(run) as events:
                 async for event in events:
                     if isinstance(event, Escalation):

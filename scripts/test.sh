@@ -6,9 +6,11 @@
 #   (scripts/install_prometheus.sh), Redis for the limits shared across replicas
 #   (scripts/install_redis.sh), lint and types (ruff, mypy --strict, cython-lint), the
 #   Python tests (compiled fast path, local LLM, PostgreSQL, Prometheus and Go required, not
-#   skipped), the smoke runs of the benchmarks, the install paths (scripts/ci_install.sh:
-#   base install, wheel, sdist and scripts/serve.sh, each from a fresh clone of HEAD into a
-#   new venv), and the Go and Java client tests with the ghz smoke run.
+#   skipped), the Helm chart (scripts/ci_helm.sh: a pinned helm from the Go module proxy,
+#   lint, template, rendered configurations checked), the smoke runs of the benchmarks,
+#   the install paths (scripts/ci_install.sh: base install, wheel, sdist and
+#   scripts/serve.sh, each from a fresh clone of HEAD into a new venv), and the Go and Java
+#   client tests with the ghz smoke run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHON=.venv/bin/python
@@ -35,6 +37,9 @@ PATH="$PWD/.venv/bin:$PATH" .venv/bin/cython-lint router/_fastpath.pyx
 step "Python tests"
 MODELROUTER_REQUIRE_EXTENSIONS=1 MODELROUTER_REQUIRE_LLM=1 MODELROUTER_REQUIRE_POSTGRES=1 \
     MODELROUTER_REQUIRE_PROMETHEUS=1 MODELROUTER_REQUIRE_REDIS=1 MODELROUTER_REQUIRE_GO=1 "$PYTHON" -m pytest -q
+
+step "Helm chart: helm lint and helm template, rendered configurations checked"
+scripts/ci_helm.sh
 
 step "benchmark smoke runs"
 scripts/ci_server.sh

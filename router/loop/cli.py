@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import datetime
 import re
+import signal
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +180,9 @@ def _run_label(args: argparse.Namespace) -> int:
         run = store.state(key) if args.resume else None
         if args.resume and not isinstance(run, dict):
             return _err(f"--resume: no labelling run writes {args.out} in {args.store}")
-        return asyncio.run(_label(args, config, store, key, run, names.index(args.judge)))
+        return asyncio.run(
+            _interruptible(_label(args, config, store, key, run, names.index(args.judge)))
+        )
     except KeyboardInterrupt:
         print(
             f"\nmodelrouter: interrupted; what was done is saved: run again with --resume "
@@ -188,6 +192,33 @@ def _run_label(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     finally:
         store.close()
+
+
+async def _interruptible(work: Coroutine[Any, Any, int]) -> int:
+    """Run ``work``; SIGINT cancels it at once and is raised as KeyboardInterrupt.
+
+    Like ``serve``, the run takes SIGINT even when it inherited it ignored (a background
+    job of a script): Python and asyncio.run leave an inherited SIG_IGN in place.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    interrupted = False
+
+    def interrupt() -> None:
+        nonlocal interrupted
+        interrupted = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGINT, interrupt)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 async def _label(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 
 import grpc
@@ -12,6 +14,7 @@ from router._proto.modelrouter.v1 import router_pb2, router_pb2_grpc
 from router.config import Config
 from router.loading import load_router
 from router.server.health import SERVING, HealthServicer
+from router.server.inflight import InFlight
 from router.server.interceptor import ServiceInterceptor
 from router.server.reflection import enable_server_reflection
 from router.server.servicer import ModelRouterServicer
@@ -37,17 +40,30 @@ class RunningServer:
     port: int
     # The port's certificates when it speaks TLS (a reload updates them), else None.
     tls: ServerTls | None = None
+    # The plaintext server of server.health_port (the same health statuses), if any.
+    health_server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
         """Start serving and report every service as SERVING."""
         await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
         for name in HEALTH_CHECKED:
             await self.health.set(name, SERVING)
+
+    async def drain(self, seconds: float, cut_short: asyncio.Event) -> None:
+        """Turn health NOT_SERVING and keep serving for ``seconds`` (or until ``cut_short``)."""
+        await self.health.enter_graceful_shutdown()
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cut_short.wait(), seconds)
 
     async def stop(self, grace: float) -> None:
         """Turn health NOT_SERVING, refuse new RPCs, let in-flight ones finish within ``grace``."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self.service.aclose()
 
 
@@ -58,6 +74,7 @@ def create_server(
     host: str | None = None,
     port: int | None = None,
     reuse_port: bool = True,
+    in_flight: InFlight | None = None,
     tls: TlsFiles | None = None,
 ) -> RunningServer:
     """Return a server, not started, bound to the configured (or given) address.
@@ -65,6 +82,8 @@ def create_server(
     ``service`` defaults to one built from ``config``.
     ``reuse_port`` lets worker processes share the port (SO_REUSEPORT); a single process
     turns it off so that a port already taken is an error instead of a silent split.
+    ``in_flight`` counts the RPCs against ``server.max_concurrent_rpcs`` (default: this
+    process's; a supervised worker's counts every worker's).
     ``tls`` is the port's certificates, read from ``server.tls`` when not given.
     """
     if service is None:
@@ -85,6 +104,7 @@ def create_server(
         metrics=metrics.current(),
         tracing=current_tracing(),
         auth=lambda: service.key_ring,
+        in_flight=in_flight,
     )
     server = grpc.aio.server(interceptors=[interceptor], options=options)
     router_pb2_grpc.add_ModelRouterServicer_to_server(  # type: ignore[no-untyped-call]
@@ -98,10 +118,17 @@ def create_server(
     if tls is None and config.server.tls is not None:
         tls = read_tls(config.server.tls, "server.tls")
     address = f"{host}:{port}"
-    if tls is None:
-        return RunningServer(
-            server, service, health_servicer, interceptor, host, server.add_insecure_port(address)
-        )
-    credentials = ServerTls(tls)
-    bound = server.add_secure_port(address, credentials.credentials())
-    return RunningServer(server, service, health_servicer, interceptor, host, bound, credentials)
+    credentials = None if tls is None else ServerTls(tls)
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials.credentials())
+    health_server = None
+    if config.server.health_port:
+        # Plaintext and its own server: a port of the main one would serve every service.
+        health_server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_server.add_insecure_port(f"{host}:{config.server.health_port}")
+    return RunningServer(
+        server, service, health_servicer, interceptor, host, bound, credentials, health_server
+    )

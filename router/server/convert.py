@@ -72,8 +72,10 @@ def route_request(message: pb.RouteRequest, request_id: str, tenant: str) -> Rou
     )
 
 
-def complete_request(message: pb.CompleteRequest, request_id: str, tenant: str) -> CompleteRequest:
-    """Return the domain request of a CompleteRequest."""
+def complete_request(
+    message: pb.CompleteRequest, request_id: str, tenant: str, deadline: float | None = None
+) -> CompleteRequest:
+    """Return the domain request of a CompleteRequest (``deadline`` on ``time.monotonic()``)."""
     generation = _NO_GENERATION
     if message.HasField("generation"):
         g = message.generation
@@ -82,7 +84,7 @@ def complete_request(message: pb.CompleteRequest, request_id: str, tenant: str) 
             temperature=g.temperature if g.HasField("temperature") else None,
             stop=tuple(g.stop),
         )
-    return CompleteRequest(route_request(message.route, request_id, tenant), generation)
+    return CompleteRequest(route_request(message.route, request_id, tenant), generation, deadline)
 
 
 def feedback(message: pb.FeedbackRequest, tenant: str) -> Feedback:
@@ -265,6 +267,8 @@ def config_response(info: ServiceInfo) -> pb.GetConfigResponse:
         fastpath=info.fastpath,
         max_prompt_bytes=config.server.max_prompt_bytes,
         max_concurrent_rpcs=config.server.max_concurrent_rpcs,
+        # serve() resolves 0 (one per core); a server built in-process is one process.
+        workers=config.server.workers or 1,
         controllers=[controller(c) for c in info.controllers],
     )
 

@@ -26,6 +26,7 @@ from google.rpc import error_details_pb2, status_pb2
 from router.auth import KeyRing, Principal
 from router.domain import (
     BackendUnavailable,
+    DeadlineExceeded,
     InvalidRequest,
     LimitExceeded,
     LimitsUnavailable,
@@ -37,6 +38,7 @@ from router.domain import (
     StoreUnavailable,
     Unauthenticated,
 )
+from router.server.inflight import InFlight
 from router.telemetry.metrics import SERVER_STREAM, UNARY, Metrics, RpcMetrics
 
 if TYPE_CHECKING:
@@ -65,6 +67,8 @@ _STATUS_OF: tuple[tuple[type[RouterError], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    # Before BackendUnavailable: a DeadlineExceeded is one.
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (BackendUnavailable, grpc.StatusCode.UNAVAILABLE),
     (LimitsUnavailable, grpc.StatusCode.UNAVAILABLE),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
@@ -150,6 +154,9 @@ def current_rpc() -> RpcRecord:
 class ServiceInterceptor(_ServerInterceptor):
     """Map domain errors to status codes, cap concurrent RPCs and log one line per RPC.
 
+    The cap counts ModelRouter RPCs in ``in_flight``: this process's alone by default, or
+    every worker's of the server (``router.server.inflight.SharedInFlight``).
+
     Every error status carries the request id in the ``x-request-id`` trailer: the one the
     servicer assigned, or ``new_request_id()`` when the RPC failed before it had one.
     ``rpc_sample`` is the share of successful RPCs that get a log line; errors and
@@ -167,6 +174,7 @@ class ServiceInterceptor(_ServerInterceptor):
         metrics: Metrics | None = None,
         tracing: Tracing | None = None,
         auth: Callable[[], KeyRing | None] = lambda: None,
+        in_flight: InFlight | None = None,
     ) -> None:
         self._service_name = service_name
         self._auth = auth
@@ -178,7 +186,12 @@ class ServiceInterceptor(_ServerInterceptor):
         self._metrics = metrics
         self._tracing = tracing
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-        self.in_flight = 0
+        self._in_flight = InFlight() if in_flight is None else in_flight
+
+    @property
+    def in_flight(self) -> int:
+        """Return this process's ModelRouter RPCs in flight."""
+        return self._in_flight.count
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -292,6 +305,7 @@ class ServiceInterceptor(_ServerInterceptor):
         auth = self._auth
         uniform = random.random
         tracing, service = self._tracing, self._service_name
+        in_flight = self._in_flight
 
         async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
@@ -313,16 +327,15 @@ class ServiceInterceptor(_ServerInterceptor):
                     record.principal = keys.authorize(context.invocation_metadata(), name)
                     record.tenant = record.principal.tenant
                 limit = self._max_concurrent()
-                if self.in_flight >= limit:
+                if not in_flight.enter(limit):
                     raise Overloaded(
-                        f"{self.in_flight} RPCs in flight, the limit is {limit} "
+                        f"{in_flight.total()} RPCs in flight, the limit is {limit} "
                         "(server.max_concurrent_rpcs): retry with backoff"
                     )
-                self.in_flight += 1
                 try:
                     return await behaviour(decode(request), context)
                 finally:
-                    self.in_flight -= 1
+                    in_flight.leave()
             except RouterError as exc:
                 code, error = status_for(exc), str(exc)
                 if isinstance(exc, Retryable):

@@ -7,6 +7,7 @@ or hands over to the ``Supervisor`` (``router.server.supervisor``), which forks 
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import structlog
 
@@ -53,7 +54,15 @@ def serve(source: ConfigSource) -> int:
             return EXIT_CONFIG
     configure_logging(loaded.config.logging)
     workers = worker_count(loaded.config)
+    # Resolved once: GetConfig reports the count, and a reload keeps it.
+    source = replace(source, workers=workers)
     config = loaded.config
+    loaded = replace(
+        loaded,
+        config=config.model_copy(
+            update={"server": config.server.model_copy(update={"workers": workers})}
+        ),
+    )
     if workers > 1 and not config.limits.redis_url:
         limited = sorted(name for name, tenant in config.tenants.items() if tenant.limits.any)
         if limited:

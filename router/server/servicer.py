@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import aclosing
 from typing import Any
 
@@ -60,7 +61,10 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
             await admission
         # A stream sends its header with the first message anyway.
         await context.send_initial_metadata(((REQUEST_ID_HEADER, rid),))
-        events = self._service.complete(convert.complete_request(request, rid, tenant))
+        # The caller's deadline, as a plain time on the service's clock.
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        events = self._service.complete(convert.complete_request(request, rid, tenant, deadline))
         # aclosing: a cancelled RPC closes the engine's upstream stream at once.
         async with aclosing(events):
             async for event in events:

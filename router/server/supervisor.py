@@ -23,6 +23,7 @@ import structlog
 
 from router.config import ConfigError
 from router.loading import ConfigSource, Loaded, load
+from router.server.inflight import InFlightSlots
 from router.server.logs import flush_logs
 from router.server.worker import EXIT_LISTEN, run_worker
 from router.telemetry import metrics
@@ -94,6 +95,7 @@ class Supervisor:
     _metrics_dir: MultiprocessDir | None = None
     _metrics: metrics.Metrics | None = None
     _metrics_tls: MetricsTls | None = None
+    _in_flight: InFlightSlots | None = None
 
     def run(self) -> int:
         """Supervise until every worker has stopped; return the exit code."""
@@ -125,6 +127,8 @@ class Supervisor:
                 update={"server": server.model_copy(update={"port": port})}
             ),
         )
+        # Before any fork: server.max_concurrent_rpcs holds for the workers together.
+        self._in_flight = InFlightSlots(self.workers)
         signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
         try:
             if self._metrics_sock is not None:
@@ -145,6 +149,7 @@ class Supervisor:
                 self._metrics_sock.close()
             if self._metrics_dir is not None:
                 self._metrics_dir.close()
+            self._in_flight.close()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
         log.info("supervisor stopped", exit_code=self._exit_code)
         return self._exit_code
@@ -166,7 +171,14 @@ class Supervisor:
                     if self._metrics_sock is not None:
                         self._metrics_sock.close()
                         metrics.install(metrics.Metrics())
-                    code = run_worker(self.source, self.loaded, index=slot, reuse_port=True)
+                    assert self._in_flight is not None
+                    code = run_worker(
+                        self.source,
+                        self.loaded,
+                        index=slot,
+                        reuse_port=True,
+                        in_flight=self._in_flight.for_worker(slot),
+                    )
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -210,21 +222,30 @@ class Supervisor:
 
     def _on_signal(self, signo: int) -> None:
         if signo in (signal.SIGTERM, signal.SIGINT):
-            self._stop(f"received {signal.Signals(signo).name}")
+            self._stop(f"received {signal.Signals(signo).name}", signo)
         elif signo == signal.SIGHUP:
             log.info("reloading workers", pids=sorted(self._children))
             self._relay(signal.SIGHUP)
             self._reload()
 
-    def _stop(self, reason: str) -> None:
+    def _stop(self, reason: str, signo: int = signal.SIGTERM) -> None:
+        """Relay a stop to the workers: SIGTERM drains first, SIGINT (or a second signal) not."""
         if self._stopping:
+            self._relay(signo)  # the workers take it as "stop now"
             return
         self._stopping = True
         self._restarts.clear()
-        grace = self.loaded.config.server.grace_period_s
-        self._kill_at = time.monotonic() + grace + KILL_MARGIN_S
-        log.info("stopping workers", reason=reason, grace_s=grace, pids=sorted(self._children))
-        self._relay(signal.SIGTERM)
+        server = self.loaded.config.server
+        drain = server.drain_delay_s if signo == signal.SIGTERM else 0.0
+        self._kill_at = time.monotonic() + drain + server.grace_period_s + KILL_MARGIN_S
+        log.info(
+            "stopping workers",
+            reason=reason,
+            drain_s=drain,
+            grace_s=server.grace_period_s,
+            pids=sorted(self._children),
+        )
+        self._relay(signo)
 
     def _relay(self, signo: int) -> None:
         for pid in list(self._children):
@@ -265,6 +286,8 @@ class Supervisor:
                 continue
             if self._metrics_dir is not None:
                 self._metrics_dir.process_dead(pid)
+            if self._in_flight is not None and worker.slot != EXPORTER_SLOT:
+                self._in_flight.clear(worker.slot)  # its RPCs died with it
             code = os.waitstatus_to_exitcode(status)
             if self._stopping:
                 log.info("worker stopped", worker_pid=pid, slot=worker.slot, exit_code=code)

@@ -14,6 +14,7 @@ from router.config import ConfigError
 from router.domain import CircuitState
 from router.loading import ConfigSource, Loaded, load
 from router.server.app import RunningServer, create_server
+from router.server.inflight import InFlight
 from router.server.logs import flush_logs, set_worker
 from router.service import RouterService
 from router.store import StoreError, StoreWriter, start_writer
@@ -31,6 +32,7 @@ RESTART_ONLY = (
     "metrics_port",
     "metrics_host",
     "metrics_tls",
+    "health_port",
 )
 EXIT_LISTEN = 3
 EXIT_STORE = 4
@@ -55,10 +57,12 @@ def run_worker(
     *,
     index: int | None,
     reuse_port: bool,
+    in_flight: InFlight | None = None,
     on_reload: Callable[[], None] | None = None,
 ) -> int:
     """Run one server process on an event loop (uvloop when installed) until it stops.
 
+    ``in_flight`` is the supervisor's count of every worker's RPCs (None: this process's).
     ``on_reload`` also runs on every SIGHUP (the metrics port's certificates, in one process).
     """
     set_worker(index)
@@ -71,7 +75,7 @@ def run_worker(
         install_tracing(tracing)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(_serve_async(source, loaded, reuse_port, on_reload))
+            return runner.run(_serve_async(source, loaded, reuse_port, in_flight, on_reload))
     finally:
         if tracing is not None:
             install_tracing(None)
@@ -82,6 +86,7 @@ async def _serve_async(
     source: ConfigSource,
     loaded: Loaded,
     reuse_port: bool,
+    in_flight: InFlight | None,
     on_reload: Callable[[], None] | None,
 ) -> int:
     loop = asyncio.get_running_loop()
@@ -97,7 +102,9 @@ async def _serve_async(
     await service.restore_controllers()
     address = f"{config.server.host}:{config.server.port}"
     try:
-        running = create_server(config, service, reuse_port=reuse_port, tls=loaded.tls)
+        running = create_server(
+            config, service, reuse_port=reuse_port, tls=loaded.tls, in_flight=in_flight
+        )
     except RuntimeError as exc:
         log.error("cannot listen", address=address, error=str(exc))
         await service.aclose()
@@ -113,14 +120,14 @@ async def _serve_async(
         event_loop=type(loop).__module__.split(".")[0],
         store=None if writer is None else writer.store.location,
     )
-    stop = asyncio.Event()
+    stopping = _StopSignals()
     # Supervised workers share the port; the supervisor counts the reloads.
     supervised = reuse_port
     reloader = Reloader(
         source, service, count=None if supervised else metrics.current(), tls=running.tls
     )
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stopping.terminate)
+    loop.add_signal_handler(signal.SIGINT, stopping.interrupt)
     loop.add_signal_handler(
         signal.SIGHUP, reloader.trigger if on_reload is None else _both(reloader.trigger, on_reload)
     )
@@ -128,7 +135,11 @@ async def _serve_async(
     flusher = None
     if current_metrics is not None:
         flusher = loop.create_task(_flush_metrics_every(current_metrics, running))
-    await stop.wait()
+    await stopping.requested.wait()
+    drain = 0.0 if stopping.hurry.is_set() else service.config.server.drain_delay_s
+    if drain:
+        log.info("draining", drain_s=drain, in_flight=running.interceptor.in_flight)
+    await running.drain(drain, stopping.hurry)
     grace = service.config.server.grace_period_s
     log.info("stopping", grace_s=grace, in_flight=running.interceptor.in_flight)
     await running.stop(grace)
@@ -148,6 +159,25 @@ async def _serve_async(
     )
     flush_logs()
     return 0
+
+
+class _StopSignals:
+    """SIGTERM asks for a stop after the drain delay; SIGINT or a second SIGTERM, at once."""
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self.hurry = asyncio.Event()
+
+    def terminate(self) -> None:
+        """Handle SIGTERM."""
+        if self.requested.is_set():
+            self.hurry.set()
+        self.requested.set()
+
+    def interrupt(self) -> None:
+        """Handle SIGINT."""
+        self.hurry.set()
+        self.requested.set()
 
 
 def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:

@@ -26,7 +26,8 @@ from router.store.records import (
 from router.store.stats import Counts, Stats, StatsQuery, build_stats
 
 # Attempt outcomes that count as a tier's error (AttemptOutcome values). A gate rejection
-# is the gate doing its job, and a cancellation is the caller's.
+# is the gate doing its job; a cancellation, and a tier skipped for the caller's deadline
+# (deadline_skipped), are the caller's.
 ERROR_OUTCOMES = (
     "connect_error",
     "timeout",

@@ -18,6 +18,10 @@ the server's ``scenarios`` map from model name to scenario), ``NAME`` or ``NAME:
 - ``say:TEXT``: a normal stream whose answer is TEXT (its words, in order)
 
 ``POST /v1/messages`` replays a recorded Anthropic Messages stream from tests/fixtures/.
+``attempt_delays`` slows the next requests one by one: each chat request (an attempt,
+to the router) takes the first delay off the list and waits that many more seconds before
+its first token (or its error status).
+
 The server counts open connections and records every request (when the client went
 away, how many tokens it was sent) so tests can prove nothing leaks. ``refused_port`` is
 a bound port that refuses connections; ``blackhole_port`` accepts none (a slow connect).
@@ -175,6 +179,8 @@ class FakeOpenAIServer:
         self.requests: list[RequestRecord] = []
         # Model name -> scenario, so a test can make a model fail and later heal it.
         self.scenarios: dict[str, str] = {}
+        # Extra seconds before the first token, one per request in order of arrival.
+        self.attempt_delays: list[float] = []
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
         self._extra_sockets: list[socket.socket] = []
@@ -301,7 +307,9 @@ class FakeOpenAIServer:
 
     async def _openai(self, conn: _Conn, record: RequestRecord, body: dict[str, Any]) -> bool:
         name, _, arg = record.scenario.partition(":")
+        slowed = self.attempt_delays.pop(0) if self.attempt_delays else 0.0
         if name == "http":
+            await conn.sleep(slowed)
             await _send_error(conn, int(arg or 500), {"type": "fake_error"})
             return True
         if name == "echo":
@@ -346,7 +354,7 @@ class FakeOpenAIServer:
             },
         )
         interval = 1.0 / self.tokens_per_second
-        delay = self.first_token_ms / 1000.0
+        delay = self.first_token_ms / 1000.0 + slowed
         if name == "slow-first":
             delay += float(arg or 1.0)
         start = time.monotonic() + delay

@@ -78,6 +78,16 @@ def fake_config(
     return parse_config(data, environ={})
 
 
+class FakeClock:
+    """A monotonic clock that moves only when a test moves it (``clock.now += 5``)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def decision(index: int = 0, config: Config | None = None) -> RoutingDecision:
     """Return a routing decision for tier ``index``."""
     name = config.tiers[index].name if config else f"tier{index}"

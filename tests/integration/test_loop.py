@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -175,33 +176,42 @@ async def test_resume_after_an_interruption_pays_for_no_step_twice(
     config = loop_config(tmp_path / "router.yaml", fake)
     out = tmp_path / "labels.jsonl"
     fake.first_token_ms = 300  # slow enough to interrupt mid-run
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "router.cli",
-            "label",
-            "--store",
-            str(store_path),
-            "--config",
-            str(config),
-            "--judge",
-            "judge",
-            "--out",
-            str(out),
-            "--sample",
-            "6",
-        ],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while len([r for r in fake.requests if r.finished_at]) < 5:
-        assert time.monotonic() < deadline and process.poll() is None
-        await asyncio.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    # Started with SIGINT ignored, as a background job of a script inherits it: the run
+    # must still stop on SIGINT, whether or not this suite itself runs in the background.
+    with _sigint_ignored():
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "router.cli",
+                "label",
+                "--store",
+                str(store_path),
+                "--config",
+                str(config),
+                "--judge",
+                "judge",
+                "--out",
+                str(out),
+                "--sample",
+                "6",
+            ],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while len([r for r in fake.requests if r.finished_at]) < 5:
+            assert time.monotonic() < deadline and process.poll() is None
+            await asyncio.sleep(0.05)
+        # This loop (and the fake) stalls meanwhile: the run stops without the upstream.
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
     assert process.returncode == 130, stderr
     assert "interrupted; what was done is saved: run again with --resume" in stderr
     assert not out.exists()
@@ -221,6 +231,16 @@ async def test_resume_after_an_interruption_pays_for_no_step_twice(
     assert resumed.returncode == 0, resumed.stderr
     assert "0 calls paid" in resumed.stdout and "24 steps reused" in resumed.stdout
     assert [json.loads(line) for line in out.read_text().splitlines()] == rows
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT here meanwhile, so that a process started now inherits it ignored."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 async def test_label_errors_are_one_line(

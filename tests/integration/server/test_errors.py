@@ -256,6 +256,7 @@ class ExplodingEngine(CompletionEngine):
         generation: GenerationOptions,
         *,
         max_tier_index: int,
+        deadline: float | None = None,
     ) -> Any:
         raise KeyError("secret internal detail")
 

@@ -1,14 +1,7 @@
 from router.completion.circuit import CircuitBreaker
 from router.config import CircuitBreakerConfig
 from router.domain import CircuitState
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes.support import FakeClock as Clock
 
 
 def _breaker(clock: Clock) -> CircuitBreaker:

@@ -21,6 +21,7 @@ from router.domain import (
     ChatMessage,
     CircuitState,
     CompletionSummary,
+    DeadlineExceeded,
     Escalation,
     GenerationOptions,
     InvalidRequest,
@@ -29,6 +30,7 @@ from router.domain import (
 from tests.fakes.fake_openai import WORDS, FakeOpenAIServer
 from tests.fakes.support import (
     Event,
+    FakeClock,
     collect,
     decision,
     eventually,
@@ -353,9 +355,10 @@ async def test_the_circuit_opens_after_k_failures_skips_the_tier_and_closes_afte
     config = fake_config(
         fake,
         ("flaky", "ok", "ok"),
-        completion={"circuit_breaker": {"failures": 2, "window_s": 30, "cooldown_s": 0.3}},
+        completion={"circuit_breaker": {"failures": 2, "window_s": 30, "cooldown_s": 15}},
     )
-    engine = CompletionEngine(config)
+    clock = FakeClock()
+    engine = CompletionEngine(config, clock=clock)
 
     async def run() -> CompletionSummary:
         events, error = await collect(
@@ -373,14 +376,17 @@ async def test_the_circuit_opens_after_k_failures_skips_the_tier_and_closes_afte
                 assert (await run()).attempts[0].outcome is AttemptOutcome.HTTP_ERROR
             assert state("fake0").circuit is CircuitState.OPEN
             assert state("fake0").recent_failures == 2
-            assert 0 < state("fake0").open_seconds_left <= 0.3
+            assert state("fake0").open_seconds_left == 15
             assert state("fake1").circuit is CircuitState.CLOSED
             skipped = await run()
             assert skipped.attempts[0].outcome is AttemptOutcome.CIRCUIT_OPEN
             assert skipped.attempts[0].completion_tokens == 0 and skipped.tier == "strong"
             assert _models_requested(fake).count("flaky") == 2  # skipped: not asked
             fake.scenarios["flaky"] = "ok"
-            await asyncio.sleep(0.35)
+            clock.now += 14.9
+            assert state("fake0").circuit is CircuitState.OPEN
+            assert (await run()).attempts[0].outcome is AttemptOutcome.CIRCUIT_OPEN
+            clock.now += 0.1
             assert state("fake0").circuit is CircuitState.HALF_OPEN
             probe = await run()
             assert [a.outcome for a in probe.attempts] == [AttemptOutcome.OK]
@@ -433,9 +439,10 @@ async def test_a_client_error_on_the_half_open_probe_frees_the_probe_slot(
     fake: FakeOpenAIServer,
 ) -> None:
     fake.scenarios["flaky"] = "http:500"
-    breaker = {"circuit_breaker": {"failures": 1, "window_s": 30, "cooldown_s": 0.5}}
+    breaker = {"circuit_breaker": {"failures": 1, "window_s": 30, "cooldown_s": 60}}
     config = fake_config(fake, ("flaky", "ok", "ok"), completion=breaker)
-    engine = CompletionEngine(config)
+    clock = FakeClock()
+    engine = CompletionEngine(config, clock=clock)
 
     async def run() -> CompletionSummary:
         events, error = await collect(
@@ -447,7 +454,7 @@ async def test_a_client_error_on_the_half_open_probe_frees_the_probe_slot(
     try:
         await run()
         assert engine.backend_states()[0].circuit is CircuitState.OPEN
-        await asyncio.sleep(0.55)
+        clock.now += 60
         fake.scenarios["flaky"] = "http:400"
         probe = await run()
         assert probe.attempts[0].outcome is AttemptOutcome.HTTP_ERROR
@@ -562,14 +569,15 @@ async def test_an_unexpected_error_after_text_ends_with_a_summary(
 async def test_an_unexpected_error_on_the_half_open_probe_reopens_the_circuit(
     fake: FakeOpenAIServer,
 ) -> None:
-    breaker = {"circuit_breaker": {"failures": 1, "window_s": 30, "cooldown_s": 1.0}}
+    breaker = {"circuit_breaker": {"failures": 1, "window_s": 30, "cooldown_s": 60}}
     config = fake_config(fake, completion=breaker)
-    engine = CompletionEngine(config, backend_factory=_buggy_backends(after=0))
+    clock = FakeClock()
+    engine = CompletionEngine(config, backend_factory=_buggy_backends(after=0), clock=clock)
     try:
         events, error = await _run_buggy(engine, config)
         assert error is None and _summary(events).tier == "strong"
         assert engine.backend_states()[0].circuit is CircuitState.OPEN
-        await asyncio.sleep(1.05)
+        clock.now += 60
         assert engine.backend_states()[0].circuit is CircuitState.HALF_OPEN
         events, error = await _run_buggy(engine, config)  # the probe
         assert error is None
@@ -577,7 +585,7 @@ async def test_an_unexpected_error_on_the_half_open_probe_reopens_the_circuit(
         assert outcomes == [AttemptOutcome.MALFORMED_STREAM, AttemptOutcome.OK]
         # The failed probe opened the circuit again for a full cool-down (not stuck probing).
         state = engine.backend_states()[0]
-        assert state.circuit is CircuitState.OPEN and state.open_seconds_left > 0.5
+        assert state.circuit is CircuitState.OPEN and state.open_seconds_left == 60
         events, error = await _run_buggy(engine, config)
         assert error is None
         assert _summary(events).attempts[0].outcome is AttemptOutcome.CIRCUIT_OPEN
@@ -683,6 +691,159 @@ async def test_closing_the_generator_or_a_deadline_closes_the_upstream(
     finally:
         await engine.aclose()
     await _no_leak(fake)
+
+
+# Deadline-aware escalation.
+
+
+async def _teach(
+    engine: CompletionEngine, config: Config, index: int, count: int = 5
+) -> list[BaseException | None]:
+    """Run ``count`` completions at tier ``index`` at once: the engine learns its first tokens."""
+    runs = await asyncio.gather(
+        *(
+            collect(
+                engine.run(
+                    decision(index, config), MESSAGES, DEFAULT_GENERATION, max_tier_index=index
+                )
+            )
+            for _ in range(count)
+        )
+    )
+    return [error for _, error in runs]
+
+
+async def _run_until(
+    engine: CompletionEngine, config: Config, seconds: float, max_tier: int = 2
+) -> tuple[list[Event], BaseException | None]:
+    """Run a completion decided for the cheapest tier with a deadline ``seconds`` away."""
+    return await collect(
+        engine.run(
+            decision(0, config),
+            MESSAGES,
+            DEFAULT_GENERATION,
+            max_tier_index=max_tier,
+            deadline=time.monotonic() + seconds,
+        )
+    )
+
+
+async def test_a_stronger_tier_too_slow_for_the_deadline_is_not_started(
+    fake: FakeOpenAIServer,
+) -> None:
+    config = fake_config(fake, ("http:500", "ok", "ok"))
+    engine = CompletionEngine(config)
+    try:
+        fake.attempt_delays = [0.5] * 5
+        assert await _teach(engine, config, 1) == [None] * 5
+        p95 = engine.first_token_p95("strong")
+        assert p95 is not None and p95 >= 0.5
+        asked = len(fake.requests)
+        events, error = await _run_until(engine, config, 0.3, max_tier=1)
+    finally:
+        await engine.aclose()
+    assert isinstance(error, DeadlineExceeded)
+    message = str(error)
+    assert message.startswith(
+        "no tier could answer before the deadline: "
+        "attempt 0 tier 'cheap' (fake0/http:500): http_error: HTTP 500"
+    )
+    assert "; attempt 1 tier 'strong' (fake1/ok): deadline_skipped: not started: " in message
+    assert "left before the deadline, the tier's p95 time to first token is " in message
+    assert message.endswith(" s (5 observed)")
+    escalations = [e for e in events if isinstance(e, Escalation)]
+    assert [e.attempt.outcome for e in escalations] == [AttemptOutcome.HTTP_ERROR]
+    assert text_of(events) == ""
+    assert _models_requested(fake)[asked:] == ["http:500"]  # the strong tier was never asked
+    await _no_leak(fake)
+
+
+async def test_the_climb_passes_over_a_slow_tier_to_a_stronger_one_that_fits(
+    fake: FakeOpenAIServer,
+) -> None:
+    config = fake_config(fake, ("http:500", "ok", "ok"))
+    engine = CompletionEngine(config)
+    try:
+        fake.attempt_delays = [1.5] * 5
+        await _teach(engine, config, 1)
+        # A second is ample for the cheap tier to fail, even on a loaded machine.
+        events, error = await _run_until(engine, config, 1.0)
+    finally:
+        await engine.aclose()
+    # The expert tier has no observations yet: it is given its chance, and answers.
+    assert error is None and text_of(events) == FULL_ANSWER
+    summary = _summary(events)
+    assert [(a.tier, a.outcome) for a in summary.attempts] == [
+        ("cheap", AttemptOutcome.HTTP_ERROR),
+        ("strong", AttemptOutcome.DEADLINE_SKIPPED),
+        ("expert", AttemptOutcome.OK),
+    ]
+    skipped = summary.attempts[1]
+    assert skipped.completion_tokens == 0 and skipped.cost_usd == 0
+    assert [(e.from_tier, e.to_tier) for e in events if isinstance(e, Escalation)] == [
+        ("cheap", "strong"),
+        ("strong", "expert"),
+    ]
+
+
+async def test_a_deadline_the_stronger_tier_fits_climbs_as_usual(fake: FakeOpenAIServer) -> None:
+    config = fake_config(fake, ("http:500", "ok", "ok"))
+    engine = CompletionEngine(config)
+    try:
+        fake.attempt_delays = [0.2] * 5
+        await _teach(engine, config, 1)
+        events, error = await _run_until(engine, config, 30.0)
+    finally:
+        await engine.aclose()
+    assert error is None and _summary(events).tier == "strong"
+
+
+async def test_a_first_token_timeout_counts_as_at_least_that_slow(fake: FakeOpenAIServer) -> None:
+    slow = {"timeouts": {"first_token_s": 0.3}}
+    config = fake_config(fake, ("http:500", "stall:0", "ok"), tier_extra={1: slow})
+    engine = CompletionEngine(config)
+    try:
+        errors = await _teach(engine, config, 1)
+        assert all(isinstance(error, BackendUnavailable) for error in errors)
+        p95 = engine.first_token_p95("strong")
+        assert p95 is not None and p95 >= 0.3
+        _, error = await _run_until(engine, config, 0.25, max_tier=1)
+    finally:
+        await engine.aclose()
+    assert isinstance(error, DeadlineExceeded)
+    assert "tier 'strong' (fake1/stall:0): deadline_skipped" in str(error)
+
+
+async def test_the_decided_tier_is_attempted_whatever_the_deadline(
+    fake: FakeOpenAIServer,
+) -> None:
+    config = fake_config(fake)
+    engine = CompletionEngine(config)
+    try:
+        fake.attempt_delays = [0.3] * 5
+        await _teach(engine, config, 0)
+        # Only an upward attempt is weighed: the caller asked for this one.
+        events, error = await _run_until(engine, config, 0.01)
+    finally:
+        await engine.aclose()
+    assert error is None and text_of(events) == FULL_ANSWER
+
+
+async def test_the_gate_is_not_held_when_no_stronger_tier_fits_the_deadline(
+    fake: FakeOpenAIServer,
+) -> None:
+    config = fake_config(fake, ("lowlp", "ok", "ok"), tier_extra={0: GATE})
+    engine = CompletionEngine(config)
+    try:
+        fake.attempt_delays = [1.5] * 10
+        await asyncio.gather(_teach(engine, config, 1), _teach(engine, config, 2))
+        events, error = await _run_until(engine, config, 1.0)
+    finally:
+        await engine.aclose()
+    # Nowhere to climb in time: the unsure start is delivered rather than thrown away.
+    assert error is None and text_of(events) == FULL_ANSWER
+    gate = _summary(events).attempts[0].gate
+    assert gate.passed and gate.reason == "not held: no stronger tier to climb to"
 
 
 # Logs and the default configuration.
