@@ -434,11 +434,9 @@ class TenantController:
         )
 
     def state(self) -> dict[str, Any]:
-        """Return what to persist so that a restart does not start cold.
-
-        ``thresholds``, ``realised`` and ``saturated`` are not restored (they follow from
-        the rest): they are there for readers of the store (``modelrouter stats --store``).
-        """
+        """Return what to persist so that a restart does not start cold."""
+        # thresholds, realised and saturated are not restored (they follow from the rest):
+        # they are there for readers of the store (modelrouter stats --store).
         snapshot = self.snapshot()
         return {
             "version": STATE_VERSION,
@@ -528,12 +526,10 @@ class Controllers:
         return self._by_tenant.get(tenant or DEFAULT_TENANT)
 
     def configure(self, config: Config, pricing: Pricing) -> list[str]:
-        """Hold the targets of a (new) configuration, carrying each tenant's state over;
-        return the tenants that start cold (no state in this process: see ``restore``).
-
-        A tenant whose target kind, model version and tiers are unchanged keeps its window
-        and offset; a new target value is aimed at from there.
-        """
+        """Hold a (new) configuration's targets; return the tenants that start cold."""
+        # A tenant whose target kind, model version and tiers are unchanged keeps its window
+        # and offset (a new target value is aimed at from there); the others have no state
+        # in this process (``restore`` takes one from the store).
         settings = settings_of(config.controller)
         old = self._by_tenant
         new = {}

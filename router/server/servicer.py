@@ -97,10 +97,8 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         return convert.config_response(self._service.info())
 
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.GetStatsResponse:
-        """Report satisfaction, escalation, errors and cost per tier and model.
-
-        With auth on, a key sees its own tenant's stats only.
-        """
+        """Report satisfaction, escalation, errors and cost per tier and model."""
+        # With auth on, a key sees its own tenant's stats only.
         since, tenant = convert.stats_query(request)
         record = current_rpc()
         if record.principal is not None:

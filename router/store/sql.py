@@ -266,11 +266,9 @@ class SqlStore(Store):
     # -- reads -------------------------------------------------------------------------
 
     def served_tier(self, request_id: str) -> str | None:
-        """Return the tier that served a stored request (None: no request with this id).
-
-        The tier that answered a Complete (the decided one when none did), the decided tier
-        of a Route, as the stats count it; the latest request of that id.
-        """
+        """Return the tier that served a stored request (None: no request with this id)."""
+        # The tier that answered a Complete (the decided one when none did), the decided
+        # tier of a Route, as the stats count it; the latest request of that id.
         with self._reading() as cursor:
             cursor.execute(
                 self._sql(
