@@ -10,10 +10,23 @@ median and p99 microseconds per decision (featurize + score) of
   levels), fitted on the training data, ``predict_proba`` on one query;
 - ``route``: ``Router.route()`` from Python, the call included;
 
-plus the model's load time and size in memory. Writes ``bench/results/fastpath.json`` and
-a bar chart ``bench/results/fastpath.png``.
+plus the model's load time and size in memory.
+
+One query repeated keeps its weights in cache; production sends distinct queries. So the
+compiled path and ``Router.route()`` are also timed on a **stream** of distinct real
+queries (the 150-250 byte rows of one cross-validation fold of the training data, each
+scored once per pass, in file order) and on those same queries **repeated** (every tenth
+one, scored many times in a row), in one run.
+
+With ``--compare LABEL=CHECKOUT`` (repeatable) the stream and repeated timings are also
+made for other checkouts (another branch's worktree with its extension built in place),
+each build in its own process, the builds taking turns round by round, so that they are
+measured side by side on the same model file.
+
+Writes ``bench/results/fastpath.json`` and a bar chart ``bench/results/fastpath.png``.
 
     .venv/bin/python bench/bench_fastpath.py            # ~1 minute
+    .venv/bin/python bench/bench_fastpath.py --compare before=../wt-main
     .venv/bin/python bench/bench_fastpath.py --smoke    # seconds: CI checks it still runs
 """
 
@@ -21,10 +34,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -35,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from router import _fastpath_py
-from router.model import FeaturizerSpec, default_model_path, load_model
+from router.model import FeaturizerSpec, RouterModel, default_model_path, load_model
 from router.routing import Router
 
 HERE = Path(__file__).resolve().parent
@@ -58,23 +73,123 @@ LONG = (
     + "What is the root cause, and what should we change first?"
 )
 QUERIES = {"short": SHORT, "typical": TYPICAL, "long": LONG}
+# The stream: rows of this fold (of STREAM_FOLDS, by the training's rule: a hash of the
+# text) whose text is STREAM_BYTES long.
+STREAM_FOLD, STREAM_FOLDS = 0, 5
+STREAM_BYTES = (150, 250)
 
 
-def time_calls(fn: Callable[[str], Any], text: str, calls: int) -> list[float]:
-    """Return the microseconds of each of ``calls`` calls (after a warm-up)."""
-    for _ in range(min(200, calls)):
-        fn(text)
+def time_each(fn: Callable[[str], Any], texts: list[str]) -> list[float]:
+    """Return the microseconds of each call of ``fn`` on the texts, in order."""
     clock = time.perf_counter_ns
     samples = []
     gc.disable()
     try:
-        for _ in range(calls):
+        for text in texts:
             start = clock()
             fn(text)
             samples.append((clock() - start) / 1000.0)
     finally:
         gc.enable()
     return samples
+
+
+def time_calls(fn: Callable[[str], Any], text: str, calls: int, warmup: int = 200) -> list[float]:
+    """Return the microseconds of each of ``calls`` calls (after a warm-up)."""
+    for _ in range(min(warmup, calls)):
+        fn(text)
+    return time_each(fn, [text] * calls)
+
+
+def stream_queries(limit: int | None = None) -> list[str]:
+    """Return the distinct 150-250 byte queries of one cross-validation fold, in file order."""
+    texts: list[str] = []
+    seen: set[str] = set()
+    with DATA.open(encoding="utf-8") as fh:
+        for line in fh:
+            text = json.loads(line)["text"]
+            encoded = text.encode("utf-8", "surrogatepass")
+            if not STREAM_BYTES[0] <= len(encoded) <= STREAM_BYTES[1] or text in seen:
+                continue
+            # router/training/generalisation.py's fold_of.
+            digest = hashlib.sha256(encoded).digest()
+            if int.from_bytes(digest[:8], "little") % STREAM_FOLDS == STREAM_FOLD:
+                texts.append(text)
+                seen.add(text)
+                if limit is not None and len(texts) == limit:
+                    break
+    return texts
+
+
+def time_stream(fn: Callable[[str], Any], texts: list[str], passes: int) -> list[float]:
+    """Return the microseconds of each call, scoring every text once per pass, in order."""
+    return time_each(fn, texts * passes)
+
+
+def time_repeated(fn: Callable[[str], Any], texts: list[str], calls: int) -> list[float]:
+    """Return the microseconds of each call, scoring every tenth text ``calls`` times in a row."""
+    samples = []
+    for text in texts[::10]:
+        fn(text)
+        samples.extend(time_calls(fn, text, calls, warmup=0))
+    return samples
+
+
+def scores_digest(score: Callable[[str], Any], texts: list[str]) -> str:
+    """Return a SHA-256 of the exact scores, level probabilities and rules of the texts."""
+    digest = hashlib.sha256()
+    for text in texts:
+        value, levels, rules = score(text)
+        digest.update(repr((value.hex(), [p.hex() for p in levels], rules)).encode())
+    return digest.hexdigest()
+
+
+def stream_timings(model_path: Path, texts: list[str], passes: int, repeats: int) -> dict[str, Any]:
+    """Return median (and p99) microseconds of the compiled path and route(), both modes."""
+    router = Router(load_model(model_path))
+    fns: dict[str, Callable[[str], Any]] = {
+        "c": router.model.fastpath().score,
+        "route": router.route,
+    }
+    # Builds compared must decide alike: a speed-up that changed a score would not count.
+    row: dict[str, Any] = {"scores_sha256": scores_digest(fns["c"], texts)}
+    for name, fn in fns.items():
+        time_stream(fn, texts[:200], 1)  # warm-up
+        distinct = summary(time_stream(fn, texts, passes))
+        repeated = summary(time_repeated(fn, texts, repeats))
+        row[f"{name}_distinct_us_p50"] = distinct["p50"]
+        row[f"{name}_distinct_us_p99"] = distinct["p99"]
+        row[f"{name}_repeated_us_p50"] = repeated["p50"]
+        row[f"{name}_distinct_over_repeated"] = distinct["p50"] / repeated["p50"]
+    return row
+
+
+def compare_builds(
+    builds: dict[str, Path | None], model_path: Path, rounds: int, smoke: bool
+) -> dict[str, Any]:
+    """Time the stream for each build (None: this checkout) in its own process, in turns."""
+    per_build: dict[str, list[dict[str, float]]] = {label: [] for label in builds}
+    for _ in range(rounds):
+        for label, checkout in builds.items():
+            env = dict(os.environ)
+            if checkout is not None:
+                env["PYTHONPATH"] = str(checkout)
+            command = [sys.executable, __file__, "--stream-worker", "--model", str(model_path)]
+            if smoke:
+                command.append("--smoke")
+            out = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+            per_build[label].append(json.loads(out.stdout))
+    result: dict[str, Any] = {}
+    for label, runs in per_build.items():
+        result[label] = {
+            key: statistics.median(run[key] for run in runs)
+            for key in runs[0]
+            if key not in ("implementation", "scores_sha256")
+        }
+        result[label]["implementation"] = runs[0]["implementation"]
+        result[label]["scores_sha256"] = runs[0]["scores_sha256"]
+        result[label]["checkout"] = str(builds[label] or HERE.parent)
+    return result
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -84,6 +199,13 @@ def summary(samples: list[float]) -> dict[str, float]:
         "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
         "calls": len(ordered),
     }
+
+
+def weight_rows_bytes(model: RouterModel, implementation: str) -> int:
+    """Return the bytes of the compiled path's copy of float16 weights (router/_fastpath.pyx)."""
+    if implementation != "compiled" or model.weights.dtype != np.float16:
+        return 0  # float32 weights are read in place
+    return model.spec.n_features * 8 * 2  # rows of 8 halves
 
 
 def scratch_bytes(spec: FeaturizerSpec) -> int:
@@ -133,8 +255,25 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="a few calls each, to check it runs")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "fastpath.json")
     parser.add_argument("--plot", type=Path, default=HERE / "results" / "fastpath.png")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=CHECKOUT",
+        help="also time the stream with another checkout's router package (repeatable)",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="turns of each build (--compare)")
+    parser.add_argument("--stream-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     pinned = pin_to_one_core()
+    passes, repeats = (1, 20) if args.smoke else (5, 50)
+    if args.stream_worker:
+        # One build's turn in --compare: its numbers as JSON on stdout.
+        texts = stream_queries(300 if args.smoke else None)
+        timings: dict[str, Any] = stream_timings(args.model, texts, passes, repeats)
+        timings["implementation"] = Router(load_model(args.model)).implementation
+        print(json.dumps(timings))
+        return 0
     calls = {
         "c": 200 if args.smoke else 20_000,
         "route": 200 if args.smoke else 20_000,
@@ -180,6 +319,8 @@ def main() -> int:
             "version": model.version,
             "file_bytes": args.model.stat().st_size,
             "weights_bytes_in_memory": int(model.weights.nbytes),
+            "weights_dtype": str(model.weights.dtype),
+            "fastpath_weight_rows_bytes": weight_rows_bytes(model, router.implementation),
             "fastpath_scratch_bytes": scratch_bytes(model.spec),
             "twin_python_bytes": int(twin_bytes),
             "load_ms_p50": statistics.median(load_times),
@@ -188,6 +329,51 @@ def main() -> int:
         "queries": {},
         "smoke": args.smoke,
     }
+    if DATA.exists():
+        texts = stream_queries(300 if args.smoke else None)
+        lengths = sorted(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+        results["stream"] = {
+            "queries": len(texts),
+            "fold": f"{STREAM_FOLD} of {STREAM_FOLDS}",
+            "bytes_min": lengths[0],
+            "bytes_median": statistics.median(lengths),
+            "bytes_max": lengths[-1],
+            "passes": passes,
+            "repeated_calls": repeats,
+            **stream_timings(args.model, texts, passes, repeats),
+        }
+        stream = results["stream"]
+        for name in ("c", "route"):
+            print(
+                f"stream   {name:5s} {len(texts)} distinct queries "
+                f"{stream[f'{name}_distinct_us_p50']:6.2f} us "
+                f"(p99 {stream[f'{name}_distinct_us_p99']:.2f}), same queries repeated "
+                f"{stream[f'{name}_repeated_us_p50']:6.2f} us: "
+                f"{stream[f'{name}_distinct_over_repeated']:.2f}x"
+            )
+        if args.compare:
+            builds: dict[str, Path | None] = {"this": None}
+            for item in args.compare:
+                label, _, checkout = item.partition("=")
+                builds[label] = Path(checkout).resolve()
+            compared = compare_builds(builds, args.model, args.rounds, args.smoke)
+            results["stream_compare"] = {"rounds": args.rounds, "builds": compared}
+            this = compared["this"]
+            for label, build in compared.items():
+                print(
+                    f"compare  {label:12s} c distinct {build['c_distinct_us_p50']:6.2f} "
+                    f"repeated {build['c_repeated_us_p50']:5.2f}  route distinct "
+                    f"{build['route_distinct_us_p50']:6.2f} repeated "
+                    f"{build['route_repeated_us_p50']:5.2f}  ({build['implementation']}"
+                    + (", same scores)" if build["scores_sha256"] == this["scores_sha256"] else ")")
+                )
+                if label != "this":
+                    build["this_route_distinct_speedup"] = (
+                        build["route_distinct_us_p50"] / this["route_distinct_us_p50"]
+                    )
+                    build["this_c_distinct_speedup"] = (
+                        build["c_distinct_us_p50"] / this["c_distinct_us_p50"]
+                    )
     for size, text in QUERIES.items():
         row: dict[str, Any] = {"bytes": len(text.encode())}
         for name, fn in implementations.items():
@@ -210,7 +396,10 @@ def main() -> int:
         )
     print(
         f"model {model.version}: load {results['model']['load_ms_p50']:.1f} ms p50, "
-        f"{results['model']['weights_bytes_in_memory'] / 2**20:.1f} MiB of weights in memory, "
+        f"{results['model']['weights_bytes_in_memory'] / 2**20:.1f} MiB of "
+        f"{results['model']['weights_dtype']} weights in memory and "
+        f"{results['model']['fastpath_weight_rows_bytes'] / 2**20:.1f} MiB of padded rows "
+        "in the fast path, "
         f"file {results['model']['file_bytes'] / 2**20:.1f} MiB"
     )
     if not args.smoke:
@@ -240,7 +429,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
     }
     x = np.arange(len(sizes))
     width = 0.8 / len(names)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    stream = results.get("stream")
+    if stream is None:
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    else:
+        fig, (ax, ax_stream) = plt.subplots(
+            1, 2, figsize=(11, 4.5), dpi=120, gridspec_kw={"width_ratios": [3, 2]}
+        )
+        plot_stream(ax_stream, stream, results.get("stream_compare", {}).get("builds", {}))
     for i, name in enumerate(names):
         values = [results["queries"][s][f"{name}_us_p50"] for s in sizes]
         bars = ax.bar(x + i * width, values, width, label=labels[name])
@@ -256,6 +452,29 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_stream(ax: Any, stream: dict[str, Any], builds: dict[str, Any]) -> None:
+    """Draw distinct-stream vs repeated-query medians (this build, and the compared ones)."""
+    rows = {"this run": stream} | {k: v for k, v in builds.items() if k != "this"}
+    modes = [
+        ("c_repeated", "compiled\nrepeated"),
+        ("c_distinct", "compiled\ndistinct"),
+        ("route_repeated", "route()\nrepeated"),
+        ("route_distinct", "route()\ndistinct"),
+    ]
+    x = np.arange(len(modes))
+    width = 0.8 / len(rows)
+    for i, (label, row) in enumerate(rows.items()):
+        values = [row[f"{key}_us_p50"] for key, _ in modes]
+        bars = ax.bar(x + i * width, values, width, label=label)
+        ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], fontsize=6)
+    ax.set_xticks(x + width * (len(rows) - 1) / 2, [name for _, name in modes], fontsize=7)
+    ax.set_ylabel("microseconds per decision (median)")
+    ax.set_title(
+        f"{stream['queries']} distinct {stream['bytes_min']}-{stream['bytes_max']} B queries"
+    )
+    ax.legend(fontsize=6)
 
 
 if __name__ == "__main__":

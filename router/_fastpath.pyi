@@ -5,6 +5,10 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from router._fastpath_py import Weights
+
+def _set_f16c(on: bool) -> bool: ...
+
 class FastPath:
     seed: int
     buckets_log2: int
@@ -31,7 +35,7 @@ class FastPath:
         char_max: int,
         max_bytes: int,
         rule_phrases: Sequence[Sequence[str]],
-        weights: npt.NDArray[np.float32],
+        weights: Weights,
         bias: npt.NDArray[np.float64],
         score_formula: int = 2,
         level_weight: float = 0.0,

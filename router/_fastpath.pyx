@@ -14,7 +14,7 @@ buffers safe to reuse across calls.
 """
 
 from libc.math cimport exp, sqrt
-from libc.stdint cimport int32_t, uint8_t, uint64_t
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint64_t
 from libc.stdlib cimport free, malloc
 
 import unicodedata
@@ -28,6 +28,7 @@ from router._fastpath_py import (
     check_score_formula,
     check_settings,
     checked_weights,
+    rule_prefixes,
     rule_table,
 )
 from router._fastpath_py import HEADS as _PY_HEADS
@@ -39,6 +40,127 @@ cdef extern from *:
     #include "xxhash.h"
     """
     uint64_t XXH3_64bits_withSeed(const void* data, size_t length, uint64_t seed) nogil
+
+cdef extern from *:
+    """
+    /* XXH3_64bits_withSeed for inputs of at most 16 bytes (char n-grams, token-hash pairs):
+       the same short path, without the long-input branch that keeps the compiler from
+       inlining it into the n-gram loops. */
+    static inline uint64_t mr_xxh3_short(const void* data, size_t length, uint64_t seed) {
+        return XXH3_len_0to16_64b((const xxh_u8*)data, length, XXH3_kSecret, seed);
+    }
+    """
+    uint64_t mr_xxh3_short(const void* data, size_t length, uint64_t seed) nogil
+
+cdef extern from *:
+    """
+    /* Row sums over hashed n-grams. Rows of float16 weights are 8 halves (7 heads and a
+       zero pad: 16 bytes, one cache line each); each head's sum is a float64 accumulated in
+       emission order, as the twin's, and a set top bit of the hash negates the row (a sign
+       flip is exact, and costs no branch). */
+    #include <string.h>
+    #if defined(__GNUC__) || defined(__clang__)
+    #define MR_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+    #else
+    #define MR_PREFETCH(p) ((void)(p))
+    #endif
+    #define MR_ROW16 8
+    #define MR_TOP_BIT 0x8000000000000000ULL
+
+    /* IEEE half to single precision, exactly (normal, subnormal, zero, inf, nan). */
+    static inline float mr_half_to_float(uint16_t h) {
+        uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+        uint32_t exponent = (h >> 10) & 0x1Fu;
+        uint32_t mantissa = h & 0x3FFu;
+        uint32_t bits;
+        float f;
+        if (exponent == 0x1Fu) {
+            bits = sign | 0x7F800000u | (mantissa << 13);
+        } else if (exponent != 0) {
+            bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);
+        } else {
+            /* zero or subnormal: mantissa * 2^-24 is exact in single precision */
+            f = (float)mantissa * 5.9604644775390625e-8f;
+            memcpy(&bits, &f, 4);
+            bits |= sign;
+        }
+        memcpy(&f, &bits, 4);
+        return f;
+    }
+
+    static void mr_sum_rows_f16_portable(const uint16_t* w, const uint64_t* hashes,
+                                         Py_ssize_t count, uint64_t mask, double* sums) {
+        Py_ssize_t i;
+        int k;
+        for (i = 0; i < count; i++) {
+            uint64_t h = hashes[i];
+            const uint16_t* row = w + (h & mask) * MR_ROW16;
+            double sign = (h & MR_TOP_BIT) ? -1.0 : 1.0;
+            for (k = 0; k < 7; k++) sums[k] += sign * (double)mr_half_to_float(row[k]);
+        }
+    }
+
+    #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+    #include <immintrin.h>
+    #define MR_HAVE_F16C_BUILD 1
+    __attribute__((target("avx,f16c")))
+    static void mr_sum_rows_f16_f16c(const uint16_t* w, const uint64_t* hashes,
+                                     Py_ssize_t count, uint64_t mask, double* sums) {
+        double out[8];
+        __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+        Py_ssize_t i;
+        int k;
+        for (i = 0; i < count; i++) {
+            uint64_t h = hashes[i];
+            __m256 row = _mm256_cvtph_ps(
+                _mm_loadu_si128((const __m128i*)(w + (h & mask) * MR_ROW16)));
+            __m256d sign = _mm256_castsi256_pd(
+                _mm256_set1_epi64x((long long)(h & MR_TOP_BIT)));
+            __m256d head0to3 = _mm256_cvtps_pd(_mm256_castps256_ps128(row));
+            __m256d head4to7 = _mm256_cvtps_pd(_mm256_extractf128_ps(row, 1));
+            lo = _mm256_add_pd(lo, _mm256_xor_pd(head0to3, sign));
+            hi = _mm256_add_pd(hi, _mm256_xor_pd(head4to7, sign));
+        }
+        _mm256_storeu_pd(out, lo);
+        _mm256_storeu_pd(out + 4, hi);
+        /* The sums start at zero in the caller: adding them afterwards keeps the order. */
+        for (k = 0; k < 7; k++) sums[k] += out[k];
+    }
+
+    static int mr_cpu_has_f16c(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+    }
+    #else
+    #define MR_HAVE_F16C_BUILD 0
+    static void mr_sum_rows_f16_f16c(const uint16_t* w, const uint64_t* hashes,
+                                     Py_ssize_t count, uint64_t mask, double* sums) {
+        mr_sum_rows_f16_portable(w, hashes, count, mask, sums);
+    }
+    static int mr_cpu_has_f16c(void) { return 0; }
+    #endif
+
+    static void mr_sum_rows_f32(const float* w, const uint64_t* hashes, Py_ssize_t count,
+                                uint64_t mask, double* sums) {
+        Py_ssize_t i;
+        int k;
+        for (i = 0; i < count; i++) {
+            uint64_t h = hashes[i];
+            const float* row = w + (h & mask) * 7;
+            double sign = (h & MR_TOP_BIT) ? -1.0 : 1.0;
+            for (k = 0; k < 7; k++) sums[k] += sign * (double)row[k];
+        }
+    }
+    """
+    void MR_PREFETCH(const void* p) nogil
+    float mr_half_to_float(uint16_t h) nogil
+    void mr_sum_rows_f16_portable(const uint16_t* w, const uint64_t* hashes, Py_ssize_t count,
+                                  uint64_t mask, double* sums) nogil
+    void mr_sum_rows_f16_f16c(const uint16_t* w, const uint64_t* hashes, Py_ssize_t count,
+                              uint64_t mask, double* sums) nogil
+    void mr_sum_rows_f32(const float* w, const uint64_t* hashes, Py_ssize_t count,
+                         uint64_t mask, double* sums) nogil
+    int mr_cpu_has_f16c() nogil
 
 cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object)
@@ -53,11 +175,26 @@ cdef enum:
     LEVEL_GAIN = 2
     MAX_DENSE_STATS = 8
     MAX_EDGES = 16
+    ROW16 = 8
+    # Rule table values: the rule index (NO_RULE: none) and a flag for phrase prefixes.
+    NO_RULE = 0xFF
+    RULE_PREFIX = 0x100
 
 if (LEVELS, HEADS, LEVEL_GAIN) != (_PY_LEVELS, _PY_HEADS, SCORE_LEVEL_GAIN):
     raise ImportError("router._fastpath was built for another head layout than the twin's")
 
 cdef uint64_t TOP_BIT = (<uint64_t>1) << 63
+# Whether this CPU converts float16 in hardware (x86 F16C); else an exact portable conversion.
+cdef bint USE_F16C = mr_cpu_has_f16c()
+
+
+def _set_f16c(bint on):
+    """Use the F16C row sums (when the CPU has them) or the portable ones; return the old."""
+    global USE_F16C
+    old = USE_F16C
+    USE_F16C = on and mr_cpu_has_f16c()
+    return old
+
 
 # Byte classes: bit 1 whitespace, 2 word byte, 4 digit, 8 maths symbol, 16 code symbol.
 cdef uint8_t BYTE_CLASS[256]
@@ -89,7 +226,7 @@ cdef inline uint64_t _pair_hash(uint64_t a, uint64_t b, uint64_t seed) noexcept 
     cdef uint64_t pair[2]
     pair[0] = a
     pair[1] = b
-    return XXH3_64bits_withSeed(pair, 16, seed)
+    return mr_xxh3_short(pair, 16, seed)
 
 
 cdef inline double _sigmoid(double x) noexcept nogil:
@@ -107,14 +244,20 @@ cdef class FastPath:
     cdef readonly int buckets_log2, word_max, char_min, char_max, rule_len
     cdef readonly Py_ssize_t max_bytes, n_buckets, n_rules, n_features, n_heads
     cdef uint64_t mask
-    # Weights (n_features x HEADS, float32) and bias, kept alive by the arrays.
+    # Weights (n_features x HEADS) and bias. float32 weights are read in place (kept alive
+    # by the view); float16 ones, as model files hold them, are copied once into rows of 8
+    # halves (16 bytes, 16-byte aligned by numpy: one cache line per n-gram, where a float32
+    # row of 28 bytes straddles two lines for 3 n-grams in 7).
     cdef const float[:, ::1] _weights_view
     cdef const float* w
+    cdef uint16_t[:, ::1] _rows16
+    cdef uint16_t* w16
     cdef double bias[HEADS]
     # The score formula (see score()) and its parameters.
     cdef readonly int score_formula
     cdef readonly double level_weight, score_bias, placement_weight
-    # Rule table: open addressing on the chained phrase hash.
+    # Rule table: open addressing on the chained hashes of the phrases and their prefixes;
+    # a value is a rule index (or NO_RULE) and the RULE_PREFIX flag, -1 an empty slot.
     cdef uint64_t* rule_keys
     cdef int* rule_ids
     cdef uint64_t rule_mask
@@ -140,6 +283,8 @@ cdef class FastPath:
         self.buf = NULL
         self.tok_hash = NULL
         self.gram_hash = NULL
+        self.w = NULL
+        self.w16 = NULL
 
     def __init__(self, *, seed, buckets_log2, word_max, char_min, char_max, max_bytes,
                  rule_phrases, weights, bias, score_formula=SCORE_LEVEL_GAIN,
@@ -160,10 +305,13 @@ cdef class FastPath:
         self.n_rules = len(rule_phrases)
         self.n_features = self.n_buckets + N_DENSE + self.n_rules
 
-        # Open-addressing rule table sized to a power of two at least four times the phrases.
+        # Open-addressing rule table sized to a power of two at least four times its keys.
         table, self.rule_len = rule_table(rule_phrases, self.seed, max_bytes)
+        values = {h_py: rule_id for h_py, rule_id in table.items()}
+        for h_py in rule_prefixes(rule_phrases, self.seed, max_bytes):
+            values[h_py] = values.get(h_py, NO_RULE) | RULE_PREFIX
         slots = 64
-        while slots < 4 * len(table):
+        while slots < 4 * len(values):
             slots *= 2
         self.rule_mask = <uint64_t>(slots - 1)
         self.rule_keys = <uint64_t*>malloc(slots * sizeof(uint64_t))
@@ -172,7 +320,7 @@ cdef class FastPath:
             raise MemoryError()
         for i in range(slots):
             self.rule_ids[i] = -1
-        for h_py, rule_id in table.items():
+        for h_py, rule_id in values.items():
             h = h_py
             i = <Py_ssize_t>(h & self.rule_mask)
             while self.rule_ids[i] != -1:
@@ -182,8 +330,14 @@ cdef class FastPath:
 
         weights = checked_weights(weights, bias, self.n_features)
         self.n_heads = HEADS
-        self._weights_view = weights
-        self.w = &self._weights_view[0, 0]
+        if weights.dtype == np.float16:
+            rows16 = np.zeros((self.n_features, ROW16), dtype=np.uint16)
+            rows16[:, :HEADS] = weights.view(np.uint16)
+            self._rows16 = rows16
+            self.w16 = &self._rows16[0, 0]
+        else:
+            self._weights_view = weights
+            self.w = &self._weights_view[0, 0]
         for i in range(HEADS):
             self.bias[i] = float(bias[i])
         self.score_formula = score_formula
@@ -332,20 +486,27 @@ cdef class FastPath:
 
     # -- scoring ----------------------------------------------------------------------
 
-    cdef void _add_row(self, double* sums, uint64_t h) noexcept nogil:
-        cdef const float* row = self.w + (h & self.mask) * HEADS
-        cdef int k
-        if h & TOP_BIT:
-            for k in range(HEADS):
-                sums[k] += -1.0 * row[k]
+    cdef inline double _weight(self, Py_ssize_t idx, int k) noexcept nogil:
+        if self.w16 != NULL:
+            return mr_half_to_float(self.w16[idx * ROW16 + k])
+        return self.w[idx * HEADS + k]
+
+    cdef inline void _prefetch_row(self, uint64_t h) noexcept nogil:
+        # Start loading the n-gram's weights while the next n-grams are hashed: with ~700
+        # random rows per query in a table larger than L2, waiting on memory costs more than
+        # the hashing.
+        cdef const float* row
+        if self.w16 != NULL:
+            MR_PREFETCH(self.w16 + (h & self.mask) * ROW16)
         else:
-            for k in range(HEADS):
-                sums[k] += 1.0 * row[k]
+            row = self.w + (h & self.mask) * HEADS
+            MR_PREFETCH(row)
+            MR_PREFETCH(row + HEADS - 1)
 
     cdef void _hash_grams(self) noexcept:
         """Hash the prepared text's word and char n-grams into gram_hash; note fired rules."""
         cdef Py_ssize_t i, j = 0
-        cdef int n, rule_id
+        cdef int n, entry
         cdef int chain_len = self.word_max if self.word_max > self.rule_len else self.rule_len
         cdef uint64_t g
         cdef uint64_t seed_c = self.seed + 1
@@ -360,14 +521,21 @@ cdef class FastPath:
                     g = _pair_hash(g, self.tok_hash[i + n - 1], seed_p)
                 if n <= self.word_max:
                     self.gram_hash[j] = g
+                    self._prefetch_row(g)
                     j += 1
-                rule_id = self._rule_lookup(g)
-                if rule_id >= 0:
-                    self.rules_fired |= (<uint64_t>1) << rule_id
+                entry = self._rule_lookup(g)
+                if entry >= 0 and entry & NO_RULE != NO_RULE:
+                    self.rules_fired |= (<uint64_t>1) << (entry & NO_RULE)
+                # A chain no phrase starts with cannot grow into one: stop once the word
+                # n-grams are out.
+                if n >= self.word_max and (entry < 0 or not entry & RULE_PREFIX):
+                    break
         self.n_word = j
         for n in range(self.char_min, self.char_max + 1):
             for i in range(self.buf_len - n + 1):
-                self.gram_hash[j] = XXH3_64bits_withSeed(self.buf + i, n, seed_c)
+                g = mr_xxh3_short(self.buf + i, n, seed_c)
+                self.gram_hash[j] = g
+                self._prefetch_row(g)
                 j += 1
         self.n_char = j - self.n_word
 
@@ -376,21 +544,23 @@ cdef class FastPath:
         """Add weight/sqrt(count) times the signed rows of gram_hash[start:start+count]."""
         cdef double sums[HEADS]
         cdef double scale
-        cdef Py_ssize_t i
         cdef int k
         if count == 0:
             return
         for k in range(HEADS):
             sums[k] = 0.0
-        for i in range(start, start + count):
-            self._add_row(sums, self.gram_hash[i])
+        if self.w16 == NULL:
+            mr_sum_rows_f32(self.w, self.gram_hash + start, count, self.mask, sums)
+        elif USE_F16C:
+            mr_sum_rows_f16_f16c(self.w16, self.gram_hash + start, count, self.mask, sums)
+        else:
+            mr_sum_rows_f16_portable(self.w16, self.gram_hash + start, count, self.mask, sums)
         scale = weight / sqrt(<double>count)
         for k in range(HEADS):
             logits[k] += scale * sums[k]
 
     cdef void _accumulate(self, double weight, double* logits) noexcept:
         """Add ``weight`` times the prepared text's linear terms to ``logits``."""
-        cdef const float* row
         cdef Py_ssize_t offset, idx
         cdef int k, stat, r
         self._hash_grams()
@@ -399,15 +569,13 @@ cdef class FastPath:
         offset = self.n_buckets
         for stat in range(self.n_stats):
             idx = offset + self._dense_index(stat)
-            row = self.w + idx * HEADS
             for k in range(HEADS):
-                logits[k] += weight * row[k]
+                logits[k] += weight * self._weight(idx, k)
             offset += self.edges_len[stat]
         for r in range(self.n_rules):
             if self.rules_fired >> r & 1:
-                row = self.w + (offset + r) * HEADS
                 for k in range(HEADS):
-                    logits[k] += weight * row[k]
+                    logits[k] += weight * self._weight(offset + r, k)
 
     cdef uint64_t _logits(self, str text, str context, double context_weight,
                           double* logits) except? 0xFFFFFFFFFFFFFFFF:

@@ -55,6 +55,10 @@ SCORE_PLACEMENT_GAIN = 1
 SCORE_LEVEL_GAIN = 2
 SCORE_FORMULAS = (SCORE_PLACEMENT_GAIN, SCORE_LEVEL_GAIN)
 
+# Weights as model files hold them (float16) or as training makes them (float32): both
+# paths read the same values, widened exactly to float64.
+Weights = npt.NDArray[np.float16] | npt.NDArray[np.float32]
+
 _xxh3 = xxhash.xxh3_64_intdigest
 _PAIR = struct.Struct("<QQ")
 _WHITESPACE = frozenset(b" \t\n\r\x0b\x0c")
@@ -158,16 +162,22 @@ def _dense_indices(stats: Sequence[int], offset: int) -> list[int]:
     return indices
 
 
-def phrase_hash(phrase: str, seed: int, max_bytes: int = 1 << 15) -> tuple[int, int]:
-    """Return (chained hash, token count) of a rule phrase, tokenized like queries."""
+def phrase_chain(phrase: str, seed: int, max_bytes: int = 1 << 15) -> list[int]:
+    """Return the chained hashes of a rule phrase's first 1, 2, ... tokens (as in queries)."""
     buf, _ = _scan(normalize(phrase, max_bytes))
     spans = _tokens(buf)
     if not spans:
         raise ValueError(f"rule phrase {phrase!r} has no tokens")
-    h = _xxh3(buf[spans[0][0] : spans[0][1]], seed)
+    chain = [_xxh3(buf[spans[0][0] : spans[0][1]], seed)]
     for s, e in spans[1:]:
-        h = _xxh3(_PAIR.pack(h, _xxh3(buf[s:e], seed)), seed + 2)
-    return h, len(spans)
+        chain.append(_xxh3(_PAIR.pack(chain[-1], _xxh3(buf[s:e], seed)), seed + 2))
+    return chain
+
+
+def phrase_hash(phrase: str, seed: int, max_bytes: int = 1 << 15) -> tuple[int, int]:
+    """Return (chained hash, token count) of a rule phrase, tokenized like queries."""
+    chain = phrase_chain(phrase, seed, max_bytes)
+    return chain[-1], len(chain)
 
 
 def check_settings(
@@ -198,17 +208,33 @@ def rule_table(
     return table, longest
 
 
+def rule_prefixes(rule_phrases: Sequence[Sequence[str]], seed: int, max_bytes: int) -> set[int]:
+    """Return the chained hashes of every proper prefix of every rule phrase.
+
+    A query's token chain that is not among them cannot grow into a phrase, so the
+    compiled path stops extending it there (the same rules fire, with fewer hashes).
+    """
+    return {
+        h
+        for phrases in rule_phrases
+        for phrase in phrases
+        for h in phrase_chain(phrase, seed, max_bytes)[:-1]
+    }
+
+
 def check_score_formula(formula: int) -> None:
     """Raise ValueError for a score formula neither fast path computes."""
     if formula not in SCORE_FORMULAS:
         raise ValueError(f"unknown score formula {formula!r} (known: {list(SCORE_FORMULAS)})")
 
 
-def checked_weights(
-    weights: npt.NDArray[np.float32], bias: npt.NDArray[np.float64], n_features: int
-) -> npt.NDArray[np.float32]:
-    """Return the weights as a C-contiguous float32 matrix, checking both shapes."""
-    weights = np.ascontiguousarray(weights, dtype=np.float32)
+def checked_weights(weights: Weights, bias: npt.NDArray[np.float64], n_features: int) -> Weights:
+    """Return the weights as a C-contiguous float16 or float32 matrix, checking both shapes."""
+    weights = (
+        np.ascontiguousarray(weights, dtype=np.float16)
+        if weights.dtype == np.float16
+        else np.ascontiguousarray(weights, dtype=np.float32)
+    )
     if weights.ndim != 2 or weights.shape[0] != n_features:
         raise ValueError(f"weights must have shape ({n_features}, heads)")
     if weights.shape[1] != HEADS:
@@ -231,7 +257,7 @@ class FastPath:
         char_max: int,
         max_bytes: int,
         rule_phrases: Sequence[Sequence[str]],
-        weights: npt.NDArray[np.float32],
+        weights: Weights,
         bias: npt.NDArray[np.float64],
         score_formula: int = SCORE_LEVEL_GAIN,
         level_weight: float = 0.0,

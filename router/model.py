@@ -3,7 +3,8 @@
 One ``.npz`` file (numpy's zip of arrays, read with ``allow_pickle=False``) holds a JSON
 ``meta`` entry and the arrays. ``meta.checksum`` is the SHA-256 of the canonical meta
 (without the checksum) and of every array's bytes, so a corrupt or edited file is an
-error at load. Weights are stored as float16 and widened to float32 in memory.
+error at load. Weights are stored as float16 and kept so in memory (the fast path reads
+halves: half the bytes to fetch per n-gram); training makes float32 ones.
 
 Format versions: 2 names its score formula in ``meta.score`` (``ScoreFormula``); 1 (the
 models before it) had ``meta.score_gate``, the weight of the placement head in the only
@@ -28,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from router import _fastpath_py
+from router._fastpath_py import Weights
 from router.fastpath import (
     FEATURIZER_VERSION,
     HEADS,
@@ -118,7 +120,7 @@ class FeaturizerSpec:
 
     def fastpath(
         self,
-        weights: npt.NDArray[np.float32] | None = None,
+        weights: Weights | None = None,
         bias: npt.NDArray[np.float64] | None = None,
         implementation: type[_fastpath_py.FastPath] = FastPath,
         score: ScoreFormula = ScoreFormula(),
@@ -180,8 +182,9 @@ class RouterModel:
     """A trained routing model with its calibrated operating point."""
 
     spec: FeaturizerSpec
-    # (n_features, HEADS): 5 level logits, the gain logit, the gate logit.
-    weights: npt.NDArray[np.float32]
+    # (n_features, HEADS): 5 level logits, the gain logit, the gate logit; float16 as saved
+    # and loaded, float32 as training makes them.
+    weights: Weights
     bias: npt.NDArray[np.float64]  # (HEADS,)
     tier_names: tuple[str, ...]
     thresholds: tuple[float, ...]
@@ -264,7 +267,7 @@ def save_model(model: RouterModel, path: str | Path) -> RouterModel:
     with tmp.open("wb") as fh:
         np.savez_compressed(fh, meta=meta_bytes, weights=arrays["weights"], bias=arrays["bias"])
     tmp.replace(path)
-    return replace(model, checksum=checksum, weights=arrays["weights"].astype(np.float32))
+    return replace(model, checksum=checksum, weights=arrays["weights"])
 
 
 def load_model(path: str | Path) -> RouterModel:
@@ -341,7 +344,7 @@ def load_model(path: str | Path) -> RouterModel:
         raise ModelError(f"{path}: {meta.get('heads')} heads, this code scores {HEADS}")
     return RouterModel(
         spec=spec,
-        weights=weights.astype(np.float32),
+        weights=weights.astype(np.float16),
         bias=bias.astype(np.float64),
         tier_names=tuple(meta["tier_names"]),
         thresholds=tuple(float(t) for t in meta["thresholds"]),

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import xxhash
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import router.fastpath
@@ -74,6 +76,53 @@ def test_parity_on_generated_text(text: str, context: str) -> None:
 def test_parity_of_the_format_1_score(text: str, context: str) -> None:
     py, c = _pair(score=PLACEMENT_GAIN)
     _assert_same(py, c, text, context)
+
+
+def _half_model(seed: int = 5) -> RouterModel:
+    """Return a model with float16 weights (as files hold them) drawn from every finite half."""
+    model = random_model(seed)
+    rng = np.random.default_rng(seed)
+    bits = rng.integers(0, 0x7C00, size=model.weights.shape, dtype=np.uint16)  # no inf or nan
+    bits |= rng.integers(0, 2, size=bits.shape, dtype=np.uint16) << 15
+    # Rows of only zeros and subnormals as well (the portable conversion's own branches).
+    bits[::7] &= 0x83FF
+    return dataclasses.replace(model, weights=bits.view(np.float16))
+
+
+@pytest.fixture(params=["f16c", "portable"])
+def half_conversion(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run a test with the compiled path's F16C row sums, then with its portable ones."""
+    if _fastpath_c is None:
+        pytest.skip("compiled fast path not built")
+    old = _fastpath_c._set_f16c(request.param == "f16c")
+    try:
+        yield request.param
+    finally:
+        _fastpath_c._set_f16c(old)
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    # The fixture only switches the conversion: the same for every example.
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(text=UNICODE_TEXT, context=st.text(max_size=80))
+def test_parity_with_float16_weights(half_conversion: str, text: str, context: str) -> None:
+    model = _half_model()
+    py, c = model.fastpath(_fastpath_py.FastPath), model.fastpath(_fastpath_c.FastPath)
+    _assert_same(py, c, text, context)
+
+
+def test_float16_weights_score_as_their_float32_widening(half_conversion: str) -> None:
+    """Halves are read exactly: the same model widened to float32 gives the same scores."""
+    model = _half_model(9)
+    wide = dataclasses.replace(model, weights=model.weights.astype(np.float32))
+    half_fp, wide_fp = model.fastpath(_fastpath_c.FastPath), wide.fastpath(_fastpath_c.FastPath)
+    for text in [*ODD_INPUTS, "Compare plan A vs plan B for my usage pattern"]:
+        args = (text, "earlier turn", 0.3)
+        assert half_fp.logits(*args) == wide_fp.logits(*args)
+        assert half_fp.score(*args) == wide_fp.score(*args)
 
 
 @settings(max_examples=500, deadline=None)

@@ -85,7 +85,7 @@ def test_round_trip_keeps_everything(saved: tuple[RouterModel, Path]) -> None:
     loaded = load_model(path)
     assert loaded.spec == model.spec
     assert loaded.spec.rules[2].level == 3
-    assert loaded.weights.dtype == np.float32
+    assert loaded.weights.dtype == np.float16
     assert loaded.weights.tobytes() == model.weights.tobytes()
     assert loaded.bias.tobytes() == model.bias.tobytes()
     assert loaded.tier_names == model.tier_names
@@ -105,8 +105,9 @@ def test_weights_are_stored_as_float16(tmp_path: Path) -> None:
     _, arrays = read_raw(tmp_path / "m.npz")
     assert arrays["weights"].dtype == np.float16
     assert arrays["bias"].dtype == np.float64
-    # save_model returns the weights as they will load: float16-rounded, widened to float32.
-    assert saved.weights.tobytes() == model.weights.astype(np.float16).astype(np.float32).tobytes()
+    # save_model returns the weights as they will load: float16, as the fast path reads them.
+    assert saved.weights.dtype == np.float16
+    assert saved.weights.tobytes() == model.weights.astype(np.float16).tobytes()
 
 
 def test_checksum_and_version(saved: tuple[RouterModel, Path]) -> None:

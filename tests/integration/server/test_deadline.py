@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -46,6 +47,18 @@ async def _complete(
     return events, None, await call.trailing_metadata()
 
 
+@asynccontextmanager
+async def _flaky_cheap_slow_strong(
+    fake: FakeOpenAIServer, start_server: Callable[..., Any]
+) -> AsyncIterator[grpc.aio.Channel]:
+    """Yield a channel to a server whose cheap tier fails and whose strong tier is slow."""
+    fake.scenarios["flaky"] = "http:500"
+    server: RunningServer = await start_server(fake_config(fake, ("flaky", "ok", "ok")))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        await _teach_strong(channel, fake)
+        yield channel
+
+
 async def _teach_strong(channel: grpc.aio.Channel, fake: FakeOpenAIServer) -> None:
     """Send five Completes to the strong tier at once, each slowed to SLOW_S to first token."""
     fake.attempt_delays = [SLOW_S] * 5
@@ -59,10 +72,7 @@ async def _teach_strong(channel: grpc.aio.Channel, fake: FakeOpenAIServer) -> No
 async def test_complete_ends_with_deadline_exceeded_naming_the_attempts_before_the_deadline(
     fake: FakeOpenAIServer, start_server: Callable[..., Any]
 ) -> None:
-    fake.scenarios["flaky"] = "http:500"
-    server: RunningServer = await start_server(fake_config(fake, ("flaky", "ok", "ok")))
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        await _teach_strong(channel, fake)
+    async with _flaky_cheap_slow_strong(fake, start_server) as channel:
         asked = len(fake.requests)
         started = time.monotonic()
         events, error, trailers = await _complete(channel, _request("strong"), DEADLINE_S)
@@ -99,10 +109,7 @@ async def test_complete_ends_with_deadline_exceeded_naming_the_attempts_before_t
 async def test_the_climb_passes_over_the_slow_tier_to_one_that_fits(
     fake: FakeOpenAIServer, start_server: Callable[..., Any]
 ) -> None:
-    fake.scenarios["flaky"] = "http:500"
-    server: RunningServer = await start_server(fake_config(fake, ("flaky", "ok", "ok")))
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        await _teach_strong(channel, fake)
+    async with _flaky_cheap_slow_strong(fake, start_server) as channel:
         events, error, _ = await _complete(channel, _request(), DEADLINE_S)
     assert error is None
     summary = events[-1].summary
