@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -30,20 +29,14 @@ from router.domain import ChatMessage
 from router.loop.label import TierRunner
 from router.model import load_model
 from router.store import open_store
-from tests.integration.llm_server import REQUIRE_ENV, llama_server, missing_packages
+from tests.integration.llm_server import REQUIRE_ENV, llama_server, skip_module_without_llm
 from tests.integration.server.support import ServeProcess, router_stub
 from tests.integration.test_cli import modelrouter
 from tests.unit.training.support import SAMPLE
 
 pytestmark = [pytest.mark.llm, pytest.mark.slow]
 
-_missing = missing_packages()
-if _missing and not os.environ.get(REQUIRE_ENV):
-    pytest.skip(
-        f"not installed: {', '.join(_missing)} (run scripts/install_llm.sh; set "
-        f"{REQUIRE_ENV}=1 to make this a failure)",
-        allow_module_level=True,
-    )
+_missing = skip_module_without_llm()
 
 PROMPTS = [
     "What is the capital of France?",
