@@ -52,7 +52,7 @@ def test_the_shipped_rules_load() -> None:
     [
         ("Review this contract clause for compliance issues", {"legal"}),
         ("Analyze this error log and suggest a fix", {"analysis", "error_log"}),
-        ("Here is the Stack  Trace of my python script", {"error_log", "code"}),
+        ("Here is the Stack  Trace of my python script", {"error_log", "code", "code_request"}),
         ("What are your business hours?", set()),
     ],
 )
