@@ -33,11 +33,12 @@ import numpy as np
 import numpy.typing as npt
 
 from router.config import DEFAULT_TENANT, MAX_OFFSET, Config, ControllerConfig
+from router.store.stats import CONTROLLER_STATE, ControllerStats
 
 TargetKind = Literal["strong_share", "usd_per_hour"]
 STATE_VERSION = 1
 # The store's named state of a tenant's controller is STATE_KEY + tenant.
-STATE_KEY = "controller:"
+STATE_KEY = CONTROLLER_STATE
 # A threshold is kept this far from 0 and 1 so that its logit is finite.
 _EDGE = 1e-6
 # Bisection steps when solving for the offset: the interval shrinks 2^-20.
@@ -127,6 +128,20 @@ class Snapshot:
     updates: int
     # True when the offset sits at a limit and the target is still not met.
     saturated: bool
+
+    def as_stats(self) -> ControllerStats:
+        """Return the snapshot as GetConfig and GetStats report it (flat, by message field)."""
+        return ControllerStats(
+            tenant=self.tenant,
+            target_kind=self.target.kind,
+            target=self.target.value,
+            offset=self.offset,
+            thresholds=self.thresholds,
+            realised=self.realised,
+            window_requests=self.window_requests,
+            updates=self.updates,
+            saturated=self.saturated,
+        )
 
 
 def shift_thresholds(thresholds: Sequence[float], offset: float) -> tuple[float, ...]:
@@ -262,6 +277,8 @@ class TenantController:
         self._count = 0
         self._since_update = 0
         self.updates = 0
+        # Requests recorded since the controller was made (a change to persist).
+        self.recorded = 0
         self.offset = 0.0
         self.saturated = False
         self._pricing = pricing
@@ -286,6 +303,7 @@ class TenantController:
         self._next = (self._next + 1) % self.settings.window_requests
         self._count = min(self._count + 1, self.settings.window_requests)
         self._since_update += 1
+        self.recorded += 1
         if self._since_update >= self.settings.update_every:
             self.update()
 
@@ -417,6 +435,9 @@ class TenantController:
 
     def state(self) -> dict[str, Any]:
         """Return what to persist so that a restart does not start cold."""
+        # thresholds, realised and saturated are not restored (they follow from the rest):
+        # they are there for readers of the store (modelrouter stats --store).
+        snapshot = self.snapshot()
         return {
             "version": STATE_VERSION,
             "target": {"kind": self.target.kind, "value": self.target.value},
@@ -424,6 +445,9 @@ class TenantController:
             "tiers": len(self._pricing.input_price),
             "offset": self.offset,
             "updates": self.updates,
+            "thresholds": list(snapshot.thresholds),
+            "realised": snapshot.realised,
+            "saturated": snapshot.saturated,
             "columns": list(_COLUMNS),
             "window": self._rows().tolist(),
         }
@@ -501,21 +525,22 @@ class Controllers:
         """Return the controller of a request's tenant, or None when it has no target."""
         return self._by_tenant.get(tenant or DEFAULT_TENANT)
 
-    def configure(self, config: Config, pricing: Pricing) -> None:
-        """Hold the targets of a (new) configuration, carrying each tenant's state over.
-
-        A tenant whose target kind, model version and tiers are unchanged keeps its window
-        and offset; a new target value is aimed at from there.
-        """
+    def configure(self, config: Config, pricing: Pricing) -> list[str]:
+        """Hold a (new) configuration's targets; return the tenants that start cold."""
+        # A tenant whose target kind, model version and tiers are unchanged keeps its window
+        # and offset (a new target value is aimed at from there); the others have no state
+        # in this process (``restore`` takes one from the store).
         settings = settings_of(config.controller)
         old = self._by_tenant
         new = {}
+        cold = []
         for tenant, target in targets_of(config).items():
             controller = TenantController(tenant, target, settings, pricing, clock=self._clock)
-            if tenant in old:
-                controller.restore(old[tenant].state())
+            if tenant not in old or not controller.restore(old[tenant].state()):
+                cold.append(tenant)
             new[tenant] = controller
         self._by_tenant = new
+        return cold
 
     def __iter__(self) -> Iterator[TenantController]:
         return iter(self._by_tenant.values())

@@ -296,3 +296,5 @@ class FeedbackResult:
 
     known_request: bool
     stored: bool
+    # The tier that served the rated request, when this worker or the store knows it.
+    tier: str | None = None

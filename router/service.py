@@ -10,6 +10,7 @@ the store through its writer's queue (``router.recording`` builds them), never w
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
@@ -19,8 +20,9 @@ import structlog
 
 from router.auth import KeyRing
 from router.completion.cost import estimate_tokens
-from router.config import Config
+from router.config import DEFAULT_TENANT, Config
 from router.controller import NO_TIER, Controllers, Pricing, Served, Snapshot
+from router.controller_store import ControllerStore
 from router.domain import (
     Attempt,
     BackendState,
@@ -116,8 +118,10 @@ class RouterService:
         self._engine_factory = engine_factory
         self._runtime = Runtime(config, router, engine_factory(config), model_source, store)
         self._controllers = Controllers(clock)
-        self._controllers.configure(config, _pricing(self._runtime))
-        # Request ids served lately (-> tier), to answer Feedback's known_request at once.
+        cold = self._controllers.configure(config, _pricing(self._runtime))
+        self._controller_store = ControllerStore(self._controllers, clock, cold)
+        # Request ids this worker served lately -> the tier that served them (the decided
+        # tier, then the one that answered), so that Feedback need not ask the store.
         self._served: BoundedMap[str, str] = BoundedMap(config.server.feedback_capacity)
         self._sessions = Sessions(config.routing.max_sessions)
         self._ids = RequestIds()
@@ -140,10 +144,6 @@ class RouterService:
     def store(self) -> StoreWriter | None:
         """Return the store writer in force (None without a store)."""
         return self._runtime.writer
-
-    def served_tier(self, request_id: str) -> str | None:
-        """Return the tier a request this worker served lately was routed to, if known."""
-        return self._served.get(request_id)
 
     @property
     def key_ring(self) -> KeyRing | None:
@@ -229,6 +229,7 @@ class RouterService:
         if controller is not None:
             # Route runs no model: the decided tier answers, at the prompt's estimated cost.
             controller.record(_served(rt, request, decision, decision.tier_index))
+            self._controller_store.recorded(controller, rt.writer)
         return decision
 
     async def _session_floor(self, rt: Runtime, request: RouteRequest) -> int | None:
@@ -350,6 +351,7 @@ class RouterService:
                         escalated.append(event.attempt)
                     elif isinstance(event, CompletionSummary):
                         summary = event
+                        self._served.put(decision.request_id, event.tier)
                         self._observe(rt, route, decision, event)
                         if held is not None:
                             held.attempts = event.attempts
@@ -426,6 +428,7 @@ class RouterService:
                 max(0.0, summary.cost_usd - answered),
             )
         )
+        self._controller_store.recorded(controller, rt.writer)
 
     # -- Feedback, GetConfig, GetStats --------------------------------------------------
 
@@ -435,11 +438,14 @@ class RouterService:
         Feedback for an unknown request id is kept all the same (the stats report it).
         """
         check_feedback(feedback)
-        writer = self._runtime.writer
-        known = self._served.get(feedback.request_id) is not None
-        if not known and writer is not None:
+        rt = self._runtime
+        writer = rt.writer
+        # This worker's own requests first; the store knows the other workers' and
+        # replicas' (once their records are written, a flush interval after the request).
+        tier = self._served.get(feedback.request_id)
+        if tier is None and writer is not None:
             try:
-                known = await asyncio.to_thread(writer.store.has_request, feedback.request_id)
+                tier = await asyncio.to_thread(writer.store.served_tier, feedback.request_id)
             except Exception as exc:
                 log.warning("request look-up failed", store=writer.store.location, error=str(exc))
         stored = writer is not None and writer.put(
@@ -452,7 +458,9 @@ class RouterService:
                 label=feedback.label,
             )
         )
-        return FeedbackResult(known_request=known, stored=stored)
+        # Only the tiers in force name the tier: the metrics' labels stay a configured set.
+        served = tier if tier in rt.tier_index else None
+        return FeedbackResult(known_request=tier is not None, stored=stored, tier=served)
 
     def info(self) -> ServiceInfo:
         """Return the configuration in force, the model and the backends' circuit states."""
@@ -472,6 +480,10 @@ class RouterService:
     def controllers(self) -> Controllers:
         return self._controllers
 
+    async def restore_controllers(self) -> list[str]:
+        """Resume the controllers that start cold from the store; return the tenants resumed."""
+        return await self._controller_store.restore(self._runtime.writer)
+
     async def stats(self, since: float | None, tenant: str | None) -> ServiceStats:
         """Return satisfaction, escalation, errors and cost per tier and model, from the store."""
         if tenant is not None:
@@ -486,7 +498,15 @@ class RouterService:
         except Exception as exc:
             log.error("store read failed", store=writer.store.location, error=str(exc))
             raise StoreUnavailable(f"the store cannot be read: {exc}") from None
-        return ServiceStats(stats, store_status(writer))
+        wanted = None if tenant is None else tenant or DEFAULT_TENANT
+        controllers = tuple(
+            s.as_stats()
+            for s in self._controllers.snapshots()
+            if wanted is None or s.tenant == wanted
+        )
+        return ServiceStats(
+            dataclasses.replace(stats, controllers=controllers), store_status(writer)
+        )
 
     # -- reload and shutdown -----------------------------------------------------------
 
@@ -503,7 +523,7 @@ class RouterService:
         runtime does not keep is drained once they have.
         """
         new = Runtime(config, router, self._engine_factory(config), model_source, store)
-        self._controllers.configure(config, _pricing(new))
+        self._controller_store.configured(self._controllers.configure(config, _pricing(new)))
         old, self._runtime = self._runtime, new
         _note_settings(new)
         self._served.capacity = config.server.feedback_capacity
@@ -524,13 +544,13 @@ class RouterService:
             await rt.writer.aclose()
 
     async def aclose(self) -> None:
-        """Close the engine in force, wait for retired runtimes, close the limits' store, write
-        what is queued."""
+        """Close the engines, save the controllers, write what is queued, close the limits."""
         rt = self._runtime
         await rt.engine.aclose()
         if self._closing:
             await asyncio.gather(*self._closing)
         if rt.writer is not None:
+            self._controller_store.save_all(rt.writer)
             await rt.writer.aclose()
         await self._limiter.aclose()
 

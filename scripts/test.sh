@@ -48,6 +48,7 @@ scripts/ci_server.sh
 "$PYTHON" bench/controller.py --smoke --out "$(mktemp -d)"
 "$PYTHON" bench/learning_curve.py --smoke --out "$(mktemp -d)"
 "$PYTHON" bench/bench_limits.py --smoke
+"$PYTHON" bench/store_write.py --smoke --out "$(mktemp -d)/store_write.json"
 "$PYTHON" bench/drain.py --rounds 1 --out "$(mktemp -d)/drain.json"
 
 step "install paths: pip install ., the wheel, the sdist, scripts/serve.sh on a fresh clone"

@@ -32,8 +32,9 @@ from router.domain import (
 )
 from router.service import ServiceInfo, ServiceStats, StoreStatus
 from router.store import Stats, TierStats
+from router.store.stats import ControllerStats
 
-_Row = TypeVar("_Row", TierStats, StoreStatus)
+_Row = TypeVar("_Row", TierStats, StoreStatus, ControllerStats)
 _NO_METADATA: MappingProxyType[str, str] = MappingProxyType({})
 _NO_HINTS = TierHints()
 _NO_GENERATION = GenerationOptions()
@@ -126,6 +127,7 @@ def stats_response(report: ServiceStats) -> pb.GetStatsResponse:
         satisfied_at=stats.satisfied_at,
         unmatched_feedback=stats.unmatched_feedback,
         store=pb.StoreStatus(**_values(report.store)),
+        controllers=[pb.TenantController(**_values(row)) for row in stats.controllers],
     )
 
 
@@ -301,17 +303,7 @@ def config_response(info: ServiceInfo) -> pb.GetConfigResponse:
 
 def controller(snapshot: Snapshot) -> pb.TenantController:
     """Return a tenant controller's state as GetConfig reports it."""
-    return pb.TenantController(
-        tenant=snapshot.tenant,
-        target_kind=snapshot.target.kind,
-        target=snapshot.target.value,
-        offset=snapshot.offset,
-        thresholds=snapshot.thresholds,
-        realised=snapshot.realised,
-        window_requests=snapshot.window_requests,
-        updates=snapshot.updates,
-        saturated=snapshot.saturated,
-    )
+    return pb.TenantController(**_values(snapshot.as_stats()))
 
 
 def _dataclass_of(kind: type[_Row], message: Message) -> _Row:
@@ -327,6 +319,10 @@ def stats_of(message: pb.GetStatsResponse) -> ServiceStats:
             total=_dataclass_of(TierStats, message.total),
             satisfied_at=message.satisfied_at,
             unmatched_feedback=message.unmatched_feedback,
+            controllers=tuple(
+                dataclasses.replace(row, thresholds=tuple(row.thresholds))
+                for row in (_dataclass_of(ControllerStats, c) for c in message.controllers)
+            ),
         ),
         store=_dataclass_of(StoreStatus, message.store),
     )

@@ -130,8 +130,7 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         # Noted once checked: it also goes into the x-request-id trailer of an error.
         record.request_id = request.request_id
         if self._metrics is not None:
-            tier = self._service.served_tier(request.request_id)
-            self._metrics.feedback(tier or "unknown")
+            self._metrics.feedback(result.tier or "unknown")
         return convert.feedback_response(result)
 
     async def GetConfig(
@@ -141,10 +140,8 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         return convert.config_response(self._service.info())
 
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.GetStatsResponse:
-        """Report satisfaction, escalation, errors and cost per tier and model.
-
-        With auth on, a key sees its own tenant's stats only.
-        """
+        """Report satisfaction, escalation, errors and cost per tier and model."""
+        # With auth on, a key sees its own tenant's stats only.
         since, tenant = convert.stats_query(request)
         record = current_rpc()
         if record.principal is not None:

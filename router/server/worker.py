@@ -99,6 +99,7 @@ async def _serve_async(
             log.error("cannot open the store", error=str(exc))
             return EXIT_STORE
     service = RouterService(config, loaded.router, model_source=loaded.model_source, store=writer)
+    await service.restore_controllers()
     address = f"{config.server.host}:{config.server.port}"
     try:
         running = create_server(
@@ -255,6 +256,7 @@ class Reloader:
                 loaded = await asyncio.to_thread(load, self._source)
                 writer = await self._writer_for(loaded)
                 self._service.reload(loaded.config, loaded.router, loaded.model_source, writer)
+                await self._service.restore_controllers()
             except (ConfigError, StoreError) as exc:
                 log.error("reload rejected", config=self._source.describe(), error=str(exc))
                 return False

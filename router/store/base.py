@@ -42,8 +42,8 @@ class Store(abc.ABC):
         """Yield stored requests, oldest first, each with its latest feedback."""
 
     @abc.abstractmethod
-    def has_request(self, request_id: str) -> bool:
-        """Return whether a request with this id is stored."""
+    def served_tier(self, request_id: str) -> str | None:
+        """Return the tier that served a stored request (None: no request with this id)."""
 
     @abc.abstractmethod
     def session_tier(self, tenant: str, session_id: str) -> str | None:
@@ -52,6 +52,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def state(self, key: str) -> Any:
         """Return the named state last written (decoded JSON), or None."""
+
+    @abc.abstractmethod
+    def states(self, prefix: str) -> dict[str, Any]:
+        """Return every named state whose key starts with ``prefix`` (decoded JSON), by key."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -265,13 +265,20 @@ class SqlStore(Store):
 
     # -- reads -------------------------------------------------------------------------
 
-    def has_request(self, request_id: str) -> bool:
-        """Return whether a request with this id is stored."""
+    def served_tier(self, request_id: str) -> str | None:
+        """Return the tier that served a stored request (None: no request with this id)."""
+        # The tier that answered a Complete (the decided one when none did), the decided
+        # tier of a Route, as the stats count it; the latest request of that id.
         with self._reading() as cursor:
             cursor.execute(
-                self._sql("SELECT 1 FROM requests WHERE request_id = ? LIMIT 1"), (request_id,)
+                self._sql(
+                    "SELECT COALESCE(answered_tier, tier) FROM requests WHERE request_id = ? "
+                    "ORDER BY unix_time DESC LIMIT 1"
+                ),
+                (request_id,),
             )
-            return cursor.fetchone() is not None
+            row = cursor.fetchone()
+        return None if row is None else str(row[0])
 
     def session_tier(self, tenant: str, session_id: str) -> str | None:
         """Return the strongest tier a session used, or None for a session not seen."""
@@ -289,6 +296,15 @@ class SqlStore(Store):
             cursor.execute(self._sql("SELECT value FROM state WHERE key = ?"), (key,))
             row = cursor.fetchone()
         return None if row is None else json.loads(row[0])
+
+    def states(self, prefix: str) -> dict[str, Any]:
+        """Return every named state whose key starts with ``prefix`` (decoded JSON), by key."""
+        with self._reading() as cursor:
+            cursor.execute(
+                self._sql("SELECT key, value FROM state WHERE substr(key, 1, ?) = ? ORDER BY key"),
+                (len(prefix), prefix),
+            )
+            return {str(key): json.loads(value) for key, value in cursor.fetchall()}
 
     def requests(
         self, since: float | None = None, tenant: str | None = None

@@ -17,6 +17,8 @@ DEFAULT_SATISFIED_AT = 0.7
 # The state key where a server notes its feedback.satisfied_at, so that reading the store
 # directly (modelrouter stats --store) counts satisfaction as the server does.
 SATISFIED_AT_STATE = "feedback.satisfied_at"
+# The state key of a tenant's cost controller is this prefix + the tenant.
+CONTROLLER_STATE = "controller:"
 TOTAL = "total"
 
 
@@ -76,6 +78,49 @@ class TierStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ControllerStats:
+    """A tenant's cost controller: its target, offset and what its window was served.
+
+    The fields mirror the TenantController message by name.
+    """
+
+    tenant: str
+    target_kind: str  # strong_share or usd_per_hour
+    target: float
+    offset: float  # logits added to every threshold's logit (positive: cheaper)
+    thresholds: tuple[float, ...]
+    realised: float | None  # the target's quantity over the window; None before enough
+    window_requests: int
+    updates: int
+    saturated: bool
+
+    def as_json(self) -> dict[str, Any]:
+        """Return the controller in the ``modelrouter stats --json`` shape."""
+        return {name: getattr(self, name) for name in ControllerStats.__slots__} | {
+            "thresholds": list(self.thresholds)
+        }
+
+
+def controller_of_state(tenant: str, state: Any) -> ControllerStats | None:
+    """Return what a controller's stored state says of it (None: not a state we read)."""
+    try:
+        window = state["window"]
+        return ControllerStats(
+            tenant=tenant,
+            target_kind=str(state["target"]["kind"]),
+            target=float(state["target"]["value"]),
+            offset=float(state["offset"]),
+            thresholds=tuple(float(t) for t in state.get("thresholds", ())),
+            realised=None if state.get("realised") is None else float(state["realised"]),
+            window_requests=len(window),
+            updates=int(state["updates"]),
+            saturated=bool(state.get("saturated", False)),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     """Every tier and model's counts, their total, and the feedback no request matched."""
 
@@ -84,13 +129,19 @@ class Stats:
     satisfied_at: float
     # Ratings whose request id the store does not hold (kept, never dropped).
     unmatched_feedback: int
+    # The tenants' cost controllers, by tenant name.
+    controllers: tuple[ControllerStats, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
-        """Return ``{"tiers": [...], "total": {...}}``, the shape of ``stats --json``."""
+        """Return ``{"tiers": [...], "total": {...}, "controllers": [...]}`` (``stats --json``)."""
         total = self.total.as_json()
         total["satisfied_at"] = self.satisfied_at
         total["unmatched_feedback"] = self.unmatched_feedback
-        return {"tiers": [row.as_json() for row in self.tiers], "total": total}
+        return {
+            "tiers": [row.as_json() for row in self.tiers],
+            "total": total,
+            "controllers": [c.as_json() for c in self.controllers],
+        }
 
 
 @dataclass(slots=True)
@@ -242,4 +293,11 @@ def stats_table(stats: Stats) -> str:
     )
     if stats.unmatched_feedback:
         text.append(f"feedback for request ids not in the store: {stats.unmatched_feedback}")
+    for c in stats.controllers:
+        realised = "-" if c.realised is None else f"{c.realised:.4g}"
+        text.append(
+            f"controller {c.tenant}: target {c.target_kind} {c.target:g}, realised {realised} "
+            f"over {c.window_requests} requests, offset {c.offset:+.3f} logits, "
+            f"{c.updates} moves{', saturated' if c.saturated else ''}"
+        )
     return "\n".join(text)

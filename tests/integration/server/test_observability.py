@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -153,3 +154,29 @@ async def test_feedback_counted_by_the_served_tier(
     value = registry.get_sample_value
     assert value("modelrouter_feedback_total", {"tier": decision.tier}) == 1
     assert value("modelrouter_feedback_total", {"tier": "unknown"}) == 1
+
+
+async def test_feedback_on_another_worker_is_counted_by_the_tier_in_the_store(
+    registry: CollectorRegistry,
+    start_server: Callable[..., Any],
+    make_config: Callable[..., Config],
+) -> None:
+    # Two servers on one store, as two workers or replicas: the second never saw the request.
+    config = make_config()
+    first, second = await start_server(config), await start_server(config)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as channel:
+        route = pb.RouteRequest(prompt="hi", request_id="fb-2", hints=pb.TierHints(tier="expert"))
+        await router_stub(channel).Route(route)
+    writer = first.service.store
+    assert writer is not None
+    for _ in range(600):  # written a flush interval later
+        if writer.written >= 2:  # the settings record and the request
+            break
+        await asyncio.sleep(0.05)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as channel:
+        response = await router_stub(channel).Feedback(
+            pb.FeedbackRequest(request_id="fb-2", rating=1.0)
+        )
+    assert response.known_request
+    flush(second)
+    assert registry.get_sample_value("modelrouter_feedback_total", {"tier": "expert"}) == 1

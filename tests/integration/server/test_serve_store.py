@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from router._proto.modelrouter.v1 import router_pb2 as pb
+from router.controller import STATE_KEY
 from router.store import StatsQuery, open_store
 from tests.integration.server.support import (
     ServeProcess,
@@ -21,6 +22,7 @@ from tests.integration.server.support import (
     slow_demo,
     write_config,
 )
+from tests.integration.server.test_controller import QUERIES
 from tests.integration.server.test_serve import route, stub_for
 
 Start = Callable[..., ServeProcess]
@@ -202,3 +204,64 @@ def test_the_default_store_is_in_the_state_directory(
     else:
         assert stored_requests(str(path)) == 1
         assert path.stat().st_mode & 0o077 == 0  # owner only: it may hold prompts
+
+
+def get_controllers(port: int) -> list[pb.TenantController]:
+    with stub_for(port) as stub:
+        response = stub.GetConfig(pb.GetConfigRequest(), timeout=30)
+    return list(response.controllers)
+
+
+def test_a_tenant_controller_resumes_after_a_restart_and_a_reload(
+    serve_process: Start, tmp_path: Path, model_path: Path, store_target: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    sections: dict[str, Any] = {
+        "store": store_section(store_target),
+        # A target of 0 pushes the offset up at every update.
+        "tenants": {"default": {"target": {"strong_share": 0.0}}},
+        "controller": {"window_requests": 100, "min_requests": 20, "update_every": 5},
+    }
+    config = write_config(path, model_path, **sections)
+    server = serve(serve_process, config)
+    port = port_of(server)
+    for query in QUERIES[:60]:
+        route(port, query)
+    (before,) = get_controllers(port)
+    assert before.offset > 0.0 and before.updates > 0 and before.window_requests == 60
+    server.signal(signal.SIGTERM)
+    assert server.wait(START_S) == 0
+    stored = open_store(store_target, migrate=False)
+    try:
+        state = stored.state(STATE_KEY + "default")
+    finally:
+        stored.close()
+    assert state["offset"] == before.offset and len(state["window"]) == 60
+
+    def same(after: pb.TenantController) -> None:
+        assert (after.offset, after.updates, after.window_requests) == (
+            before.offset,
+            before.updates,
+            before.window_requests,
+        )
+        assert list(after.thresholds) == list(before.thresholds)
+        assert after.realised == before.realised
+
+    again = serve(serve_process, config)
+    port = port_of(again)
+    again.wait_for("controller states restored", timeout=START_S)
+    same(*get_controllers(port))
+    # A reload that drops the target, then one that sets it again: the controller comes
+    # back cold and resumes from the store.
+    write_config(path, model_path, **{**sections, "tenants": {}})
+    again.signal(signal.SIGHUP)
+    again.wait_for("reloaded", timeout=START_S)
+    assert get_controllers(port) == []
+    write_config(path, model_path, **sections)
+    again.signal(signal.SIGHUP)
+    again.wait_for("controller states restored", count=2, timeout=START_S)
+    same(*get_controllers(port))
+    # It carries on from there: the next update moves from the restored offset.
+    for query in QUERIES[60:65]:
+        route(port, query)
+    assert get_controllers(port)[0].updates == before.updates + 1

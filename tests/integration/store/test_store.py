@@ -175,7 +175,7 @@ def test_reopening_keeps_the_data_and_applies_no_migration_twice(store_target: s
     first.close()
     again = open_store(store_target)
     try:
-        assert again.has_request("a")
+        assert again.served_tier("a") == "cheap"
         with again._reading() as cursor:  # type: ignore[attr-defined]
             cursor.execute("SELECT COUNT(*) FROM schema_version")
             assert cursor.fetchone()[0] == 1
@@ -232,7 +232,7 @@ def test_stats_per_tier_and_model(store: Store) -> None:
     assert total.error_rate == pytest.approx(2 / 5)
     assert stats.unmatched_feedback == 1
     data = stats.as_json()
-    assert set(data) == {"tiers", "total"}
+    assert set(data) == {"tiers", "total", "controllers"} and data["controllers"] == []
     assert data["total"]["unmatched_feedback"] == 1
     for row in data["tiers"]:
         assert set(row) >= JSON_ROW_KEYS
@@ -293,6 +293,20 @@ def test_a_session_floor_rises_and_never_falls(store: Store) -> None:
     assert store.session_tier("globex", "s1") is None  # sessions are per tenant
 
 
+def test_the_served_tier_of_a_request_is_the_tier_that_answered(store: Store) -> None:
+    store.write(
+        [
+            request("escalated", answered=("strong", 1)),
+            request("failed", "strong", 1, outcome="error"),
+            request("routed", "expert", 2, method="route"),
+        ]
+    )
+    assert store.served_tier("escalated") == "strong"
+    assert store.served_tier("failed") == "strong"
+    assert store.served_tier("routed") == "expert"
+    assert store.served_tier("never") is None
+
+
 def test_named_state_is_replaced(store: Store) -> None:
     assert store.state("controller/acme") is None
     store.write([StateRecord("controller/acme", {"offset": 0.1, "window": [1, 2]}, T0)])
@@ -300,12 +314,28 @@ def test_named_state_is_replaced(store: Store) -> None:
     assert store.state("controller/acme") == {"offset": -0.05}
 
 
+def test_named_states_are_listed_by_prefix(store: Store) -> None:
+    store.write(
+        [
+            StateRecord("controller:acme", {"offset": 1.0}, T0),
+            StateRecord("controller:50%_off", {"offset": 2.0}, T0),
+            StateRecord("controllers", 3, T0),
+            StateRecord("feedback.satisfied_at", 0.7, T0),
+        ]
+    )
+    assert store.states("controller:") == {
+        "controller:50%_off": {"offset": 2.0},
+        "controller:acme": {"offset": 1.0},
+    }
+    assert store.states("nothing:") == {}
+
+
 def test_a_batch_is_written_all_or_nothing(store: Store) -> None:
     store.write([request("dup")])
     broken = dataclasses.replace(request("broken"), tenant=None)  # NOT NULL in the schema
     with pytest.raises(Exception, match=r"(?i)null"):
         store.write([request("x"), broken, request("y"), rating("x", 1.0)])
-    assert not store.has_request("x") and not store.has_request("y")
+    assert store.served_tier("x") is None and store.served_tier("y") is None
     assert store.stats(StatsQuery()).total.rated == 0
     store.write([request("dup")])  # a retried batch does not duplicate requests
     assert store.stats(StatsQuery()).total.requests == 1

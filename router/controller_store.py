@@ -1,0 +1,96 @@
+"""Keep the tenants' cost controllers in the store, so that a restart does not start cold.
+
+Each controller's state (its window of served requests and its offset) is written under
+``controller:<tenant>`` through the store writer's queue: at most every ``SAVE_EVERY_S``
+per tenant while it changes, and once more when the service closes (SIGTERM drains it with
+the rest of the queue). A controller that starts cold (at start-up, or a tenant a reload
+adds) resumes from its stored state where that fits (same target kind, model version and
+tiers; records older than ``controller.window_s`` drop out of the window as usual). With
+several workers each runs its own controllers and saves under the same key: the last write
+wins, and every worker resumes from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+
+import structlog
+
+from router.controller import STATE_KEY, Controllers, TenantController
+from router.store import StateRecord, StoreWriter
+
+log = structlog.get_logger()
+
+SAVE_EVERY_S = 10.0
+
+
+class ControllerStore:
+    """Save the controllers' states through the store writer; restore the cold ones."""
+
+    def __init__(
+        self, controllers: Controllers, clock: Callable[[], float], cold: Iterable[str] = ()
+    ) -> None:
+        self._controllers = controllers
+        self._clock = clock
+        # Tenants whose controller has no state in this process yet.
+        self._cold = set(cold)
+        # Per tenant: the controller, its request count and the time, when last saved.
+        self._saved: dict[str, tuple[TenantController, int, float]] = {}
+
+    def configured(self, cold: Iterable[str]) -> None:
+        """Note the tenants a (re)configuration started cold."""
+        self._cold.update(cold)
+
+    def _changed(self, controller: TenantController) -> bool:
+        saved = self._saved.get(controller.tenant)
+        return saved is None or saved[0] is not controller or saved[1] != controller.recorded
+
+    def _save(self, controller: TenantController, writer: StoreWriter, now: float) -> None:
+        state = controller.state()
+        writer.put(StateRecord(STATE_KEY + controller.tenant, state, now))
+        self._saved[controller.tenant] = (controller, controller.recorded, now)
+
+    def recorded(self, controller: TenantController, writer: StoreWriter | None) -> None:
+        """Save a controller that just recorded a request, if its last save is old enough."""
+        if writer is None:
+            return
+        now = self._clock()
+        saved = self._saved.get(controller.tenant)
+        if saved is None or now - saved[2] >= SAVE_EVERY_S:
+            self._save(controller, writer, now)
+
+    def save_all(self, writer: StoreWriter | None) -> None:
+        """Save every controller that changed since its last save (the service closing)."""
+        if writer is None:
+            return
+        now = self._clock()
+        for controller in self._controllers:
+            if controller.recorded and self._changed(controller):
+                self._save(controller, writer, now)
+
+    async def restore(self, writer: StoreWriter | None) -> list[str]:
+        """Resume the cold controllers from their stored states; return the tenants resumed."""
+        cold = sorted(self._cold)
+        self._cold.clear()
+        if writer is None or not cold:
+            return []
+        store = writer.store
+
+        def read() -> dict[str, object]:
+            return {STATE_KEY + tenant: store.state(STATE_KEY + tenant) for tenant in cold}
+
+        try:
+            states = await asyncio.to_thread(read)
+        except Exception as exc:
+            log.warning(
+                "controller states unreadable: starting cold", store=store.location, error=str(exc)
+            )
+            return []
+        resumed = self._controllers.restore(states)
+        if resumed:
+            log.info("controller states restored", tenants=resumed)
+        return resumed
+
+
+__all__ = ["SAVE_EVERY_S", "ControllerStore"]
