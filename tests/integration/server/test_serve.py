@@ -168,6 +168,59 @@ def test_two_workers_serve_from_both_and_a_dead_worker_or_exporter_is_restarted(
     assert stopped["exporter_pid"] not in (supervisor, exporter["exporter_pid"])
 
 
+def gone(pid: int) -> bool:
+    """Return whether a process (not our child) has exited: no such pid, or a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def test_a_supervisor_killed_outright_has_its_metrics_directory_removed_by_the_next_one(
+    serve_process: Start, tmp_path: Path, model_path: Path
+) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    config = write_config(tmp_path / "c.yaml", model_path)
+
+    def start() -> tuple[ServeProcess, Path, list[int]]:
+        """Start a --workers 2 server with metrics; return it, its directory and its children."""
+        before = set(temp.glob("modelrouter-metrics-*"))
+        server = serve_process(
+            "--config", str(config), "--host", "127.0.0.1", "--port", "0", "--workers", "2",
+            "--metrics-port", str(free_port()), env={"TMPDIR": str(temp)},
+        )  # fmt: skip
+        children = [line["pid"] for line in server.wait_for("listening", count=2)]
+        children += [line["exporter_pid"] for line in server.wait_for("metrics exporter started")]
+        [made] = set(temp.glob("modelrouter-metrics-*")) - before
+        return server, made, children
+
+    killed, killed_dir, orphans = start()
+    live, live_dir, _ = start()
+    assert killed_dir.is_dir(), "a starting server removed a live server's directory"
+    assert not live.events("removed the metrics directory of a dead server")
+
+    killed.proc.kill()  # SIGKILL: the supervisor cannot clean up
+    assert killed.wait() == -signal.SIGKILL
+    # Its workers and exporter follow it (SIGTERM on their parent's death).
+    deadline = time.monotonic() + 30
+    while not all(gone(pid) for pid in orphans):
+        assert time.monotonic() < deadline, f"children of the killed server still run: {orphans}"
+        time.sleep(0.1)
+    assert killed_dir.is_dir()  # nobody else removes it
+
+    after, after_dir, _ = start()
+    [removed] = after.events("removed the metrics directory of a dead server")
+    assert removed["path"] == str(killed_dir) and removed["owner_pid"] == killed.proc.pid
+    assert not killed_dir.exists()
+    assert live_dir.is_dir() and after_dir.is_dir()
+    for server in (live, after):
+        server.signal(signal.SIGTERM)
+        assert server.wait() == 0
+    assert list(temp.glob("modelrouter-metrics-*")) == []
+
+
 def test_sighup_reloads_every_worker_and_rejects_a_bad_file(
     serve_process: Start, tmp_path: Path, model_path: Path
 ) -> None:
