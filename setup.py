@@ -32,9 +32,18 @@ def generate_protos() -> None:
     """Generate router/_proto/ from protos/ so modules import as router._proto.…"""
     protos = sorted(str(p.relative_to(HERE)) for p in (HERE / "protos").rglob("*.proto"))
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-Irouter/_proto=protos",
-         "--python_out=.", "--pyi_out=.", "--grpc_python_out=.", *protos],
-        cwd=HERE, check=True,
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-Irouter/_proto=protos",
+            "--python_out=.",
+            "--pyi_out=.",
+            "--grpc_python_out=.",
+            *protos,
+        ],
+        cwd=HERE,
+        check=True,
     )
 
 
@@ -57,13 +66,13 @@ class OptionalBuildExt(build_ext):
     def run(self) -> None:
         try:
             super().run()
-        except Exception as exc:  # noqa: BLE001 - any build failure means "use the twin"
+        except Exception as exc:  # any build failure means "use the twin"
             banner(f"the compiled fast path was not built ({exc}); using the pure-Python twin")
 
     def build_extension(self, ext: Extension) -> None:
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             banner(f"the compiled fast path was not built ({exc}); using the pure-Python twin")
         else:
             banner("built the compiled fast path (Cython + vendored xxHash)")

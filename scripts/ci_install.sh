@@ -5,8 +5,9 @@
 #      `config check` and `config default` work; `train` (and `eval --plot`) exit 2 with one
 #      line naming the extra to install.
 #   2. `pip wheel .`: the wheel holds the generated gRPC code, the compiled extension, the
-#      model and the rules, no build leftovers; installed into a fresh venv it serves Route
-#      and Complete (on the embedded default demo backend).
+#      model and the rules, no build leftovers; installed into a fresh venv it serves Route,
+#      Complete and RouteBatch (on the embedded default demo backend), and GetStats counts
+#      them in the default store.
 #   3. the sdist builds that same wheel (same files, the same bytes but for the extension).
 #   4. `scripts/serve.sh`, the README's first command, on a fresh clone: health SERVING and a
 #      Route over gRPC, then SIGTERM.
@@ -22,6 +23,9 @@ PYTHON3="${PYTHON3:-python3}"
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/modelrouter-install.XXXXXX")"
 servers=()
 started=$SECONDS
+# The embedded default configuration keeps a SQLite store in the per-user state directory:
+# the servers started here keep theirs in $tmp, removed on exit, not in the user's home.
+export XDG_STATE_HOME="$tmp/state"
 
 cleanup() {
     local pid
@@ -149,7 +153,8 @@ wheel_venv="$(new_venv venv-wheel)"
 "$wheel_venv/pip" install --quiet "$wheel"
 port="$(free_port)"
 start_server "$tmp/serve-wheel.log" "$wheel_venv/modelrouter" serve --host 127.0.0.1 --port "$port"
-probe "$wheel_venv" "127.0.0.1:$port" "$server_pid" "$tmp/serve-wheel.log" --rpcs route,complete
+probe "$wheel_venv" "127.0.0.1:$port" "$server_pid" "$tmp/serve-wheel.log" \
+    --rpcs route,complete,batch,stats
 stop_server "$server_pid"
 
 step "3. the sdist builds the same wheel"

@@ -188,7 +188,9 @@ class Supervisor:
                 os._exit(code)
         self._children[pid] = _Worker(slot, time.monotonic())
         if slot == EXPORTER_SLOT:
-            log.info("metrics exporter started", pid=pid, metrics_port=self._metrics_port())
+            log.info(
+                "metrics exporter started", exporter_pid=pid, metrics_port=self._metrics_port()
+            )
         else:
             log.info("worker started", worker_pid=pid, slot=slot)
 
@@ -290,7 +292,10 @@ class Supervisor:
                 self._in_flight.clear(worker.slot)  # its RPCs died with it
             code = os.waitstatus_to_exitcode(status)
             if self._stopping:
-                log.info("worker stopped", worker_pid=pid, slot=worker.slot, exit_code=code)
+                if worker.slot == EXPORTER_SLOT:
+                    log.info("metrics exporter stopped", exporter_pid=pid, exit_code=code)
+                else:
+                    log.info("worker stopped", worker_pid=pid, slot=worker.slot, exit_code=code)
                 if code != 0:
                     self._exit_code = 1
                 continue
@@ -301,22 +306,22 @@ class Supervisor:
         crashes = self._quick_crashes.get(worker.slot, 0) + 1 if lived < CRASH_WINDOW_S else 0
         self._quick_crashes[worker.slot] = crashes
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        # The exporter is named for what it is, and by its pid (it has no worker slot; "pid" is
+        # every log line's own: the supervisor's).
+        what, who = (
+            ("metrics exporter", {"exporter_pid": pid})
+            if worker.slot == EXPORTER_SLOT
+            else ("worker", {"worker_pid": pid, "slot": worker.slot})
+        )
         if crashes >= MAX_QUICK_CRASHES:
-            log.error(
-                "worker keeps dying; stopping",
-                worker_pid=pid,
-                slot=worker.slot,
-                died_of=how,
-                quick_crashes=crashes,
-            )
+            log.error(f"{what} keeps dying; stopping", **who, died_of=how, quick_crashes=crashes)
             self._exit_code = 1
-            self._stop("a worker keeps dying")
+            self._stop(f"a {what} keeps dying")
             return
         delay = min(0.1 * 2**crashes, MAX_RESTART_DELAY_S) if crashes else 0.0
         log.error(
-            "worker died; restarting",
-            worker_pid=pid,
-            slot=worker.slot,
+            f"{what} died; restarting",
+            **who,
             died_of=how,
             lived_s=round(lived, 3),
             restart_in_s=delay,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 from collections.abc import Callable
@@ -110,6 +111,10 @@ async def _serve_async(
         await service.aclose()
         return EXIT_LISTEN
     await running.start()
+    # Everything built so far (the model, the configuration, grpc, the imported modules)
+    # lives as long as the process: out of the collector's sight, a full collection under
+    # load scans only what the requests made (it took ~75 ms a pass over ~67,000 objects).
+    gc.freeze()
     log.info(
         "listening",
         host=running.host,

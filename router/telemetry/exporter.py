@@ -4,18 +4,21 @@ With several workers the supervisor makes a fresh directory for the run, points
 ``PROMETHEUS_MULTIPROC_DIR`` at it before forking, and forks one more child that serves
 the directory's merged view (``MultiProcessCollector``): counters of dead workers stay in
 the sum, so a restart neither resets nor doubles them, and the live-only gauges of a dead
-worker are dropped (``mark_process_dead``). A single process keeps its values in memory
-and serves them from a thread.
+worker are dropped (``mark_process_dead``). A starting supervisor removes the directories
+of servers killed before they could (``remove_dead_dirs``). A single process keeps its
+values in memory and serves them from a thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
 import socket
 import ssl
+import stat
 import sys
 import tempfile
 import threading
@@ -33,6 +36,9 @@ from router.tls import load_metrics_certificates, metrics_ssl_context
 log = structlog.get_logger()
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The multiprocess directories' name prefix (in the temporary directory) and lock file.
+METRICS_DIR_PREFIX = "modelrouter-metrics-"
+OWNER_LOCK = "owner.lock"
 # A scraper gets this long for its TLS handshake and its request.
 HTTPS_TIMEOUT_S = 10.0
 
@@ -67,11 +73,58 @@ def bind_metrics_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def remove_dead_dirs(parent: Path) -> list[Path]:
+    """Remove the multiprocess directories in ``parent`` whose servers are gone; return them.
+
+    A supervisor killed with SIGKILL cannot remove its directory. Each one's ``owner.lock``
+    is flocked by its supervisor (and, inherited, by the children it forked) and holds the
+    supervisor's pid once locked; the kernel drops the lock when the last of them exits,
+    however it dies. A directory is removed only when its lock file has a pid and can be
+    locked now: never one a live process holds, one still being made, or one this code did
+    not make (another user's, or an older version's without a lock file).
+    """
+    removed = []
+    for path in parent.glob(f"{METRICS_DIR_PREFIX}*"):
+        try:
+            info = path.lstat()
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+                continue
+            fd = os.open(path / OWNER_LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            owner = os.read(fd, 32).decode("ascii", "replace").strip()
+            if owner.isdigit():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+                log.info(
+                    "removed the metrics directory of a dead server",
+                    path=str(path),
+                    owner_pid=int(owner),
+                )
+        except OSError:
+            continue  # locked: its server (or a worker of it) is alive
+        finally:
+            os.close(fd)
+    return removed
+
+
 class MultiprocessDir:
-    """The run's directory of per-process metric files, removed when the run ends."""
+    """The run's directory of per-process metric files, removed when the run ends.
+
+    Also when it ends by SIGKILL: the next supervisor to start removes it (remove_dead_dirs).
+    """
 
     def __init__(self) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix="modelrouter-metrics-"))
+        parent = Path(tempfile.gettempdir())
+        remove_dead_dirs(parent)
+        self.path = Path(tempfile.mkdtemp(prefix=METRICS_DIR_PREFIX, dir=parent))
+        # Locked for as long as this process or a child it forks lives; the pid written
+        # after locking marks the directory as made (remove_dead_dirs).
+        self._lock = os.open(self.path / OWNER_LOCK, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        os.write(self._lock, f"{os.getpid()}\n".encode())
         os.environ[MULTIPROC_ENV] = str(self.path)
         # Set here rather than read from the environment at import, so the order of
         # imports does not matter: every metric created from now on (in this process and
@@ -87,6 +140,7 @@ class MultiprocessDir:
         """Remove the directory (only from the process that made it)."""
         if os.getpid() == self._owner:
             shutil.rmtree(self.path, ignore_errors=True)
+            os.close(self._lock)
             os.environ.pop(MULTIPROC_ENV, None)
 
 

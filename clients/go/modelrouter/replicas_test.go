@@ -28,6 +28,7 @@ const (
 	ratePerSecond = 20.0
 	rateBurst     = 10
 	rateRun       = 8 * time.Second
+	rateTries     = 3
 	// The budgeted tenant: $0.005 a day. A Complete on the cheap tier ($10 per million
 	// tokens each way, at most 40 tokens out) costs at most $0.00045, really about $0.00035.
 	budgetUSD      = 0.005
@@ -161,6 +162,27 @@ func completeFor(ctx context.Context, client *modelrouter.Client, tenant string,
 	}
 }
 
+// measureRate sends Route calls of the rated tenant from 12 goroutines for rateRun and
+// returns how many were admitted, how many the limit allows over that time, and the tally.
+func measureRate(ctx context.Context, t *testing.T, client *modelrouter.Client) (float64, float64, *tally) {
+	t.Helper()
+	c := newTally()
+	stop := make(chan struct{})
+	time.AfterFunc(rateRun, func() { close(stop) })
+	started := time.Now()
+	hammer(ctx, 12, stop, func() {
+		var p peer.Peer
+		begun := time.Now()
+		_, err := client.Route(ctx, &routerv1.RouteRequest{Prompt: "hi", Tenant: "rated"}, grpc.Peer(&p))
+		c.add(err, &p, time.Since(begun), 0)
+	})
+	elapsed := time.Since(started).Seconds()
+	allowed := ratePerSecond*elapsed + rateBurst
+	t.Logf("%d replicas, %.2f s, calls per replica %v: %d admitted, %d refused; the limit allows %.1f",
+		len(c.peers), elapsed, c.peers, c.codes[codes.OK], c.codes[codes.ResourceExhausted], allowed)
+	return float64(c.codes[codes.OK]), allowed, c
+}
+
 func TestReplicasShareLimitsInRedis(t *testing.T) {
 	if _, err := testserver.FindRedis(); err != nil {
 		if os.Getenv(testserver.RequireRedisEnv) != "" {
@@ -196,40 +218,42 @@ func TestReplicasShareLimitsInRedis(t *testing.T) {
 	defer cancel()
 
 	t.Run("the rate holds over all replicas within 5%", func(t *testing.T) {
-		c := newTally()
-		stop := make(chan struct{})
-		time.AfterFunc(rateRun, func() { close(stop) })
-		started := time.Now()
-		hammer(ctx, 12, stop, func() {
-			var p peer.Peer
-			begun := time.Now()
-			_, err := client.Route(ctx, &routerv1.RouteRequest{Prompt: "hi", Tenant: "rated"}, grpc.Peer(&p))
-			c.add(err, &p, time.Since(begun), 0)
-		})
-		elapsed := time.Since(started).Seconds()
-		admitted := float64(c.codes[codes.OK])
-		allowed := ratePerSecond*elapsed + rateBurst
-		t.Logf("%d replicas, %.2f s, calls per replica %v: %d admitted, %d refused; the limit allows %.1f",
-			len(c.peers), elapsed, c.peers, c.codes[codes.OK], c.codes[codes.ResourceExhausted], allowed)
-		if len(c.peers) != replicas {
-			t.Fatalf("calls reached %d replicas (%v), want %d", len(c.peers), c.peers, replicas)
-		}
-		for addr, n := range c.peers {
-			if n < c.codes[codes.OK]/replicas/2 {
-				t.Errorf("replica %s got %d calls: round_robin should spread them", addr, n)
+		// Over-admission is the failure shared limits exist to prevent, and fails at once.
+		// Under-admission on an overloaded machine comes from the callers: a stall longer than
+		// the burst window (burst / rate = 0.5 s) wastes its tokens. A broken limiter
+		// under-admits every time, so the measurement is taken again (after the bucket
+		// refills) up to rateTries times before under-admission fails the test.
+		for try := 1; ; try++ {
+			admitted, allowed, c := measureRate(ctx, t, client)
+			if len(c.peers) != replicas {
+				t.Fatalf("calls reached %d replicas (%v), want %d", len(c.peers), c.peers, replicas)
 			}
-		}
-		if c.codes[codes.ResourceExhausted] == 0 {
-			t.Fatal("nothing was refused: the load did not exceed the limit")
-		}
-		if diff := (admitted - allowed) / allowed; diff > 0.05 || diff < -0.05 {
-			t.Errorf("admitted %v, the limit allows %.1f: off by %.1f%%", admitted, allowed, 100*diff)
-		}
-		if other := len(c.codes) - 2; other > 0 {
-			t.Errorf("unexpected status codes: %v", c.codes)
-		}
-		if c.retries != c.codes[codes.ResourceExhausted] || c.retryMax > time.Second/ratePerSecond+time.Millisecond {
-			t.Errorf("%d of %d refusals carried RetryInfo, longest %v", c.retries, c.codes[codes.ResourceExhausted], c.retryMax)
+			for addr, n := range c.peers {
+				if n < c.codes[codes.OK]/replicas/2 {
+					t.Errorf("replica %s got %d calls: round_robin should spread them", addr, n)
+				}
+			}
+			if c.codes[codes.ResourceExhausted] == 0 {
+				t.Fatal("nothing was refused: the load did not exceed the limit")
+			}
+			if other := len(c.codes) - 2; other > 0 {
+				t.Errorf("unexpected status codes: %v", c.codes)
+			}
+			if c.retries != c.codes[codes.ResourceExhausted] || c.retryMax > time.Second/ratePerSecond+time.Millisecond {
+				t.Errorf("%d of %d refusals carried RetryInfo, longest %v", c.retries, c.codes[codes.ResourceExhausted], c.retryMax)
+			}
+			diff := (admitted - allowed) / allowed
+			if diff > 0.05 {
+				t.Fatalf("admitted %v, the limit allows %.1f: over by %.1f%%", admitted, allowed, 100*diff)
+			}
+			if diff >= -0.05 {
+				return
+			}
+			if try == rateTries {
+				t.Fatalf("admitted %v, the limit allows %.1f: under by %.1f%% (try %d of %d)", admitted, allowed, -100*diff, try, rateTries)
+			}
+			t.Logf("try %d: admitted %v, the limit allows %.1f: under by %.1f%%; measuring again", try, admitted, allowed, -100*diff)
+			time.Sleep(2 * time.Second) // the bucket refills its burst
 		}
 	})
 

@@ -478,14 +478,16 @@ async def test_an_undecodable_request_is_invalid_argument_with_its_trailer_and_l
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         # No serializers: the bytes go on the wire as they are.
         send = (channel.unary_stream if method == "Complete" else channel.unary_unary)(path)
+        trailers = []
         with structlog.testing.capture_logs() as logs:
             for payload in payloads:
-                code, message = await rejection(send(payload))
-                assert code == INVALID, (payload, message)
-                assert message == (
+                error = await failure(send(payload))
+                assert error.code() == INVALID, (payload, error.details())
+                assert error.details() == (
                     f"request: not a valid modelrouter.v1.{message_type} (not protobuf, "
                     "truncated, or a string field that is not UTF-8)"
                 )
+                trailers.append(_trailer(error))
         # The server still answers a good request on the same connection.
         if method == "Route":
             reply = pb.RouteResponse.FromString(await send(ROUTE))
@@ -494,4 +496,6 @@ async def test_an_undecodable_request_is_invalid_argument_with_its_trailer_and_l
     assert [(e["method"], e["status"]) for e in lines] == [(method, "INVALID_ARGUMENT")] * len(
         payloads
     )
-    assert all(e["request_id"] for e in lines)
+    # Each answer carries the request id the server made up, and its log line names the same id.
+    assert all(trailers) and len(set(trailers)) == len(trailers)
+    assert [e["request_id"] for e in lines] == trailers

@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +24,7 @@ from tests.integration.server.support import (
     SERVICE,
     ServeProcess,
     config_data,
+    free_port,
     make_model,
     router_stub,
     slow_demo,
@@ -105,13 +108,26 @@ def test_a_stream_longer_than_the_grace_period_is_cut_and_the_exit_is_still_zero
     assert server.wait() == 0
 
 
-def test_two_workers_serve_from_both_and_a_dead_worker_is_restarted(
+def scrape(port: int, wanted: str, timeout: float = 15.0) -> str:
+    """Return the metrics page once it holds ``wanted`` (workers write theirs once a second)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            page: str = reply.read().decode()
+        if wanted in page or time.monotonic() > deadline:
+            return page
+        time.sleep(0.2)
+
+
+def test_two_workers_serve_from_both_and_a_dead_worker_or_exporter_is_restarted(
     serve_process: Start, tmp_path: Path, model_path: Path
 ) -> None:
     config = write_config(tmp_path / "c.yaml", model_path)
+    metrics_port = free_port()
     server = serve_process(
-        "--config", str(config), "--host", "127.0.0.1", "--port", "0", "--workers", "2"
-    )
+        "--config", str(config), "--host", "127.0.0.1", "--port", "0", "--workers", "2",
+        "--metrics-port", str(metrics_port),
+    )  # fmt: skip
     listening = server.wait_for("listening", count=2)
     ports = {line["port"] for line in listening}
     workers = {line["pid"] for line in listening}
@@ -130,9 +146,79 @@ def test_two_workers_serve_from_both_and_a_dead_worker_is_restarted(
     third = server.wait_for("listening", count=3)[-1]
     assert third["pid"] not in workers and third["port"] == port
     assert route(port).tier
+
+    # The metrics exporter is restarted too, and logged as what it is: it has no worker slot.
+    [exporter] = server.wait_for("metrics exporter started")
+    # By its own pid ("pid" on every line is the process that logs it: the supervisor).
+    supervisor = server.proc.pid
+    assert exporter["pid"] == supervisor and exporter["exporter_pid"] != supervisor
+    os.kill(exporter["exporter_pid"], signal.SIGKILL)
+    [died] = server.wait_for("metrics exporter died; restarting")
+    assert died["exporter_pid"] == exporter["exporter_pid"] and died["died_of"] == "signal SIGKILL"
+    assert "slot" not in died and "worker_pid" not in died
+    server.wait_for("metrics exporter started", count=2)
+    assert "grpc_server_handled_total{" in scrape(metrics_port, "grpc_server_handled_total{")
+    assert len(server.events("worker died; restarting")) == 1
+
     server.signal(signal.SIGTERM)
     assert server.wait() == 0
-    assert len(server.events("worker stopped")) == 2
+    assert sorted(line["slot"] for line in server.events("worker stopped")) == [0, 1]
+    [stopped] = server.events("metrics exporter stopped")
+    assert stopped["exit_code"] == 0 and "slot" not in stopped
+    assert stopped["exporter_pid"] not in (supervisor, exporter["exporter_pid"])
+
+
+def gone(pid: int) -> bool:
+    """Return whether a process (not our child) has exited: no such pid, or a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def test_a_supervisor_killed_outright_has_its_metrics_directory_removed_by_the_next_one(
+    serve_process: Start, tmp_path: Path, model_path: Path
+) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    config = write_config(tmp_path / "c.yaml", model_path)
+
+    def start() -> tuple[ServeProcess, Path, list[int]]:
+        """Start a --workers 2 server with metrics; return it, its directory and its children."""
+        before = set(temp.glob("modelrouter-metrics-*"))
+        server = serve_process(
+            "--config", str(config), "--host", "127.0.0.1", "--port", "0", "--workers", "2",
+            "--metrics-port", str(free_port()), env={"TMPDIR": str(temp)},
+        )  # fmt: skip
+        children = [line["pid"] for line in server.wait_for("listening", count=2)]
+        children += [line["exporter_pid"] for line in server.wait_for("metrics exporter started")]
+        [made] = set(temp.glob("modelrouter-metrics-*")) - before
+        return server, made, children
+
+    killed, killed_dir, orphans = start()
+    live, live_dir, _ = start()
+    assert killed_dir.is_dir(), "a starting server removed a live server's directory"
+    assert not live.events("removed the metrics directory of a dead server")
+
+    killed.proc.kill()  # SIGKILL: the supervisor cannot clean up
+    assert killed.wait() == -signal.SIGKILL
+    # Its workers and exporter follow it (SIGTERM on their parent's death).
+    deadline = time.monotonic() + 30
+    while not all(gone(pid) for pid in orphans):
+        assert time.monotonic() < deadline, f"children of the killed server still run: {orphans}"
+        time.sleep(0.1)
+    assert killed_dir.is_dir()  # nobody else removes it
+
+    after, after_dir, _ = start()
+    [removed] = after.events("removed the metrics directory of a dead server")
+    assert removed["path"] == str(killed_dir) and removed["owner_pid"] == killed.proc.pid
+    assert not killed_dir.exists()
+    assert live_dir.is_dir() and after_dir.is_dir()
+    for server in (live, after):
+        server.signal(signal.SIGTERM)
+        assert server.wait() == 0
+    assert list(temp.glob("modelrouter-metrics-*")) == []
 
 
 def test_sighup_reloads_every_worker_and_rejects_a_bad_file(
