@@ -115,6 +115,18 @@ def _floats(values: Sequence[float]) -> str:
     return "[" + ",".join(map(repr, values)) + "]"
 
 
+# Parameters of one request row.
+REQUEST_PARAMS = _INSERT_REQUEST.count("?")
+
+
+@cache
+def _insert_requests_sql(rows: int) -> str:
+    """Return the INSERT of ``rows`` request rows in one statement."""
+    head, _, tail = _INSERT_REQUEST.partition(" VALUES ")
+    values, _, conflict = tail.partition(" ON CONFLICT ")
+    return f"{head} VALUES {', '.join([values] * rows)} ON CONFLICT {conflict}"
+
+
 def _request_row(r: RequestRecord) -> tuple[Any, ...]:
     return (
         r.key,
@@ -155,6 +167,8 @@ class SqlStore(Store):
 
     dialect: str
     placeholder = "?"
+    # The most request rows one INSERT statement carries (1: a statement per row).
+    rows_per_insert = 1
 
     @abc.abstractmethod
     def _writing(self) -> AbstractContextManager[Cursor]:
@@ -253,8 +267,9 @@ class SqlStore(Store):
             else:
                 states.append((record.key, json.dumps(record.value), record.time))
         with self._writing() as cursor:
+            if requests:
+                self._insert_requests(cursor, requests)
             for sql, rows in (
-                (_INSERT_REQUEST, requests),
                 (_INSERT_ATTEMPT, attempts),
                 (_INSERT_FEEDBACK, feedback),
                 (_UPSERT_SESSION, sessions),
@@ -262,6 +277,25 @@ class SqlStore(Store):
             ):
                 if rows:
                     cursor.executemany(self._sql(sql), rows)
+
+    def _insert_requests(self, cursor: Cursor, rows: list[tuple[Any, ...]]) -> None:
+        """Insert request rows: one statement per row, or several rows to a statement.
+
+        With ``rows_per_insert`` above 1 the rows go in chunks of powers of two up to it
+        (at most a handful of statement texts, each compiled once), which the database
+        steps through as one statement each: SQLite's driver gives up the GIL around every
+        statement it steps, and a row at a time it passed the GIL between the writer thread
+        and the event loop twice a row.
+        """
+        most = self.rows_per_insert
+        start = 0
+        while len(rows) - start > 1 and most > 1:
+            size = min(most, 1 << ((len(rows) - start).bit_length() - 1))
+            chunk = rows[start : start + size]
+            cursor.execute(self._sql(_insert_requests_sql(size)), [v for row in chunk for v in row])
+            start += size
+        if start < len(rows):
+            cursor.executemany(self._sql(_INSERT_REQUEST), rows[start:])
 
     # -- reads -------------------------------------------------------------------------
 

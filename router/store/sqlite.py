@@ -17,9 +17,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from router.store.base import StoreError
-from router.store.sql import Cursor, SqlStore
+from router.store.sql import REQUEST_PARAMS, Cursor, SqlStore
 
 BUSY_TIMEOUT_S = 30.0
+# The most request rows one INSERT carries (fewer when the library allows fewer parameters).
+MAX_ROWS_PER_INSERT = 256
 # The directory and the file may hold prompts (store.keep_text): owner only.
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -44,6 +46,10 @@ class SQLiteStore(SqlStore):
             self._reader = self._connect()
         except sqlite3.Error as exc:
             raise StoreError(f"{path}: {exc}") from None
+        # Rows in chunks of powers of two: the largest within the parameters a statement
+        # may have (32,766 since SQLite 3.32, 999 before).
+        fits = self._writer.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // REQUEST_PARAMS
+        self.rows_per_insert = 1 << (max(1, min(fits, MAX_ROWS_PER_INSERT)).bit_length() - 1)
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         try:

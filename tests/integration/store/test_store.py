@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import sqlite3
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from router.store import (
     open_store,
     schema,
 )
+from router.store.sqlite import SQLiteStore
 
 T0 = 1_700_000_000.0
 # The keys every row of `modelrouter stats --json` has (issue 11 names them).
@@ -381,3 +384,37 @@ def test_an_unreachable_postgres_is_a_store_error() -> None:
     with pytest.raises(StoreError, match=r"postgresql://u:\*\*\*@127\.0\.0\.1:1/x"):
         open_store("postgresql://u:secret@127.0.0.1:1/x")
     assert time.monotonic() - started < 60
+
+
+def test_sqlite_writes_a_batch_several_rows_to_a_statement_as_it_would_row_by_row(
+    tmp_path: Path,
+) -> None:
+    batch: list[Record] = [
+        dataclasses.replace(
+            request(f"r{i}", method="route" if i % 3 else "complete", time_s=T0 + i / 7),
+            score=i / 301,
+            levels=(i / 3, 0.1 + i * 1e-9, 0.0, -0.0, 1 / (i + 1)),
+            prompt=None if i % 2 else f"prompt {i} é",
+            messages=None if i % 5 else (("user", f"q{i}"), ("assistant", "a")),
+            first_text_ms=None if i % 4 else i * 0.1,
+        )
+        for i in range(300)
+    ]
+    batch.insert(150, request("r7"))  # the same record key again within the batch: kept once
+    batch.append(rating("r1", 0.5))
+    tables = []
+    for rows_per_insert in (1, None):
+        path = tmp_path / f"store-{rows_per_insert}.db"
+        store = open_store(path)
+        assert isinstance(store, SQLiteStore) and store.rows_per_insert > 1
+        if rows_per_insert is not None:
+            store.rows_per_insert = rows_per_insert
+        try:
+            store.write([request("r0")])  # already stored: the batch's r0 is skipped
+            store.write(batch)
+        finally:
+            store.close()
+        with closing(sqlite3.connect(path)) as db:
+            tables.append(db.execute("SELECT * FROM requests ORDER BY record_key").fetchall())
+    assert len(tables[1]) == 300
+    assert tables[1] == tables[0]
