@@ -114,6 +114,7 @@ def main() -> int:
         outcomes=any(r.has_outcome for r in rows),
         hard=any(r.tier in (3, 4) for r in rows),
         simple=any(r.tier == 0 for r in rows),
+        levels=True,
     )
     results: dict[str, Any] = {
         "baseline": "HashingVectorizer word 1-2 + char_wb 3-5 (2^18 each), "
@@ -134,7 +135,13 @@ def main() -> int:
         # Scores in [0, 1] as the router's are (the expected level divided by 4).
         if column is None:
             oof, held = oof / 4.0, held / 4.0
-        thresholds = calibrate(oof, rows, target, len(TIERS), 0.2)
+
+        # The promise's level bound on the baseline's scale: the expected level over 4, and
+        # for P(level >= 2) the point where level 2 or more is as likely as not.
+        def score_of_level(level: float, column: int | None = column) -> float:
+            return level / 4.0 if column is None else 0.5
+
+        thresholds = calibrate(oof, rows, target, len(TIERS), 0.2, score_of_level)
         tiers = np.array([tier_for_score(float(s), thresholds) for s in oof], dtype=np.int64)
         cv = build_report(
             ScoredRows(oof, probabilities["oof"], tiers),
@@ -146,7 +153,9 @@ def main() -> int:
         for group in cv["outcomes"]:
             group.pop("curve")
         results[score_name] = {
-            "held_out_sources": generalisation_report(rows, held, oof, target, len(TIERS), 0.2),
+            "held_out_sources": generalisation_report(
+                rows, held, oof, target, len(TIERS), 0.2, score_of_level
+            ),
             "cross_validation": cv,
         }
     results["seconds"] = time.monotonic() - started

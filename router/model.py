@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tokenize
 import zipfile
 import zlib
@@ -82,6 +83,13 @@ class ScoreFormula:
     level_weight: float = 0.0
     bias: float = 0.0
     placement_weight: float = 0.0
+
+    def score_at_level(self, level: float) -> float | None:
+        """Return the score of a query of expected level ``level`` that the gain does not
+        lift (None for ``placement_gain``, whose score is not built on the level)."""
+        if self.formula == SCORE_PLACEMENT_GAIN:
+            return None
+        return 1.0 / (1.0 + math.exp(-(self.level_weight * level + self.bias)))
 
     def to_json(self) -> dict[str, Any]:
         if self.formula == SCORE_PLACEMENT_GAIN:

@@ -8,7 +8,7 @@ the cheapest tier, and any tiers in between split the rest evenly by rank.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +17,12 @@ import numpy.typing as npt
 from router.training.metrics import pgr_curve
 
 HARD_LEVELS = (3, 4)
+LEVELS = 5
+# Halfway between level 1 (cheapest tier in PRODUCT.md's table) and level 2 (the next).
+PROMISED_LEVEL_EDGE = 1.5
+# The score a query of a given expected level gets without any outcome lift (None when the
+# model's score is not built on the expected level).
+ScoreOfLevel = Callable[[float], float | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,37 +31,49 @@ class Target:
 
     ``quality``: keep at least this share of all-strong quality on the outcome rows;
     ``max_hard_on_cheapest``: at most this share of level 3-4 rows on the cheapest tier;
-    ``min_simple_on_cheapest``: at least this share of level-0 rows on it. Together they
-    pick the most saving threshold that keeps the first two; the third is met when it can
-    be (``first_threshold``).
+    ``min_simple_on_cheapest``: at least this share of level-0 rows on it;
+    ``max_level_on_cheapest``: no query whose score is that of this expected level (or
+    more) on it. Together they pick the most saving threshold that keeps all but the
+    simple-query share; that one is met when it can be (``first_threshold``).
     """
 
     strong_share: float | None = None
     quality: float | None = None
     max_hard_on_cheapest: float | None = None
     min_simple_on_cheapest: float | None = None
+    max_level_on_cheapest: float | None = None
 
     def __post_init__(self) -> None:
-        bounds = (self.quality, self.max_hard_on_cheapest, self.min_simple_on_cheapest)
-        given = [v for v in (self.strong_share, *bounds) if v is not None]
-        if not given or (self.strong_share is not None and len(given) > 1):
+        shares = (self.quality, self.max_hard_on_cheapest, self.min_simple_on_cheapest)
+        bounds = [v for v in (*shares, self.max_level_on_cheapest) if v is not None]
+        if (self.strong_share is None) == (not bounds):
             raise ValueError(
                 "give a strong share alone, or one or more of: quality, hard-on-cheapest "
-                "share, simple-on-cheapest share"
+                "share, simple-on-cheapest share, highest level on the cheapest tier"
             )
-        for value in given:
-            if not 0.0 <= value <= 1.0:
+        for value in (self.strong_share, *shares):
+            if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"the target must lie in [0, 1], got {value}")
+        level = self.max_level_on_cheapest
+        if level is not None and not 0.0 <= level <= LEVELS - 1:
+            raise ValueError(f"the level on the cheapest tier must lie in [0, 4], got {level}")
 
     @classmethod
-    def promise(cls, *, outcomes: bool, hard: bool, simple: bool) -> Target:
-        """Return PRODUCT.md's promise for the rows at hand (a strong share of 0.5 if none)."""
+    def promise(cls, *, outcomes: bool, hard: bool, simple: bool, levels: bool) -> Target:
+        """Return PRODUCT.md's promise for the rows at hand (a strong share of 0.5 if none).
+
+        With levels to learn from, the promise also keeps every query whose expected level
+        is 1.5 or more off the cheapest tier: PRODUCT.md sends levels 0-1 there and level 2
+        ("Compare plan A vs plan B") to the next tier, so the cheapest tier's edge lies
+        halfway.
+        """
         if not (outcomes or hard or simple):
             return cls(strong_share=0.5)
         return cls(
             quality=0.98 if outcomes else None,
             max_hard_on_cheapest=0.02 if hard else None,
             min_simple_on_cheapest=0.95 if simple else None,
+            max_level_on_cheapest=PROMISED_LEVEL_EDGE if levels else None,
         )
 
     def describe(self) -> str:
@@ -71,6 +89,11 @@ class Target:
         if self.min_simple_on_cheapest is not None:
             parts.append(
                 f"at least {self.min_simple_on_cheapest:g} of level 0 queries on the cheapest tier"
+            )
+        if self.max_level_on_cheapest is not None:
+            parts.append(
+                f"no query of expected level {self.max_level_on_cheapest:g} or more on the "
+                "cheapest tier"
             )
         return ", ".join(parts)
 
@@ -121,14 +144,16 @@ def first_threshold(
     strong: npt.ArrayLike | None = None,
     levels: Sequence[int | None] | None = None,
     outcome: npt.ArrayLike | None = None,
+    score_of_level: ScoreOfLevel | None = None,
 ) -> float:
     """Return the cheapest tier's upper threshold meeting ``target`` on these rows.
 
     ``weak`` and ``strong`` are the outcomes of the rows marked in ``outcome`` (of every
-    row when it is None), ``levels`` the level of every row. With several bounds the
-    threshold is the highest (most saving) one that keeps quality and the hard-query share;
-    the simple-query share is met when that leaves room for it, else it is missed (quality
-    first) and the report says by how much.
+    row when it is None), ``levels`` the level of every row, ``score_of_level`` the model's
+    score of an expected level (for the level bound). With several bounds the threshold is
+    the highest (most saving) one that keeps quality, the hard-query share and the level
+    bound; the simple-query share is met when that leaves room for it, else it is missed
+    (quality first) and the report says by how much.
     """
     s = np.asarray(scores, dtype=np.float64)
     if target.strong_share is not None:
@@ -147,6 +172,11 @@ def first_threshold(
         if not hard.any():
             raise ValueError("no level 3-4 rows to calibrate the hard-query share on")
         upper.append(_hard_bound(s, hard, target.max_hard_on_cheapest))
+    if target.max_level_on_cheapest is not None:
+        edge = None if score_of_level is None else score_of_level(target.max_level_on_cheapest)
+        if edge is None:
+            raise ValueError("a level bound needs a model whose score is built on the level")
+        upper.append(edge)
     if upper:
         return min(upper)
     assert target.min_simple_on_cheapest is not None

@@ -112,9 +112,10 @@ def _add_target_options(parser: argparse.ArgumentParser, required: bool) -> None
     group = parser.add_argument_group(
         "operating point",
         "a strong share alone, or any of the promise's bounds (--quality, "
-        "--max-hard-on-cheapest, --min-simple-on-cheapest): the most saving threshold that "
-        "keeps the first two, the third met when they leave room for it"
-        + ("" if required else "; default: all three the data can carry (0.98, 0.02, 0.95)"),
+        "--max-hard-on-cheapest, --min-simple-on-cheapest, --max-level-on-cheapest): the most "
+        "saving threshold that keeps all but the simple-query share, that one met when they "
+        "leave room for it"
+        + ("" if required else "; default: all the data can carry (0.98, 0.02, 0.95, 1.5)"),
     )
     group.add_argument(
         "--strong-share",
@@ -140,6 +141,13 @@ def _add_target_options(parser: argparse.ArgumentParser, required: bool) -> None
         metavar="W",
         help="keep at least this share of level 0 rows on the cheapest tier",
     )
+    group.add_argument(
+        "--max-level-on-cheapest",
+        type=float,
+        metavar="L",
+        help="keep every query whose expected level is L or more (0-4; the promise: 1.5) "
+        "off the cheapest tier",
+    )
     parser.add_argument(
         "--top-share",
         type=_fraction,
@@ -150,7 +158,7 @@ def _add_target_options(parser: argparse.ArgumentParser, required: bool) -> None
 
 def _target(args: argparse.Namespace) -> Target | None:
     values = (args.strong_share, args.quality, args.max_hard_on_cheapest)
-    given = (*values, args.min_simple_on_cheapest)
+    given = (*values, args.min_simple_on_cheapest, args.max_level_on_cheapest)
     if all(v is None for v in given):
         return None
     return Target(*given)
@@ -429,7 +437,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         if target is None:
             print(
                 "modelrouter calibrate: give a target: --strong-share, or one or more of "
-                "--quality, --max-hard-on-cheapest, --min-simple-on-cheapest",
+                "--quality, --max-hard-on-cheapest, --min-simple-on-cheapest, "
+                "--max-level-on-cheapest",
                 file=sys.stderr,
             )
             return EXIT_USAGE
@@ -444,7 +453,9 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         scores = score_rows(
             Router(model, tier_names=tier_names, thresholds=_placeholder(len(tier_names))), rows
         ).scores
-        thresholds = calibrate_thresholds(scores, rows, target, len(tier_names), args.top_share)
+        thresholds = calibrate_thresholds(
+            scores, rows, target, len(tier_names), args.top_share, model.score.score_at_level
+        )
     except (DataError, ModelError, ValueError, KeyError, TypeError) as exc:
         return _err(str(exc))
     shown = ", ".join(

@@ -23,7 +23,13 @@ import numpy as np
 import numpy.typing as npt
 
 from router.routing import tier_for_score
-from router.training.calibrate import HARD_LEVELS, Target, first_threshold, thresholds_for
+from router.training.calibrate import (
+    HARD_LEVELS,
+    ScoreOfLevel,
+    Target,
+    first_threshold,
+    thresholds_for,
+)
 from router.training.data import Row, outcome_arrays
 from router.training.metrics import operating_point, pgr_curve, summarize
 
@@ -113,9 +119,15 @@ def spearman(x: FloatArray, y: FloatArray) -> float | None:
 
 
 def calibrate(
-    scores: FloatArray, rows: Sequence[Row], target: Target, n_tiers: int, top_share: float
+    scores: FloatArray,
+    rows: Sequence[Row],
+    target: Target,
+    n_tiers: int,
+    top_share: float,
+    score_of_level: ScoreOfLevel | None = None,
 ) -> tuple[float, ...]:
-    """Return the thresholds meeting ``target`` on scored rows (outcomes and levels as needed)."""
+    """Return the thresholds meeting ``target`` on scored rows (outcomes and levels as needed;
+    ``score_of_level`` for a level bound)."""
     outcome = np.array([r.has_outcome for r in rows], dtype=bool)
     weak, strong = outcome_arrays(rows)
     first = first_threshold(
@@ -125,6 +137,7 @@ def calibrate(
         strong=strong,
         levels=[r.tier for r in rows],
         outcome=outcome,
+        score_of_level=score_of_level,
     )
     return thresholds_for(scores, first, n_tiers, top_share)
 
@@ -176,6 +189,7 @@ def generalisation_report(
     target: Target,
     n_tiers: int,
     top_share: float,
+    score_of_level: ScoreOfLevel | None = None,
 ) -> dict[str, Any]:
     """Return the leave-one-source-out report.
 
@@ -192,7 +206,7 @@ def generalisation_report(
         # Without this source a bound may have no rows to rest on (e.g. the only outcome
         # rows): the others still hold.
         thresholds = calibrate(
-            calibration[~held], kept, _feasible(target, kept), n_tiers, top_share
+            calibration[~held], kept, _feasible(target, kept), n_tiers, top_share, score_of_level
         )
         picked = [r for r, h in zip(rows, held, strict=True) if h]
         sources[name] = source_report(held_out[held], picked, thresholds)
@@ -227,7 +241,12 @@ def _feasible(target: Target, rows: Sequence[Row]) -> Target:
     simple = target.min_simple_on_cheapest if any(r.tier == 0 for r in rows) else None
     if quality is None and hard is None and simple is None:
         return Target(strong_share=0.5)
-    return Target(quality=quality, max_hard_on_cheapest=hard, min_simple_on_cheapest=simple)
+    return Target(
+        quality=quality,
+        max_hard_on_cheapest=hard,
+        min_simple_on_cheapest=simple,
+        max_level_on_cheapest=target.max_level_on_cheapest,
+    )
 
 
 def format_generalisation(report: dict[str, Any], tier_names: Sequence[str]) -> str:

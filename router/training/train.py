@@ -13,7 +13,7 @@ import numpy as np
 
 from router.model import RouterModel
 from router.routing import tier_for_score
-from router.training.calibrate import HARD_LEVELS, Target
+from router.training.calibrate import HARD_LEVELS, ScoreOfLevel, Target
 from router.training.data import Row
 from router.training.evaluate import ScoredRows, build_report
 from router.training.fit import (
@@ -34,6 +34,7 @@ def default_target(rows: Sequence[Row]) -> Target:
         outcomes=any(r.has_outcome for r in rows),
         hard=any(r.tier in HARD_LEVELS for r in rows),
         simple=any(r.tier == 0 for r in rows),
+        levels=len({r.tier for r in rows if r.tier is not None}) >= 2,
     )
 
 
@@ -43,9 +44,11 @@ def calibrate_thresholds(
     target: Target,
     n_tiers: int,
     top_share: float,
+    score_of_level: ScoreOfLevel | None = None,
 ) -> tuple[float, ...]:
-    """Return the thresholds meeting ``target`` on scored rows (outcomes and levels as needed)."""
-    return calibrate(scores, rows, target, n_tiers, top_share)
+    """Return the thresholds meeting ``target`` on scored rows (outcomes and levels as needed;
+    ``score_of_level`` for a level bound)."""
+    return calibrate(scores, rows, target, n_tiers, top_share, score_of_level)
 
 
 def files_digest(paths: Sequence[str | Path]) -> str:
@@ -93,7 +96,10 @@ def train(
     if folds < 2:
         calibration_scores = heads.score(X)
         oof_levels = heads.levels(X)
-    thresholds = calibrate_thresholds(calibration_scores, rows, target, len(tier_names), top_share)
+    score_of_level = options.score_formula().score_at_level
+    thresholds = calibrate_thresholds(
+        calibration_scores, rows, target, len(tier_names), top_share, score_of_level
+    )
     log(
         f"calibrated for {target.describe()}: "
         f"thresholds {', '.join(f'{t:.4f}' for t in thresholds)}"
@@ -103,7 +109,13 @@ def train(
         held_out = leave_one_source_out(rows, fit_score(X, rows, options, held_levels), log)
         report = {
             "held_out_sources": generalisation_report(
-                rows, held_out, calibration_scores, target, len(tier_names), top_share
+                rows,
+                held_out,
+                calibration_scores,
+                target,
+                len(tier_names),
+                top_share,
+                score_of_level,
             )
         }
     if folds >= 2:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,14 @@ import pytest
 
 import router.fastpath
 from router import _fastpath_py
-from router.fastpath import FEATURIZER_VERSION, HEADS, N_DENSE, SCORE_PLACEMENT_GAIN, FastPath
+from router.fastpath import (
+    FEATURIZER_VERSION,
+    HEADS,
+    N_DENSE,
+    SCORE_LEVEL_GAIN,
+    SCORE_PLACEMENT_GAIN,
+    FastPath,
+)
 from router.model import (
     FeaturizerSpec,
     ModelError,
@@ -400,3 +408,12 @@ def test_a_pickled_entry_is_refused(saved: tuple[RouterModel, Path], tmp_path: P
     arrays["weights"] = np.array([{"evil": 1}], dtype=object)
     with pytest.raises(ModelError, match="not a readable model file"):
         load_model(write_raw(tmp_path / "bad.npz", meta, arrays, reseal=False))
+
+
+def test_score_at_level_is_the_scores_of_that_expected_level_without_gain() -> None:
+    """The level bound of calibration rests on it (router/training/calibrate.py)."""
+    formula = ScoreFormula(SCORE_LEVEL_GAIN, level_weight=1.5, bias=-3.0)
+    assert formula.score_at_level(2.0) == 0.5
+    assert formula.score_at_level(1.5) == pytest.approx(1.0 / (1.0 + math.exp(0.75)))
+    assert formula.score_at_level(1.0) < formula.score_at_level(1.5) < 0.5  # type: ignore[operator]
+    assert ScoreFormula(SCORE_PLACEMENT_GAIN, placement_weight=6.0).score_at_level(1.5) is None

@@ -49,6 +49,9 @@ ONE_OR_BOUNDS = "give a strong share alone, or one or more of"
         ({"quality": -0.1}, "must lie in [0, 1]"),
         ({"max_hard_on_cheapest": 2.0}, "must lie in [0, 1]"),
         ({"quality": 0.98, "min_simple_on_cheapest": 1.5}, "must lie in [0, 1], got 1.5"),
+        ({"strong_share": 0.3, "max_level_on_cheapest": 1.5}, ONE_OR_BOUNDS),
+        ({"max_level_on_cheapest": 4.5}, "level on the cheapest tier must lie in [0, 4]"),
+        ({"max_level_on_cheapest": -0.5}, "got -0.5"),
     ],
 )
 def test_target_validation(kwargs: dict[str, float], message: str) -> None:
@@ -66,7 +69,11 @@ def test_target_descriptions() -> None:
     assert Target(quality=0.98, min_simple_on_cheapest=0.95).describe() == (
         "quality 0.98 of all-strong, at least 0.95 of level 0 queries on the cheapest tier"
     )
+    assert Target(max_level_on_cheapest=1.5).describe() == (
+        "no query of expected level 1.5 or more on the cheapest tier"
+    )
     assert Target(strong_share=0.0).strong_share == 0.0  # zero is a target, not "none"
+    assert Target(max_level_on_cheapest=0.0).max_level_on_cheapest == 0.0
 
 
 # -- strong share ----------------------------------------------------------------------------
@@ -174,6 +181,49 @@ def test_hard_target_by_hand() -> None:
 def test_hard_target_needs_hard_rows(levels: list[int] | None, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         first_threshold([0.1, 0.2, 0.3], Target(max_hard_on_cheapest=0.01), levels=levels)
+
+
+# -- the level bound -------------------------------------------------------------------------
+
+
+def _score_of_level(level: float) -> float:
+    """The shipped formula's shape: expected level 2 at score 1/2."""
+    return 1.0 / (1.0 + math.exp(-1.5 * (level - 2.0)))
+
+
+def test_level_bound_keeps_that_level_off_the_cheapest_tier() -> None:
+    levels = np.array([0.0, 0.5, 1.0, 1.4, 1.5, 1.6, 2.0, 3.0])
+    scores = np.array([_score_of_level(v) for v in levels])
+    threshold = first_threshold(
+        scores, Target(max_level_on_cheapest=1.5), score_of_level=_score_of_level
+    )
+    assert threshold == _score_of_level(1.5)
+    assert above_mask(scores, threshold).tolist() == (levels >= 1.5).tolist()
+
+
+def test_level_bound_binds_only_below_the_other_bounds() -> None:
+    # Quality 1.0 alone sets 0.5 (test_each_bound_alone); a level edge at score 0.45 is lower
+    # and binds, one at score 0.62 is higher and does not.
+    for edge, expected in ((0.45, 0.45), (0.62, 0.5)):
+        threshold = first_threshold(
+            P_SCORES,
+            Target(quality=1.0, max_level_on_cheapest=1.5),
+            weak=P_WEAK,
+            strong=P_STRONG,
+            outcome=P_OUTCOME,
+            score_of_level=lambda _level, e=edge: e,
+        )
+        assert threshold == expected
+
+
+@pytest.mark.parametrize("score_of_level", [None, lambda _level: None])
+def test_level_bound_needs_a_score_built_on_the_level(score_of_level: object) -> None:
+    with pytest.raises(ValueError, match="a level bound needs a model whose score is built"):
+        first_threshold(
+            [0.1, 0.2],
+            Target(max_level_on_cheapest=1.5),
+            score_of_level=score_of_level,  # type: ignore[arg-type]
+        )
 
 
 # -- thresholds_for --------------------------------------------------------------------------

@@ -77,8 +77,14 @@ def test_the_default_target_holds_on_held_out_scores(
     """The promise's bounds that keep quality hold out of fold; the simple one is reported."""
     model, report = trained
     assert report is not None
-    promise = Target(quality=0.98, max_hard_on_cheapest=0.02, min_simple_on_cheapest=0.95)
+    promise = Target(
+        quality=0.98,
+        max_hard_on_cheapest=0.02,
+        min_simple_on_cheapest=0.95,
+        max_level_on_cheapest=1.5,
+    )
     assert model.info["calibration"]["target"] == promise.describe()
+    assert model.thresholds[0] <= model.score.score_at_level(1.5)  # type: ignore[operator]
     assert report["levels"]["hard_on_cheapest"] <= 0.02
     assert report["outcomes"][0]["operating_point"]["quality_kept"] >= 0.98 - 1e-12
 
@@ -152,10 +158,14 @@ def test_default_target() -> None:
     plain = Row(3, 3, "t", tier=0)
     middle = Row(4, 4, "t", tier=2)
     assert default_target([plain, hard, outcome]) == Target(
-        quality=0.98, max_hard_on_cheapest=0.02, min_simple_on_cheapest=0.95
+        quality=0.98,
+        max_hard_on_cheapest=0.02,
+        min_simple_on_cheapest=0.95,
+        max_level_on_cheapest=1.5,
     )
-    assert default_target([middle, outcome]) == Target(quality=0.98)
-    assert default_target([plain]) == Target(min_simple_on_cheapest=0.95)
+    assert default_target([middle, outcome]) == Target(quality=0.98, max_level_on_cheapest=1.5)
+    assert default_target([Row(5, 5, "t", weak=1.0, strong=1.0)]) == Target(quality=0.98)
+    assert default_target([plain]) == Target(min_simple_on_cheapest=0.95)  # one level only
     assert default_target([middle]) == Target(strong_share=0.5)
 
 
