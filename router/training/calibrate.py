@@ -32,9 +32,11 @@ class Target:
     ``quality``: keep at least this share of all-strong quality on the outcome rows;
     ``max_hard_on_cheapest``: at most this share of level 3-4 rows on the cheapest tier;
     ``min_simple_on_cheapest``: at least this share of level-0 rows on it;
-    ``max_level_on_cheapest``: no query whose score is that of this expected level (or
-    more) on it. Together they pick the most saving threshold that keeps all but the
-    simple-query share; that one is met when it can be (``first_threshold``).
+    ``max_level_on_cheapest``: the first threshold at most the score of this expected level
+    with no outcome lift, so that such queries leave the cheapest tier (one the outcome gain
+    scores below its floor can still stay). Together they pick the most saving threshold
+    that keeps all but the simple-query share; that one is met when it can be
+    (``first_threshold``).
     """
 
     strong_share: float | None = None

@@ -145,8 +145,8 @@ def _add_target_options(parser: argparse.ArgumentParser, required: bool) -> None
         "--max-level-on-cheapest",
         type=float,
         metavar="L",
-        help="keep every query whose expected level is L or more (0-4; the promise: 1.5) "
-        "off the cheapest tier",
+        help="keep queries of expected level L or more (0-4; the promise: 1.5) off the "
+        "cheapest tier: the threshold is at most the score of that level with no outcome lift",
     )
     parser.add_argument(
         "--top-share",

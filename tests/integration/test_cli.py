@@ -284,6 +284,30 @@ def test_calibrate_the_promise_with_several_bounds(trained: Trained, tmp_path: P
     assert load_model(out).info["calibration"]["target"].startswith("quality 0.98")
 
 
+def test_calibrate_a_level_bound(trained: Trained, tmp_path: Path) -> None:
+    """--max-level-on-cheapest caps the first threshold at the score of that expected level with
+    no outcome lift: every row scoring at least that leaves the cheapest tier (a row whose
+    outcome gain is below its floor can score under it), and a level of 5 is refused."""
+    out = tmp_path / "level.npz"
+    args = ("calibrate", "--data", SAMPLE, "--model", trained.path, "--out", out)
+    result = modelrouter(*args, "--max-level-on-cheapest", "1.5")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(
+        "no query of expected level 1.5 or more on the cheapest tier on 300 rows: strong >= "
+    )
+    model = load_model(out)
+    assert model.thresholds[0] == model.score.score_at_level(1.5)
+    router = Router(model)
+    edge = model.score.score_at_level(1.5)
+    assert edge is not None
+    decisions = [router.route(row.text) for row in read_rows(SAMPLE)]
+    assert any(d.score >= edge for d in decisions) and any(d.score < edge for d in decisions)
+    for decision in decisions:
+        assert (decision.tier_index > 0) == (decision.score >= edge)
+    result = modelrouter(*args, "--max-level-on-cheapest", "5")
+    assert_clean_error(result, "the level on the cheapest tier must lie in [0, 4], got 5")
+
+
 def test_calibrate_needs_a_target_and_a_share_alone(trained: Trained, tmp_path: Path) -> None:
     args = ("calibrate", "--data", SAMPLE, "--model", trained.path, "--out", tmp_path / "x.npz")
     result = modelrouter(*args)
