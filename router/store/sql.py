@@ -432,15 +432,17 @@ class SqlStore(Store):
                 counts.attempts = int(n)
                 counts.gate_rejected = int(rejected)
                 counts.errors = int(errors)
+            # Each SELECT reads what is committed when it runs: a batch written since the
+            # query above may bring a tier and model it has not seen.
             cursor.execute(
                 self._sql(
-                    f"SELECT a.tier, a.model, a.first_token_ms {joined}"
+                    f"SELECT a.tier, a.model, a.tier_index, a.first_token_ms {joined}"
                     f"{_and(where, 'a.first_token_ms IS NOT NULL')}"
                 ),
                 params,
             )
-            for tier, model, ms in cursor.fetchall():
-                groups[(tier, model)].first_token_ms.append(float(ms))
+            for tier, model, index, ms in cursor.fetchall():
+                group(tier, model, index).first_token_ms.append(float(ms))
             # Ratings whose request id is not stored: kept, and reported.
             f_where, f_params = _filters(query.since, query.tenant, "f")
             cursor.execute(

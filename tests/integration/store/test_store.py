@@ -6,9 +6,10 @@ import dataclasses
 import multiprocessing
 import sqlite3
 import time
-from collections.abc import Sequence
-from contextlib import closing
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -239,6 +240,44 @@ def test_stats_per_tier_and_model(store: Store) -> None:
     assert data["total"]["unmatched_feedback"] == 1
     for row in data["tiers"]:
         assert set(row) >= JSON_ROW_KEYS
+
+
+def test_stats_survive_a_batch_committed_between_their_queries(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stats run several SELECTs, each on what is committed when it runs. A batch the writer
+    commits in between, with a tier and model the earlier ones did not see, is counted where
+    it lands and breaks nothing (it raised KeyError in a CI run of
+    test_a_reload_never_loses_records)."""
+    store.write(traffic())
+    reading = store._reading  # type: ignore[attr-defined]
+    late = request("r-late", "mini", 0, attempts=[attempt(0, "mini", 0, ttft=50.0)])
+
+    class WriteBeforeTheLatencies:
+        def __init__(self, cursor: Any) -> None:
+            self._cursor = cursor
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if "first_token_ms IS NOT NULL" in sql:
+                store.write([late])
+            return self._cursor.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._cursor, name)
+
+    @contextmanager
+    def racing() -> Iterator[Any]:
+        with reading() as cursor:
+            yield WriteBeforeTheLatencies(cursor)
+
+    monkeypatch.setattr(store, "_reading", racing)
+    stats = store.stats(StatsQuery(satisfied_at=0.7))
+    rows = {(row.tier, row.model): row for row in stats.tiers}
+    assert rows[("mini", "m-mini")].ttft_p50_ms == pytest.approx(50.0)
+    assert rows[("cheap", "m-cheap")].requests == 2  # the earlier queries' counts stand
+    monkeypatch.undo()
+    again = {(row.tier, row.model): row for row in store.stats(StatsQuery()).tiers}
+    assert again[("mini", "m-mini")].requests == 1
 
 
 def test_stats_filter_by_time_and_tenant(store: Store) -> None:
