@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from router.fastpath import LEVELS
 from router.training.metrics import pgr_curve
 
 HARD_LEVELS = (3, 4)
-LEVELS = 5
 # Halfway between level 1 (cheapest tier in PRODUCT.md's table) and level 2 (the next).
 PROMISED_LEVEL_EDGE = 1.5
 # The score a query of a given expected level gets without any outcome lift (None when the
