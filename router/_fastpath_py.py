@@ -416,10 +416,7 @@ class FastPath:
             for k, p in enumerate(levels):
                 expected += k * p
             g = _sigmoid(logits[GATE_HEAD])
-            z = (
-                self.level_weight * ((1.0 - g) * expected + g * logits[GAIN_HEAD])
-                + self.score_bias
-            )
+            z = self.level_weight * ((1.0 - g) * expected + g * logits[GAIN_HEAD]) + self.score_bias
         elif self.score_formula == SCORE_LEVEL_GAIN:
             expected = 0.0
             for k, p in enumerate(levels):
