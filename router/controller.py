@@ -227,20 +227,19 @@ def _breakpoints(scores: _Array, pricing: Pricing) -> _Array:
     """Return, per score and threshold j, the largest offset at which ``choose_tier`` on
     ``shift_thresholds`` sends it to tier j + 1 or above (``_NEVER`` when none in reach)."""
     thresholds, margins = pricing.thresholds, pricing.margins
-    logits = [_threshold_logit(t) for t in thresholds]
     out = np.empty((len(scores), len(thresholds)), dtype=np.float64)
-    for i, score in enumerate(scores.tolist()):
-        # Where the score reaches threshold j itself, no margin (j - 1's, for tier j + 1).
-        plain = 0.0
-        for j, margin in enumerate(margins):
-            # Tier j + 1 needs the score within the margin below threshold j, and (one
-            # climb only) threshold j - 1 reached by the score itself.
-            reach = _last_reached(score, thresholds[j], logits[j], margin)
-            out[i, j] = min(reach, plain) if j else reach
-            if margin == 0.0:
-                plain = reach
-            elif j + 1 < len(thresholds):
-                plain = _last_reached(score, thresholds[j], logits[j], 0.0)
+    # Where the score reaches threshold j - 1 itself, no margin (needed for tier j + 1).
+    plain: _Array | None = None
+    for j, (threshold, margin) in enumerate(zip(thresholds, margins, strict=True)):
+        logit = _threshold_logit(threshold)
+        # Tier j + 1 needs the score within the margin below threshold j, and (one climb
+        # only) threshold j - 1 reached by the score itself.
+        reach = _last_reached(scores, threshold, logit, margin)
+        out[:, j] = reach if plain is None else np.minimum(reach, plain)
+        if margin == 0.0:
+            plain = reach
+        elif j + 1 < len(thresholds):
+            plain = _last_reached(scores, threshold, logit, 0.0)
     return out
 
 
@@ -248,30 +247,70 @@ def _breakpoints(scores: _Array, pricing: Pricing) -> _Array:
 _NEVER = math.nextafter(-MAX_LOGITS, -math.inf)
 _FLOAT = struct.Struct("<d")
 _INT = struct.Struct("<q")
+# Ulps walked from the logit-space estimate before searching: it is almost always within
+# a few of the breakpoint.
+_WALK_STEPS = 8
 
 
-def _last_reached(score: float, threshold: float, logit: float, margin: float) -> float:
-    """Return the largest offset in [-MAX_LOGITS, MAX_LOGITS] at which ``score`` reaches
-    the threshold moved by it, less the margin (``_NEVER`` for none).
+def _last_reached(scores: _Array, threshold: float, logit: float, margin: float) -> _Array:
+    """Return, per score, the largest offset in [-MAX_LOGITS, MAX_LOGITS] at which it
+    reaches the threshold moved by it, less the margin (``_NEVER`` for none).
 
     The served arithmetic (``_shift``, then ``choose_tier``'s comparison) is monotonic in
-    the offset, so a search over the floats themselves, ordered as integers, finds the
-    last one exactly: a formula in logit space is a few ulps off, and a request on such
-    an ulp is served another tier than the curve says.
+    the offset, so the last float at which it holds is found exactly: a formula in logit
+    space is a few ulps off, and a request on such an ulp is served another tier than the
+    curve says. The formula is where the search starts.
     """
+    levels = np.clip(scores + margin, _EDGE, 1.0 - _EDGE)
+    estimates = np.clip(np.log(levels / (1.0 - levels)) - logit, -MAX_LOGITS, MAX_LOGITS)
+    return np.array(
+        [
+            _settle(score, threshold, logit, margin, estimate)
+            for score, estimate in zip(scores.tolist(), estimates.tolist(), strict=True)
+        ],
+        dtype=np.float64,
+    )
+
+
+def _reaches(score: float, threshold: float, logit: float, margin: float, offset: float) -> bool:
+    """Return whether ``score`` reaches the threshold moved by ``offset``, less the margin."""
+    return score >= _shift(threshold, logit, offset) - margin
+
+
+def _settle(score: float, threshold: float, logit: float, margin: float, start: float) -> float:
+    """Return ``_last_reached`` of one score: walk a few ulps from ``start``, then search."""
+    offset = start
+    if _reaches(score, threshold, logit, margin, offset):
+        for _ in range(_WALK_STEPS):
+            if offset == MAX_LOGITS:
+                return MAX_LOGITS
+            higher = math.nextafter(offset, math.inf)
+            if not _reaches(score, threshold, logit, margin, higher):
+                return offset + 0.0  # -0.0 and 0.0 alike: the same thresholds
+            offset = higher
+    else:
+        for _ in range(_WALK_STEPS):
+            if offset == -MAX_LOGITS:
+                return _NEVER
+            offset = math.nextafter(offset, -math.inf)
+            if _reaches(score, threshold, logit, margin, offset):
+                return offset + 0.0
+    return _search(score, threshold, logit, margin, offset)
+
+
+def _search(score: float, threshold: float, logit: float, margin: float, start: float) -> float:
+    """Return ``_last_reached`` of one score by a search over the floats from ``start``:
+    ordered as integers, widened step by step to a bracket, then bisected."""
 
     def reaches(key: int) -> bool:
-        return score >= _shift(threshold, logit, _key_float(key)) - margin
+        return _reaches(score, threshold, logit, margin, _key_float(key))
 
     top, bottom = _float_key(MAX_LOGITS), _float_key(-MAX_LOGITS)
-    # Start from the logit-space estimate (most often within a few ulps), gallop to a
-    # bracket, then bisect it: reached at low, not at high.
-    level = min(max(score + margin, _EDGE), 1.0 - _EDGE)
-    estimate = math.log(level / (1.0 - level)) - logit
-    start = _float_key(min(max(estimate, -MAX_LOGITS), MAX_LOGITS))
+    # Reached at low, not at high.
+    start_key = _float_key(start)
     step = 1
-    if reaches(start):
-        low = start
+    if reaches(start_key):
+        low = start_key
         while True:
             high = min(low + step, top)
             if not reaches(high):
@@ -280,7 +319,7 @@ def _last_reached(score: float, threshold: float, logit: float, margin: float) -
                 return MAX_LOGITS
             low, step = high, step * 2
     else:
-        high = start
+        high = start_key
         while True:
             low = max(high - step, bottom)
             if reaches(low):

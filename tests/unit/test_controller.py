@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from typing import Any
 
@@ -290,6 +291,30 @@ def test_the_window_at_any_offset_is_what_choose_tier_would_have_served(
         for r, t in zip(records, tiers, strict=True)
     )
     assert spend.quantity_at(offset) == pytest.approx(cost, rel=1e-9, abs=1e-15)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.floats(0.0, 1.0),
+    st.floats(0.01, 0.99),
+    st.sampled_from([0.0, 0.02, 0.1]),
+    st.integers(-40, 40),
+)
+def test_the_window_is_what_choose_tier_serves_ulps_around_a_breakpoint(
+    score: float, threshold: float, margin: float, ulps: int
+) -> None:
+    # The offsets a few ulps either side of the logit-space estimate of the breakpoint,
+    # where the estimate and the served arithmetic disagree.
+    pricing = Pricing((threshold,), (margin,), (1e-6, 1e-5), (1e-6, 1e-5), "m")
+    level = min(max(score + margin, 1e-6), 1.0 - 1e-6)
+    offset = math.log(level / (1.0 - level)) - math.log(threshold / (1.0 - threshold))
+    for _ in range(abs(ulps)):
+        offset = math.nextafter(offset, math.copysign(math.inf, ulps))
+    offset = min(max(offset, -6.0), 6.0)
+    share = controller(Target("strong_share", 0.5), pricing, update_every=10**6)
+    record = Served(score, decided=0, answered=0)
+    share.record(record)
+    assert share.quantity_at(offset) == float(_served_tier(pricing, offset, record) >= 1)
 
 
 def test_state_round_trips_through_json_and_resumes_warm() -> None:
