@@ -70,6 +70,8 @@ SERVER_PIDS: dict[str, int] = {}
 class Sample:
     ttft_ms: float
     total_ms: float
+    # Text messages the stream came in (gRPC deltas; 0 where not counted).
+    deltas: int = 0
 
 
 def _free_port() -> int:
@@ -263,17 +265,20 @@ class RouterClient:
     async def one(self) -> Sample:
         start = time.perf_counter()
         ttft = 0.0
+        deltas = 0
         summary = None
         async for event in self.stub.Complete(self.request, timeout=30):
             kind = event.WhichOneof("event")
-            if kind == "delta" and not ttft:
-                ttft = time.perf_counter() - start
+            if kind == "delta":
+                deltas += 1
+                if not ttft:
+                    ttft = time.perf_counter() - start
             elif kind == "summary":
                 summary = event.summary
         total = time.perf_counter() - start
         if summary is None or summary.tier != "cheap" or len(summary.attempts) != 1:
             raise RuntimeError(f"unexpected Complete result: {summary}")
-        return Sample(ttft * 1000.0, total * 1000.0)
+        return Sample(ttft * 1000.0, total * 1000.0, deltas)
 
     async def aclose(self) -> None:
         await self.channel.close(None)
@@ -519,6 +524,12 @@ def summarize(
     out: dict[str, Any] = {"streams": len(direct)}
     if cpu:
         out["cpu"] = {name: use.summary() for name, use in cpu.items()}
+    for name, samples in paths.items():
+        if samples and samples[0].deltas:
+            # Fewer than the fake's tokens when deltas that arrived together went as one.
+            out[f"{name}_deltas_per_stream_mean"] = round(
+                sum(s.deltas for s in samples) / len(samples), 2
+            )
     if floor:
         for metric in ("ttft", "total"):
             v = [getattr(s, f"{metric}_ms") for s in floor]
