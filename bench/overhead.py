@@ -16,6 +16,9 @@ streams kept in flight with their starts spread evenly (independent callers); th
 "burst" scenario starts each wave of 50 at the same instant instead (the worst case).
 Then the gate is switched on for the cheap tier and the added time to first token is
 compared with the hold-back window (window_tokens at the fake's token rate).
+Each scenario also records the CPU per stream of each path's server, of the fake and of
+this process, the machine's idle cores while the path ran (Linux ``/proc``), and the text
+messages per Complete stream.
 
 Usage: python bench/overhead.py [--streams-1 N] [--streams-50 N] [--out FILE]
 Writes bench/results/overhead.json and bench/results/overhead_latency.png.
