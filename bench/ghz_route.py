@@ -127,6 +127,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="rounds of the Route CPU comparison (each server once a round)",
     )
     p.add_argument(
+        "--route-cpu-features",
+        action="store_true",
+        help="also run --workers 1 without the per-RPC log line, without the store, and "
+        "without both, in the Route CPU comparison (what the two default features cost)",
+    )
+    p.add_argument(
         "--before",
         help="another modelrouter command (an earlier build) to run beside this one in the "
         "Route CPU comparison, as 'before'",
@@ -543,14 +549,7 @@ def summary_line(run: GhzRun) -> str:
 
 def default_config_with(cache: Path, name: str, section: str, key: str, value: Any) -> Path:
     """Write the embedded default configuration with one value changed; return its path."""
-    config = yaml.safe_load(DEFAULT_CONFIG_YAML)
-    parent = config
-    for part in section.split("."):
-        parent = parent.setdefault(part, {})
-    parent[key] = value
-    path = cache / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
+    return config_with(cache, name, ((section, key, value),))
 
 
 def machine() -> dict[str, Any]:
@@ -889,8 +888,23 @@ ROUTE_CPU_SERVERS: dict[str, str] = {
     "router_w2": "modelrouter serve --workers 2 (metrics on)",
     "router_w2_metrics_off": "modelrouter serve --workers 2 --metrics-port 0",
 }
+# With --route-cpu-features: the two default features turned off, one and both at a time
+# (name -> what it is, and the configuration changes: (section, key, value)).
+ROUTE_CPU_FEATURES: dict[str, tuple[str, tuple[tuple[str, str, Any], ...]]] = {
+    "router_w1_no_rpc_log": (
+        "modelrouter serve --workers 1, logging.rpc: false",
+        (("logging", "rpc", False),),
+    ),
+    "router_w1_no_store": ("modelrouter serve --workers 1, store: null", (("", "store", None),)),
+    "router_w1_neither": (
+        "modelrouter serve --workers 1, logging.rpc: false and store: null",
+        (("logging", "rpc", False), ("", "store", None)),
+    ),
+}
 # The target: server CPU per Route at most this multiple of the no-op Python server's.
 ROUTE_CPU_MAX_RATIO = 1.25
+# The target: p99 at most this at half the maximum rate (router_w2 of the same round).
+HALF_RATE_MAX_P99_MS = 5.0
 
 
 def route_cpu_comparison(
@@ -902,13 +916,21 @@ def route_cpu_comparison(
     """Measure server CPU per Route against the no-op Python server, rounds interleaved.
 
     ``args.before``, when given, is an earlier build's modelrouter command, run as
-    ``before_w1`` and ``before_w2`` in every round (the before/after of a change).
+    ``before_w1`` and ``before_w2`` in every round (the before/after of a change);
+    ``args.route_cpu_features`` adds the default features turned off (``ROUTE_CPU_FEATURES``).
+    Every round also holds ``router_w2`` at half the rate it reached, for its p99.
     """
     servers = dict(ROUTE_CPU_SERVERS)
+    configs: dict[str, list[str]] = {}
+    if getattr(args, "route_cpu_features", False):
+        for name, (what, changes) in ROUTE_CPU_FEATURES.items():
+            servers[name] = what
+            configs[name] = ["--config", str(config_with(bench.cache, name, changes))]
     if args.before:
         servers["before_w1"] = f"{args.before} serve --workers 1 (metrics on)"
         servers["before_w2"] = f"{args.before} serve --workers 2 (metrics on)"
     rounds = args.route_cpu_rounds
+    half_rate: list[GhzRun] = []
     for round_number in range(1, rounds + 1):
         for name in servers:
             workers = 2 if name.endswith(("_w2", "_w2_metrics_off")) else 1
@@ -916,12 +938,19 @@ def route_cpu_comparison(
                 argv, port = python_noop(workers)
             else:
                 extra = ["--metrics-port", "0"] if name.endswith("metrics_off") else []
-                argv, port = router(workers, *extra)
+                argv, port = router(workers, *extra, *configs.get(name, []))
                 if name.startswith("before"):
                     argv = [args.before, *argv[1:]]
             run_name = f"{ROUTE_CPU_PREFIX}{name}_{round_number}"
             with running(run_name, argv, port, bench.cache) as s:
-                bench.measure(run_name, s)
+                run = bench.measure(run_name, s)
+                if name == "router_w2":
+                    rate = max(1, int(run.rps / 2))
+                    half_rate.append(
+                        bench.measure(
+                            f"{ROUTE_CPU_PREFIX}router_w2_half_rate_{round_number}", s, rate=rate
+                        )
+                    )
     runs = {r.name: r for r in bench.runs}
     summary: dict[str, Any] = {
         "rounds": rounds,
@@ -956,7 +985,33 @@ def route_cpu_comparison(
         ]
         ratios[name] = {"per_round": per_round, "median": sorted(per_round)[len(per_round) // 2]}
     summary["ratio_to_python_noop"] = ratios
+    p99 = [r.p99_ms for r in half_rate]
+    summary["half_rate_router_w2"] = {
+        "target_max_p99_ms": HALF_RATE_MAX_P99_MS,
+        "rate": [r.rate for r in half_rate],
+        "p50_ms": [r.p50_ms for r in half_rate],
+        "p99_ms": p99,
+        "errors": [r.errors for r in half_rate],
+        "loadavg_before": [r.loadavg_before for r in half_rate],
+        "met": all(x <= HALF_RATE_MAX_P99_MS for x in p99),
+    }
     return summary
+
+
+def config_with(cache: Path, name: str, changes: Sequence[tuple[str, str, Any]]) -> Path:
+    """Write the embedded default configuration with values changed; return its path.
+
+    A change is (section, key, value); an empty section is the top level.
+    """
+    config = yaml.safe_load(DEFAULT_CONFIG_YAML)
+    for section, key, value in changes:
+        parent = config
+        for part in filter(None, section.split(".")):
+            parent = parent.setdefault(part, {})
+        parent[key] = value
+    path = cache / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
 
 
 def rerun_route_cpu(
@@ -1196,6 +1251,18 @@ def render_markdown(result: dict[str, Any]) -> str:
                     if ratio
                     else " | |"
                 )
+            )
+        half = route_cpu.get("half_rate_router_w2")
+        if half:
+            lines.append(
+                "- router_w2 held at half the rate it reached, each round: "
+                + ", ".join(
+                    f"{rate}/s p99 {p99:.2f} ms"
+                    for rate, p99 in zip(half["rate"], half["p99_ms"], strict=True)
+                )
+                + f" (target <= {half['target_max_p99_ms']:g} ms: "
+                + ("met" if half["met"] else "not met")
+                + ")."
             )
     if r["profile_router_w1"]:
         shares = ", ".join(

@@ -80,7 +80,7 @@ def measure(
         folds=0,
         target=None,
         tier_names=TIERS,
-        top_share=0.2,
+        top_share=None,
         log=(lambda _m: None) if quiet else (lambda m: print(f"  {m}", file=sys.stderr)),
     )
     scores = score_rows(Router(model), evaluation).scores

@@ -1,8 +1,9 @@
 """Draw how the shipped model makes its score: the heads, the formula, the thresholds.
 
 Left: the seven linear heads over one feature vector and how they combine. Right: the
-score against the expected level, with the gate shut (traffic unlike the outcome rows)
-and open at the gain's floor (zero) and one and two spreads above it, and the calibrated
+score against the expected level, with the gate shut (traffic unlike the outcome rows:
+the expected level places the query), fully open (the outcome level places it: drawn at
+the outcome rows' median and one spread either side) and half open, and the calibrated
 thresholds that pick the tier. Reads the model file; writes
 ``bench/results/score_design.png``.
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from router.fastpath import SCORE_LEVEL_GAIN
+from router.fastpath import SCORE_GATED_LEVEL
 from router.model import default_model_path, load_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,8 +31,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     model = load_model(args.model)
-    if model.score.formula != SCORE_LEVEL_GAIN:
-        print("score_design: the model does not use the level_gain formula", file=sys.stderr)
+    if model.score.formula != SCORE_GATED_LEVEL:
+        print("score_design: the model does not use the gated_level formula", file=sys.stderr)
         return 1
     import matplotlib
 
@@ -41,11 +42,12 @@ def main() -> int:
 
     a, b = model.score.level_weight, model.score.bias
     options = model.info.get("options", {})
-    spread = float(options.get("gain_scale", 2.0)) * a  # the gain's spread on outcome rows
+    center = float(options.get("outcome_center", 2.0))  # outcome level at the median gain
+    spread = float(options.get("outcome_spread", 0.5))  # levels per deviation of the gain
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2), dpi=110)
     left.set_axis_off()
-    left.set_xlim(-0.5, 10)
+    left.set_xlim(-0.5, 10.5)
     left.set_ylim(0, 10)
 
     def box(x: float, y: float, w: float, h: float, text: str, color: str) -> None:
@@ -55,34 +57,34 @@ def main() -> int:
     def arrow(x0: float, y0: float, x1: float, y1: float) -> None:
         left.annotate("", (x1, y1), (x0, y0), arrowprops={"arrowstyle": "->", "lw": 0.9})
 
-    box(
-        0.2, 4.0, 2.0, 2.0, "query\n-> hashed word and\nchar n-grams,\ndense bins, rules", "#eeeeee"
-    )
+    query = "query\n-> hashed word and\nchar n-grams,\ndense bins, rules"
+    box(-0.3, 4.0, 2.5, 2.0, query, "#eeeeee")
     box(3.2, 7.2, 2.6, 1.6, "5 level logits\n(softmax)\n-> E[level]", "#cfe2f3")
-    box(3.2, 4.2, 2.6, 1.6, "gain logit\n(ridge on strong -\nweak outcome)", "#d9ead3")
+    box(3.2, 4.2, 2.6, 1.6, "outcome level\n(ridge on strong -\nweak outcome)", "#d9ead3")
     box(3.2, 1.2, 2.6, 1.6, "gate logit\n(is it like the\noutcome rows?)", "#fce5cd")
     for y in (8.0, 5.0, 2.0):
         arrow(2.2, 5.0, 3.2, y)
     box(
-        6.6,
-        4.0,
-        3.2,
-        2.0,
-        f"z = {a:g} * (E[level] - 2)\n+ sigmoid(gate) * gain\nscore = sigmoid(z)",
+        6.4,
+        3.8,
+        3.9,
+        2.4,
+        f"g = sigmoid(gate)\nlevel = (1-g) E[level]\n+ g outcome level\n"
+        f"score = sigmoid({a:g} (level - 2))",
         "#fff2cc",
     )
-    arrow(5.8, 8.0, 6.6, 5.6)
-    arrow(5.8, 5.0, 6.6, 5.0)
-    arrow(5.8, 2.0, 6.6, 4.4)
+    arrow(5.8, 8.0, 6.4, 5.8)
+    arrow(5.8, 5.0, 6.4, 5.0)
+    arrow(5.8, 2.0, 6.4, 4.2)
     left.text(
-        8.2,
+        8.35,
         2.9,
         "thresholds on the score\npick the tier",
         ha="center",
         va="center",
         fontsize=9,
     )
-    arrow(8.2, 4.0, 8.2, 3.3)
+    arrow(8.35, 3.8, 8.35, 3.3)
     left.set_title("one linear layer, seven heads, one monotone score", fontsize=11)
 
     levels = np.linspace(0.0, 4.0, 200)
@@ -92,10 +94,17 @@ def main() -> int:
         return np.asarray(1.0 / (1.0 + np.exp(-x)))
 
     right.plot(levels, sigmoid(base), color="black", label="gate shut: the expected level alone")
-    for k, style in ((0.0, ":"), (1.0, "-"), (2.0, "--")):
-        label = f"gate open, gain {k:g} spread above its floor"
-        curve = sigmoid(base + k * spread)
+    for k, style in ((-1.0, ":"), (0.0, "-"), (1.0, "--")):
+        outcome = center + k * spread
+        label = f"gate open: outcome level {outcome:g} (median gain {k:+g} spread)"
+        curve = sigmoid(a * outcome + b + 0.0 * levels)
         right.plot(levels, curve, color="tab:green", linestyle=style, label=label)
+    right.plot(
+        levels,
+        sigmoid(a * (levels + center) / 2 + b),
+        color="tab:orange",
+        label=f"gate half open, outcome level {center:g}",
+    )
     for name, t in zip(model.tier_names[1:], model.thresholds, strict=True):
         right.axhline(t, color="tab:red", linewidth=0.8)
         right.text(0.05, t + 0.01, f"{name} from {t:.3f}", color="tab:red", fontsize=8)

@@ -37,9 +37,9 @@ from router.domain import (  # noqa: E402
     RoutingDecision,
     Usage,
 )
-from router.recording import complete_record, route_record  # noqa: E402
+from router.recording import complete_record, route_row  # noqa: E402
 from router.request_ids import RequestIds  # noqa: E402
-from router.store import RequestRecord, open_store  # noqa: E402
+from router.store import Record, open_store  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "store_write.json"
 TIER_INDEX = {"cheap": 0, "strong": 1, "expert": 2}
@@ -98,10 +98,10 @@ SUMMARY = CompletionSummary(
 )
 
 
-def builders(ids: RequestIds) -> dict[str, Callable[[], RequestRecord]]:
+def builders(ids: RequestIds) -> dict[str, Callable[[], Record]]:
     """Return a record builder per kind of request, as the service calls them."""
     return {
-        "route": lambda: route_record(ids.new(), REQUEST, DECISION, keep_text=False),
+        "route": lambda: route_row(ids.new(), REQUEST, DECISION, keep_text=False),
         "complete": lambda: complete_record(
             ids.new(),
             REQUEST,

@@ -37,7 +37,7 @@ class FastPath:
         rule_phrases: Sequence[Sequence[str]],
         weights: Weights,
         bias: npt.NDArray[np.float64],
-        score_formula: int = 2,
+        score_formula: int = 3,
         level_weight: float = 0.0,
         score_bias: float = 0.0,
         placement_weight: float = 0.0,

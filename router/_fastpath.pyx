@@ -24,6 +24,7 @@ import numpy as np
 from router._fastpath_py import (
     DENSE_EDGES,
     N_DENSE,
+    SCORE_GATED_LEVEL,
     SCORE_LEVEL_GAIN,
     check_score_formula,
     check_settings,
@@ -173,6 +174,7 @@ cdef enum:
     GATE_HEAD = 6
     HEADS = 7
     LEVEL_GAIN = 2
+    GATED_LEVEL = 3
     MAX_DENSE_STATS = 8
     MAX_EDGES = 16
     ROW16 = 8
@@ -180,7 +182,8 @@ cdef enum:
     NO_RULE = 0xFF
     RULE_PREFIX = 0x100
 
-if (LEVELS, HEADS, LEVEL_GAIN) != (_PY_LEVELS, _PY_HEADS, SCORE_LEVEL_GAIN):
+if (LEVELS, HEADS, LEVEL_GAIN, GATED_LEVEL) != (
+        _PY_LEVELS, _PY_HEADS, SCORE_LEVEL_GAIN, SCORE_GATED_LEVEL):
     raise ImportError("router._fastpath was built for another head layout than the twin's")
 
 cdef uint64_t TOP_BIT = (<uint64_t>1) << 63
@@ -287,7 +290,7 @@ cdef class FastPath:
         self.w16 = NULL
 
     def __init__(self, *, seed, buckets_log2, word_max, char_min, char_max, max_bytes,
-                 rule_phrases, weights, bias, score_formula=SCORE_LEVEL_GAIN,
+                 rule_phrases, weights, bias, score_formula=SCORE_GATED_LEVEL,
                  level_weight=0.0, score_bias=0.0, placement_weight=0.0):
         cdef Py_ssize_t i, slots
         cdef uint64_t h
@@ -603,7 +606,7 @@ cdef class FastPath:
         cdef double logits[HEADS]
         cdef double exps[LEVELS]
         cdef double probs[LEVELS]
-        cdef double top, z, expected = 0.0, total = 0.0
+        cdef double top, z, g, expected = 0.0, total = 0.0
         cdef int k
         rules = self._logits(text, context, context_weight, logits)
         top = logits[0]
@@ -616,7 +619,13 @@ cdef class FastPath:
             total += exps[k]
         for k in range(LEVELS):
             probs[k] = exps[k] / total
-        if self.score_formula == LEVEL_GAIN:
+        if self.score_formula == GATED_LEVEL:
+            for k in range(LEVELS):
+                expected += k * probs[k]
+            g = _sigmoid(logits[GATE_HEAD])
+            z = (self.level_weight * ((1.0 - g) * expected + g * logits[GAIN_HEAD])
+                 + self.score_bias)
+        elif self.score_formula == LEVEL_GAIN:
             for k in range(LEVELS):
                 expected += k * probs[k]
             z = (self.level_weight * expected

@@ -26,8 +26,11 @@ The algorithm (FEATURIZER_VERSION 1):
    weights) + sum(dense and rule weights), each sum accumulated in float64 in emission
    order; a chat's earlier turns add ``context_weight`` times their own sums.
 7. Outputs: level probabilities = softmax(heads 0-4); the score by the model's formula:
-   ``SCORE_LEVEL_GAIN`` (format-2 models): sigmoid(level_weight * E[level] +
-   sigmoid(gate head) * gain head + score_bias), E[level] = sum of k * P(level k);
+   ``SCORE_GATED_LEVEL`` (the models trained now): sigmoid(level_weight * ((1 - g) *
+   E[level] + g * outcome level) + score_bias), g = sigmoid(gate head), the outcome level
+   being the gain head, E[level] = sum of k * P(level k);
+   ``SCORE_LEVEL_GAIN`` (earlier format-2 models): sigmoid(level_weight * E[level] +
+   sigmoid(gate head) * gain head + score_bias);
    ``SCORE_PLACEMENT_GAIN`` (format-1 models): sigmoid(gain head + placement_weight *
    sigmoid(placement head)).
 """
@@ -53,7 +56,8 @@ HEADS = LEVELS + 2
 # Score formulas, by number (the model file's score.formula).
 SCORE_PLACEMENT_GAIN = 1
 SCORE_LEVEL_GAIN = 2
-SCORE_FORMULAS = (SCORE_PLACEMENT_GAIN, SCORE_LEVEL_GAIN)
+SCORE_GATED_LEVEL = 3
+SCORE_FORMULAS = (SCORE_PLACEMENT_GAIN, SCORE_LEVEL_GAIN, SCORE_GATED_LEVEL)
 
 # Weights as model files hold them (float16) or as training makes them (float32): both
 # paths read the same values, widened exactly to float64.
@@ -259,7 +263,7 @@ class FastPath:
         rule_phrases: Sequence[Sequence[str]],
         weights: Weights,
         bias: npt.NDArray[np.float64],
-        score_formula: int = SCORE_LEVEL_GAIN,
+        score_formula: int = SCORE_GATED_LEVEL,
         level_weight: float = 0.0,
         score_bias: float = 0.0,
         placement_weight: float = 0.0,
@@ -391,12 +395,14 @@ class FastPath:
     ) -> tuple[float, tuple[float, ...], int]:
         """Return the difficulty score, the level probabilities and the fired-rules mask.
 
-        Heads 0-4 are the level logits (softmax). With ``SCORE_LEVEL_GAIN`` the score is
-        sigmoid(level_weight * E[level] + sigmoid(gate) * gain + score_bias): the expected
-        level carries general difficulty, the gain head how much the stronger model helps,
-        and the gate head how much the query is like the rows that taught the gain head.
-        With ``SCORE_PLACEMENT_GAIN`` (format-1 models) it is
-        sigmoid(gain + placement_weight * sigmoid(placement)).
+        Heads 0-4 are the level logits (softmax). With ``SCORE_GATED_LEVEL`` the score is
+        sigmoid(level_weight * ((1 - g) * E[level] + g * outcome level) + score_bias): the
+        expected level carries general difficulty, the gain head (read as a level) where
+        the outcomes place the query, and the gate head g = sigmoid(gate) how much the query
+        is like the rows with outcomes that taught the gain head. With
+        ``SCORE_LEVEL_GAIN`` (earlier format-2 models) it is sigmoid(level_weight *
+        E[level] + sigmoid(gate) * gain + score_bias); with ``SCORE_PLACEMENT_GAIN``
+        (format-1 models) sigmoid(gain + placement_weight * sigmoid(placement)).
         """
         logits, rules = self.logits(text, context, context_weight)
         top = max(logits[:LEVELS])
@@ -405,7 +411,13 @@ class FastPath:
         for e in exps:
             total += e
         levels = tuple(e / total for e in exps)
-        if self.score_formula == SCORE_LEVEL_GAIN:
+        if self.score_formula == SCORE_GATED_LEVEL:
+            expected = 0.0
+            for k, p in enumerate(levels):
+                expected += k * p
+            g = _sigmoid(logits[GATE_HEAD])
+            z = self.level_weight * ((1.0 - g) * expected + g * logits[GAIN_HEAD]) + self.score_bias
+        elif self.score_formula == SCORE_LEVEL_GAIN:
             expected = 0.0
             for k, p in enumerate(levels):
                 expected += k * p

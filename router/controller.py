@@ -12,7 +12,8 @@ offset produced.
 The offset is one number in logit space, added to every tier threshold:
 ``t' = sigmoid(logit(t) + offset)``. It keeps the thresholds ordered and inside (0, 1),
 and moves the whole cost/quality trade-off with one knob. A positive offset raises the
-thresholds (fewer requests above the cheapest tier).
+thresholds (fewer requests above the cheapest tier), a negative one lowers them: never the
+other way, even by the ulp that sigmoid(logit(t)) can round away from t.
 
 What the controller never does: override a caller's ``tier``, ``min_tier`` or
 ``max_tier`` (they are applied after the thresholds, as without a controller). Forced and
@@ -25,6 +26,7 @@ Pure logic, no I/O: the clock is injected, and the state to persist is a plain d
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -148,11 +150,24 @@ def shift_thresholds(thresholds: Sequence[float], offset: float) -> tuple[float,
     """Return the thresholds moved by ``offset`` in logit space (positive raises them)."""
     if offset == 0.0:
         return tuple(thresholds)
-    out = []
-    for t in thresholds:
-        t = min(max(t, _EDGE), 1.0 - _EDGE)
-        out.append(1.0 / (1.0 + math.exp(-(math.log(t / (1.0 - t)) + offset))))
-    return tuple(out)
+    return tuple(_shift(t, _threshold_logit(t), offset) for t in thresholds)
+
+
+def _threshold_logit(threshold: float) -> float:
+    """Return the logit of a threshold kept inside (0, 1)."""
+    t = min(max(threshold, _EDGE), 1.0 - _EDGE)
+    return math.log(t / (1.0 - t))
+
+
+def _shift(threshold: float, logit: float, offset: float) -> float:
+    """Return one threshold moved by ``offset``, given its logit (``_threshold_logit``)."""
+    if offset == 0.0:
+        return threshold
+    moved = 1.0 / (1.0 + math.exp(-(logit + offset)))
+    # sigmoid(logit(t)) need not round back to t: unbounded, an offset too small to move
+    # the logit would still move the threshold an ulp, either way, and the served tier
+    # would not be monotonic in the offset (no step function of it could follow).
+    return max(threshold, moved) if offset > 0.0 else min(threshold, moved)
 
 
 # The window's columns, in the order of a stored record (see TenantController.record).
@@ -174,15 +189,13 @@ _Ints = npt.NDArray[np.int64]
 MAX_LOGITS = MAX_OFFSET
 
 
-def _logit(p: _Array) -> _Array:
-    p = np.clip(p, _EDGE, 1.0 - _EDGE)
-    return np.asarray(np.log(p / (1.0 - p)), dtype=np.float64)
-
-
 class _Window:
     """The window's live records as numpy columns, and what they say at any offset."""
 
-    def __init__(self, columns: _Array) -> None:
+    def __init__(self, columns: _Array, breakpoints: _Array) -> None:
+        # Per request and threshold j, the largest offset at which the thresholds alone
+        # send it to tier j + 1 or above (``_breakpoints``).
+        self.breakpoints = breakpoints
         self.time = columns[0]
         self.score = columns[1]
         tiers = columns[2:7].astype(np.int64)
@@ -209,20 +222,92 @@ class _Window:
         tier = np.minimum(np.maximum(tier, low), high)
         return np.maximum(tier, self.escalated_to[:, None])
 
-    def breakpoints(self, pricing: Pricing) -> _Array:
-        """Return, per request and threshold j, the largest offset at which the thresholds
-        alone send it to tier j + 1 or above (``choose_tier``'s rule, margin included)."""
-        scores = self.score
-        base = _logit(np.asarray(pricing.thresholds, dtype=np.float64))
-        out = np.empty((len(scores), len(base)), dtype=np.float64)
-        for j, margin in enumerate(pricing.margins):
+
+def _breakpoints(scores: _Array, pricing: Pricing) -> _Array:
+    """Return, per score and threshold j, the largest offset at which ``choose_tier`` on
+    ``shift_thresholds`` sends it to tier j + 1 or above (``_NEVER`` when none in reach)."""
+    thresholds, margins = pricing.thresholds, pricing.margins
+    logits = [_threshold_logit(t) for t in thresholds]
+    out = np.empty((len(scores), len(thresholds)), dtype=np.float64)
+    for i, score in enumerate(scores.tolist()):
+        # Where the score reaches threshold j itself, no margin (j - 1's, for tier j + 1).
+        plain = 0.0
+        for j, margin in enumerate(margins):
             # Tier j + 1 needs the score within the margin below threshold j, and (one
             # climb only) threshold j - 1 reached by the score itself.
-            reach = _logit(scores + margin) - base[j]
-            if j:
-                reach = np.minimum(reach, _logit(scores) - base[j - 1])
-            out[:, j] = reach
-        return np.clip(out, -MAX_LOGITS, MAX_LOGITS)
+            reach = _last_reached(score, thresholds[j], logits[j], margin)
+            out[i, j] = min(reach, plain) if j else reach
+            if margin == 0.0:
+                plain = reach
+            elif j + 1 < len(thresholds):
+                plain = _last_reached(score, thresholds[j], logits[j], 0.0)
+    return out
+
+
+# The breakpoint of a request that no offset down to -MAX_LOGITS sends up.
+_NEVER = math.nextafter(-MAX_LOGITS, -math.inf)
+_FLOAT = struct.Struct("<d")
+_INT = struct.Struct("<q")
+
+
+def _last_reached(score: float, threshold: float, logit: float, margin: float) -> float:
+    """Return the largest offset in [-MAX_LOGITS, MAX_LOGITS] at which ``score`` reaches
+    the threshold moved by it, less the margin (``_NEVER`` for none).
+
+    The served arithmetic (``_shift``, then ``choose_tier``'s comparison) is monotonic in
+    the offset, so a search over the floats themselves, ordered as integers, finds the
+    last one exactly: a formula in logit space is a few ulps off, and a request on such
+    an ulp is served another tier than the curve says.
+    """
+
+    def reaches(key: int) -> bool:
+        return score >= _shift(threshold, logit, _key_float(key)) - margin
+
+    top, bottom = _float_key(MAX_LOGITS), _float_key(-MAX_LOGITS)
+    # Start from the logit-space estimate (most often within a few ulps), gallop to a
+    # bracket, then bisect it: reached at low, not at high.
+    level = min(max(score + margin, _EDGE), 1.0 - _EDGE)
+    estimate = math.log(level / (1.0 - level)) - logit
+    start = _float_key(min(max(estimate, -MAX_LOGITS), MAX_LOGITS))
+    step = 1
+    if reaches(start):
+        low = start
+        while True:
+            high = min(low + step, top)
+            if not reaches(high):
+                break
+            if high == top:
+                return MAX_LOGITS
+            low, step = high, step * 2
+    else:
+        high = start
+        while True:
+            low = max(high - step, bottom)
+            if reaches(low):
+                break
+            if low == bottom:
+                return _NEVER
+            high, step = low, step * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        if reaches(middle):
+            low = middle
+        else:
+            high = middle
+    return _key_float(low)
+
+
+def _float_key(x: float) -> int:
+    """Return an integer in the order of the floats (0.0 and -0.0 alike)."""
+    bits: int = _INT.unpack(_FLOAT.pack(x))[0]
+    return bits if bits >= 0 else -(bits & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def _key_float(key: int) -> float:
+    """Return the float of a ``_float_key``."""
+    bits = key if key >= 0 else (-key) | -0x8000_0000_0000_0000
+    value: float = _FLOAT.unpack(_INT.pack(bits))[0]
+    return value
 
 
 class _Curve:
@@ -273,6 +358,9 @@ class TenantController:
         # A ring of the last window_requests records: one column each, one row per field
         # of _COLUMNS (so that each field is contiguous when solving).
         self._table = np.zeros((len(_COLUMNS), settings.window_requests), dtype=np.float64)
+        # Each record's breakpoints (a row per record, NaN until computed): found once,
+        # when the window is next solved, rather than for the whole window at every update.
+        self._breakpoints = self._no_breakpoints(pricing)
         self._next = 0
         self._count = 0
         self._since_update = 0
@@ -300,6 +388,7 @@ class TenantController:
             served.completion_tokens,
             served.extra_cost_usd,
         )
+        self._breakpoints[self._next] = np.nan
         self._next = (self._next + 1) % self.settings.window_requests
         self._count = min(self._count + 1, self.settings.window_requests)
         self._since_update += 1
@@ -339,7 +428,18 @@ class TenantController:
         """Return the live records: the last window_requests, none older than window_s."""
         columns = self._table[:, : self._count]
         live = columns[0] >= self._clock() - self.settings.window_s
-        return _Window(columns if live.all() else columns[:, live])
+        breakpoints = self._breakpoints[: self._count]
+        stale = np.flatnonzero(np.isnan(breakpoints).any(axis=1))
+        if len(stale):
+            breakpoints[stale] = _breakpoints(columns[1, stale], self._pricing)
+        if live.all():
+            return _Window(columns, breakpoints)
+        return _Window(columns[:, live], breakpoints[live])
+
+    def _no_breakpoints(self, pricing: Pricing) -> _Array:
+        """Return a ring of breakpoints still to compute, for these thresholds."""
+        shape = (self.settings.window_requests, len(pricing.thresholds))
+        return np.full(shape, np.nan, dtype=np.float64)
 
     def _hours(self, window: _Window) -> float | None:
         """Return the hours the window spans (a spend rate's denominator), 1.0 for a share."""
@@ -377,7 +477,7 @@ class TenantController:
         per_tier = self._quantity(window, window.served_tier(natural, n_tiers), hours)
         steps = np.diff(per_tier, axis=1)
         return _Curve(
-            window.breakpoints(self._pricing).ravel(),
+            window.breakpoints.ravel(),
             float(per_tier[:, 0].sum()),
             steps.ravel(),
         )
@@ -408,6 +508,7 @@ class TenantController:
             self.offset = 0.0
             self.saturated = False
         self._pricing = pricing
+        self._breakpoints = self._no_breakpoints(pricing)
         self._set_offset(self.offset)
 
     def realised(self) -> float | None:
@@ -480,6 +581,7 @@ class TenantController:
             np.array(rows, dtype=np.float64).reshape(len(rows), len(_COLUMNS)).T
         )
         self._count = len(rows)
+        self._breakpoints = self._no_breakpoints(self._pricing)
         self._next = len(rows) % size
         self.updates = updates
         self._set_offset(offset)

@@ -43,6 +43,7 @@ GAIN_HEAD = _fastpath_py.GAIN_HEAD
 GATE_HEAD = _fastpath_py.GATE_HEAD
 SCORE_PLACEMENT_GAIN = _fastpath_py.SCORE_PLACEMENT_GAIN
 SCORE_LEVEL_GAIN = _fastpath_py.SCORE_LEVEL_GAIN
+SCORE_GATED_LEVEL = _fastpath_py.SCORE_GATED_LEVEL
 
 __all__ = [
     "FEATURIZER_VERSION",
@@ -52,6 +53,7 @@ __all__ = [
     "IMPLEMENTATION",
     "LEVELS",
     "N_DENSE",
+    "SCORE_GATED_LEVEL",
     "SCORE_LEVEL_GAIN",
     "SCORE_PLACEMENT_GAIN",
     "FastPath",

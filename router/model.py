@@ -35,6 +35,7 @@ from router.fastpath import (
     FEATURIZER_VERSION,
     HEADS,
     LEVELS,
+    SCORE_GATED_LEVEL,
     SCORE_LEVEL_GAIN,
     SCORE_PLACEMENT_GAIN,
     FastPath,
@@ -43,7 +44,11 @@ from router.fastpath import (
 FORMAT = "modelrouter-model"
 FORMAT_VERSION = 2
 READABLE_FORMAT_VERSIONS = (1, 2)
-_FORMULA_NAMES = {SCORE_LEVEL_GAIN: "level_gain", SCORE_PLACEMENT_GAIN: "placement_gain"}
+_FORMULA_NAMES = {
+    SCORE_GATED_LEVEL: "gated_level",
+    SCORE_LEVEL_GAIN: "level_gain",
+    SCORE_PLACEMENT_GAIN: "placement_gain",
+}
 DEFAULT_MODEL = "default.npz"
 
 
@@ -74,19 +79,22 @@ class Rule:
 class ScoreFormula:
     """How the heads make the score (``router/_fastpath_py.py``, ``FastPath.score``).
 
-    ``level_gain`` (format 2): sigmoid(level_weight * E[level] + sigmoid(gate) * gain +
-    bias). ``placement_gain`` (format-1 files): sigmoid(gain + placement_weight *
-    sigmoid(placement)), where head 6 is the placement logit.
+    ``gated_level`` (what training makes): sigmoid(level_weight * ((1 - g) * E[level] +
+    g * outcome level) + bias), g = sigmoid(gate), the outcome level being the gain head's
+    logit. ``level_gain`` (earlier format-2 files): sigmoid(level_weight * E[level] +
+    sigmoid(gate) * gain + bias). ``placement_gain`` (format-1 files): sigmoid(gain +
+    placement_weight * sigmoid(placement)), where head 6 is the placement logit.
     """
 
-    formula: int = SCORE_LEVEL_GAIN
+    formula: int = SCORE_GATED_LEVEL
     level_weight: float = 0.0
     bias: float = 0.0
     placement_weight: float = 0.0
 
     def score_at_level(self, level: float) -> float | None:
-        """Return the score of a query of expected level ``level`` that the gain does not
-        lift (None for ``placement_gain``, whose score is not built on the level)."""
+        """Return the score of a query of level ``level``: its expected level where the
+        gate is shut, or its expected and outcome levels both (None for ``placement_gain``,
+        whose score is not built on the level)."""
         if self.formula == SCORE_PLACEMENT_GAIN:
             return None
         return 1.0 / (1.0 + math.exp(-(self.level_weight * level + self.bias)))
@@ -94,7 +102,11 @@ class ScoreFormula:
     def to_json(self) -> dict[str, Any]:
         if self.formula == SCORE_PLACEMENT_GAIN:
             return {"formula": "placement_gain", "placement_weight": self.placement_weight}
-        return {"formula": "level_gain", "level_weight": self.level_weight, "bias": self.bias}
+        return {
+            "formula": _FORMULA_NAMES[self.formula],
+            "level_weight": self.level_weight,
+            "bias": self.bias,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ScoreFormula:
@@ -104,7 +116,9 @@ class ScoreFormula:
         if names[data["formula"]] == SCORE_PLACEMENT_GAIN:
             return cls(SCORE_PLACEMENT_GAIN, placement_weight=float(data["placement_weight"]))
         return cls(
-            SCORE_LEVEL_GAIN, level_weight=float(data["level_weight"]), bias=float(data["bias"])
+            names[data["formula"]],
+            level_weight=float(data["level_weight"]),
+            bias=float(data["bias"]),
         )
 
 

@@ -1,7 +1,9 @@
 """Turn a served request into the store's record: the decision, and for Complete what ran.
 
-Called on the request path, so it copies references and numbers only; the store's writer
-thread does the encoding.
+Called on the request path. A Route's record is its row as the store writes it (one tuple
+of the columns that vary from Route to Route; its levels as JSON text, rules and hints
+almost always the empty constants), which leaves the writer thread no Python to run per
+row; a Complete's record keeps references and numbers, and the writer thread encodes it.
 """
 
 from __future__ import annotations
@@ -12,13 +14,24 @@ from collections.abc import Mapping, Sequence
 from router.domain import (
     Attempt,
     CompletionSummary,
+    DecisionReason,
     RouteRequest,
     RoutingDecision,
     TierHints,
 )
-from router.store.records import AttemptRecord, RequestRecord
+from router.store.records import AttemptRecord, RequestRecord, RouteRow
+from router.store.rows import (
+    NO_HINTS_JSON,
+    NO_RULES_JSON,
+    json_floats,
+    json_hints,
+    json_messages,
+    json_rules,
+)
 
 NO_HINTS: tuple[tuple[str, str], ...] = ()
+# An Enum's .value is a Python-level property: a dictionary is a quarter of its cost.
+_REASONS = {reason: reason.value for reason in DecisionReason}
 
 
 def _hints(hints: TierHints) -> tuple[tuple[str, str], ...]:
@@ -47,35 +60,43 @@ def _text(
     return last_user.content, tuple((m.role, m.content) for m in request.messages)
 
 
-def route_record(
+def route_row(
     key: str, request: RouteRequest, decision: RoutingDecision, *, keep_text: bool
-) -> RequestRecord:
-    """Return the record of a Route: the decision, its cost estimated on the prompt."""
-    prompt, messages = _text(request, keep_text)
-    return RequestRecord(
-        key=key,
-        request_id=decision.request_id,
-        time=time.time(),
-        method="route",
-        tenant=request.tenant,
-        session_id=request.session_id,
-        tier=decision.tier,
-        tier_index=decision.tier_index,
-        model=decision.model,
-        backend=decision.backend,
-        score=decision.score,
-        levels=decision.levels,
-        rules=decision.rules,
-        reason=decision.reason.value,
-        model_version=decision.model_version,
-        hints=_hints(request.hints),
-        outcome="routed",
-        prompt_tokens=decision.estimated_prompt_tokens,
-        completion_tokens=0,
-        cost_usd=decision.estimated_cost_usd,
-        strongest_cost_usd=decision.strongest_tier_cost_usd,
-        prompt=prompt,
-        messages=messages,
+) -> RouteRow:
+    """Return the record of a Route, as its row: the decision, its cost estimated on the prompt.
+
+    The values of ``router.store.rows.ROUTE_COLUMNS`` in order (the store writes the tuple
+    as it is, with ``ROUTE_CONSTANTS`` for the other columns).
+    """
+    if keep_text:
+        prompt, messages = _text(request, keep_text)
+        chat = json_messages(messages)
+    else:
+        prompt = chat = None
+    hints = request.hints
+    return (
+        key,
+        decision.request_id,
+        time.time(),
+        request.tenant,
+        request.session_id,
+        decision.tier,
+        decision.tier_index,
+        decision.model,
+        decision.backend,
+        decision.score,
+        json_floats(decision.levels),
+        json_rules(decision.rules) if decision.rules else NO_RULES_JSON,
+        _REASONS[decision.reason],
+        decision.model_version,
+        json_hints(_hints(hints))
+        if hints.tier or hints.min_tier or hints.max_tier
+        else NO_HINTS_JSON,
+        decision.estimated_prompt_tokens,
+        decision.estimated_cost_usd,
+        decision.strongest_tier_cost_usd,
+        prompt,
+        chat,
     )
 
 
@@ -117,30 +138,50 @@ def complete_record(
 
     ``summary`` is None when no tier answered (``outcome`` "error" or "cancelled"); the
     cost is then that of the failed attempts, against nothing delivered. ``started`` is
-    the Unix time of the decision. It is the decision's record with the outcome filled in.
+    the Unix time of the decision.
     """
-    record = route_record(key, request, decision, keep_text=keep_text)
     if summary is not None:
         attempts = summary.attempts
-        record.prompt_tokens = summary.usage.prompt_tokens
-        record.completion_tokens = summary.usage.completion_tokens
-        record.cost_usd = summary.cost_usd
-        record.strongest_cost_usd = summary.strongest_tier_cost_usd
-        record.answered_tier = summary.tier
-        record.answered_tier_index = summary.tier_index
-        record.answered_model = summary.model
-        record.finish_reason = summary.finish_reason
-        if summary.delivered_chars:
-            record.first_text_ms = summary.first_text_ms
+        prompt_tokens = summary.usage.prompt_tokens
+        completion_tokens = summary.usage.completion_tokens
+        cost_usd = summary.cost_usd
+        strongest_cost_usd = summary.strongest_tier_cost_usd
     else:
-        record.prompt_tokens = sum(a.prompt_tokens for a in attempts)
-        record.completion_tokens = sum(a.completion_tokens for a in attempts)
-        record.cost_usd = sum(a.cost_usd for a in attempts)
-        record.strongest_cost_usd = 0.0
-    record.time = started
-    record.method = "complete"
-    record.outcome = outcome
-    record.escalations = escalations
-    record.duration_ms = duration_ms
-    record.attempts = tuple(_attempt(a, tier_index) for a in attempts)
-    return record
+        prompt_tokens = sum(a.prompt_tokens for a in attempts)
+        completion_tokens = sum(a.completion_tokens for a in attempts)
+        cost_usd = sum(a.cost_usd for a in attempts)
+        strongest_cost_usd = 0.0
+    prompt, messages = _text(request, keep_text)
+    return RequestRecord(
+        key=key,
+        request_id=decision.request_id,
+        time=started,
+        method="complete",
+        tenant=request.tenant,
+        session_id=request.session_id,
+        tier=decision.tier,
+        tier_index=decision.tier_index,
+        model=decision.model,
+        backend=decision.backend,
+        score=decision.score,
+        levels=decision.levels,
+        rules=decision.rules,
+        reason=decision.reason.value,
+        model_version=decision.model_version,
+        hints=_hints(request.hints),
+        outcome=outcome,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cost_usd=cost_usd,
+        strongest_cost_usd=strongest_cost_usd,
+        answered_tier=None if summary is None else summary.tier,
+        answered_tier_index=None if summary is None else summary.tier_index,
+        answered_model=None if summary is None else summary.model,
+        finish_reason="" if summary is None else summary.finish_reason,
+        escalations=escalations,
+        first_text_ms=summary.first_text_ms if summary and summary.delivered_chars else None,
+        duration_ms=duration_ms,
+        attempts=tuple(_attempt(a, tier_index) for a in attempts),
+        prompt=prompt,
+        messages=messages,
+    )

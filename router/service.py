@@ -44,7 +44,7 @@ from router.domain import (
     StoreUnavailable,
 )
 from router.limits import Limiter, most_cost_usd
-from router.recording import complete_record, route_record
+from router.recording import complete_record, route_row
 from router.request_ids import RequestIds
 from router.routing import Router, choose_tier
 from router.runtime import EngineFactory, Runtime, completion_engine
@@ -223,7 +223,7 @@ class RouterService:
             )
         if rt.writer is not None:
             rt.writer.put(
-                route_record(self._record_keys.new(), request, decision, keep_text=rt.keep_text)
+                route_row(self._record_keys.new(), request, decision, keep_text=rt.keep_text)
             )
         controller = self._controllers.get(request.tenant)
         if controller is not None:

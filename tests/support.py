@@ -7,7 +7,7 @@ from types import ModuleType
 
 import numpy as np
 
-from router.fastpath import HEADS, SCORE_LEVEL_GAIN, SCORE_PLACEMENT_GAIN
+from router.fastpath import HEADS, SCORE_GATED_LEVEL, SCORE_LEVEL_GAIN, SCORE_PLACEMENT_GAIN
 from router.model import FeaturizerSpec, RouterModel, Rule, ScoreFormula
 
 _fastpath_c: ModuleType | None
@@ -28,6 +28,7 @@ TEST_RULES = (
 
 
 # The score formulas a model file can name, with parameters a test can check by hand.
+GATED_LEVEL = ScoreFormula(SCORE_GATED_LEVEL, level_weight=1.5, bias=-3.0)
 LEVEL_GAIN = ScoreFormula(SCORE_LEVEL_GAIN, level_weight=1.5, bias=-3.0)
 PLACEMENT_GAIN = ScoreFormula(SCORE_PLACEMENT_GAIN, placement_weight=3.0)
 
@@ -36,7 +37,7 @@ def random_model(
     seed: int = 7,
     buckets_log2: int = 12,
     name: str = "test",
-    score: ScoreFormula = LEVEL_GAIN,
+    score: ScoreFormula = GATED_LEVEL,
 ) -> RouterModel:
     """Return a small model with seeded random weights and a three-tier operating point."""
     spec = FeaturizerSpec(buckets_log2=buckets_log2, rules=TEST_RULES)

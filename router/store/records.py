@@ -1,8 +1,8 @@
 """What the store keeps: one record per request, per rating and per session step.
 
 The service builds these on the request path, so they are plain slotted dataclasses of
-values it already has; encoding (JSON of the levels, rules and hints) happens in the
-store's writer thread, never on the event loop.
+values it already has, encoded (JSON of the levels, rules and hints) in the store's writer
+thread; except a Route's record, which is built as its ``RouteRow`` (``router.store.rows``).
 """
 
 from __future__ import annotations
@@ -114,7 +114,16 @@ class StateRecord:
     time: float
 
 
-Record = RequestRecord | FeedbackRecord | SessionRecord | StateRecord
+# A request as the requests table stores it: one value per column of
+# ``router.store.rows.REQUEST_COLUMNS``, in that order, the levels, rules, hints and messages
+# as JSON text.
+RequestRow = tuple[Any, ...]
+# Route's record: its row without the columns every Route has the same value in, one value
+# per column of ``router.store.rows.ROUTE_COLUMNS`` (one tuple per call, nothing for the
+# writer thread to encode).
+RouteRow = tuple[Any, ...]
+
+Record = RequestRecord | RouteRow | FeedbackRecord | SessionRecord | StateRecord
 
 
 @dataclass(frozen=True, slots=True)

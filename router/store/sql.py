@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from functools import cache
+from itertools import chain
 from typing import Any, Protocol
 
 from router.store import schema
@@ -20,9 +21,12 @@ from router.store.records import (
     FeedbackRecord,
     Record,
     RequestRecord,
+    RequestRow,
+    RouteRow,
     SessionRecord,
     StoredRequest,
 )
+from router.store.rows import REQUEST_COLUMNS, ROUTE_COLUMNS, ROUTE_CONSTANTS, request_row
 from router.store.stats import Counts, Stats, StatsQuery, build_stats
 
 # Attempt outcomes that count as a tier's error (AttemptOutcome values). A gate rejection
@@ -56,13 +60,25 @@ class Cursor(Protocol):
     def fetchmany(self, size: int = ...) -> list[Any]: ...
 
 
-_INSERT_REQUEST = """INSERT INTO requests (
-    record_key, request_id, unix_time, method, tenant, session_id, tier, tier_index, model,
-    backend, score, levels, rules, reason, model_version, hints, outcome, prompt_tokens,
-    completion_tokens, cost_usd, strongest_cost_usd, answered_tier, answered_tier_index,
-    answered_model, finish_reason, escalations, first_text_ms, duration_ms, prompt, messages
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-    ?, ?) ON CONFLICT (record_key) DO NOTHING"""
+def _literal(value: str | int | None) -> str:
+    """Return a constant as an SQL literal."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return str(int(value))
+
+
+_INSERT_REQUEST = (
+    f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(REQUEST_COLUMNS))}) ON CONFLICT (record_key) DO NOTHING"
+)
+# A Route's row: its own columns as parameters, the columns every Route shares as literals.
+_ROUTE_VALUES = ("?",) * len(ROUTE_COLUMNS) + tuple(map(_literal, ROUTE_CONSTANTS.values()))
+_INSERT_ROUTE = (
+    f"INSERT INTO requests ({', '.join((*ROUTE_COLUMNS, *ROUTE_CONSTANTS))}) "
+    f"VALUES ({', '.join(_ROUTE_VALUES)}) ON CONFLICT (record_key) DO NOTHING"
+)
 
 _INSERT_ATTEMPT = """INSERT INTO attempts (
     request_key, attempt, tier, tier_index, model, backend, outcome, detail, first_token_ms,
@@ -110,56 +126,16 @@ def _and(where: str, clause: str) -> str:
     return f"{where} AND {clause}" if where else f" WHERE {clause}"
 
 
-def _floats(values: Sequence[float]) -> str:
-    """Return a JSON list of floats (repr is JSON for finite floats, and faster than dumps)."""
-    return "[" + ",".join(map(repr, values)) + "]"
-
-
-# Parameters of one request row.
-REQUEST_PARAMS = _INSERT_REQUEST.count("?")
+# Parameters of one request row (the most a row binds).
+REQUEST_PARAMS = len(REQUEST_COLUMNS)
 
 
 @cache
-def _insert_requests_sql(rows: int) -> str:
-    """Return the INSERT of ``rows`` request rows in one statement."""
-    head, _, tail = _INSERT_REQUEST.partition(" VALUES ")
+def _insert_many_sql(insert: str, rows: int) -> str:
+    """Return ``insert`` (of one row) made the INSERT of ``rows`` rows in one statement."""
+    head, _, tail = insert.partition(" VALUES ")
     values, _, conflict = tail.partition(" ON CONFLICT ")
     return f"{head} VALUES {', '.join([values] * rows)} ON CONFLICT {conflict}"
-
-
-def _request_row(r: RequestRecord) -> tuple[Any, ...]:
-    return (
-        r.key,
-        r.request_id,
-        r.time,
-        r.method,
-        r.tenant,
-        r.session_id,
-        r.tier,
-        r.tier_index,
-        r.model,
-        r.backend,
-        r.score,
-        _floats(r.levels),
-        json.dumps(r.rules) if r.rules else "[]",
-        r.reason,
-        r.model_version,
-        json.dumps(dict(r.hints)) if r.hints else "{}",
-        r.outcome,
-        r.prompt_tokens,
-        r.completion_tokens,
-        r.cost_usd,
-        r.strongest_cost_usd,
-        r.answered_tier,
-        r.answered_tier_index,
-        r.answered_model,
-        r.finish_reason,
-        r.escalations,
-        r.first_text_ms,
-        r.duration_ms,
-        r.prompt,
-        None if r.messages is None else json.dumps([list(m) for m in r.messages]),
-    )
 
 
 class SqlStore(Store):
@@ -221,14 +197,17 @@ class SqlStore(Store):
 
     def write(self, records: Sequence[Record]) -> None:
         """Write a batch of records in one transaction (all or none)."""
-        requests: list[tuple[Any, ...]] = []
+        routes: list[RouteRow] = []
+        requests: list[RequestRow] = []
         attempts: list[tuple[Any, ...]] = []
         feedback: list[tuple[Any, ...]] = []
         sessions: list[tuple[Any, ...]] = []
         states: list[tuple[Any, ...]] = []
         for record in records:
-            if isinstance(record, RequestRecord):
-                requests.append(_request_row(record))
+            if isinstance(record, tuple):  # a RouteRow: Route's record, encoded already
+                routes.append(record)
+            elif isinstance(record, RequestRecord):
+                requests.append(request_row(record))
                 attempts.extend(
                     (
                         record.key,
@@ -267,8 +246,10 @@ class SqlStore(Store):
             else:
                 states.append((record.key, json.dumps(record.value), record.time))
         with self._writing() as cursor:
+            if routes:
+                self._insert_rows(cursor, _INSERT_ROUTE, routes)
             if requests:
-                self._insert_requests(cursor, requests)
+                self._insert_rows(cursor, _INSERT_REQUEST, requests)
             for sql, rows in (
                 (_INSERT_ATTEMPT, attempts),
                 (_INSERT_FEEDBACK, feedback),
@@ -278,8 +259,8 @@ class SqlStore(Store):
                 if rows:
                     cursor.executemany(self._sql(sql), rows)
 
-    def _insert_requests(self, cursor: Cursor, rows: list[tuple[Any, ...]]) -> None:
-        """Insert request rows: one statement per row, or several rows to a statement.
+    def _insert_rows(self, cursor: Cursor, insert: str, rows: list[tuple[Any, ...]]) -> None:
+        """Insert rows with ``insert``: one statement per row, or several rows to a statement.
 
         With ``rows_per_insert`` above 1 the rows go in chunks of powers of two up to it
         (at most a handful of statement texts, each compiled once), which the database
@@ -292,10 +273,12 @@ class SqlStore(Store):
         while len(rows) - start > 1 and most > 1:
             size = min(most, 1 << ((len(rows) - start).bit_length() - 1))
             chunk = rows[start : start + size]
-            cursor.execute(self._sql(_insert_requests_sql(size)), [v for row in chunk for v in row])
+            cursor.execute(
+                self._sql(_insert_many_sql(insert, size)), list(chain.from_iterable(chunk))
+            )
             start += size
         if start < len(rows):
-            cursor.executemany(self._sql(_INSERT_REQUEST), rows[start:])
+            cursor.executemany(self._sql(insert), rows[start:])
 
     # -- reads -------------------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """Set the score thresholds for a target: a strong share, a quality, or a hard-query bound.
 
 The first threshold (cheapest tier -> the next) is set by the target. The tiers above
-share what is left: the strongest tier takes the top ``top_share`` of the queries above
-the cheapest tier, and any tiers in between split the rest evenly by rank.
+share what is left: the strongest tier starts at expected level 3.5 when the score is
+built on the level (PRODUCT.md sends level 4 to the expert tier), or takes the top
+``top_share`` of the queries above the cheapest tier when asked (or when the score is not
+built on the level); any tiers in between split the rest evenly by rank.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from router.training.metrics import pgr_curve
 HARD_LEVELS = (3, 4)
 # Halfway between level 1 (cheapest tier in PRODUCT.md's table) and level 2 (the next).
 PROMISED_LEVEL_EDGE = 1.5
+# Halfway between level 3 (strong tier) and level 4 (expert): where the strongest tier starts.
+PROMISED_TOP_LEVEL = 3.5
+# The strongest tier's share of the queries above the cheapest, when it is not set by level.
+DEFAULT_TOP_SHARE = 0.2
 # The score a query of a given expected level gets without any outcome lift (None when the
 # model's score is not built on the expected level).
 ScoreOfLevel = Callable[[float], float | None]
@@ -187,22 +193,45 @@ def first_threshold(
     return _simple_bound(s, level_of == 0, target.min_simple_on_cheapest)
 
 
+def _rank_thresholds(above: npt.NDArray[np.float64], shares: Sequence[float]) -> list[float]:
+    """Return, for each share, the threshold sending that share of ``above`` (sorted high
+    to low) up."""
+    result = []
+    for share in shares:
+        k = math.ceil(share * len(above) - 1e-9)
+        result.append(float(above[k - 1]) if k > 0 and len(above) else 1.0)
+    return result
+
+
 def thresholds_for(
-    scores: npt.ArrayLike, first: float, n_tiers: int, top_share: float = 0.2
+    scores: npt.ArrayLike,
+    first: float,
+    n_tiers: int,
+    top_share: float | None = None,
+    top_edge: float | None = None,
 ) -> tuple[float, ...]:
-    """Return increasing thresholds for ``n_tiers`` tiers given the first one."""
+    """Return increasing thresholds for ``n_tiers`` tiers given the first one.
+
+    The strongest tier starts at the score ``top_edge`` when it is given and above
+    ``first`` (the tiers in between split the queries between the two evenly by rank);
+    otherwise it takes the top ``top_share`` (0.2 if None) of the queries above the
+    cheapest tier, and the tiers in between split the rest evenly by rank.
+    """
     if n_tiers < 2:
         raise ValueError("at least two tiers")
     s = np.asarray(scores, dtype=np.float64)
-    above = np.sort(s[s >= first])[::-1]
-    result = [first]
     upper = n_tiers - 2
-    for j in range(1, upper + 1):
+    result = [first]
+    if upper and top_edge is not None and top_edge > first:
+        middle = np.sort(s[(s >= first) & (s < top_edge)])[::-1]
+        result += _rank_thresholds(middle, [(upper - j) / upper for j in range(1, upper)])
+        result.append(top_edge)
+    elif upper:
+        top = DEFAULT_TOP_SHARE if top_share is None else top_share
+        above = np.sort(s[s >= first])[::-1]
         # Share of the above-cheapest rows at tier j+1 or higher.
-        share = top_share + (1.0 - top_share) * (upper - j) / upper
-        k = math.ceil(share * len(above) - 1e-9)
-        t = float(above[k - 1]) if k > 0 and len(above) else 1.0
-        result.append(t)
+        shares = [top + (1.0 - top) * (upper - j) / upper for j in range(1, upper + 1)]
+        result += _rank_thresholds(above, shares)
     # Keep them strictly increasing and within [0, 1].
     for i in range(1, len(result)):
         if result[i] <= result[i - 1]:

@@ -151,8 +151,10 @@ def _add_target_options(parser: argparse.ArgumentParser, required: bool) -> None
     parser.add_argument(
         "--top-share",
         type=_fraction,
-        default=0.2,
-        help="share of the above-cheapest queries the strongest tier takes (0.2)",
+        default=None,
+        help="share of the above-cheapest queries the strongest tier takes (default: the "
+        "strongest tier starts at expected level 3.5, or takes 0.2 where the score is not "
+        "built on the level)",
     )
 
 
@@ -256,11 +258,11 @@ def add_train_parser(subparsers: Subparsers) -> None:
         help=f"inverse penalty of the gate head ({defaults.gate_c:g})",
     )
     parser.add_argument(
-        "--gain-scale",
+        "--outcome-spread",
         type=float,
-        default=defaults.gain_scale,
-        help="spread of the gain head over the outcome rows, in levels of the score "
-        f"({defaults.gain_scale:g})",
+        default=defaults.outcome_spread,
+        help="levels per standard deviation of the outcome level (the gain head read as a "
+        f"level) over the outcome rows ({defaults.outcome_spread:g})",
     )
     _add_target_options(parser, required=False)
     _add_outcome_options(parser)
@@ -299,7 +301,7 @@ def _run_train(args: argparse.Namespace) -> int:
         gain_alpha=args.gain_alpha,
         level_c=args.level_c,
         gate_c=args.gate_c,
-        gain_scale=args.gain_scale,
+        outcome_spread=args.outcome_spread,
         name=args.name,
     )
     try:

@@ -3,18 +3,21 @@
 - levels (5 logits): multinomial logistic regression on the rows' complexity levels.
   Their expected level E[level] is the general difficulty every query gets a value of;
 - gain: ridge regression of (strong outcome - weak outcome) on the rows with measured
-  outcomes: how much the stronger model helps on this query;
+  outcomes: how much the stronger model helps on this query. It is read as the query's
+  *outcome level*: ``outcome_center`` at the outcome rows' median gain, ``outcome_spread``
+  levels per standard deviation of it;
 - gate: logistic regression of "a row with measured outcomes" against the rest: how much
   a query is like the rows that taught the gain head.
 
-The score (``ScoreFormula``, level_gain) is
-sigmoid(level_weight * (E[level] - 2) + sigmoid(gate) * gain): on traffic like the
-outcome rows the gain ranks within what the level says; elsewhere the gate closes and the
-expected level alone ranks, as a plain level model would. The gain head is scaled so that
-its spread over the outcome rows is ``gain_scale`` levels and it is zero at their
-``gain_floor_quantile``: it lifts queries, it does not lower them. Rows are weighted by
-1/sqrt(rows of their source), so that a large source does not drown a small one. Every
-fit is deterministic.
+The score (``ScoreFormula``, gated_level) is
+sigmoid(level_weight * ((1 - g) * E[level] + g * outcome level - 2)), g = sigmoid(gate):
+a gated mixture of two levels. On traffic like the outcome rows the outcomes place the
+query, ranked by how much the strong model helps; elsewhere the gate shuts and the
+expected level alone places it, as a plain level model would. Both are on the level
+scale, so the thresholds keep their meaning (level 1.5 ends the cheapest tier, 3.5 starts
+the strongest) whichever signal places a query. Rows are weighted by 1/sqrt(rows of
+their source), so that a large source does not drown a small one. Every fit is
+deterministic.
 
 Held-out numbers come from cross-validation and from leaving each source out
 (``router/training/generalisation.py``).
@@ -33,7 +36,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from router.fastpath import GAIN_HEAD, GATE_HEAD, HEADS, LEVELS, SCORE_LEVEL_GAIN, FastPath
+from router.fastpath import (
+    GAIN_HEAD,
+    GATE_HEAD,
+    HEADS,
+    LEVELS,
+    SCORE_GATED_LEVEL,
+    FastPath,
+)
 from router.model import FeaturizerSpec, RouterModel, Rule, ScoreFormula
 from router.training.data import Row
 from router.training.generalisation import out_of_fold
@@ -73,10 +83,11 @@ class TrainOptions:
     level_c: float = 0.2
     gate_c: float = 0.2
     gain_alpha: float = 100.0
-    # Spread (standard deviation) of the gain over the outcome rows, in levels, and the
-    # quantile of it that adds nothing (the gain is >= 0 above it).
-    gain_scale: float = 2.0
-    gain_floor_quantile: float = 0.01
+    # The outcome level: the level at the outcome rows' median gain, and the levels per
+    # standard deviation of it (chosen by cross-validated MMLU APGR and the held-out
+    # sources' hard-on-cheapest shares: README, "How the score is made").
+    outcome_center: float = 2.0
+    outcome_spread: float = 0.5
     # Score logit per level of E[level] (the spread of scores in [0, 1]).
     level_weight: float = 1.5
     # Rows per source the logistic heads fit on (capped_rows).
@@ -98,7 +109,7 @@ class TrainOptions:
     def score_formula(self) -> ScoreFormula:
         """Return the score formula: E[level] = 2 sits at score 1/2."""
         return ScoreFormula(
-            SCORE_LEVEL_GAIN, level_weight=self.level_weight, bias=-2.0 * self.level_weight
+            SCORE_GATED_LEVEL, level_weight=self.level_weight, bias=-2.0 * self.level_weight
         )
 
 
@@ -121,11 +132,12 @@ class Heads:
         """Return the scores of featurized rows (the fast path's formula, in numpy)."""
         logits = self.logits(X)
         f = self.score_formula
-        if f.formula == SCORE_LEVEL_GAIN:
-            expected = _levels(logits) @ np.arange(LEVELS, dtype=np.float64)
-            gain = _sigmoid(logits[:, GATE_HEAD]) * logits[:, GAIN_HEAD]
-            return _sigmoid(f.level_weight * expected + gain + f.bias)
-        return _sigmoid(logits[:, GAIN_HEAD] + f.placement_weight * _sigmoid(logits[:, GATE_HEAD]))
+        if f.formula != SCORE_GATED_LEVEL:
+            raise ValueError("training scores with the gated_level formula only")
+        expected = _levels(logits) @ np.arange(LEVELS, dtype=np.float64)
+        g = _sigmoid(logits[:, GATE_HEAD])
+        level = (1.0 - g) * expected + g * logits[:, GAIN_HEAD]
+        return _sigmoid(f.level_weight * level + f.bias)
 
     def levels(self, X: sp.csr_matrix) -> npt.NDArray[np.float64]:
         return _levels(self.logits(X))
@@ -247,25 +259,26 @@ def fit_heads(X: sp.csr_matrix, rows: Sequence[Row], options: TrainOptions, log:
         ridge.fit(X[outcome], gain[outcome], sample_weight=row_weight[outcome])
         predicted = np.asarray(X[outcome] @ ridge.coef_) + ridge.intercept_
         spread = float(predicted.std()) or 1.0
-        floor = float(np.quantile(predicted, options.gain_floor_quantile))
-        # In score-logit units: gain_scale levels per standard deviation, and zero at a low
-        # quantile, so that it lifts the queries where the strong model helps without
-        # dropping the others below what their level says (which would move the
-        # threshold that keeps hard queries off the cheapest tier: issue 9).
-        scale = options.level_weight * options.gain_scale / spread
+        median = float(np.median(predicted))
+        # On the level scale: outcome_center at the median gain, outcome_spread levels per
+        # standard deviation, so that outcomes rank the queries like the outcome rows
+        # within a level or so of the center and never alone reach the expert levels.
+        scale = options.outcome_spread / spread
         weights[:, GAIN_HEAD] = scale * ridge.coef_
-        bias[GAIN_HEAD] = scale * (ridge.intercept_ - floor)
+        bias[GAIN_HEAD] = options.outcome_center + scale * (ridge.intercept_ - median)
         log(
             f"gain: fitted on {int(outcome.sum())} outcome rows (spread {spread:.4f}, "
             f"{time.monotonic() - started:.1f}s)"
         )
     else:
-        log("gain: no outcome rows; the gain head stays zero")
+        log("gain: fewer than two outcome rows; the gain head stays zero")
 
-    if outcome.all() or not outcome.any():
-        # One kind of row only: the gate is open on everything, or shut (no gain to add).
-        bias[GATE_HEAD] = 30.0 if outcome.any() else -30.0
-        log("gate: " + ("every row has outcomes: open" if outcome.any() else "no outcomes: shut"))
+    if outcome.all() or outcome.sum() < 2:
+        # Every row has outcomes (the gate is open on everything), or too few for a gain
+        # head (shut: the expected level alone places every query).
+        opened = bool(outcome.all() and outcome.sum() >= 2)
+        bias[GATE_HEAD] = 30.0 if opened else -30.0
+        log("gate: " + ("every row has outcomes: open" if opened else "too few outcomes: shut"))
     else:
         gate_rows, gate_w = capped_rows(rows, options.max_rows_per_source)
         gate = LogisticRegression(C=options.gate_c, max_iter=options.max_iter)

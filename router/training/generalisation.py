@@ -25,6 +25,7 @@ import numpy.typing as npt
 from router.routing import tier_for_score
 from router.training.calibrate import (
     HARD_LEVELS,
+    PROMISED_TOP_LEVEL,
     ScoreOfLevel,
     Target,
     first_threshold,
@@ -123,11 +124,12 @@ def calibrate(
     rows: Sequence[Row],
     target: Target,
     n_tiers: int,
-    top_share: float,
+    top_share: float | None,
     score_of_level: ScoreOfLevel | None = None,
 ) -> tuple[float, ...]:
     """Return the thresholds meeting ``target`` on scored rows (outcomes and levels as needed;
-    ``score_of_level`` for a level bound)."""
+    ``score_of_level`` for a level bound, and for where the strongest tier starts unless
+    ``top_share`` is given)."""
     outcome = np.array([r.has_outcome for r in rows], dtype=bool)
     weak, strong = outcome_arrays(rows)
     first = first_threshold(
@@ -139,7 +141,10 @@ def calibrate(
         outcome=outcome,
         score_of_level=score_of_level,
     )
-    return thresholds_for(scores, first, n_tiers, top_share)
+    top_edge = None
+    if top_share is None and score_of_level is not None:
+        top_edge = score_of_level(PROMISED_TOP_LEVEL)
+    return thresholds_for(scores, first, n_tiers, top_share, top_edge)
 
 
 def _share(mask: npt.NDArray[np.bool_], of: npt.NDArray[np.bool_]) -> float | None:
@@ -188,7 +193,7 @@ def generalisation_report(
     calibration: FloatArray,
     target: Target,
     n_tiers: int,
-    top_share: float,
+    top_share: float | None,
     score_of_level: ScoreOfLevel | None = None,
 ) -> dict[str, Any]:
     """Return the leave-one-source-out report.

@@ -43,7 +43,7 @@ def calibrate_thresholds(
     rows: Sequence[Row],
     target: Target,
     n_tiers: int,
-    top_share: float,
+    top_share: float | None,
     score_of_level: ScoreOfLevel | None = None,
 ) -> tuple[float, ...]:
     """Return the thresholds meeting ``target`` on scored rows (outcomes and levels as needed;
@@ -66,7 +66,7 @@ def train(
     folds: int,
     target: Target | None,
     tier_names: Sequence[str],
-    top_share: float,
+    top_share: float | None,
     log: Log,
     data_digest: str = "",
     data_weights: Sequence[tuple[str, float]] = (),

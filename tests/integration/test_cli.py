@@ -134,7 +134,7 @@ def test_the_command_trains_what_the_library_trains(trained: Trained) -> None:
         folds=2,
         target=None,
         tier_names=TIERS,
-        top_share=0.2,
+        top_share=None,
         log=quiet,
         data_digest=files_digest([SAMPLE]),
         by_source=True,

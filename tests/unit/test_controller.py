@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from router.config import Config, parse_config
@@ -84,6 +84,11 @@ def test_shift_keeps_thresholds_ordered_and_inside_the_unit_interval() -> None:
         assert 0.0 < low < high < 1.0
     assert shift_thresholds((0.4, 0.8), 1.0)[0] > 0.4 > shift_thresholds((0.4, 0.8), -1.0)[0]
     assert shift_thresholds((0.0, 1.0), 0.5)[0] > 0.0
+    # sigmoid(logit(0.02)) rounds an ulp above 0.02: an offset too small to move the logit
+    # leaves the threshold where it is, and none moves it against the offset's sign.
+    assert shift_thresholds((0.02,), -1e-300) == (0.02,)
+    raised = shift_thresholds((0.02, 0.4), 1e-300)
+    assert all(new >= old for new, old in zip(raised, (0.02, 0.4), strict=True))
 
 
 def test_share_target_is_held_on_a_stationary_stream() -> None:
@@ -239,6 +244,32 @@ def windows(draw: st.DrawFn) -> tuple[Pricing, list[Served], float]:
 
 @settings(max_examples=300, deadline=None)
 @given(windows())
+# A threshold of 0.02 less its margin of 0.02 is 0.0, the score: at offset 0 the score
+# reaches it, but sigmoid(logit(0.02)) rounds an ulp above 0.02, so any offset too small
+# to move the logit used to raise the threshold (the served tier 0, the curve's tier 1).
+@example(
+    (
+        Pricing(
+            thresholds=(0.02, 0.5, 0.75),
+            margins=(0.02, 0.0, 0.0),
+            input_price=(
+                5e-06,
+                6.684847278012341e-06,
+                3.603903903372739e-05,
+                7.978806090172277e-05,
+            ),
+            output_price=(
+                5e-06,
+                6.684847278012341e-06,
+                3.603903903372739e-05,
+                7.978806090172277e-05,
+            ),
+            model_version="m",
+        ),
+        [Served(score=0.0, decided=0, answered=0)],
+        -4.293418820820291e-116,
+    )
+)
 def test_the_window_at_any_offset_is_what_choose_tier_would_have_served(
     case: tuple[Pricing, list[Served], float],
 ) -> None:

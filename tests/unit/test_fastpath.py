@@ -19,6 +19,7 @@ from router import _fastpath_py
 from router.fastpath import HEADS
 from router.model import FeaturizerSpec, RouterModel, ScoreFormula
 from tests.support import (
+    GATED_LEVEL,
     LEVEL_GAIN,
     PLACEMENT_GAIN,
     SHARED_DATA,
@@ -41,7 +42,7 @@ def test_fastpath_c_loaded() -> None:
 
 
 def _pair(
-    model_seed: int = 7, score: ScoreFormula = LEVEL_GAIN
+    model_seed: int = 7, score: ScoreFormula = GATED_LEVEL
 ) -> tuple[_fastpath_py.FastPath, _fastpath_py.FastPath]:
     if _fastpath_c is None:
         pytest.skip("compiled fast path not built")
@@ -75,6 +76,13 @@ def test_parity_on_generated_text(text: str, context: str) -> None:
 @given(text=UNICODE_TEXT, context=st.text(max_size=80))
 def test_parity_of_the_format_1_score(text: str, context: str) -> None:
     py, c = _pair(score=PLACEMENT_GAIN)
+    _assert_same(py, c, text, context)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=UNICODE_TEXT, context=st.text(max_size=80))
+def test_parity_of_the_level_gain_score(text: str, context: str) -> None:
+    py, c = _pair(score=LEVEL_GAIN)
     _assert_same(py, c, text, context)
 
 
@@ -141,7 +149,7 @@ def test_parity_on_training_queries() -> None:
     data = SHARED_DATA / "routing_train.jsonl"
     if not data.exists():
         pytest.skip("../shared/data is not beside the repository")
-    pairs = [_pair(3), _pair(3, PLACEMENT_GAIN)]
+    pairs = [_pair(3), _pair(3, LEVEL_GAIN), _pair(3, PLACEMENT_GAIN)]
     with data.open(encoding="utf-8") as fh:
         for i, line in enumerate(fh):
             if i % 97 == 0:
@@ -254,6 +262,45 @@ def _sigmoid(x: float) -> float:
 HAND_TEXT = "Compare plan A vs plan B for my usage pattern: 3 calls a day, 2 GB of data?"
 
 
+def test_score_is_the_gated_level_formula(fastpath_impl: type[_fastpath_py.FastPath]) -> None:
+    """sigmoid(1.5 * ((1 - g) * E[level] + g * outcome level) - 3), g = sigmoid(gate)."""
+    model = random_model(score=GATED_LEVEL)
+    fp = model.fastpath(fastpath_impl)
+    logits = _logits_by_hand(model, fp, HAND_TEXT)
+    score, levels, _ = fp.score(HAND_TEXT)
+    exp = np.exp(logits[:5] - logits[:5].max())
+    probabilities = exp / exp.sum()
+    assert levels == pytest.approx(tuple(probabilities), rel=1e-9)
+    expected_level = float(probabilities @ np.arange(5))
+    g = _sigmoid(logits[6])
+    z = 1.5 * ((1 - g) * expected_level + g * logits[5]) - 3.0
+    assert score == pytest.approx(_sigmoid(z), rel=1e-9)
+
+
+def test_gated_level_score_follows_the_level_the_gate_picks(
+    fastpath_impl: type[_fastpath_py.FastPath],
+) -> None:
+    """Shut, the expected level places the query; open, the outcome level; between, a mix."""
+    spec = FeaturizerSpec(buckets_log2=8)
+    weights = np.zeros((spec.n_features, HEADS), dtype=np.float32)
+
+    def score(level_bias: list[float], outcome_level: float, gate: float) -> float:
+        bias = np.array([*level_bias, outcome_level, gate])
+        return spec.fastpath(weights, bias, fastpath_impl, GATED_LEVEL).score("anything")[0]
+
+    def at_level(level: float) -> float:
+        return _sigmoid(1.5 * level - 3.0)
+
+    high = [0.0, 0.0, 0.0, 1.0, 2.0]
+    expected_high = float(np.exp(high) / np.exp(high).sum() @ np.arange(5))
+    assert score(high, 0.5, -60.0) == pytest.approx(at_level(expected_high), rel=1e-12)
+    assert score(high, 0.5, 60.0) == pytest.approx(at_level(0.5), rel=1e-12)
+    assert score(high, 0.5, 0.0) == pytest.approx(at_level((expected_high + 0.5) / 2), rel=1e-12)
+    # Monotone in the outcome level and, where the gate is not fully open, the level.
+    assert score(high, 0.5, 0.0) < score(high, 1.5, 0.0)
+    assert score([2.0, 1.0, 0.0, 0.0, 0.0], 1.0, 0.0) < score(high, 1.0, 0.0)
+
+
 def test_score_is_the_level_gain_formula(fastpath_impl: type[_fastpath_py.FastPath]) -> None:
     """sigmoid(1.5 * E[level] + sigmoid(gate) * gain - 3), heads from numpy's X @ W."""
     model = random_model(score=LEVEL_GAIN)
@@ -297,8 +344,8 @@ def test_level_gain_score_rises_with_the_expected_level_and_the_gain(
 
 def test_unknown_score_formula_is_an_error(fastpath_impl: type[_fastpath_py.FastPath]) -> None:
     spec = FeaturizerSpec(buckets_log2=8)
-    with pytest.raises(ValueError, match="unknown score formula 3"):
-        spec.fastpath(implementation=fastpath_impl, score=ScoreFormula(3))
+    with pytest.raises(ValueError, match="unknown score formula 4"):
+        spec.fastpath(implementation=fastpath_impl, score=ScoreFormula(4))
 
 
 @pytest.mark.parametrize(

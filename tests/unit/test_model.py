@@ -19,6 +19,7 @@ from router.fastpath import (
     FEATURIZER_VERSION,
     HEADS,
     N_DENSE,
+    SCORE_GATED_LEVEL,
     SCORE_LEVEL_GAIN,
     SCORE_PLACEMENT_GAIN,
     FastPath,
@@ -35,7 +36,7 @@ from router.model import (
     save_model,
 )
 from tests.model_files import checksum_of, read_raw, write_entries, write_raw
-from tests.support import TEST_RULES, random_model
+from tests.support import GATED_LEVEL, LEVEL_GAIN, TEST_RULES, random_model
 
 QUERIES = ["", "What are your business hours?", "Review this contract clause step by step"]
 
@@ -86,6 +87,22 @@ def test_a_resaved_format_1_model_is_format_2_and_scores_the_same(tmp_path: Path
     assert again.score == model.score
     for text in QUERIES:
         assert again.fastpath().score(text) == resaved.fastpath().score(text)
+
+
+@pytest.mark.parametrize(
+    ("formula", "name"), [(GATED_LEVEL, "gated_level"), (LEVEL_GAIN, "level_gain")]
+)
+def test_each_level_formula_is_saved_by_name_and_scores_the_same(
+    formula: ScoreFormula, name: str, tmp_path: Path
+) -> None:
+    """Models trained before the gated level (level_gain) keep loading and scoring so."""
+    model = save_model(random_model(score=formula), tmp_path / "m.npz")
+    meta, _ = read_raw(tmp_path / "m.npz")
+    assert meta["score"] == {"formula": name, "level_weight": 1.5, "bias": -3.0}
+    loaded = load_model(tmp_path / "m.npz")
+    assert loaded.score == formula
+    for text in QUERIES:
+        assert loaded.fastpath().score(text) == model.fastpath().score(text)
 
 
 def test_round_trip_keeps_everything(saved: tuple[RouterModel, Path]) -> None:
@@ -412,8 +429,9 @@ def test_a_pickled_entry_is_refused(saved: tuple[RouterModel, Path], tmp_path: P
 
 def test_score_at_level_is_the_scores_of_that_expected_level_without_gain() -> None:
     """The level bound of calibration rests on it (router/training/calibrate.py)."""
-    formula = ScoreFormula(SCORE_LEVEL_GAIN, level_weight=1.5, bias=-3.0)
+    formula = ScoreFormula(SCORE_GATED_LEVEL, level_weight=1.5, bias=-3.0)
     assert formula.score_at_level(2.0) == 0.5
+    assert ScoreFormula(SCORE_LEVEL_GAIN, level_weight=1.5, bias=-3.0).score_at_level(2.0) == 0.5
     assert formula.score_at_level(1.5) == pytest.approx(1.0 / (1.0 + math.exp(0.75)))
     assert formula.score_at_level(1.0) < formula.score_at_level(1.5) < 0.5  # type: ignore[operator]
     assert ScoreFormula(SCORE_PLACEMENT_GAIN, placement_weight=6.0).score_at_level(1.5) is None

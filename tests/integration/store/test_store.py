@@ -26,6 +26,8 @@ from router.store import (
     open_store,
     schema,
 )
+from router.store.records import RouteRow
+from router.store.rows import REQUEST_COLUMNS, ROUTE_COLUMNS, ROUTE_CONSTANTS, request_row
 from router.store.sqlite import SQLiteStore
 
 T0 = 1_700_000_000.0
@@ -318,6 +320,52 @@ def test_requests_come_back_with_text_and_latest_feedback(store: Store) -> None:
     assert (b.rating, b.comment, b.label) == (0.8, "ok", "good")
     assert (c.prompt, c.answered_tier, c.answered_model) == (None, "cheap", "m-cheap")
     assert [r.request_id for r in store.requests(since=T0 + 1, tenant="acme")] == ["b", "c"]
+
+
+def route(key: str, **kw: Any) -> RequestRecord:
+    """Return a Route's record: nothing ran, so no answer, usage beyond the prompt or times."""
+    return dataclasses.replace(
+        request(key, method="route", **kw),
+        completion_tokens=0,
+        finish_reason="",
+        first_text_ms=None,
+        duration_ms=None,
+    )
+
+
+def as_route_row(record: RequestRecord) -> RouteRow:
+    """Return a Route's record as the row Route hands the store (router.recording.route_row)."""
+    columns = dict(zip(REQUEST_COLUMNS, request_row(record), strict=True))
+    assert {c: columns[c] for c in ROUTE_CONSTANTS} == ROUTE_CONSTANTS
+    return tuple(columns[c] for c in ROUTE_COLUMNS)
+
+
+def test_a_route_row_is_stored_as_the_record_it_stands_for(store: Store) -> None:
+    # Route hands the store its record as a row of the columns that vary, the others being
+    # literals of the INSERT; the store writes it as it writes the record, in a batch with
+    # records of other kinds.
+    chat = (("system", "be brief"), ("user", "it's 'quoted'"))
+    records = [
+        route("with-text", prompt="it's 'quoted'", messages=chat),
+        route("plain", time_s=T0 + 1),
+        dataclasses.replace(route("no-rules", time_s=T0 + 2), rules=(), hints=()),
+    ]
+    twins = [
+        dataclasses.replace(r, key=f"k-row-{r.request_id}", request_id=f"row-{r.request_id}")
+        for r in records
+    ]
+    store.write(
+        [*records, rating("plain", 0.5), *map(as_route_row, twins), rating("row-plain", 0.5)]
+    )
+    stored = {r.request_id: r for r in store.requests()}
+    assert len(stored) == 6
+    with store._reading() as cursor:  # type: ignore[attr-defined]
+        cursor.execute(f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests")
+        table = {row[1]: row[2:] for row in cursor.fetchall()}  # by request id, without the keys
+    for record in records:
+        rid = record.request_id
+        assert stored[f"row-{rid}"] == dataclasses.replace(stored[rid], request_id=f"row-{rid}")
+        assert table[f"row-{rid}"] == table[rid]
 
 
 def test_a_session_floor_rises_and_never_falls(store: Store) -> None:

@@ -10,8 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from router.model import ScoreFormula
 from router.routing import check_thresholds, tier_for_score
 from router.training.calibrate import Target, first_threshold, thresholds_for
+from router.training.data import Row
+from router.training.generalisation import calibrate
 from router.training.metrics import pgr_curve
 
 SCORES = np.linspace(0.05, 0.95, 10)  # ten distinct scores
@@ -255,6 +258,36 @@ def test_thresholds_for_four_tiers_split_the_middle_evenly() -> None:
     shares = np.bincount(tiers, minlength=4)[1:] / (tiers > 0).sum()
     # Shares at tier >= 2: 0.2 + 0.8 * 1/2 = 0.6, at tier 3: 0.2; so 0.4 / 0.4 / 0.2.
     assert shares == pytest.approx([0.4, 0.4, 0.2], abs=0.005)
+
+
+@pytest.mark.parametrize("n_tiers", [3, 4, 5])
+def test_a_top_edge_starts_the_strongest_tier_there(n_tiers: int) -> None:
+    first = float(np.quantile(MANY, 0.5))
+    thresholds = thresholds_for(MANY, first, n_tiers, top_edge=0.9)
+    assert thresholds[0] == first and thresholds[-1] == 0.9
+    assert check_thresholds(thresholds, n_tiers) == thresholds
+    tiers = np.array([tier_for_score(float(s), thresholds) for s in MANY])
+    assert ((tiers == n_tiers - 1) == (MANY >= 0.9)).all()
+    # The tiers between split the queries from the first threshold to the edge evenly.
+    middle = np.bincount(tiers, minlength=n_tiers)[1:-1]
+    assert middle == pytest.approx([middle.mean()] * (n_tiers - 2), abs=1)
+
+
+def test_a_top_edge_below_the_first_threshold_falls_back_to_the_top_share() -> None:
+    first = float(np.quantile(MANY, 0.5))
+    assert thresholds_for(MANY, first, 3, top_edge=first / 2) == thresholds_for(MANY, first, 3)
+
+
+def test_calibration_starts_the_strongest_tier_at_expected_level_3_5() -> None:
+    """PRODUCT.md: level 4 goes to the expert tier; a top share given overrides the level."""
+    formula = ScoreFormula(level_weight=1.5, bias=-3.0)
+    rows = [Row(i, f"r{i}", "q", tier=i % 5) for i in range(len(MANY))]
+    target = Target(strong_share=0.5)
+    by_level = calibrate(MANY, rows, target, 3, None, formula.score_at_level)
+    assert by_level[1] == formula.score_at_level(3.5)
+    by_share = calibrate(MANY, rows, target, 3, 0.2, formula.score_at_level)
+    assert by_share == thresholds_for(MANY, by_level[0], 3, top_share=0.2)
+    assert calibrate(MANY, rows, target, 3, None) == by_share
 
 
 @pytest.mark.parametrize("n_tiers", [2, 3, 4, 5])

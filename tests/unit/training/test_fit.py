@@ -182,8 +182,8 @@ def test_degenerate_data_leaves_heads_neutral() -> None:
     heads = fit_heads(X, rows, OPTIONS, messages.append)
     assert messages == [
         "levels: fewer than two levels in the data; the level head stays uniform",
-        "gain: no outcome rows; the gain head stays zero",
-        "gate: no outcomes: shut",
+        "gain: fewer than two outcome rows; the gain head stays zero",
+        "gate: too few outcomes: shut",
     ]
     base = SPEC.n_features - len(OPTIONS.rules)
     assert not heads.weights[:base].any()
@@ -191,17 +191,35 @@ def test_degenerate_data_leaves_heads_neutral() -> None:
 
 
 def test_outcome_rows_only_open_the_gate(features: sp.csr_matrix, rows: list[Row]) -> None:
-    """A user's own traffic, every row with outcomes: the gain counts on every query."""
+    """A user's own traffic, every row with outcomes: the outcome level places every query."""
     picked = [i for i, r in enumerate(rows) if r.has_outcome]
     messages: list[str] = []
     heads = fit_heads(features[picked], [rows[i] for i in picked], OPTIONS, messages.append)
     assert messages[-1] == "gate: every row has outcomes: open"
     assert heads.bias[GATE_HEAD] == 30.0 and not heads.weights[:, GATE_HEAD].any()
-    gain = heads.logits(features[picked])[:, GAIN_HEAD]
-    # Zero at its 1% quantile, with a spread of gain_scale levels in score-logit units.
-    assert np.quantile(gain, OPTIONS.gain_floor_quantile) == pytest.approx(0.0, abs=1e-5)
-    assert (gain < -1e-5).mean() <= OPTIONS.gain_floor_quantile + 1 / len(gain)
-    assert gain.std() == pytest.approx(OPTIONS.gain_scale * OPTIONS.level_weight, rel=1e-4)
+    outcome_level = heads.logits(features[picked])[:, GAIN_HEAD]
+    # On the level scale: outcome_center at the median, outcome_spread levels per deviation.
+    assert np.median(outcome_level) == pytest.approx(OPTIONS.outcome_center, abs=1e-5)
+    assert outcome_level.std() == pytest.approx(OPTIONS.outcome_spread, rel=1e-4)
+    # The gate open, the score is the outcome level's: the strong model helps more, higher.
+    score = heads.score(features[picked])
+    at_level = 1.0 / (1.0 + np.exp(-OPTIONS.level_weight * (outcome_level - 2.0)))
+    assert score == pytest.approx(at_level, rel=1e-6)
+
+
+def test_a_single_outcome_row_leaves_the_gate_shut(
+    features: sp.csr_matrix, rows: list[Row]
+) -> None:
+    """One outcome row is too few for a gain head: the expected level places every query."""
+    first = next(i for i, r in enumerate(rows) if r.has_outcome)
+    picked = [i for i, r in enumerate(rows) if not r.has_outcome] + [first]
+    messages: list[str] = []
+    heads = fit_heads(features[picked], [rows[i] for i in picked], OPTIONS, messages.append)
+    assert messages[-2:] == [
+        "gain: fewer than two outcome rows; the gain head stays zero",
+        "gate: too few outcomes: shut",
+    ]
+    assert heads.bias[GATE_HEAD] == -30.0 and not heads.weights[:, GATE_HEAD].any()
 
 
 def test_the_gate_opens_on_outcome_rows(

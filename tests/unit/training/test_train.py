@@ -27,7 +27,7 @@ def run(
         folds=folds,
         target=target,
         tier_names=kwargs.pop("tier_names", TIERS),
-        top_share=0.2,
+        top_share=None,
         log=kwargs.pop("log", quiet),
         **kwargs,
     )
