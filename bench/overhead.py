@@ -133,8 +133,10 @@ def router_config(fake_url: str, gate: dict[str, Any] | None, model: str) -> dic
 
 
 @contextlib.contextmanager
-def router_server(config: dict[str, Any], workdir: Path, root: Path = ROOT) -> Iterator[str]:
-    """Run ``modelrouter serve --workers 1`` (of the checkout at ``root``); yield its address."""
+def router_server(
+    config: dict[str, Any], workdir: Path, root: Path = ROOT, workers: int = 1
+) -> Iterator[str]:
+    """Run ``modelrouter serve --workers N`` (of the checkout at ``root``); yield its address."""
     path = workdir / f"config-{os.getpid()}-{time.monotonic_ns()}.yaml"
     path.write_text(yaml.safe_dump(config))
     port = _free_port()
@@ -153,7 +155,7 @@ def router_server(config: dict[str, Any], workdir: Path, root: Path = ROOT) -> I
             "--port",
             str(port),
             "--workers",
-            "1",
+            str(workers),
             # Metrics on, as by default, on a port of their own.
             "--metrics-port",
             str(_free_port()),
@@ -256,11 +258,23 @@ class DirectClient:
 
 
 class RouterClient:
-    """Stream Complete from the router over one grpc.aio channel."""
+    """Stream Complete from the router over ``channels`` grpc.aio channels, in turn.
 
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.aio.insecure_channel(address)
-        self.stub = router_pb2_grpc.ModelRouterStub(self.channel)  # type: ignore[no-untyped-call]
+    Each channel has a connection of its own (a local subchannel pool), so that with more
+    than one worker the calls reach more than one: the workers share the port, and the
+    kernel hands each connection to one of them.
+    """
+
+    def __init__(self, address: str, channels: int = 1) -> None:
+        options = [("grpc.use_local_subchannel_pool", 1)] if channels > 1 else []
+        self.channels = [
+            grpc.aio.insecure_channel(address, options=options) for _ in range(channels)
+        ]
+        self.stubs = [
+            router_pb2_grpc.ModelRouterStub(channel)  # type: ignore[no-untyped-call]
+            for channel in self.channels
+        ]
+        self.calls = 0
         self.request = pb.CompleteRequest(
             route=pb.RouteRequest(prompt=PROMPT, hints=pb.TierHints(tier="cheap"))
         )
@@ -270,7 +284,9 @@ class RouterClient:
         ttft = 0.0
         deltas = 0
         summary = None
-        async for event in self.stub.Complete(self.request, timeout=30):
+        self.calls += 1
+        stub = self.stubs[self.calls % len(self.stubs)]
+        async for event in stub.Complete(self.request, timeout=30):
             kind = event.WhichOneof("event")
             if kind == "delta":
                 deltas += 1
@@ -284,7 +300,8 @@ class RouterClient:
         return Sample(ttft * 1000.0, total * 1000.0, deltas)
 
     async def aclose(self) -> None:
-        await self.channel.close(None)
+        for channel in self.channels:
+            await channel.close(None)
 
 
 class FloorClient:
@@ -574,6 +591,7 @@ async def measure(
     floor_address: str | None = None,
     before_address: str | None = None,
     cpu: dict[str, CpuUse] | None = None,
+    channels: int = 1,
 ) -> dict[str, list[Sample]]:
     """Interleave direct, engine, router (and floor) rounds so drift hits every path alike.
 
@@ -583,12 +601,12 @@ async def measure(
     clients: dict[str, StreamClient] = {
         "direct": DirectClient(fake_url),
         "engine": EngineClient(config),
-        "router": RouterClient(address),
+        "router": RouterClient(address, channels),
     }
     if floor_address is not None:
         clients["floor"] = FloorClient(floor_address)
     if before_address is not None:
-        clients["before"] = RouterClient(before_address)
+        clients["before"] = RouterClient(before_address, channels)
     samples: dict[str, list[Sample]] = {name: [] for name in clients}
     addresses = {"router": address, "floor": floor_address, "before": before_address}
     fake_pid = child_pid("tests.fakes.fake_openai")
@@ -684,6 +702,15 @@ def main() -> None:
     parser.add_argument("--gate-window-tokens", type=int, default=4)
     parser.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
     parser.add_argument(
+        "--workers", type=int, default=1, help="router worker processes (and before's)"
+    )
+    parser.add_argument(
+        "--before-workers", type=int, help="before's worker processes (default: --workers)"
+    )
+    parser.add_argument(
+        "--channels", type=int, default=1, help="gRPC channels (connections) to each router"
+    )
+    parser.add_argument(
         "--only",
         help="comma-separated scenarios to run (gate_off_c1, gate_off_c50, gate_off_c50_burst, "
         "gate_on_c1, gate_on_c50; default all); a partial run writes no picture",
@@ -698,6 +725,9 @@ def main() -> None:
     results: dict[str, Any] = {
         "command": "python " + " ".join(sys.argv),
         "before": str(args.before) if args.before else None,
+        "router_workers": args.workers,
+        "before_workers": (args.before_workers or args.workers) if args.before else None,
+        "router_channels": args.channels,
         "machine": {
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
@@ -750,9 +780,15 @@ def main() -> None:
         for gated in {s[2] for s in scenarios}:
             config = router_config(fake_url, gate if gated else None, model)
             with contextlib.ExitStack() as servers:
-                address = servers.enter_context(router_server(config, workdir))
+                address = servers.enter_context(
+                    router_server(config, workdir, workers=args.workers)
+                )
                 before = (
-                    servers.enter_context(router_server(config, workdir, args.before))
+                    servers.enter_context(
+                        router_server(
+                            config, workdir, args.before, args.before_workers or args.workers
+                        )
+                    )
                     if args.before
                     else None
                 )
@@ -774,6 +810,7 @@ def main() -> None:
                             None if gated else floor_address,
                             before,
                             cpu,
+                            args.channels,
                         )
                     )
                     direct = paths.pop("direct")
