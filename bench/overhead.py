@@ -16,6 +16,9 @@ streams kept in flight with their starts spread evenly (independent callers); th
 "burst" scenario starts each wave of 50 at the same instant instead (the worst case).
 Then the gate is switched on for the cheap tier and the added time to first token is
 compared with the hold-back window (window_tokens at the fake's token rate).
+Each scenario also records the CPU per stream of each path's server, of the fake and of
+this process, the machine's idle cores while the path ran (Linux ``/proc``), and the text
+messages per Complete stream.
 
 Usage: python bench/overhead.py [--streams-1 N] [--streams-50 N] [--out FILE]
 Writes bench/results/overhead.json and bench/results/overhead_latency.png.
@@ -62,12 +65,16 @@ from tests.fakes.support import decision  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PROMPT = "What are your business hours?"
+# The process behind each server address this run started, to read its CPU time.
+SERVER_PIDS: dict[str, int] = {}
 
 
 @dataclass
 class Sample:
     ttft_ms: float
     total_ms: float
+    # Text messages the stream came in (gRPC deltas; 0 where not counted).
+    deltas: int = 0
 
 
 def _free_port() -> int:
@@ -126,8 +133,10 @@ def router_config(fake_url: str, gate: dict[str, Any] | None, model: str) -> dic
 
 
 @contextlib.contextmanager
-def router_server(config: dict[str, Any], workdir: Path, root: Path = ROOT) -> Iterator[str]:
-    """Run ``modelrouter serve --workers 1`` (of the checkout at ``root``); yield its address."""
+def router_server(
+    config: dict[str, Any], workdir: Path, root: Path = ROOT, workers: int = 1
+) -> Iterator[str]:
+    """Run ``modelrouter serve --workers N`` (of the checkout at ``root``); yield its address."""
     path = workdir / f"config-{os.getpid()}-{time.monotonic_ns()}.yaml"
     path.write_text(yaml.safe_dump(config))
     port = _free_port()
@@ -146,7 +155,7 @@ def router_server(config: dict[str, Any], workdir: Path, root: Path = ROOT) -> I
             "--port",
             str(port),
             "--workers",
-            "1",
+            str(workers),
             # Metrics on, as by default, on a port of their own.
             "--metrics-port",
             str(_free_port()),
@@ -158,6 +167,7 @@ def router_server(config: dict[str, Any], workdir: Path, root: Path = ROOT) -> I
         env={**os.environ, "XDG_STATE_HOME": str(workdir / "state")},
     )
     address = f"127.0.0.1:{port}"
+    SERVER_PIDS[address] = process.pid
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -248,11 +258,23 @@ class DirectClient:
 
 
 class RouterClient:
-    """Stream Complete from the router over one grpc.aio channel."""
+    """Stream Complete from the router over ``channels`` grpc.aio channels, in turn.
 
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.aio.insecure_channel(address)
-        self.stub = router_pb2_grpc.ModelRouterStub(self.channel)  # type: ignore[no-untyped-call]
+    Each channel has a connection of its own (a local subchannel pool), so that with more
+    than one worker the calls reach more than one: the workers share the port, and the
+    kernel hands each connection to one of them.
+    """
+
+    def __init__(self, address: str, channels: int = 1) -> None:
+        options = [("grpc.use_local_subchannel_pool", 1)] if channels > 1 else []
+        self.channels = [
+            grpc.aio.insecure_channel(address, options=options) for _ in range(channels)
+        ]
+        self.stubs = [
+            router_pb2_grpc.ModelRouterStub(channel)  # type: ignore[no-untyped-call]
+            for channel in self.channels
+        ]
+        self.calls = 0
         self.request = pb.CompleteRequest(
             route=pb.RouteRequest(prompt=PROMPT, hints=pb.TierHints(tier="cheap"))
         )
@@ -260,20 +282,26 @@ class RouterClient:
     async def one(self) -> Sample:
         start = time.perf_counter()
         ttft = 0.0
+        deltas = 0
         summary = None
-        async for event in self.stub.Complete(self.request, timeout=30):
+        self.calls += 1
+        stub = self.stubs[self.calls % len(self.stubs)]
+        async for event in stub.Complete(self.request, timeout=30):
             kind = event.WhichOneof("event")
-            if kind == "delta" and not ttft:
-                ttft = time.perf_counter() - start
+            if kind == "delta":
+                deltas += 1
+                if not ttft:
+                    ttft = time.perf_counter() - start
             elif kind == "summary":
                 summary = event.summary
         total = time.perf_counter() - start
         if summary is None or summary.tier != "cheap" or len(summary.attempts) != 1:
             raise RuntimeError(f"unexpected Complete result: {summary}")
-        return Sample(ttft * 1000.0, total * 1000.0)
+        return Sample(ttft * 1000.0, total * 1000.0, deltas)
 
     async def aclose(self) -> None:
-        await self.channel.close(None)
+        for channel in self.channels:
+            await channel.close(None)
 
 
 class FloorClient:
@@ -310,8 +338,10 @@ def floor_server(first_token_ms: float, tokens: int, rate: float) -> Iterator[st
             "--rate", str(rate)]  # fmt: skip
     with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
         assert proc.stdin is not None and proc.stdout is not None
+        address = f"127.0.0.1:{int(proc.stdout.readline())}"
+        SERVER_PIDS[address] = proc.pid
         try:
-            yield f"127.0.0.1:{int(proc.stdout.readline())}"
+            yield address
         finally:
             proc.stdin.close()
             proc.wait(timeout=30)
@@ -380,6 +410,118 @@ Load = Callable[
 ]
 
 
+def process_cpu_s(pid: int) -> float:
+    """Return the CPU seconds (user + system) of a live process and its live descendants.
+
+    Linux only (``/proc``); 0.0 elsewhere, so the CPU columns read 0 there.
+    """
+    if not Path("/proc/self/stat").exists():
+        return 0.0
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += times.get(p, 0.0)
+        todo.extend(children.get(p, ()))
+    return total
+
+
+def child_pid(marker: str) -> int | None:
+    """Return the pid of this process's child whose command line contains ``marker``."""
+    if not Path("/proc/self/stat").exists():
+        return None
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if ppid == me and marker.encode() in cmdline:
+            return int(entry)
+    return None
+
+
+def idle_cpu_s() -> float:
+    """Return the machine's idle CPU seconds so far, all cores (Linux; 0.0 elsewhere)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return 0.0
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuUse:
+    """CPU time spent while one path's streams ran: by its server, the fake, this process."""
+
+    streams: int = 0
+    wall_s: float = 0.0
+    server_s: float = 0.0
+    fake_s: float = 0.0
+    bench_s: float = 0.0
+    idle_s: float = 0.0
+
+    def summary(self) -> dict[str, float]:
+        """Return milliseconds of CPU per stream, streams a second, and the idle cores left."""
+        n = max(1, self.streams)
+        return {
+            "server_cpu_ms_per_stream": round(self.server_s * 1e3 / n, 3),
+            "fake_cpu_ms_per_stream": round(self.fake_s * 1e3 / n, 3),
+            "bench_cpu_ms_per_stream": round(self.bench_s * 1e3 / n, 3),
+            "streams_per_s": round(self.streams / self.wall_s, 1) if self.wall_s else 0.0,
+            "machine_idle_cores": round(self.idle_s / self.wall_s, 2) if self.wall_s else 0.0,
+        }
+
+
+async def timed_load(
+    load: Load,
+    one: Callable[[], Awaitable[Sample]],
+    concurrency: int,
+    count: int,
+    spacing_s: float,
+    server_pid: int | None,
+    fake_pid: int | None,
+    use: CpuUse,
+) -> list[Sample]:
+    """Run ``load`` and add the CPU every process involved spent meanwhile to ``use``."""
+
+    def snapshot() -> tuple[float, float, float, float, float]:
+        mine = os.times()
+        return (
+            time.perf_counter(),
+            0.0 if server_pid is None else process_cpu_s(server_pid),
+            0.0 if fake_pid is None else process_cpu_s(fake_pid),
+            mine.user + mine.system,
+            idle_cpu_s(),
+        )
+
+    before = snapshot()
+    samples = await load(one, concurrency, count, spacing_s)
+    after = snapshot()
+    wall, server, fake, bench, idle = (a - b for a, b in zip(after, before, strict=True))
+    use.streams += len(samples)
+    use.wall_s += wall
+    use.server_s += server
+    use.fake_s += fake
+    use.bench_s += bench
+    use.idle_s += idle
+    return samples
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
@@ -387,7 +529,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summarize(
-    direct: list[Sample], paths: dict[str, list[Sample]], floor: list[Sample] | None = None
+    direct: list[Sample],
+    paths: dict[str, list[Sample]],
+    floor: list[Sample] | None = None,
+    cpu: dict[str, CpuUse] | None = None,
 ) -> dict[str, Any]:
     """Return percentiles of each path and what it adds to the direct call.
 
@@ -397,6 +542,14 @@ def summarize(
     the floor's (the target: at most 0.3 ms at p50 and 1 ms at p99, time to first token).
     """
     out: dict[str, Any] = {"streams": len(direct)}
+    if cpu:
+        out["cpu"] = {name: use.summary() for name, use in cpu.items()}
+    for name, samples in paths.items():
+        if samples and samples[0].deltas:
+            # Fewer than the fake's tokens when deltas that arrived together went as one.
+            out[f"{name}_deltas_per_stream_mean"] = round(
+                sum(s.deltas for s in samples) / len(samples), 2
+            )
     if floor:
         for metric in ("ttft", "total"):
             v = [getattr(s, f"{metric}_ms") for s in floor]
@@ -417,9 +570,12 @@ def summarize(
     if floor:
         for metric in ("ttft", "total"):
             for q in (50, 99):
-                out[f"{metric}_added_beyond_floor_ms_p{q}"] = round(
-                    out[f"{metric}_added_ms_p{q}"] - out[f"floor_{metric}_added_ms_p{q}"], 3
-                )
+                for prefix in ("", "before_") if "before" in paths else ("",):
+                    out[f"{prefix}{metric}_added_beyond_floor_ms_p{q}"] = round(
+                        out[f"{prefix}{metric}_added_ms_p{q}"]
+                        - out[f"floor_{metric}_added_ms_p{q}"],
+                        3,
+                    )
     return out
 
 
@@ -434,18 +590,26 @@ async def measure(
     spacing_s: float = 0.0,
     floor_address: str | None = None,
     before_address: str | None = None,
+    cpu: dict[str, CpuUse] | None = None,
+    channels: int = 1,
 ) -> dict[str, list[Sample]]:
-    """Interleave direct, engine, router (and floor) rounds so drift hits every path alike."""
+    """Interleave direct, engine, router (and floor) rounds so drift hits every path alike.
+
+    ``cpu``, when given, receives each path's CPU use (its server's, the fake's, this
+    process's) and the machine's idle time while its streams ran.
+    """
     clients: dict[str, StreamClient] = {
         "direct": DirectClient(fake_url),
         "engine": EngineClient(config),
-        "router": RouterClient(address),
+        "router": RouterClient(address, channels),
     }
     if floor_address is not None:
         clients["floor"] = FloorClient(floor_address)
     if before_address is not None:
-        clients["before"] = RouterClient(before_address)
+        clients["before"] = RouterClient(before_address, channels)
     samples: dict[str, list[Sample]] = {name: [] for name in clients}
+    addresses = {"router": address, "floor": floor_address, "before": before_address}
+    fake_pid = child_pid("tests.fakes.fake_openai")
     try:
         for client in clients.values():  # warm up connections, pools and code paths
             await burst(client.one, concurrency, concurrency, 0.0)
@@ -453,8 +617,18 @@ async def measure(
         order = list(clients)
         for i in range(rounds):
             for name in order if i % 2 == 0 else reversed(order):
+                address_of = addresses.get(name)
                 samples[name].extend(
-                    await load(clients[name].one, concurrency, per_round, spacing_s)
+                    await timed_load(
+                        load,
+                        clients[name].one,
+                        concurrency,
+                        per_round,
+                        spacing_s,
+                        None if address_of is None else SERVER_PIDS.get(address_of),
+                        fake_pid,
+                        CpuUse() if cpu is None else cpu.setdefault(name, CpuUse()),
+                    )
                 )
         return samples
     finally:
@@ -528,6 +702,15 @@ def main() -> None:
     parser.add_argument("--gate-window-tokens", type=int, default=4)
     parser.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
     parser.add_argument(
+        "--workers", type=int, default=1, help="router worker processes (and before's)"
+    )
+    parser.add_argument(
+        "--before-workers", type=int, help="before's worker processes (default: --workers)"
+    )
+    parser.add_argument(
+        "--channels", type=int, default=1, help="gRPC channels (connections) to each router"
+    )
+    parser.add_argument(
         "--only",
         help="comma-separated scenarios to run (gate_off_c1, gate_off_c50, gate_off_c50_burst, "
         "gate_on_c1, gate_on_c50; default all); a partial run writes no picture",
@@ -542,6 +725,9 @@ def main() -> None:
     results: dict[str, Any] = {
         "command": "python " + " ".join(sys.argv),
         "before": str(args.before) if args.before else None,
+        "router_workers": args.workers,
+        "before_workers": (args.before_workers or args.workers) if args.before else None,
+        "router_channels": args.channels,
         "machine": {
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
@@ -594,15 +780,22 @@ def main() -> None:
         for gated in {s[2] for s in scenarios}:
             config = router_config(fake_url, gate if gated else None, model)
             with contextlib.ExitStack() as servers:
-                address = servers.enter_context(router_server(config, workdir))
+                address = servers.enter_context(
+                    router_server(config, workdir, workers=args.workers)
+                )
                 before = (
-                    servers.enter_context(router_server(config, workdir, args.before))
+                    servers.enter_context(
+                        router_server(
+                            config, workdir, args.before, args.before_workers or args.workers
+                        )
+                    )
                     if args.before
                     else None
                 )
                 for key, label, on, concurrency, count, load in scenarios:
                     if on is not gated:
                         continue
+                    cpu: dict[str, CpuUse] = {}
                     paths = run(
                         measure(
                             fake_url,
@@ -616,11 +809,13 @@ def main() -> None:
                             # The floor beside the gate-off scenarios the target is about.
                             None if gated else floor_address,
                             before,
+                            cpu,
+                            args.channels,
                         )
                     )
                     direct = paths.pop("direct")
                     floor = paths.pop("floor", None)
-                    summary = summarize(direct, paths, floor)
+                    summary = summarize(direct, paths, floor, cpu)
                     if gated:
                         _add_window(summary, window_ms, gate)
                     results[key] = summary
