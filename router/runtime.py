@@ -7,11 +7,13 @@ closes once its last stream has finished.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Protocol
 
 from router.auth import KeyRing, key_ring
 from router.config import Config
+from router.controller import Pricing
 from router.domain import (
     BackendState,
     ChatMessage,
@@ -22,7 +24,8 @@ from router.domain import (
     TextDelta,
 )
 from router.routing import Router
-from router.store import StoreWriter
+from router.store import StateRecord, StoreWriter
+from router.store.stats import SATISFIED_AT_STATE
 
 
 class Engine(Protocol):
@@ -112,3 +115,19 @@ class Runtime:
         # them at zero.
         self.streams = 0
         self.retired = False
+
+    def note_settings(self) -> None:
+        """Write the satisfaction threshold to the store, for readers of the store itself."""
+        if self.writer is not None:
+            satisfied_at = self.config.feedback.satisfied_at
+            self.writer.put(StateRecord(SATISFIED_AT_STATE, satisfied_at, time.time()))
+
+    def pricing(self) -> Pricing:
+        """Return what a tenant's controller acts on: the thresholds and prices in force."""
+        return Pricing(
+            thresholds=self.thresholds,
+            margins=self.margins,
+            input_price=self.input_price,
+            output_price=tuple(t.price.output_per_mtok / 1e6 for t in self.config.tiers),
+            model_version=self.model_version,
+        )

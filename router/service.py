@@ -1,8 +1,10 @@
 """The transport-neutral service: decide a request's tier, run it, record it and its feedback.
 
 The gRPC servicer converts protobuf to the domain types of ``router.domain`` and calls this
-module; nothing here knows about gRPC. Requests are checked by ``router.validation``; what
-they run on (configuration, routing model, engine, store writer) is one
+module; nothing here knows about gRPC. Requests are checked by ``router.validation`` and
+decided by ``router.decide``; GetConfig's and GetStats' reports are the types of
+``router.service_reports``. What they run on (configuration, routing model, engine, store
+writer) is one
 ``router.runtime.Runtime`` that ``reload`` replaces with a single assignment. Records go to
 the store through its writer's queue (``router.recording`` builds them), never waiting on it.
 """
@@ -14,28 +16,25 @@ import dataclasses
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import structlog
 
 from router.auth import KeyRing
-from router.completion.cost import estimate_tokens
 from router.config import DEFAULT_TENANT, Config
-from router.controller import NO_TIER, Controllers, Pricing, Served, Snapshot
+from router.controller import NO_TIER, Controllers, Served
 from router.controller_store import ControllerStore
+from router.decide import decide
 from router.domain import (
     Attempt,
-    BackendState,
     BackendUnavailable,
     ChatMessage,
     CompleteEvent,
     CompleteRequest,
     CompletionSummary,
-    DecisionReason,
     Escalation,
     Feedback,
     FeedbackResult,
-    InvalidRequest,
     NotConfigured,
     RouteFailure,
     RouteRequest,
@@ -46,60 +45,20 @@ from router.domain import (
 from router.limits import Limiter, most_cost_usd
 from router.recording import complete_record, route_row
 from router.request_ids import RequestIds
-from router.routing import Router, choose_tier
+from router.routing import Router
 from router.runtime import EngineFactory, Runtime, completion_engine
+from router.service_reports import ServiceInfo, ServiceStats, store_status
 from router.sessions import BoundedMap, Sessions
-from router.store import FeedbackRecord, StateRecord, Stats, StatsQuery, StoreWriter
-from router.store.stats import SATISFIED_AT_STATE
+from router.store import FeedbackRecord, StatsQuery, StoreWriter
 from router.validation import (
     check_batch,
     check_feedback,
     check_generation,
-    check_hints,
-    check_messages,
-    check_metadata,
-    check_prompt,
     check_session_id,
     check_tenant,
 )
 
 log = structlog.get_logger()
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceInfo:
-    """What GetConfig reports: the configuration in force and the state around it."""
-
-    config: Config
-    thresholds: tuple[float, ...]
-    model_version: str
-    model_source: str
-    # The escalation margin below each threshold (tiers[1:]): the tier's own or the global.
-    margins: tuple[float, ...]
-    fastpath: str
-    backends: tuple[BackendState, ...]
-    # The tenants' cost controllers, by tenant name.
-    controllers: tuple[Snapshot, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class StoreStatus:
-    """The store a worker writes to, and its writer's counters."""
-
-    kind: str
-    location: str
-    queued: int
-    written: int
-    dropped: int
-    failed_writes: int
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceStats:
-    """What GetStats reports: the stats read from the store, and the store's state."""
-
-    stats: Stats
-    store: StoreStatus
 
 
 class RouterService:
@@ -118,7 +77,7 @@ class RouterService:
         self._engine_factory = engine_factory
         self._runtime = Runtime(config, router, engine_factory(config), model_source, store)
         self._controllers = Controllers(clock)
-        cold = self._controllers.configure(config, _pricing(self._runtime))
+        cold = self._controllers.configure(config, self._runtime.pricing())
         self._controller_store = ControllerStore(self._controllers, clock, cold)
         # Request ids this worker served lately -> the tier that served them (the decided
         # tier, then the one that answered), so that Feedback need not ask the store.
@@ -130,7 +89,7 @@ class RouterService:
         self._closing: set[asyncio.Task[None]] = set()
         # Outlives reloads: the tenants' counts carry over.
         self._limiter = Limiter(config)
-        _note_settings(self._runtime)
+        self._runtime.note_settings()
 
     @property
     def config(self) -> Config:
@@ -245,61 +204,13 @@ class RouterService:
     def _decide(
         self, rt: Runtime, request: RouteRequest, request_id: str, floor: int | None = None
     ) -> tuple[RoutingDecision, int]:
-        """Return the decision under ``request_id`` and the highest tier index allowed."""
-        check_tenant(request.tenant)
-        if request.metadata:
-            check_metadata(request.metadata)
-        forced, low, high = check_hints(request.hints, rt.tier_index)
-        prompt, messages = request.prompt, request.messages
-        if messages:
-            if prompt:
-                raise InvalidRequest("prompt", "set either prompt or messages, not both")
-            last_user, chars = check_messages(messages, rt.max_prompt_bytes)
-            tokens = estimate_tokens(chars, len(messages))
-            started = time.perf_counter()
-            scored = rt.router.score_chat(messages, rt.context_weight, last_user)
-        else:
-            check_prompt(prompt, rt.max_prompt_bytes)
-            tokens = estimate_tokens(len(prompt))
-            started = time.perf_counter()
-            scored = rt.router.score(prompt)
+        """Return the decision under ``request_id`` (on the tenant's controlled thresholds,
+        if any) and the highest tier index allowed; remember which tier it names."""
         controller = self._controllers.get(request.tenant)
-        index, reason = choose_tier(
-            scored.score,
-            rt.thresholds if controller is None else controller.thresholds,
-            margin=rt.margins,
-            forced=forced,
-            min_index=low,
-            max_index=high,
-        )
-        # The session's floor: above the score and min_tier, below a forced tier and
-        # max_tier (the caller's explicit limits win).
-        if floor is not None and forced is None and index < floor:
-            if high is None or floor <= high:
-                index, reason = floor, DecisionReason.SESSION_FLOOR
-            else:  # the floor lies above max_tier: the cap decides
-                index, reason = high, DecisionReason.MAX_TIER
-        micros = (time.perf_counter() - started) * 1e6
-        tier = rt.config.tiers[index]
-        prices = rt.input_price
-        self._served.put(request_id, tier.name)
-        decision = RoutingDecision(
-            request_id=request_id,
-            tier=tier.name,
-            tier_index=index,
-            model=tier.model,
-            backend=tier.backend,
-            score=scored.score,
-            levels=scored.levels,
-            rules=scored.rules,
-            reason=reason,
-            estimated_prompt_tokens=tokens,
-            estimated_cost_usd=tokens * prices[index],
-            strongest_tier_cost_usd=tokens * prices[-1],
-            model_version=rt.model_version,
-            decision_micros=micros,
-        )
-        return decision, len(prices) - 1 if high is None else high
+        thresholds = rt.thresholds if controller is None else controller.thresholds
+        decision, high = decide(rt, request, request_id, thresholds, floor)
+        self._served.put(request_id, decision.tier)
+        return decision, high
 
     # -- Complete ----------------------------------------------------------------------
 
@@ -523,9 +434,9 @@ class RouterService:
         runtime does not keep is drained once they have.
         """
         new = Runtime(config, router, self._engine_factory(config), model_source, store)
-        self._controller_store.configured(self._controllers.configure(config, _pricing(new)))
+        self._controller_store.configured(self._controllers.configure(config, new.pricing()))
         old, self._runtime = self._runtime, new
-        _note_settings(new)
+        new.note_settings()
         self._served.capacity = config.server.feedback_capacity
         self._sessions.capacity = config.routing.max_sessions
         self._limiter.configure(config)
@@ -555,17 +466,6 @@ class RouterService:
         await self._limiter.aclose()
 
 
-def _pricing(rt: Runtime) -> Pricing:
-    """Return what a tenant's controller acts on: the runtime's thresholds and prices."""
-    return Pricing(
-        thresholds=rt.thresholds,
-        margins=rt.margins,
-        input_price=rt.input_price,
-        output_price=tuple(t.price.output_per_mtok / 1e6 for t in rt.config.tiers),
-        model_version=rt.model_version,
-    )
-
-
 def _served(
     rt: Runtime,
     request: RouteRequest,
@@ -592,22 +492,4 @@ def _served(
     )
 
 
-def _note_settings(rt: Runtime) -> None:
-    """Write the satisfaction threshold to the store, for readers of the store itself."""
-    if rt.writer is not None:
-        rt.writer.put(StateRecord(SATISFIED_AT_STATE, rt.config.feedback.satisfied_at, time.time()))
-
-
-def store_status(writer: StoreWriter) -> StoreStatus:
-    """Return the store's kind and location and its writer's counters."""
-    return StoreStatus(
-        kind=writer.store.kind,
-        location=writer.store.location,
-        queued=writer.queued,
-        written=writer.written,
-        dropped=writer.dropped,
-        failed_writes=writer.failed_writes,
-    )
-
-
-__all__ = ["RouterService", "ServiceInfo", "ServiceStats", "StoreStatus"]
+__all__ = ["RouterService"]

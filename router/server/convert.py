@@ -30,7 +30,7 @@ from router.domain import (
     TextDelta,
     TierHints,
 )
-from router.service import ServiceInfo, ServiceStats, StoreStatus
+from router.service_reports import ServiceInfo, ServiceStats, StoreStatus
 from router.store import Stats, TierStats
 from router.store.stats import ControllerStats
 
