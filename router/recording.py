@@ -22,7 +22,6 @@ from router.domain import (
 from router.store.records import AttemptRecord, RequestRecord, RouteRow
 from router.store.rows import (
     NO_HINTS_JSON,
-    NO_RULES_JSON,
     json_floats,
     json_hints,
     json_messages,
@@ -86,7 +85,7 @@ def route_row(
         decision.backend,
         decision.score,
         json_floats(decision.levels),
-        json_rules(decision.rules) if decision.rules else NO_RULES_JSON,
+        json_rules(decision.rules),
         _REASONS[decision.reason],
         decision.model_version,
         json_hints(_hints(hints))

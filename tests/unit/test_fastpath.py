@@ -262,16 +262,21 @@ def _sigmoid(x: float) -> float:
 HAND_TEXT = "Compare plan A vs plan B for my usage pattern: 3 calls a day, 2 GB of data?"
 
 
+def _checked_expected_level(logits: np.ndarray, levels: tuple[float, ...]) -> float:
+    """Check the level probabilities against a softmax of the level logits; return E[level]."""
+    exp = np.exp(logits[:5] - logits[:5].max())
+    probabilities = exp / exp.sum()
+    assert levels == pytest.approx(tuple(probabilities), rel=1e-9)
+    return float(probabilities @ np.arange(5))
+
+
 def test_score_is_the_gated_level_formula(fastpath_impl: type[_fastpath_py.FastPath]) -> None:
     """sigmoid(1.5 * ((1 - g) * E[level] + g * outcome level) - 3), g = sigmoid(gate)."""
     model = random_model(score=GATED_LEVEL)
     fp = model.fastpath(fastpath_impl)
     logits = _logits_by_hand(model, fp, HAND_TEXT)
     score, levels, _ = fp.score(HAND_TEXT)
-    exp = np.exp(logits[:5] - logits[:5].max())
-    probabilities = exp / exp.sum()
-    assert levels == pytest.approx(tuple(probabilities), rel=1e-9)
-    expected_level = float(probabilities @ np.arange(5))
+    expected_level = _checked_expected_level(logits, levels)
     g = _sigmoid(logits[6])
     z = 1.5 * ((1 - g) * expected_level + g * logits[5]) - 3.0
     assert score == pytest.approx(_sigmoid(z), rel=1e-9)
@@ -307,10 +312,7 @@ def test_score_is_the_level_gain_formula(fastpath_impl: type[_fastpath_py.FastPa
     fp = model.fastpath(fastpath_impl)
     logits = _logits_by_hand(model, fp, HAND_TEXT)
     score, levels, _ = fp.score(HAND_TEXT)
-    exp = np.exp(logits[:5] - logits[:5].max())
-    probabilities = exp / exp.sum()
-    assert levels == pytest.approx(tuple(probabilities), rel=1e-9)
-    expected_level = float(probabilities @ np.arange(5))
+    expected_level = _checked_expected_level(logits, levels)
     z = 1.5 * expected_level + _sigmoid(logits[6]) * logits[5] - 3.0
     assert score == pytest.approx(_sigmoid(z), rel=1e-9)
 
