@@ -43,12 +43,14 @@ class PostgresStore(SqlStore):
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:
         try:
+            from psycopg import IsolationLevel
             from psycopg_pool import ConnectionPool
         except ImportError:
             raise StoreError(
                 "store.url needs psycopg: pip install 'modelrouter[postgres]'"
             ) from None
         self.location = redact(url)
+        self._repeatable_read = IsolationLevel.REPEATABLE_READ
         self._pool: Any = ConnectionPool(
             url,
             min_size=1,
@@ -73,15 +75,26 @@ class PostgresStore(SqlStore):
             self.close()
             raise StoreError(f"{self.location}: {_first_line(exc)}") from None
 
+    # The pool's connections serve both: each use sets the transactions it begins (a local
+    # setting, sent with psycopg's BEGIN; no round trip of its own).
+
     @contextmanager
     def _writing(self) -> Iterator[Cursor]:
-        with self._pool.connection() as connection, connection.transaction():
-            yield connection.cursor()
+        with self._pool.connection() as connection:
+            connection.isolation_level = None  # the server's default, READ COMMITTED
+            connection.read_only = False
+            with connection.transaction():
+                yield connection.cursor()
 
     @contextmanager
     def _reading(self) -> Iterator[Cursor]:
-        with self._pool.connection() as connection, connection.cursor() as cursor:
-            yield cursor
+        # REPEATABLE READ: the first query takes the snapshot every later one of the
+        # transaction reads, whatever the writers commit (committed by the pool on exit).
+        with self._pool.connection() as connection:
+            connection.isolation_level = self._repeatable_read
+            connection.read_only = True
+            with connection.cursor() as cursor:
+                yield cursor
 
     def close(self) -> None:
         """Close the pool's connections."""

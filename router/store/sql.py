@@ -152,7 +152,7 @@ class SqlStore(Store):
 
     @abc.abstractmethod
     def _reading(self) -> AbstractContextManager[Cursor]:
-        """Return a cursor for reading."""
+        """Return a cursor inside one read-only transaction: its queries see one snapshot."""
 
     def _sql(self, text: str) -> str:
         return _translate(text, self.placeholder)
@@ -351,6 +351,8 @@ class SqlStore(Store):
             counts.tier_index = max(counts.tier_index, int(tier_index))
             return counts
 
+        # One transaction, one snapshot: a batch the writer commits while these queries run
+        # is in none of their counts (the next call's), so the counts agree with each other.
         with self._reading() as cursor:
             # Requests, cost and ratings at the tier that served them.
             cursor.execute(
@@ -415,8 +417,7 @@ class SqlStore(Store):
                 counts.attempts = int(n)
                 counts.gate_rejected = int(rejected)
                 counts.errors = int(errors)
-            # Each SELECT reads what is committed when it runs: a batch written since the
-            # query above may bring a tier and model it has not seen.
+            # Time to first token at the tier of each attempt.
             cursor.execute(
                 self._sql(
                     f"SELECT a.tier, a.model, a.tier_index, a.first_token_ms {joined}"

@@ -2,7 +2,8 @@
 
 Several worker processes write the same file: WAL lets readers run beside the one writer,
 and the busy timeout makes a writer wait for the lock instead of failing. One connection
-writes and one reads, each behind its own lock, so a stats query never waits for a batch.
+writes and one reads, each behind its own lock, so a stats query never waits for a batch;
+each read is one transaction, so its queries see one snapshot.
 ``synchronous=NORMAL`` in WAL mode survives a killed process (not a power cut) without an
 fsync per batch.
 """
@@ -92,9 +93,14 @@ class SQLiteStore(SqlStore):
     def _reading(self) -> Iterator[Cursor]:
         with self._read_lock:
             cursor = self._reader.cursor()
+            # A deferred BEGIN takes no lock; the first SELECT fixes the WAL snapshot that
+            # every later query of the transaction reads, whatever the writers commit.
+            cursor.execute("BEGIN")
             try:
                 yield cursor
             finally:
+                if self._reader.in_transaction:
+                    cursor.execute("ROLLBACK")  # it read only: nothing to keep
                 cursor.close()
 
     def close(self) -> None:

@@ -244,24 +244,51 @@ def test_stats_per_tier_and_model(store: Store) -> None:
         assert set(row) >= JSON_ROW_KEYS
 
 
-def test_stats_survive_a_batch_committed_between_their_queries(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Stats run several SELECTs, each on what is committed when it runs. A batch the writer
-    commits in between, with a tier and model the earlier ones did not see, is counted where
-    it lands and breaks nothing (it raised KeyError in a CI run of
-    test_a_reload_never_loses_records)."""
-    store.write(traffic())
-    reading = store._reading  # type: ignore[attr-defined]
-    late = request("r-late", "mini", 0, attempts=[attempt(0, "mini", 0, ttft=50.0)])
+# The stats' SELECTs, in the order they run: requests, escalations, attempts, time to first
+# token, unmatched feedback.
+STATS_SELECTS = 5
 
-    class WriteBeforeTheLatencies:
+
+@pytest.mark.parametrize("before_select", range(1, STATS_SELECTS + 1))
+def test_stats_read_one_snapshot_while_a_batch_commits_between_their_queries(
+    store: Store, monkeypatch: pytest.MonkeyPatch, before_select: int
+) -> None:
+    """The SELECTs of one stats call read one snapshot: a batch the writer commits between
+    two of them is in none of that call's counts, so the per-tier counts agree with each
+    other and with the total; the next call counts all of it. (Reading what each SELECT
+    found committed, a batch with a tier the earlier ones had not seen raised KeyError in a
+    CI run of test_a_reload_never_loses_records.)"""
+    store.write(traffic())
+    before = store.stats(StatsQuery()).as_json()
+    # A batch that changes what every SELECT returns: a Complete decided to cheap and
+    # answered by a tier no request reached yet, two attempts (one gate-rejected, both with
+    # a time to first token), its rating and a rating of an unknown request id.
+    late: list[Record] = [
+        request(
+            "r-late",
+            answered=("mini", 3),
+            attempts=[
+                attempt(0, "cheap", 0, outcome="gate_rejected", ttft=70.0, gate="rejected"),
+                attempt(1, "mini", 3, ttft=40.0, cost=0.002),
+            ],
+            cost=0.002,
+        ),
+        rating("r-late", 0.8),
+        rating("never-served-late", 0.3),
+    ]
+    reading = store._reading  # type: ignore[attr-defined]
+    selects = 0
+
+    class CommitBeforeOneSelect:
         def __init__(self, cursor: Any) -> None:
             self._cursor = cursor
 
         def execute(self, sql: str, *args: Any) -> Any:
-            if "first_token_ms IS NOT NULL" in sql:
-                store.write([late])
+            nonlocal selects
+            if sql.lstrip().upper().startswith("SELECT"):
+                selects += 1
+                if selects == before_select:
+                    store.write(late)
             return self._cursor.execute(sql, *args)
 
         def __getattr__(self, name: str) -> Any:
@@ -270,16 +297,16 @@ def test_stats_survive_a_batch_committed_between_their_queries(
     @contextmanager
     def racing() -> Iterator[Any]:
         with reading() as cursor:
-            yield WriteBeforeTheLatencies(cursor)
+            yield CommitBeforeOneSelect(cursor)
 
     monkeypatch.setattr(store, "_reading", racing)
-    stats = store.stats(StatsQuery(satisfied_at=0.7))
-    rows = {(row.tier, row.model): row for row in stats.tiers}
-    assert rows[("mini", "m-mini")].ttft_p50_ms == pytest.approx(50.0)
-    assert rows[("cheap", "m-cheap")].requests == 2  # the earlier queries' counts stand
+    raced = store.stats(StatsQuery()).as_json()
     monkeypatch.undo()
-    again = {(row.tier, row.model): row for row in store.stats(StatsQuery()).tiers}
-    assert again[("mini", "m-mini")].requests == 1
+    assert selects == STATS_SELECTS
+    after = store.stats(StatsQuery()).as_json()
+    assert after["total"]["requests"] == before["total"]["requests"] + 1
+    # Committed before the first SELECT, the batch is wholly in; after it, wholly out.
+    assert raced == (after if before_select == 1 else before)
 
 
 def test_stats_filter_by_time_and_tenant(store: Store) -> None:
