@@ -7,6 +7,7 @@ a string value (for API keys and hosts).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import unicodedata
@@ -353,6 +354,13 @@ class TenantLimitsConfig(_Frozen):
     def any(self) -> bool:
         """Whether any limit is set."""
         return self != TenantLimitsConfig()
+
+    @property
+    def burst_in_force(self) -> int | None:
+        """Return the calls admitted at once: ``burst``, else one second's worth (None: no rate)."""
+        if self.requests_per_s is None:
+            return None
+        return self.burst or max(1, math.ceil(self.requests_per_s))
 
 
 class LimitsConfig(_Frozen):

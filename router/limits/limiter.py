@@ -84,8 +84,8 @@ def _rules(prefix: str, tenant: str, limits: TenantLimitsConfig) -> TenantRules:
     # The hash tag keeps a tenant's keys in one Redis Cluster slot.
     base = f"{prefix}:{{{tenant}}}"
     requests = None
-    if limits.requests_per_s is not None:
-        burst = limits.burst or max(1, math.ceil(limits.requests_per_s))
+    burst = limits.burst_in_force  # None exactly when there is no rate
+    if limits.requests_per_s is not None and burst is not None:
         requests = Bucket(f"{base}:requests", limits.requests_per_s, burst)
     tokens = None
     if limits.tokens_per_minute is not None:
