@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from router._proto.modelrouter.v1 import router_pb2 as pb
+from router.config import TenantLimitsConfig
 from router.controller import Snapshot
 from router.domain import (
     Attempt,
@@ -298,6 +299,24 @@ def config_response(info: ServiceInfo) -> pb.GetConfigResponse:
         # serve() resolves 0 (one per core); a server built in-process is one process.
         workers=config.server.workers or 1,
         controllers=[controller(c) for c in info.controllers],
+        tenant_limits=[
+            tenant_limits(tenant, config.tenants[tenant].limits)
+            for tenant in sorted(config.tenants)
+            if config.tenants[tenant].limits.any
+        ],
+        limits_counted_in="redis" if config.limits.redis_url else "process",
+    )
+
+
+def tenant_limits(tenant: str, limits: TenantLimitsConfig) -> pb.TenantLimits:
+    """Return a tenant's configured limits as GetConfig reports them (unset ones absent)."""
+    return pb.TenantLimits(
+        tenant=tenant,
+        requests_per_s=limits.requests_per_s,
+        burst=limits.burst_in_force,
+        tokens_per_minute=limits.tokens_per_minute,
+        usd_per_day=limits.usd_per_day,
+        usd_per_month=limits.usd_per_month,
     )
 
 

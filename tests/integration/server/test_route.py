@@ -12,6 +12,7 @@ import pytest
 
 from router._proto.modelrouter.v1 import router_pb2 as pb
 from router._proto.modelrouter.v1 import router_pb2_grpc
+from router.auth import digest
 from router.config import Config
 from router.domain import ChatMessage
 from router.server import RunningServer
@@ -199,6 +200,71 @@ async def test_get_config_reports_configured_thresholds_and_gates(
     assert [t.min_score for t in response.tiers] == pytest.approx([0.0, 0.3, 0.9])
     gate = response.tiers[0].gate
     assert (gate.enabled, gate.window_tokens, gate.window_ms) == (True, 5, 400.0)
+
+
+async def test_get_config_reports_each_tenants_limits_and_no_secret(
+    start_server: Callable[..., Any], make_config: Callable[..., Config]
+) -> None:
+    key, api_key, header, redis_password = "mrk_config-reader", "sk-upstream", "h-val", "r-pass"
+    config = make_config(
+        auth={
+            "enabled": True,
+            "keys": [{"sha256": digest(key), "tenant": "acme", "methods": ["GetConfig"]}],
+        },
+        backends={
+            "demo": {"kind": "demo"},
+            "openai": {
+                "kind": "openai",
+                "base_url": "http://127.0.0.1:9/v1",
+                "api_key": api_key,
+                "headers": {"x-org": header},
+            },
+        },
+        tenants={
+            "acme": {
+                "limits": {
+                    "requests_per_s": 50,
+                    "burst": 100,
+                    "tokens_per_minute": 200_000,
+                    "usd_per_day": 40,
+                    "usd_per_month": 800,
+                }
+            },
+            "globex": {"limits": {"requests_per_s": 2.5}},  # burst: one second's worth
+            "default": {"limits": {"usd_per_month": 100}},
+            "search": {"target": {"strong_share": 0.3}},  # a target and no limit
+        },
+        # Connected on the first limited call only: no Redis is needed here.
+        limits={"redis_url": f"redis://:{redis_password}@127.0.0.1:9/0"},
+    )
+    server = await start_server(config)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        response = await router_stub(channel).GetConfig(
+            pb.GetConfigRequest(), metadata=(("authorization", f"Bearer {key}"),)
+        )
+    assert response.limits_counted_in == "redis"
+    assert [t.tenant for t in response.tenant_limits] == ["acme", "default", "globex"]
+    acme, default, globex = response.tenant_limits
+    assert (
+        acme.requests_per_s,
+        acme.burst,
+        acme.tokens_per_minute,
+        acme.usd_per_day,
+        acme.usd_per_month,
+    ) == (50.0, 100, 200_000, 40.0, 800.0)
+    assert (globex.requests_per_s, globex.burst) == (2.5, 3)
+    assert default.usd_per_month == 100.0
+    unset = ["requests_per_s", "burst", "tokens_per_minute", "usd_per_day", "usd_per_month"]
+    assert [f for f in unset if globex.HasField(f)] == ["requests_per_s", "burst"]
+    assert [f for f in unset if default.HasField(f)] == ["usd_per_month"]
+    answer = response.SerializeToString() + str(response).encode()
+    for secret in (key, digest(key), api_key, header, redis_password):
+        assert secret.encode() not in answer
+    # Without a Redis the limits are counted in each worker process.
+    server = await start_server(make_config())
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        response = await router_stub(channel).GetConfig(pb.GetConfigRequest())
+    assert (response.limits_counted_in, len(response.tenant_limits)) == ("process", 0)
 
 
 async def test_feedback_knows_the_ids_served_lately_without_a_store(
