@@ -25,6 +25,8 @@ class FastPath:
     level_weight: float
     score_bias: float
     placement_weight: float
+    length_weight: float
+    length_center: float
     def __init__(
         self,
         *,
@@ -41,6 +43,8 @@ class FastPath:
         level_weight: float = 0.0,
         score_bias: float = 0.0,
         placement_weight: float = 0.0,
+        length_weight: float = 0.0,
+        length_center: float = 0.0,
     ) -> None: ...
     def features(self, text: str) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float64], int]: ...
     def logits(

@@ -13,7 +13,7 @@ releasing it would cost more than it gives, and holding it makes the instance's 
 buffers safe to reuse across calls.
 """
 
-from libc.math cimport exp, sqrt
+from libc.math cimport exp, log1p, sqrt
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint64_t
 from libc.stdlib cimport free, malloc
 
@@ -259,6 +259,7 @@ cdef class FastPath:
     # The score formula (see score()) and its parameters.
     cdef readonly int score_formula
     cdef readonly double level_weight, score_bias, placement_weight
+    cdef readonly double length_weight, length_center
     # Rule table: open addressing on the chained hashes of the phrases and their prefixes;
     # a value is a rule index (or NO_RULE) and the RULE_PREFIX flag, -1 an empty slot.
     cdef uint64_t* rule_keys
@@ -277,6 +278,8 @@ cdef class FastPath:
     cdef Py_ssize_t n_word, n_char
     cdef Py_ssize_t n_tokens
     cdef long stats[MAX_DENSE_STATS]
+    # The query's normalised byte count (its own, not its context's): the score's length.
+    cdef long text_bytes
     cdef uint64_t rules_fired
     cdef object _unicode_normalize
 
@@ -291,7 +294,8 @@ cdef class FastPath:
 
     def __init__(self, *, seed, buckets_log2, word_max, char_min, char_max, max_bytes,
                  rule_phrases, weights, bias, score_formula=SCORE_GATED_LEVEL,
-                 level_weight=0.0, score_bias=0.0, placement_weight=0.0):
+                 level_weight=0.0, score_bias=0.0, placement_weight=0.0,
+                 length_weight=0.0, length_center=0.0):
         cdef Py_ssize_t i, slots
         cdef uint64_t h
         check_score_formula(score_formula)
@@ -347,6 +351,8 @@ cdef class FastPath:
         self.level_weight = float(level_weight)
         self.score_bias = float(score_bias)
         self.placement_weight = float(placement_weight)
+        self.length_weight = float(length_weight)
+        self.length_center = float(length_center)
 
         self.n_stats = len(DENSE_EDGES)
         if self.n_stats > MAX_DENSE_STATS:
@@ -587,6 +593,7 @@ cdef class FastPath:
         for k in range(HEADS):
             logits[k] = self.bias[k]
         self._prepare(text)
+        self.text_bytes = self.stats[0]
         self._accumulate(1.0, logits)
         rules = self.rules_fired
         if context and context_weight > 0.0:
@@ -606,7 +613,7 @@ cdef class FastPath:
         cdef double logits[HEADS]
         cdef double exps[LEVELS]
         cdef double probs[LEVELS]
-        cdef double top, z, g, expected = 0.0, total = 0.0
+        cdef double top, z, g, length, expected = 0.0, total = 0.0
         cdef int k
         rules = self._logits(text, context, context_weight, logits)
         top = logits[0]
@@ -623,7 +630,8 @@ cdef class FastPath:
             for k in range(LEVELS):
                 expected += k * probs[k]
             g = _sigmoid(logits[GATE_HEAD])
-            z = (self.level_weight * ((1.0 - g) * expected + g * logits[GAIN_HEAD])
+            length = self.length_weight * (log1p(<double>self.text_bytes) - self.length_center)
+            z = (self.level_weight * ((1.0 - g) * expected + g * logits[GAIN_HEAD] + length)
                  + self.score_bias)
         elif self.score_formula == LEVEL_GAIN:
             for k in range(LEVELS):

@@ -27,8 +27,10 @@ The algorithm (FEATURIZER_VERSION 1):
    order; a chat's earlier turns add ``context_weight`` times their own sums.
 7. Outputs: level probabilities = softmax(heads 0-4); the score by the model's formula:
    ``SCORE_GATED_LEVEL`` (the models trained now): sigmoid(level_weight * ((1 - g) *
-   E[level] + g * outcome level) + score_bias), g = sigmoid(gate head), the outcome level
-   being the gain head, E[level] = sum of k * P(level k);
+   E[level] + g * outcome level + length_weight * (log1p(bytes) - length_center)) +
+   score_bias), g = sigmoid(gate head), the outcome level being the gain head, E[level] =
+   sum of k * P(level k), bytes the query's normalised length (step 1; a chat's last
+   turn, not its context);
    ``SCORE_LEVEL_GAIN`` (earlier format-2 models): sigmoid(level_weight * E[level] +
    sigmoid(gate head) * gain head + score_bias);
    ``SCORE_PLACEMENT_GAIN`` (format-1 models): sigmoid(gain head + placement_weight *
@@ -85,6 +87,11 @@ DENSE_EDGES: tuple[tuple[str, tuple[int, ...]], ...] = (
     ("ends_question", (0, 1)),
 )
 N_DENSE = sum(len(edges) for _, edges in DENSE_EDGES)
+
+
+def query_length(n_bytes: int) -> float:
+    """Return the length the score reads: log1p of the normalised byte count."""
+    return math.log1p(n_bytes)
 
 
 def _is_word_byte(b: int) -> bool:
@@ -267,6 +274,8 @@ class FastPath:
         level_weight: float = 0.0,
         score_bias: float = 0.0,
         placement_weight: float = 0.0,
+        length_weight: float = 0.0,
+        length_center: float = 0.0,
     ) -> None:
         check_score_formula(score_formula)
         check_settings(
@@ -296,6 +305,8 @@ class FastPath:
         self.level_weight = float(level_weight)
         self.score_bias = float(score_bias)
         self.placement_weight = float(placement_weight)
+        self.length_weight = float(length_weight)
+        self.length_center = float(length_center)
 
     # -- featurization ---------------------------------------------------------------
 
@@ -396,10 +407,12 @@ class FastPath:
         """Return the difficulty score, the level probabilities and the fired-rules mask.
 
         Heads 0-4 are the level logits (softmax). With ``SCORE_GATED_LEVEL`` the score is
-        sigmoid(level_weight * ((1 - g) * E[level] + g * outcome level) + score_bias): the
-        expected level carries general difficulty, the gain head (read as a level) where
-        the outcomes place the query, and the gate head g = sigmoid(gate) how much the query
-        is like the rows with outcomes that taught the gain head. With
+        sigmoid(level_weight * ((1 - g) * E[level] + g * outcome level + length level) +
+        score_bias): the expected level carries general difficulty, the gain head (read as
+        a level) where the outcomes place the query, and the gate head g = sigmoid(gate)
+        how much the query is like the rows with outcomes that taught the gain head; the
+        length level, length_weight * (log1p(bytes) - length_center), ranks a source's
+        longer queries above its shorter ones (``query_length``). With
         ``SCORE_LEVEL_GAIN`` (earlier format-2 models) it is sigmoid(level_weight *
         E[level] + sigmoid(gate) * gain + score_bias); with ``SCORE_PLACEMENT_GAIN``
         (format-1 models) sigmoid(gain + placement_weight * sigmoid(placement)).
@@ -416,7 +429,13 @@ class FastPath:
             for k, p in enumerate(levels):
                 expected += k * p
             g = _sigmoid(logits[GATE_HEAD])
-            z = self.level_weight * ((1.0 - g) * expected + g * logits[GAIN_HEAD]) + self.score_bias
+            length = self.length_weight * (
+                query_length(len(normalize(text, self.max_bytes))) - self.length_center
+            )
+            z = (
+                self.level_weight * ((1.0 - g) * expected + g * logits[GAIN_HEAD] + length)
+                + self.score_bias
+            )
         elif self.score_formula == SCORE_LEVEL_GAIN:
             expected = 0.0
             for k, p in enumerate(levels):

@@ -80,8 +80,10 @@ class ScoreFormula:
     """How the heads make the score (``router/_fastpath_py.py``, ``FastPath.score``).
 
     ``gated_level`` (what training makes): sigmoid(level_weight * ((1 - g) * E[level] +
-    g * outcome level) + bias), g = sigmoid(gate), the outcome level being the gain head's
-    logit. ``level_gain`` (earlier format-2 files): sigmoid(level_weight * E[level] +
+    g * outcome level + length_weight * (log1p(bytes) - length_center)) + bias), g =
+    sigmoid(gate), the outcome level being the gain head's logit and bytes the query's
+    normalised length (files saved before the length term have length_weight 0).
+    ``level_gain`` (earlier format-2 files): sigmoid(level_weight * E[level] +
     sigmoid(gate) * gain + bias). ``placement_gain`` (format-1 files): sigmoid(gain +
     placement_weight * sigmoid(placement)), where head 6 is the placement logit.
     """
@@ -90,11 +92,13 @@ class ScoreFormula:
     level_weight: float = 0.0
     bias: float = 0.0
     placement_weight: float = 0.0
+    length_weight: float = 0.0
+    length_center: float = 0.0
 
     def score_at_level(self, level: float) -> float | None:
-        """Return the score of a query of level ``level``: its expected level where the
-        gate is shut, or its expected and outcome levels both (None for ``placement_gain``,
-        whose score is not built on the level)."""
+        """Return the score of a query of level ``level`` and of the center length: its
+        expected level where the gate is shut, or its expected and outcome levels both
+        (None for ``placement_gain``, whose score is not built on the level)."""
         if self.formula == SCORE_PLACEMENT_GAIN:
             return None
         return 1.0 / (1.0 + math.exp(-(self.level_weight * level + self.bias)))
@@ -102,11 +106,15 @@ class ScoreFormula:
     def to_json(self) -> dict[str, Any]:
         if self.formula == SCORE_PLACEMENT_GAIN:
             return {"formula": "placement_gain", "placement_weight": self.placement_weight}
-        return {
+        saved: dict[str, Any] = {
             "formula": _FORMULA_NAMES[self.formula],
             "level_weight": self.level_weight,
             "bias": self.bias,
         }
+        if self.formula == SCORE_GATED_LEVEL:
+            saved["length_weight"] = self.length_weight
+            saved["length_center"] = self.length_center
+        return saved
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ScoreFormula:
@@ -119,6 +127,9 @@ class ScoreFormula:
             names[data["formula"]],
             level_weight=float(data["level_weight"]),
             bias=float(data["bias"]),
+            # Absent from files saved before the length term: no length term.
+            length_weight=float(data.get("length_weight", 0.0)),
+            length_center=float(data.get("length_center", 0.0)),
         )
 
 
@@ -166,6 +177,8 @@ class FeaturizerSpec:
             level_weight=score.level_weight,
             score_bias=score.bias,
             placement_weight=score.placement_weight,
+            length_weight=score.length_weight,
+            length_center=score.length_center,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -28,7 +28,9 @@ TEST_RULES = (
 
 
 # The score formulas a model file can name, with parameters a test can check by hand.
-GATED_LEVEL = ScoreFormula(SCORE_GATED_LEVEL, level_weight=1.5, bias=-3.0)
+GATED_LEVEL = ScoreFormula(
+    SCORE_GATED_LEVEL, level_weight=1.5, bias=-3.0, length_weight=0.3, length_center=4.0
+)
 LEVEL_GAIN = ScoreFormula(SCORE_LEVEL_GAIN, level_weight=1.5, bias=-3.0)
 PLACEMENT_GAIN = ScoreFormula(SCORE_PLACEMENT_GAIN, placement_weight=3.0)
 

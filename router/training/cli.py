@@ -264,6 +264,13 @@ def add_train_parser(subparsers: Subparsers) -> None:
         help="levels per standard deviation of the outcome level (the gain head read as a "
         f"level) over the outcome rows ({defaults.outcome_spread:g})",
     )
+    parser.add_argument(
+        "--length-weight",
+        type=float,
+        default=defaults.length_weight,
+        help="levels the score adds per e-fold of a query's length in bytes, 0 at the "
+        f"training rows' median length; 0 turns the length term off ({defaults.length_weight:g})",
+    )
     _add_target_options(parser, required=False)
     _add_outcome_options(parser)
     parser.set_defaults(handler=_run_train)
@@ -302,6 +309,7 @@ def _run_train(args: argparse.Namespace) -> int:
         level_c=args.level_c,
         gate_c=args.gate_c,
         outcome_spread=args.outcome_spread,
+        length_weight=args.length_weight,
         name=args.name,
     )
     try:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from router._fastpath_py import normalize, query_length
 from router.fastpath import (
     GAIN_HEAD,
     GATE_HEAD,
@@ -90,6 +91,9 @@ class TrainOptions:
     outcome_spread: float = 0.5
     # Score logit per level of E[level] (the spread of scores in [0, 1]).
     level_weight: float = 1.5
+    # Levels per e-fold of a query's byte count, from the training rows' median length
+    # (chosen by the held-out sources' in-source ranking: README, "How the score is made").
+    length_weight: float = 0.3
     # Rows per source the logistic heads fit on (capped_rows).
     max_rows_per_source: int = 4000
     max_iter: int = 500
@@ -106,10 +110,14 @@ class TrainOptions:
             rules=self.rules,
         )
 
-    def score_formula(self) -> ScoreFormula:
-        """Return the score formula: E[level] = 2 sits at score 1/2."""
+    def score_formula(self, length_center: float = 0.0) -> ScoreFormula:
+        """Return the score formula: E[level] = 2 at the center length sits at score 1/2."""
         return ScoreFormula(
-            SCORE_GATED_LEVEL, level_weight=self.level_weight, bias=-2.0 * self.level_weight
+            SCORE_GATED_LEVEL,
+            level_weight=self.level_weight,
+            bias=-2.0 * self.level_weight,
+            length_weight=self.length_weight,
+            length_center=length_center,
         )
 
 
@@ -128,15 +136,17 @@ class Heads:
     def logits(self, X: sp.csr_matrix) -> npt.NDArray[np.float64]:
         return np.asarray(X @ self.weights.astype(np.float64)) + self.bias
 
-    def score(self, X: sp.csr_matrix) -> npt.NDArray[np.float64]:
-        """Return the scores of featurized rows (the fast path's formula, in numpy)."""
+    def score(self, X: sp.csr_matrix, lengths: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Return the scores of featurized rows of ``query_lengths`` ``lengths`` (the fast
+        path's formula, in numpy)."""
         logits = self.logits(X)
         f = self.score_formula
         if f.formula != SCORE_GATED_LEVEL:
             raise ValueError("training scores with the gated_level formula only")
         expected = _levels(logits) @ np.arange(LEVELS, dtype=np.float64)
         g = _sigmoid(logits[:, GATE_HEAD])
-        level = (1.0 - g) * expected + g * logits[:, GAIN_HEAD]
+        length = f.length_weight * (lengths - f.length_center)
+        level = (1.0 - g) * expected + g * logits[:, GAIN_HEAD] + length
         return _sigmoid(f.level_weight * level + f.bias)
 
     def levels(self, X: sp.csr_matrix) -> npt.NDArray[np.float64]:
@@ -147,6 +157,13 @@ def _levels(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     level_logits = logits[:, :LEVELS]
     exp = np.exp(level_logits - level_logits.max(axis=1, keepdims=True))
     return np.asarray(exp / exp.sum(axis=1, keepdims=True), dtype=np.float64)
+
+
+def query_lengths(texts: Sequence[str], spec: FeaturizerSpec) -> npt.NDArray[np.float64]:
+    """Return the length the score reads of each text (the fast path's query_length)."""
+    return np.array(
+        [query_length(len(normalize(t, spec.max_bytes))) for t in texts], dtype=np.float64
+    )
 
 
 def featurize(texts: Sequence[str], spec: FeaturizerSpec) -> sp.csr_matrix:
@@ -291,7 +308,9 @@ def fit_heads(X: sp.csr_matrix, rows: Sequence[Row], options: TrainOptions, log:
             f"{gate.n_iter_[0]} iterations, {time.monotonic() - started:.1f}s)"
         )
     options.priors.apply(weights, options.rules)
-    return Heads(weights.astype(np.float32), bias, options.score_formula())
+    # The length term is 0 at the training rows' median length.
+    center = float(np.median(query_lengths([r.text for r in rows], options.spec())))
+    return Heads(weights.astype(np.float32), bias, options.score_formula(center))
 
 
 def fit_score(
@@ -303,10 +322,12 @@ def fit_score(
     """Return a function fitting heads on some rows and scoring others (their level
     probabilities go into ``levels_out``), for cross-validation and held-out sources."""
 
+    lengths = query_lengths([r.text for r in rows], options.spec())
+
     def run(train: npt.NDArray[np.intp], test: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:
         heads = fit_heads(X[train], [rows[i] for i in train], options, lambda _msg: None)
         levels_out[test] = heads.levels(X[test])
-        return heads.score(X[test])
+        return heads.score(X[test], lengths[test])
 
     return run
 

@@ -24,6 +24,7 @@ from router.training.fit import (
     featurize,
     fit_heads,
     fit_score,
+    query_lengths,
 )
 from router.training.generalisation import calibrate, generalisation_report, leave_one_source_out
 
@@ -94,9 +95,9 @@ def train(
         calibration_scores = oof_scores
     heads = fit_heads(X, rows, options, log)
     if folds < 2:
-        calibration_scores = heads.score(X)
+        calibration_scores = heads.score(X, query_lengths([r.text for r in rows], spec))
         oof_levels = heads.levels(X)
-    score_of_level = options.score_formula().score_at_level
+    score_of_level = heads.score_formula.score_at_level
     thresholds = calibrate_thresholds(
         calibration_scores, rows, target, len(tier_names), top_share, score_of_level
     )

@@ -271,15 +271,40 @@ def _checked_expected_level(logits: np.ndarray, levels: tuple[float, ...]) -> fl
 
 
 def test_score_is_the_gated_level_formula(fastpath_impl: type[_fastpath_py.FastPath]) -> None:
-    """sigmoid(1.5 * ((1 - g) * E[level] + g * outcome level) - 3), g = sigmoid(gate)."""
+    """sigmoid(1.5 * ((1 - g) * E[level] + g * outcome level + 0.3 * (log1p(bytes) - 4)) -
+    3), g = sigmoid(gate)."""
     model = random_model(score=GATED_LEVEL)
     fp = model.fastpath(fastpath_impl)
     logits = _logits_by_hand(model, fp, HAND_TEXT)
     score, levels, _ = fp.score(HAND_TEXT)
     expected_level = _checked_expected_level(logits, levels)
     g = _sigmoid(logits[6])
-    z = 1.5 * ((1 - g) * expected_level + g * logits[5]) - 3.0
+    length = 0.3 * (math.log1p(len(HAND_TEXT)) - 4.0)  # ASCII: one byte a character
+    z = 1.5 * ((1 - g) * expected_level + g * logits[5] + length) - 3.0
     assert score == pytest.approx(_sigmoid(z), rel=1e-9)
+
+
+def test_the_length_term_ranks_longer_queries_higher(
+    fastpath_impl: type[_fastpath_py.FastPath],
+) -> None:
+    """The same heads, a longer query scores higher: 0.3 level per e-fold of its bytes
+    (counted after normalisation and the max_bytes cut); a chat's context adds none."""
+    spec = FeaturizerSpec(buckets_log2=8, max_bytes=4096)
+    weights = np.zeros((spec.n_features, HEADS), dtype=np.float32)
+    shut = np.array([0.0] * 6 + [-60.0])  # uniform levels (E[level] 2), the gate shut
+    fp = spec.fastpath(weights, shut, fastpath_impl, GATED_LEVEL)
+
+    def level_of(text: str, context: str = "") -> float:
+        score = fp.score(text, context, 0.5 if context else 0.0)[0]
+        return (math.log(score / (1.0 - score)) + 3.0) / 1.5
+
+    for n in (0, 1, 7, 100, 4096):
+        text = "x" * n
+        assert level_of(text) == pytest.approx(2.0 + 0.3 * (math.log1p(n) - 4.0), abs=1e-9)
+    assert level_of("x" * 9000) == level_of("x" * 4096)
+    assert level_of("Ab  C\t\n") == level_of("ab  c\t\n")  # lower-cased, same bytes
+    assert level_of("é" * 10) == pytest.approx(2.0 + 0.3 * (math.log1p(20) - 4.0), abs=1e-9)
+    assert level_of("short", context="a much longer earlier turn " * 20) == level_of("short")
 
 
 def test_gated_level_score_follows_the_level_the_gate_picks(
@@ -288,10 +313,11 @@ def test_gated_level_score_follows_the_level_the_gate_picks(
     """Shut, the expected level places the query; open, the outcome level; between, a mix."""
     spec = FeaturizerSpec(buckets_log2=8)
     weights = np.zeros((spec.n_features, HEADS), dtype=np.float32)
+    no_length = dataclasses.replace(GATED_LEVEL, length_weight=0.0)
 
     def score(level_bias: list[float], outcome_level: float, gate: float) -> float:
         bias = np.array([*level_bias, outcome_level, gate])
-        return spec.fastpath(weights, bias, fastpath_impl, GATED_LEVEL).score("anything")[0]
+        return spec.fastpath(weights, bias, fastpath_impl, no_length).score("anything")[0]
 
     def at_level(level: float) -> float:
         return _sigmoid(1.5 * level - 3.0)

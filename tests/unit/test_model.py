@@ -98,11 +98,22 @@ def test_each_level_formula_is_saved_by_name_and_scores_the_same(
     """Models trained before the gated level (level_gain) keep loading and scoring so."""
     model = save_model(random_model(score=formula), tmp_path / "m.npz")
     meta, _ = read_raw(tmp_path / "m.npz")
-    assert meta["score"] == {"formula": name, "level_weight": 1.5, "bias": -3.0}
+    length = {"length_weight": 0.3, "length_center": 4.0} if name == "gated_level" else {}
+    assert meta["score"] == {"formula": name, "level_weight": 1.5, "bias": -3.0, **length}
     loaded = load_model(tmp_path / "m.npz")
     assert loaded.score == formula
     for text in QUERIES:
         assert loaded.fastpath().score(text) == model.fastpath().score(text)
+
+
+def test_a_gated_level_file_saved_before_the_length_term_scores_without_it() -> None:
+    """``default-d10c9d822805`` and other files of that day name no length term."""
+    saved = {"formula": "gated_level", "level_weight": 1.5, "bias": -3.0}
+    formula = ScoreFormula.from_json(saved)
+    assert formula == dataclasses.replace(GATED_LEVEL, length_weight=0.0, length_center=0.0)
+    spec = FeaturizerSpec(buckets_log2=8)
+    fp = spec.fastpath(np.zeros((spec.n_features, HEADS), np.float32), None, score=formula)
+    assert fp.score("short")[0] == fp.score("a much longer query " * 30)[0]
 
 
 def test_round_trip_keeps_everything(saved: tuple[RouterModel, Path]) -> None:

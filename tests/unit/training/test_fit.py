@@ -19,6 +19,7 @@ from router.training.fit import (
     cross_validate,
     featurize,
     fit_heads,
+    query_lengths,
     source_weights,
 )
 from router.training.generalisation import fold_of
@@ -36,6 +37,11 @@ def rows() -> list[Row]:
 @pytest.fixture(scope="module")
 def features(rows: list[Row]) -> sp.csr_matrix:
     return featurize([r.text for r in rows], SPEC)
+
+
+@pytest.fixture(scope="module")
+def lengths(rows: list[Row]) -> npt.NDArray[np.float64]:
+    return query_lengths([r.text for r in rows], SPEC)
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +64,12 @@ def test_featurize_no_rows() -> None:
 
 
 def test_training_scores_are_serving_scores(
-    heads: Heads, features: sp.csr_matrix, rows: list[Row]
+    heads: Heads, features: sp.csr_matrix, lengths: npt.NDArray[np.float64], rows: list[Row]
 ) -> None:
     """The numpy formula fit_heads uses equals what Router computes from the saved weights."""
     router = Router(build_model(heads, OPTIONS, {}))
-    scores, levels = heads.score(features), heads.levels(features)
+    assert heads.score_formula.length_weight > 0.0  # the length term is part of what is checked
+    scores, levels = heads.score(features, lengths), heads.levels(features)
     for i in range(0, len(rows), 5):
         scored = router.score(rows[i].text)
         assert scored.score == pytest.approx(scores[i], rel=1e-9, abs=1e-12)
@@ -70,12 +77,13 @@ def test_training_scores_are_serving_scores(
 
 
 def test_fitted_heads_shape_and_sense(
-    heads: Heads, features: sp.csr_matrix, rows: list[Row]
+    heads: Heads, features: sp.csr_matrix, lengths: npt.NDArray[np.float64], rows: list[Row]
 ) -> None:
     assert heads.weights.shape == (SPEC.n_features, HEADS)
     assert heads.weights.dtype == np.float32
     assert heads.bias.shape == (HEADS,)
-    assert heads.score_formula == OPTIONS.score_formula()
+    # The length term is 0 at the training rows' median length.
+    assert heads.score_formula == OPTIONS.score_formula(float(np.median(lengths)))
     assert np.all(np.isfinite(heads.weights)) and np.all(np.isfinite(heads.bias))
     # On its own training rows the level head beats always guessing the commonest level.
     tiers = np.array([r.tier for r in rows])
@@ -158,7 +166,7 @@ def test_folds_follow_the_text(rows: list[Row]) -> None:
 
 
 def test_cross_validate_gives_out_of_fold_numbers(
-    features: sp.csr_matrix, rows: list[Row], heads: Heads
+    features: sp.csr_matrix, lengths: npt.NDArray[np.float64], rows: list[Row], heads: Heads
 ) -> None:
     scores, levels = cross_validate(features, rows, OPTIONS, 2, quiet)
     assert scores.shape == (len(rows),)
@@ -166,12 +174,12 @@ def test_cross_validate_gives_out_of_fold_numbers(
     assert np.all((scores > 0) & (scores < 1))
     assert levels.sum(axis=1) == pytest.approx(np.ones(len(rows)))
     # Out-of-fold scores are not the in-sample ones.
-    assert not np.allclose(scores, heads.score(features))
+    assert not np.allclose(scores, heads.score(features, lengths))
     # Each fold is scored by a model fitted without it.
     fold = np.array([fold_of(r, 2) for r in rows])
     train_rows = [r for r, f in zip(rows, fold, strict=True) if f == 1]
     fold0 = fit_heads(features[fold == 1], train_rows, OPTIONS, quiet)
-    assert scores[fold == 0] == pytest.approx(fold0.score(features[fold == 0]))
+    assert scores[fold == 0] == pytest.approx(fold0.score(features[fold == 0], lengths[fold == 0]))
 
 
 def test_degenerate_data_leaves_heads_neutral() -> None:
@@ -190,7 +198,9 @@ def test_degenerate_data_leaves_heads_neutral() -> None:
     assert heads.bias.tolist() == [0.0] * GAIN_HEAD + [0.0, -30.0]
 
 
-def test_outcome_rows_only_open_the_gate(features: sp.csr_matrix, rows: list[Row]) -> None:
+def test_outcome_rows_only_open_the_gate(
+    features: sp.csr_matrix, lengths: npt.NDArray[np.float64], rows: list[Row]
+) -> None:
     """A user's own traffic, every row with outcomes: the outcome level places every query."""
     picked = [i for i, r in enumerate(rows) if r.has_outcome]
     messages: list[str] = []
@@ -201,9 +211,12 @@ def test_outcome_rows_only_open_the_gate(features: sp.csr_matrix, rows: list[Row
     # On the level scale: outcome_center at the median, outcome_spread levels per deviation.
     assert np.median(outcome_level) == pytest.approx(OPTIONS.outcome_center, abs=1e-5)
     assert outcome_level.std() == pytest.approx(OPTIONS.outcome_spread, rel=1e-4)
-    # The gate open, the score is the outcome level's: the strong model helps more, higher.
-    score = heads.score(features[picked])
-    at_level = 1.0 / (1.0 + np.exp(-OPTIONS.level_weight * (outcome_level - 2.0)))
+    # The gate open, the score is the outcome level's (and the length's): the strong model
+    # helps more, higher.
+    score = heads.score(features[picked], lengths[picked])
+    f = heads.score_formula
+    level = outcome_level + f.length_weight * (lengths[picked] - f.length_center)
+    at_level = 1.0 / (1.0 + np.exp(-OPTIONS.level_weight * (level - 2.0)))
     assert score == pytest.approx(at_level, rel=1e-6)
 
 
