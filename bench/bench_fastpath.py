@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from report_files import cpu_model
 
 from router import _fastpath_py
 from router.model import FeaturizerSpec, RouterModel, default_model_path, load_model
@@ -309,7 +310,7 @@ def main() -> int:
 
     results: dict[str, Any] = {
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "affinity": pinned,

@@ -31,6 +31,7 @@ from typing import Any
 import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from report_files import cpu_model
 
 from router.config import DEFAULT_CONFIG_YAML
 
@@ -554,15 +555,9 @@ def default_config_with(cache: Path, name: str, section: str, key: str, value: A
 
 def machine() -> dict[str, Any]:
     """Describe the machine the numbers were measured on."""
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     return {
         "cpus": os.cpu_count(),
-        "cpu_model": model,
+        "cpu_model": cpu_model(),
         "memory_gib": round(os.sysconf("SC_PHYS_PAGES") * PAGE_BYTES / 2**30, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),

@@ -1,11 +1,24 @@
-"""Write a benchmark's JSON report and its picture into a results folder."""
+"""Write a benchmark's JSON report and its picture into a results folder; name the CPU."""
 
 from __future__ import annotations
 
 import json
+import platform
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def cpu_model() -> str:
+    """Return the CPU's model name (/proc/cpuinfo), for the machine a result was measured on."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def write_report(

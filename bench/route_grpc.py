@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from report_files import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "routing_train.jsonl"
@@ -367,14 +368,7 @@ def load_payloads(count: int, seed: int) -> list[bytes]:
 
 def machine() -> dict[str, Any]:
     """Describe the machine and the software measured."""
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_model()
     import grpc
 
     from router.fastpath import IMPLEMENTATION

@@ -1,10 +1,11 @@
 """Draw how the shipped model makes its score: the heads, the formula, the thresholds.
 
-Left: the seven linear heads over one feature vector and how they combine. Right: the
-score against the expected level, with the gate shut (traffic unlike the outcome rows:
-the expected level places the query), fully open (the outcome level places it: drawn at
-the outcome rows' median and one spread either side) and half open, and the calibrated
-thresholds that pick the tier. Reads the model file; writes
+Left: the seven linear heads over one feature vector, the query's length, and how they
+combine. Right: the score against the expected level, with the gate shut (traffic unlike
+the outcome rows: the expected level places the query; at the median length of the
+training rows, and for a short and a long query), fully open (the outcome level places
+it: drawn at the outcome rows' median and one spread either side) and half open, and the
+calibrated thresholds that pick the tier. Reads the model file; writes
 ``bench/results/score_design.png``.
 
     .venv/bin/python bench/score_design.py [--model router/models/default.npz]
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from router._fastpath_py import query_length
 from router.fastpath import SCORE_GATED_LEVEL
 from router.model import default_model_path, load_model
 
@@ -41,6 +43,7 @@ def main() -> int:
     from matplotlib.patches import Rectangle
 
     a, b = model.score.level_weight, model.score.bias
+    length_weight, length_center = model.score.length_weight, model.score.length_center
     options = model.info.get("options", {})
     center = float(options.get("outcome_center", 2.0))  # outcome level at the median gain
     spread = float(options.get("outcome_spread", 0.5))  # levels per deviation of the gain
@@ -66,13 +69,16 @@ def main() -> int:
         arrow(2.2, 5.0, 3.2, y)
     box(
         6.4,
-        3.8,
+        3.6,
         3.9,
-        2.4,
+        2.8,
         f"g = sigmoid(gate)\nlevel = (1-g) E[level]\n+ g outcome level\n"
+        f"+ {length_weight:g} (ln(1+bytes) - {length_center:.2f})\n"
         f"score = sigmoid({a:g} (level - 2))",
         "#fff2cc",
     )
+    left.text(8.35, 9.0, "query length\n(normalised bytes)", ha="center", va="center", fontsize=9)
+    arrow(8.35, 8.4, 8.35, 6.4)
     arrow(5.8, 8.0, 6.4, 5.8)
     arrow(5.8, 5.0, 6.4, 5.0)
     arrow(5.8, 2.0, 6.4, 4.2)
@@ -84,7 +90,7 @@ def main() -> int:
         va="center",
         fontsize=9,
     )
-    arrow(8.35, 3.8, 8.35, 3.3)
+    arrow(8.35, 3.6, 8.35, 3.3)
     left.set_title("one linear layer, seven heads, one monotone score", fontsize=11)
 
     levels = np.linspace(0.0, 4.0, 200)
@@ -93,7 +99,13 @@ def main() -> int:
     def sigmoid(x: np.ndarray) -> np.ndarray:
         return np.asarray(1.0 / (1.0 + np.exp(-x)))
 
-    right.plot(levels, sigmoid(base), color="black", label="gate shut: the expected level alone")
+    median_bytes = round(float(np.expm1(length_center)))
+    label = f"gate shut, {median_bytes} bytes (the median length): the expected level alone"
+    right.plot(levels, sigmoid(base), color="black", label=label)
+    for n_bytes, style in ((30, ":"), (600, "--")):
+        shift = length_weight * (query_length(n_bytes) - length_center)
+        label = f"gate shut, {n_bytes} bytes: the expected level {shift:+.2f}"
+        right.plot(levels, sigmoid(a * (levels + shift) + b), color="gray", ls=style, label=label)
     for k, style in ((-1.0, ":"), (0.0, "-"), (1.0, "--")):
         outcome = center + k * spread
         label = f"gate open: outcome level {outcome:g} (median gain {k:+g} spread)"

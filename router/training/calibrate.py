@@ -38,9 +38,10 @@ class Target:
     ``quality``: keep at least this share of all-strong quality on the outcome rows;
     ``max_hard_on_cheapest``: at most this share of level 3-4 rows on the cheapest tier;
     ``min_simple_on_cheapest``: at least this share of level-0 rows on it;
-    ``max_level_on_cheapest``: the first threshold at most the score of this expected level
-    with no outcome lift, so that such queries leave the cheapest tier (one the outcome gain
-    scores below its floor can still stay). Together they pick the most saving threshold
+    ``max_level_on_cheapest``: the first threshold at most the score of this level, so that
+    queries the score places at it or above leave the cheapest tier: the expected level of
+    a query of the median length where the gate is shut (one the outcome level or its
+    shortness places below can still stay). Together they pick the most saving threshold
     that keeps all but the simple-query share; that one is met when it can be
     (``first_threshold``).
     """
@@ -100,7 +101,7 @@ class Target:
             )
         if self.max_level_on_cheapest is not None:
             parts.append(
-                f"no query of expected level {self.max_level_on_cheapest:g} or more on the "
+                f"no query scored at level {self.max_level_on_cheapest:g} or more on the "
                 "cheapest tier"
             )
         return ", ".join(parts)

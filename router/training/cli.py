@@ -145,8 +145,9 @@ def _add_target_options(parser: argparse.ArgumentParser, required: bool) -> None
         "--max-level-on-cheapest",
         type=float,
         metavar="L",
-        help="keep queries of expected level L or more (0-4; the promise: 1.5) off the "
-        "cheapest tier: the threshold is at most the score of that level with no outcome lift",
+        help="keep queries scored at level L or more (0-4; the promise: 1.5) off the "
+        "cheapest tier: the threshold is at most the score of that level (the expected "
+        "level where the gate is shut, at the median length)",
     )
     parser.add_argument(
         "--top-share",

@@ -10,12 +10,15 @@
   a query is like the rows that taught the gain head.
 
 The score (``ScoreFormula``, gated_level) is
-sigmoid(level_weight * ((1 - g) * E[level] + g * outcome level - 2)), g = sigmoid(gate):
-a gated mixture of two levels. On traffic like the outcome rows the outcomes place the
-query, ranked by how much the strong model helps; elsewhere the gate shuts and the
-expected level alone places it, as a plain level model would. Both are on the level
-scale, so the thresholds keep their meaning (level 1.5 ends the cheapest tier, 3.5 starts
-the strongest) whichever signal places a query. Rows are weighted by 1/sqrt(rows of
+sigmoid(level_weight * ((1 - g) * E[level] + g * outcome level + length level - 2)),
+g = sigmoid(gate): a gated mixture of two levels, plus the query's length. On traffic like
+the outcome rows the outcomes place the query, ranked by how much the strong model helps;
+elsewhere the gate shuts and the expected level alone places it, as a plain level model
+would. Both are on the level scale, so the thresholds keep their meaning (level 1.5 ends
+the cheapest tier, 3.5 starts the strongest) whichever signal places a query. The length
+level, ``length_weight`` * (log1p(bytes) - the training rows' median), ranks a source's
+longer queries above its shorter ones, which the levels cannot do where a source's rows
+share one level. Rows are weighted by 1/sqrt(rows of
 their source), so that a large source does not drown a small one. Every fit is
 deterministic.
 

@@ -293,7 +293,7 @@ def test_calibrate_a_level_bound(trained: Trained, tmp_path: Path) -> None:
     result = modelrouter(*args, "--max-level-on-cheapest", "1.5")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(
-        "no query of expected level 1.5 or more on the cheapest tier on 300 rows: strong >= "
+        "no query scored at level 1.5 or more on the cheapest tier on 300 rows: strong >= "
     )
     model = load_model(out)
     assert model.thresholds[0] == model.score.score_at_level(1.5)

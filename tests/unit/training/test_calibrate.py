@@ -73,7 +73,7 @@ def test_target_descriptions() -> None:
         "quality 0.98 of all-strong, at least 0.95 of level 0 queries on the cheapest tier"
     )
     assert Target(max_level_on_cheapest=1.5).describe() == (
-        "no query of expected level 1.5 or more on the cheapest tier"
+        "no query scored at level 1.5 or more on the cheapest tier"
     )
     assert Target(strong_share=0.0).strong_share == 0.0  # zero is a target, not "none"
     assert Target(max_level_on_cheapest=0.0).max_level_on_cheapest == 0.0
