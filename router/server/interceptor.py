@@ -208,9 +208,10 @@ class ServiceInterceptor(_ServerInterceptor):
                 try:
                     keys.authenticate(handler_call_details.invocation_metadata)
                 except Unauthenticated as exc:
-                    self._auth_failed(method.rpartition("/")[2], exc)
                     refused = await continuation(handler_call_details)
-                    return refused if refused is None else _refusal(refused, exc)
+                    if refused is None:
+                        return refused
+                    return _refusal(refused, exc, self._refused_early(method, exc))
         cached = self._handlers.get(method)
         if cached is not None:
             return cached
@@ -386,9 +387,20 @@ class ServiceInterceptor(_ServerInterceptor):
         if self._metrics is not None:
             count_refusal(self._metrics, method, record.tenant, error)
 
-    def _auth_failed(self, method: str, error: Unauthenticated) -> None:
+    def _refused_early(self, method: str, error: Unauthenticated) -> str:
+        """Count and log a refusal of health or reflection; return its request id.
+
+        Like any other refusal it gets a request id for its trailer and its log line.
+        """
+        record = RpcRecord(method.rpartition("/")[2])
+        record.request_id = self._new_request_id()
         if self._metrics is not None:
-            self._metrics.auth_failed(method, error.reason)
+            self._metrics.auth_failed(record.method, error.reason)
+        if self._log_rpcs:
+            self._log(
+                record, grpc.StatusCode.UNAUTHENTICATED, str(error), None, time.perf_counter()
+            )
+        return record.request_id
 
     @staticmethod
     def _log(
@@ -453,12 +465,14 @@ def count_refusal(metrics: Metrics, method: str, tenant: str, error: RouterError
 
 
 def _refusal(
-    handler: grpc.RpcMethodHandler[Any, Any], error: Unauthenticated
+    handler: grpc.RpcMethodHandler[Any, Any], error: Unauthenticated, request_id: str
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """Return a handler of the same shape as ``handler`` that ends with UNAUTHENTICATED."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED, str(error), ((REQUEST_ID_HEADER, request_id),)
+        )
 
     make: Any
     if handler.request_streaming and handler.response_streaming:

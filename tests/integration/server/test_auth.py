@@ -300,6 +300,22 @@ async def test_protect_health_asks_health_and_reflection_for_a_key(
         assert "modelrouter.v1.ModelRouter" in await _list_services(channel, bearer(GLOBEX_KEY))
 
 
+async def test_a_protected_health_refusal_carries_the_request_id_and_its_log_line(
+    start_server: Callable[..., Any], make_config: Callable[..., Config]
+) -> None:
+    server: RunningServer = await start_server(make_config(auth=auth_section(protect_health=True)))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        with structlog.testing.capture_logs() as logs:
+            error = await failure(_health(channel, bearer("wrong")))
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+    request_id = await trailer(error, "x-request-id")
+    assert request_id
+    lines = [line for line in logs if line.get("event") == "rpc"]
+    assert [(line["method"], line["status"], line["request_id"]) for line in lines] == [
+        ("Check", "UNAUTHENTICATED", request_id)
+    ]
+
+
 async def test_keys_follow_a_reload(
     start_server: Callable[..., Any], make_config: Callable[..., Config]
 ) -> None:
