@@ -1,13 +1,17 @@
 """Keep the tenants' cost controllers in the store, so that a restart does not start cold.
 
-Each controller's state (its window of served requests and its offset) is written under
-``controller:<tenant>`` through the store writer's queue: at most every ``SAVE_EVERY_S``
-per tenant while it changes, and once more when the service closes (SIGTERM drains it with
-the rest of the queue). A controller that starts cold (at start-up, or a tenant a reload
-adds) resumes from its stored state where that fits (same target kind, model version and
-tiers; records older than ``controller.window_s`` drop out of the window as usual). With
-several workers each runs its own controllers and saves under the same key: the last write
-wins, and every worker resumes from it.
+Each controller's state (its window of served requests and its offset) is written through
+the store writer's queue: at most every ``SAVE_EVERY_S`` per tenant while it changes, and
+once more when the service closes (SIGTERM drains it with the rest of the queue). With
+several workers each runs its own controllers over the requests it serves, so each saves
+under its own key: ``controller@<index>:<tenant>`` for worker <index>, and
+``controller:<tenant>`` for a server of one process (``controller_state_key``).
+
+A controller that starts cold (at start-up, or a tenant a reload adds) resumes from its
+stored state where that fits (same target kind, model version and tiers; records older
+than ``controller.window_s`` drop out of the window as usual). A worker reads its own key
+first and, when that is absent (more workers than last time, or a store a release before
+per-worker keys wrote), the shared ``controller:<tenant>``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import structlog
 
 from router.controller import STATE_KEY, Controllers, TenantController
 from router.store import StateRecord, StoreWriter
+from router.store.stats import controller_state_key
 
 log = structlog.get_logger()
 
@@ -29,10 +34,17 @@ class ControllerStore:
     """Save the controllers' states through the store writer; restore the cold ones."""
 
     def __init__(
-        self, controllers: Controllers, clock: Callable[[], float], cold: Iterable[str] = ()
+        self,
+        controllers: Controllers,
+        clock: Callable[[], float],
+        cold: Iterable[str] = (),
+        *,
+        worker: int | None = None,
     ) -> None:
         self._controllers = controllers
         self._clock = clock
+        # The index of this worker of ``serve --workers N`` (None: the only process).
+        self._worker = worker
         # Tenants whose controller has no state in this process yet.
         self._cold = set(cold)
         # Per tenant: the controller, its request count and the time, when last saved.
@@ -48,7 +60,8 @@ class ControllerStore:
 
     def _save(self, controller: TenantController, writer: StoreWriter, now: float) -> None:
         state = controller.state()
-        writer.put(StateRecord(STATE_KEY + controller.tenant, state, now))
+        key = controller_state_key(controller.tenant, self._worker)
+        writer.put(StateRecord(key, state, now))
         self._saved[controller.tenant] = (controller, controller.recorded, now)
 
     def recorded(self, controller: TenantController, writer: StoreWriter | None) -> None:
@@ -77,19 +90,33 @@ class ControllerStore:
             return []
         store = writer.store
 
-        def read() -> dict[str, object]:
-            return {STATE_KEY + tenant: store.state(STATE_KEY + tenant) for tenant in cold}
+        def read() -> dict[str, tuple[str, object]]:
+            found = {}
+            for tenant in cold:
+                keys = [controller_state_key(tenant, self._worker)]
+                if self._worker is not None:
+                    keys.append(controller_state_key(tenant))
+                for key in keys:
+                    state = store.state(key)
+                    if state is not None:
+                        found[tenant] = (key, state)
+                        break
+            return found
 
         try:
-            states = await asyncio.to_thread(read)
+            found = await asyncio.to_thread(read)
         except Exception as exc:
             log.warning(
                 "controller states unreadable: starting cold", store=store.location, error=str(exc)
             )
             return []
-        resumed = self._controllers.restore(states)
+        # Controllers.restore takes the states by their single-process key.
+        resumed = self._controllers.restore(
+            {STATE_KEY + tenant: state for tenant, (_, state) in found.items()}
+        )
         if resumed:
-            log.info("controller states restored", tenants=resumed)
+            keys = {tenant: found[tenant][0] for tenant in resumed}
+            log.info("controller states restored", tenants=resumed, keys=keys)
         return resumed
 
 

@@ -73,12 +73,15 @@ class RouterService:
         engine_factory: EngineFactory = completion_engine,
         store: StoreWriter | None = None,
         clock: Callable[[], float] = time.time,
+        worker: int | None = None,
     ) -> None:
         self._engine_factory = engine_factory
         self._runtime = Runtime(config, router, engine_factory(config), model_source, store)
         self._controllers = Controllers(clock)
         cold = self._controllers.configure(config, self._runtime.pricing())
-        self._controller_store = ControllerStore(self._controllers, clock, cold)
+        # Each worker of ``serve --workers N`` keeps its controllers' states under its own
+        # index (``worker``; None for a server of one process).
+        self._controller_store = ControllerStore(self._controllers, clock, cold, worker=worker)
         # Request ids this worker served lately -> the tier that served them (the decided
         # tier, then the one that answered), so that Feedback need not ask the store.
         self._served: BoundedMap[str, str] = BoundedMap(config.server.feedback_capacity)

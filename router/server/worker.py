@@ -76,7 +76,7 @@ def run_worker(
         install_tracing(tracing)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(_serve_async(source, loaded, reuse_port, in_flight, on_reload))
+            return runner.run(_serve_async(source, loaded, index, reuse_port, in_flight, on_reload))
     finally:
         if tracing is not None:
             install_tracing(None)
@@ -86,6 +86,7 @@ def run_worker(
 async def _serve_async(
     source: ConfigSource,
     loaded: Loaded,
+    index: int | None,
     reuse_port: bool,
     in_flight: InFlight | None,
     on_reload: Callable[[], None] | None,
@@ -99,7 +100,9 @@ async def _serve_async(
         except StoreError as exc:
             log.error("cannot open the store", error=str(exc))
             return EXIT_STORE
-    service = RouterService(config, loaded.router, model_source=loaded.model_source, store=writer)
+    service = RouterService(
+        config, loaded.router, model_source=loaded.model_source, store=writer, worker=index
+    )
     await service.restore_controllers()
     address = f"{config.server.host}:{config.server.port}"
     try:

@@ -17,8 +17,12 @@ DEFAULT_SATISFIED_AT = 0.7
 # The state key where a server notes its feedback.satisfied_at, so that reading the store
 # directly (modelrouter stats --store) counts satisfaction as the server does.
 SATISFIED_AT_STATE = "feedback.satisfied_at"
-# The state key of a tenant's cost controller is this prefix + the tenant.
+# The state key of a tenant's cost controller: this prefix + the tenant in a server of one
+# process (and in every worker of a release before per-worker keys), ...
 CONTROLLER_STATE = "controller:"
+# ... and this prefix + "<index>:" + the tenant in worker <index> of ``serve --workers N``.
+# The index goes before the tenant, which may hold any character: no key reads both ways.
+WORKER_CONTROLLER_STATE = "controller@"
 TOTAL = "total"
 
 
@@ -99,6 +103,23 @@ class ControllerStats:
         return {name: getattr(self, name) for name in ControllerStats.__slots__} | {
             "thresholds": list(self.thresholds)
         }
+
+
+def controller_state_key(tenant: str, worker: int | None = None) -> str:
+    """Return the state key of a tenant's controller in a worker (None: one process)."""
+    if worker is None:
+        return CONTROLLER_STATE + tenant
+    return f"{WORKER_CONTROLLER_STATE}{worker}:{tenant}"
+
+
+def controller_of_key(key: str) -> tuple[str, int | None] | None:
+    """Return the tenant and worker of a controller's state key (None: not such a key)."""
+    if key.startswith(CONTROLLER_STATE):
+        return key.removeprefix(CONTROLLER_STATE), None
+    index, colon, tenant = key.removeprefix(WORKER_CONTROLLER_STATE).partition(":")
+    if key.startswith(WORKER_CONTROLLER_STATE) and colon and index.isascii() and index.isdigit():
+        return tenant, int(index)
+    return None
 
 
 def controller_of_state(tenant: str, state: Any) -> ControllerStats | None:

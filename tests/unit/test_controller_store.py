@@ -6,10 +6,14 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
+import structlog
+
 from router.config import Config
 from router.controller import STATE_KEY, Controllers, TenantController
 from router.controller_store import SAVE_EVERY_S, ControllerStore
 from router.store import StoreWriter, open_store
+from router.store.stats import controller_of_key, controller_state_key
 from tests.unit.test_controller import PRICING, Clock, serve, targets_config
 
 
@@ -19,10 +23,18 @@ def config(**targets: dict[str, float]) -> Config:
     )
 
 
-def saved(path: Path, tenant: str) -> Any:
+def saved(path: Path, tenant: str, worker: int | None = None) -> Any:
     store = open_store(path, migrate=False)
     try:
-        return store.state(STATE_KEY + tenant)
+        return store.state(controller_state_key(tenant, worker))
+    finally:
+        store.close()
+
+
+def saved_keys(path: Path) -> list[str]:
+    store = open_store(path, migrate=False)
+    try:
+        return sorted(store.states("controller"))
     finally:
         store.close()
 
@@ -118,3 +130,104 @@ async def test_an_unreadable_store_starts_cold(tmp_path: Path) -> None:
     store.close()  # every read fails from here on
     assert await saver.restore(writer) == []
     assert controllers.get("acme").offset == 0.0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("tenant", ["acme", "default", "a@1:b", "@0:acme", "x:y", "é"])
+@pytest.mark.parametrize("worker", [None, 0, 1, 12])
+def test_a_state_key_names_one_tenant_and_worker(tenant: str, worker: int | None) -> None:
+    key = controller_state_key(tenant, worker)
+    assert controller_of_key(key) == (tenant, worker)
+    # The shared key is the one every release before per-worker keys wrote.
+    assert (key == STATE_KEY + tenant) is (worker is None)
+
+
+@pytest.mark.parametrize(
+    "key", ["controllers", "controller", "controller@", "controller@x:acme", "controller@1acme"]
+)
+def test_other_keys_are_no_controllers_state(key: str) -> None:
+    assert controller_of_key(key) is None
+
+
+def kept(controller: TenantController | None) -> dict[str, Any]:
+    """Return what a restart keeps of a controller's state (saturated is found again)."""
+    assert controller is not None
+    return {k: v for k, v in controller.state().items() if k != "saturated"}
+
+
+def two_workers(clock: Clock) -> list[tuple[Controllers, ControllerStore]]:
+    """Return the controllers of acme in worker 0 and in worker 1, with their savers."""
+    out = []
+    for worker in (0, 1):
+        controllers = Controllers(clock)
+        started = controllers.configure(config(acme={"strong_share": 0.0}), PRICING)
+        out.append((controllers, ControllerStore(controllers, clock, started, worker=worker)))
+    return out
+
+
+async def test_each_worker_saves_and_resumes_its_own_state(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    clock = Clock()
+    writer = StoreWriter(open_store(path))
+    before = two_workers(clock)
+    for (controllers, saver), (n, seed) in zip(before, [(60, 1), (40, 2)], strict=True):
+        feed(controllers.get("acme"), n, seed)
+        saver.save_all(writer)
+    await writer.aclose()
+    assert saved_keys(path) == ["controller@0:acme", "controller@1:acme"]
+    assert [len(saved(path, "acme", w)["window"]) for w in (0, 1)] == [60, 40]
+
+    writer = StoreWriter(open_store(path))
+    after = two_workers(clock)
+    for worker, ((controllers, saver), (old, _)) in enumerate(zip(after, before, strict=True)):
+        with structlog.testing.capture_logs() as logs:
+            assert await saver.restore(writer) == ["acme"]
+        assert kept(controllers.get("acme")) == kept(old.get("acme"))
+        (line,) = logs
+        assert line["keys"] == {"acme": f"controller@{worker}:acme"}
+    await writer.aclose()
+
+
+async def test_a_worker_without_its_own_state_resumes_from_the_shared_key(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "store.db"
+    clock = Clock()
+    # The store of a single process (or of a release before per-worker keys): one shared
+    # key, then worker 0's own.
+    writer = StoreWriter(open_store(path))
+    single = Controllers(clock)
+    single_saver = ControllerStore(
+        single, clock, single.configure(config(acme={"strong_share": 0.0}), PRICING)
+    )
+    shared = feed(single.get("acme"), 50)
+    single_saver.save_all(writer)
+    (zero, zero_saver), _ = two_workers(clock)
+    own = feed(zero.get("acme"), 30, seed=7)
+    zero_saver.save_all(writer)
+    await writer.aclose()
+    assert saved_keys(path) == ["controller:acme", "controller@0:acme"]
+
+    # Restarted with two workers: worker 0 takes its own state, worker 1 (none of its own:
+    # the worker count grew) the shared one.
+    writer = StoreWriter(open_store(path))
+    (zero, zero_saver), (one, one_saver) = two_workers(clock)
+    assert await zero_saver.restore(writer) == ["acme"]
+    assert await one_saver.restore(writer) == ["acme"]
+    assert kept(zero.get("acme")) == kept(own)
+    assert kept(one.get("acme")) == kept(shared)
+    # It then saves under its own key, and leaves the shared one as it was.
+    feed(one.get("acme"), 5, seed=8)
+    one_saver.save_all(writer)
+    await writer.aclose()
+    assert len(saved(path, "acme", 1)["window"]) == 55
+    assert saved(path, "acme") == shared.state()
+
+    # A single process reads the shared key only: the workers' states are theirs.
+    writer = StoreWriter(open_store(path))
+    single = Controllers(clock)
+    single_saver = ControllerStore(
+        single, clock, single.configure(config(acme={"strong_share": 0.0}), PRICING)
+    )
+    assert await single_saver.restore(writer) == ["acme"]
+    assert kept(single.get("acme")) == kept(shared)
+    await writer.aclose()
