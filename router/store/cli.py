@@ -19,8 +19,10 @@ from router.store.stats import (
     CONTROLLER_STATE,
     DEFAULT_SATISFIED_AT,
     SATISFIED_AT_STATE,
+    WORKER_CONTROLLER_STATE,
     Stats,
     StatsQuery,
+    controller_of_key,
     controller_of_state,
     stats_table,
 )
@@ -119,17 +121,23 @@ def _from_store(target: str, since: float | None, tenant: str | None) -> tuple[S
         noted = store.state(SATISFIED_AT_STATE)
         satisfied_at = DEFAULT_SATISFIED_AT if noted is None else float(noted)
         stats = store.stats(StatsQuery(since=since, tenant=tenant, satisfied_at=satisfied_at))
-        states = store.states(CONTROLLER_STATE)
+        states = store.states(CONTROLLER_STATE) | store.states(WORKER_CONTROLLER_STATE)
     finally:
         store.close()
-    # The controllers as last saved (a running server saves them every few seconds).
-    wanted = None if tenant is None else CONTROLLER_STATE + (tenant or DEFAULT_TENANT)
+    # The controllers as last saved (a running server saves them every few seconds), one
+    # per worker that saved its own.
+    wanted = None if tenant is None else tenant or DEFAULT_TENANT
+    owners = {key: controller_of_key(key) for key in states}
     controllers = (
-        controller_of_state(key.removeprefix(CONTROLLER_STATE), state)
-        for key, state in states.items()
-        if wanted is None or key == wanted
+        controller_of_state(owner[0], states[key], owner[1])
+        for key, owner in owners.items()
+        if owner is not None and (wanted is None or owner[0] == wanted)
     )
-    stats = dataclasses.replace(stats, controllers=tuple(c for c in controllers if c))
+    saved = sorted(
+        (c for c in controllers if c),
+        key=lambda c: (c.tenant, -1 if c.worker is None else c.worker),
+    )
+    stats = dataclasses.replace(stats, controllers=tuple(saved))
     return stats, f"store: {store.kind} {store.location}"
 
 

@@ -104,6 +104,31 @@ class ControllerStats:
             "thresholds": list(self.thresholds)
         }
 
+    def heading(self) -> str:
+        """Return whose controller this is, as ``modelrouter stats`` starts its line."""
+        return f"controller {self.tenant}"
+
+
+@dataclass(frozen=True, slots=True)
+class SavedController(ControllerStats):
+    """A controller as its process last saved it in the store (``modelrouter stats --store``).
+
+    ``worker`` is the index of the ``serve --workers N`` worker that saved it; None for the
+    shared key (one process, or a release before per-worker keys).
+    """
+
+    worker: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """Return the controller in the ``modelrouter stats --json`` shape, with its worker."""
+        out = ControllerStats.as_json(self)
+        return out if self.worker is None else out | {"worker": self.worker}
+
+    def heading(self) -> str:
+        """Return whose controller this is, with the worker that saved it."""
+        own = ControllerStats.heading(self)
+        return own if self.worker is None else f"{own} (worker {self.worker})"
+
 
 def controller_state_key(tenant: str, worker: int | None = None) -> str:
     """Return the state key of a tenant's controller in a worker (None: one process)."""
@@ -122,11 +147,13 @@ def controller_of_key(key: str) -> tuple[str, int | None] | None:
     return None
 
 
-def controller_of_state(tenant: str, state: Any) -> ControllerStats | None:
+def controller_of_state(
+    tenant: str, state: Any, worker: int | None = None
+) -> SavedController | None:
     """Return what a controller's stored state says of it (None: not a state we read)."""
     try:
         window = state["window"]
-        return ControllerStats(
+        return SavedController(
             tenant=tenant,
             target_kind=str(state["target"]["kind"]),
             target=float(state["target"]["value"]),
@@ -136,6 +163,7 @@ def controller_of_state(tenant: str, state: Any) -> ControllerStats | None:
             window_requests=len(window),
             updates=int(state["updates"]),
             saturated=bool(state.get("saturated", False)),
+            worker=worker,
         )
     except (KeyError, TypeError, ValueError):
         return None
@@ -317,7 +345,7 @@ def stats_table(stats: Stats) -> str:
     for c in stats.controllers:
         realised = "-" if c.realised is None else f"{c.realised:.4g}"
         text.append(
-            f"controller {c.tenant}: target {c.target_kind} {c.target:g}, realised {realised} "
+            f"{c.heading()}: target {c.target_kind} {c.target:g}, realised {realised} "
             f"over {c.window_requests} requests, offset {c.offset:+.3f} logits, "
             f"{c.updates} moves{', saturated' if c.saturated else ''}"
         )

@@ -13,7 +13,11 @@ from router.config import Config
 from router.controller import STATE_KEY, Controllers, TenantController
 from router.controller_store import SAVE_EVERY_S, ControllerStore
 from router.store import StoreWriter, open_store
-from router.store.stats import controller_of_key, controller_state_key
+from router.store.stats import (
+    controller_of_key,
+    controller_of_state,
+    controller_state_key,
+)
 from tests.unit.test_controller import PRICING, Clock, serve, targets_config
 
 
@@ -231,3 +235,16 @@ async def test_a_worker_without_its_own_state_resumes_from_the_shared_key(
     assert await single_saver.restore(writer) == ["acme"]
     assert kept(single.get("acme")) == kept(shared)
     await writer.aclose()
+
+
+def test_a_workers_saved_controller_says_whose_it_is() -> None:
+    clock = Clock()
+    controllers = Controllers(clock)
+    controllers.configure(config(acme={"strong_share": 0.0}), PRICING)
+    state = feed(controllers.get("acme"), 30).state()
+    shared, own = controller_of_state("acme", state), controller_of_state("acme", state, 1)
+    assert shared is not None and own is not None
+    # The shared key's reads as before (as a server reports its live controller).
+    assert "worker" not in shared.as_json() and shared.heading() == "controller acme"
+    assert own.as_json() == shared.as_json() | {"worker": 1}
+    assert own.heading() == "controller acme (worker 1)"
