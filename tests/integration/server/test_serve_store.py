@@ -3,9 +3,12 @@ kept across reloads, shared by workers."""
 
 from __future__ import annotations
 
+import json
 import signal
+import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from tests.integration.server.support import (
 )
 from tests.integration.server.test_controller import QUERIES
 from tests.integration.server.test_serve import route, stub_for
+from tests.integration.test_cli import modelrouter
 
 Start = Callable[..., ServeProcess]
 START_S = 120.0
@@ -265,3 +269,55 @@ def test_a_tenant_controller_resumes_after_a_restart_and_a_reload(
     for query in QUERIES[60:65]:
         route(port, query)
     assert get_controllers(port)[0].updates == before.updates + 1
+
+
+def stored_windows(path: Path) -> dict[str, int]:
+    """Return the controllers' state keys in a SQLite store, with their windows' sizes."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT key, value FROM state WHERE key LIKE 'controller%'").fetchall()
+    return {key: len(json.loads(value)["window"]) for key, value in rows}
+
+
+def test_each_worker_resumes_its_own_controller_after_a_restart(
+    serve_process: Start, tmp_path: Path, model_path: Path
+) -> None:
+    path = tmp_path / "s.db"
+    config = write_config(
+        tmp_path / "c.yaml",
+        model_path,
+        store={"path": str(path)},
+        tenants={"default": {"target": {"strong_share": 0.0}}},
+        controller={"window_requests": 100, "min_requests": 5, "update_every": 5},
+    )
+    server = serve(serve_process, config, workers=2)
+    port = port_of(server, workers=2)
+    for query in QUERIES[:30]:
+        route(port, query)  # a connection each: both workers serve
+    served = Counter(line["worker"] for line in server.wait_for("rpc", count=30, timeout=START_S))
+    assert set(served) == {0, 1}
+    server.signal(signal.SIGTERM)
+    assert server.wait(START_S) == 0
+    # Each worker's window under its own key, none under the shared one.
+    first = stored_windows(path)
+    assert first == {"controller@0:default": served[0], "controller@1:default": served[1]}
+
+    again = serve(serve_process, config, workers=2)
+    port = port_of(again, workers=2)
+    restored = again.wait_for("controller states restored", count=2, timeout=START_S)
+    assert sorted((line["worker"], line["keys"]["default"]) for line in restored) == [
+        (0, "controller@0:default"),
+        (1, "controller@1:default"),
+    ]
+    for query in QUERIES[30:40]:
+        route(port, query)
+    more = Counter(line["worker"] for line in again.wait_for("rpc", count=10, timeout=START_S))
+    again.signal(signal.SIGTERM)
+    assert again.wait(START_S) == 0
+    # Each carried on from its own window (a worker that served nothing kept its state).
+    assert stored_windows(path) == {f"controller@{w}:default": served[w] + more[w] for w in (0, 1)}
+    read = modelrouter("stats", "--store", path, "--json")
+    assert read.returncode == 0, read.stderr
+    controllers = json.loads(read.stdout)["controllers"]
+    assert [(c["tenant"], c["worker"], c["window_requests"]) for c in controllers] == [
+        ("default", w, served[w] + more[w]) for w in (0, 1)
+    ]
