@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -68,6 +69,26 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{value} is not in [0, 1]")
     return value
+
+
+def _number(text: str, *, zero: bool) -> float:
+    """Parse a finite number above 0 (at least 0 when ``zero``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        bound = "at least 0" if zero else "above 0"
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number {bound}")
+    return value
+
+
+def _positive(text: str) -> float:
+    return _number(text, zero=False)
+
+
+def _non_negative(text: str) -> float:
+    return _number(text, zero=True)
 
 
 def _data_file(text: str) -> tuple[Path, float]:
@@ -242,32 +263,32 @@ def add_train_parser(subparsers: Subparsers) -> None:
     )
     parser.add_argument(
         "--gain-alpha",
-        type=float,
+        type=_positive,
         default=defaults.gain_alpha,
         help=f"ridge penalty of the gain head ({defaults.gain_alpha:g})",
     )
     parser.add_argument(
         "--level-c",
-        type=float,
+        type=_positive,
         default=defaults.level_c,
         help=f"inverse penalty of the level head ({defaults.level_c:g})",
     )
     parser.add_argument(
         "--gate-c",
-        type=float,
+        type=_positive,
         default=defaults.gate_c,
         help=f"inverse penalty of the gate head ({defaults.gate_c:g})",
     )
     parser.add_argument(
         "--outcome-spread",
-        type=float,
+        type=_positive,
         default=defaults.outcome_spread,
         help="levels per standard deviation of the outcome level (the gain head read as a "
         f"level) over the outcome rows ({defaults.outcome_spread:g})",
     )
     parser.add_argument(
         "--length-weight",
-        type=float,
+        type=_non_negative,
         default=defaults.length_weight,
         help="levels the score adds per e-fold of a query's length in bytes, 0 at the "
         f"training rows' median length; 0 turns the length term off ({defaults.length_weight:g})",

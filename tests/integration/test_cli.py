@@ -184,6 +184,30 @@ def test_train_rejects_a_bad_rules_file(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "bound"),
+    [
+        ("--length-weight", "-0.1", "at least 0"),
+        ("--length-weight", "nan", "at least 0"),
+        ("--length-weight", "inf", "at least 0"),
+        ("--gain-alpha", "0", "above 0"),
+        ("--level-c", "-1", "above 0"),
+        ("--gate-c", "nan", "above 0"),
+        ("--outcome-spread", "zero", "not a number"),
+    ],
+)
+def test_train_refuses_a_fitting_option_out_of_range(
+    tmp_path: Path, option: str, value: str, bound: str
+) -> None:
+    out = tmp_path / "m.npz"
+    result = modelrouter("train", "--data", SAMPLE, "--out", out, option, value)
+    assert result.returncode == 2, result.stderr
+    assert f"argument {option}: {value!r} is not" in result.stderr
+    assert bound in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
 def test_train_stops_at_a_malformed_row_and_writes_nothing(tmp_path: Path) -> None:
     lines = SAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)
     bad_row = json.dumps({"id": "bad", "text": "fine", "tier": "three"}) + "\n"
