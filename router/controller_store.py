@@ -9,21 +9,28 @@ under its own key: ``controller@<index>:<tenant>`` for worker <index>, and
 
 A controller that starts cold (at start-up, or a tenant a reload adds) resumes from its
 stored state where that fits (same target kind, model version and tiers; records older
-than ``controller.window_s`` drop out of the window as usual). A worker reads its own key
-first and, when that is absent (more workers than last time, or a store a release before
-per-worker keys wrote), the shared ``controller:<tenant>``.
+than ``controller.window_s`` drop out of the window as usual). A process reads its own key
+first and, when that is absent (more workers than last time, one process after several,
+or a store a release before per-worker keys wrote), the tenant's most recent state under
+any other key: the one whose window's last request is the newest (``latest_request``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Iterable
 
 import structlog
 
 from router.controller import STATE_KEY, Controllers, TenantController
 from router.store import StateRecord, StoreWriter
-from router.store.stats import controller_state_key
+from router.store.stats import (
+    CONTROLLER_STATE,
+    WORKER_CONTROLLER_STATE,
+    controller_of_key,
+    controller_state_key,
+)
 
 log = structlog.get_logger()
 
@@ -91,16 +98,22 @@ class ControllerStore:
         store = writer.store
 
         def read() -> dict[str, tuple[str, object]]:
-            found = {}
+            found: dict[str, tuple[str, object]] = {}
+            others: dict[str, dict[str, object]] | None = None
             for tenant in cold:
-                keys = [controller_state_key(tenant, self._worker)]
-                if self._worker is not None:
-                    keys.append(controller_state_key(tenant))
-                for key in keys:
-                    state = store.state(key)
-                    if state is not None:
-                        found[tenant] = (key, state)
-                        break
+                own = controller_state_key(tenant, self._worker)
+                state = store.state(own)
+                if state is not None:
+                    found[tenant] = (own, state)
+                    continue
+                if others is None:  # every saved controller, read once for all tenants
+                    others = saved_by_tenant(
+                        store.states(CONTROLLER_STATE) | store.states(WORKER_CONTROLLER_STATE)
+                    )
+                candidates = others.get(tenant)
+                if candidates:
+                    key = max(candidates, key=lambda k: (latest_request(candidates[k]), k))
+                    found[tenant] = (key, candidates[key])
             return found
 
         try:
@@ -120,4 +133,25 @@ class ControllerStore:
         return resumed
 
 
-__all__ = ["SAVE_EVERY_S", "ControllerStore"]
+def saved_by_tenant(states: dict[str, object]) -> dict[str, dict[str, object]]:
+    """Group saved controller states by their tenant: tenant -> {key: state}."""
+    out: dict[str, dict[str, object]] = {}
+    for key, state in states.items():
+        owner = controller_of_key(key)
+        if owner is not None:
+            out.setdefault(owner[0], {})[key] = state
+    return out
+
+
+def latest_request(state: object) -> float:
+    """Return the time of a saved state's newest request (-inf: none, or not readable)."""
+    if not isinstance(state, dict):
+        return -math.inf
+    try:
+        column = state["columns"].index("time")
+        return max((float(row[column]) for row in state["window"]), default=-math.inf)
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError):
+        return -math.inf
+
+
+__all__ = ["SAVE_EVERY_S", "ControllerStore", "latest_request", "saved_by_tenant"]

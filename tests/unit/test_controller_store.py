@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import structlog
 
 from router.config import Config
 from router.controller import STATE_KEY, Controllers, TenantController
-from router.controller_store import SAVE_EVERY_S, ControllerStore
+from router.controller_store import SAVE_EVERY_S, ControllerStore, latest_request
 from router.store import StoreWriter, open_store
 from router.store.stats import (
     controller_of_key,
@@ -191,50 +192,87 @@ async def test_each_worker_saves_and_resumes_its_own_state(tmp_path: Path) -> No
     await writer.aclose()
 
 
-async def test_a_worker_without_its_own_state_resumes_from_the_shared_key(
+def one_process(clock: Clock) -> tuple[Controllers, ControllerStore]:
+    """Return the controllers of acme in a server of one process, with their saver."""
+    controllers = Controllers(clock)
+    started = controllers.configure(config(acme={"strong_share": 0.0}), PRICING)
+    return controllers, ControllerStore(controllers, clock, started)
+
+
+async def test_a_process_without_its_own_state_resumes_from_the_most_recent_other(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "store.db"
     clock = Clock()
-    # The store of a single process (or of a release before per-worker keys): one shared
-    # key, then worker 0's own.
+    # A server of one process saved acme under the shared key; later worker 0 of two saved
+    # its own (its last request 100 s newer).
     writer = StoreWriter(open_store(path))
-    single = Controllers(clock)
-    single_saver = ControllerStore(
-        single, clock, single.configure(config(acme={"strong_share": 0.0}), PRICING)
-    )
+    single, single_saver = one_process(clock)
     shared = feed(single.get("acme"), 50)
     single_saver.save_all(writer)
+    clock.now += 100.0
     (zero, zero_saver), _ = two_workers(clock)
     own = feed(zero.get("acme"), 30, seed=7)
     zero_saver.save_all(writer)
     await writer.aclose()
     assert saved_keys(path) == ["controller:acme", "controller@0:acme"]
 
-    # Restarted with two workers: worker 0 takes its own state, worker 1 (none of its own:
-    # the worker count grew) the shared one.
+    # Restarted with two workers: worker 0 takes its own state; worker 1 (none of its own:
+    # the worker count grew) the most recent of the others, worker 0's.
     writer = StoreWriter(open_store(path))
     (zero, zero_saver), (one, one_saver) = two_workers(clock)
     assert await zero_saver.restore(writer) == ["acme"]
-    assert await one_saver.restore(writer) == ["acme"]
+    with structlog.testing.capture_logs() as logs:
+        assert await one_saver.restore(writer) == ["acme"]
+    assert logs[0]["keys"] == {"acme": "controller@0:acme"}
     assert kept(zero.get("acme")) == kept(own)
-    assert kept(one.get("acme")) == kept(shared)
-    # It then saves under its own key, and leaves the shared one as it was.
+    assert kept(one.get("acme")) == kept(own)
+    # It then saves under its own key, and leaves the others as they were.
+    clock.now += 100.0
     feed(one.get("acme"), 5, seed=8)
     one_saver.save_all(writer)
     await writer.aclose()
-    assert len(saved(path, "acme", 1)["window"]) == 55
+    assert len(saved(path, "acme", 1)["window"]) == 35
     assert saved(path, "acme") == shared.state()
+    assert saved(path, "acme", 0) == own.state()
 
-    # A single process reads the shared key only: the workers' states are theirs.
+    # A single process has a state of its own (the shared key, older): it takes that.
     writer = StoreWriter(open_store(path))
-    single = Controllers(clock)
-    single_saver = ControllerStore(
-        single, clock, single.configure(config(acme={"strong_share": 0.0}), PRICING)
-    )
+    single, single_saver = one_process(clock)
     assert await single_saver.restore(writer) == ["acme"]
     assert kept(single.get("acme")) == kept(shared)
     await writer.aclose()
+
+
+async def test_one_process_after_several_workers_resumes_from_the_newest_worker(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "store.db"
+    clock = Clock()
+    writer = StoreWriter(open_store(path))
+    states = []
+    for (controllers, saver), (n, seed) in zip(two_workers(clock), [(40, 1), (20, 2)], strict=True):
+        states.append(feed(controllers.get("acme"), n, seed))
+        saver.save_all(writer)
+        clock.now += 5.0  # worker 1's last request is the newer
+    await writer.aclose()
+
+    writer = StoreWriter(open_store(path))
+    single, single_saver = one_process(clock)
+    with structlog.testing.capture_logs() as logs:
+        assert await single_saver.restore(writer) == ["acme"]
+    assert logs[0]["keys"] == {"acme": "controller@1:acme"}
+    assert kept(single.get("acme")) == kept(states[1])
+    await writer.aclose()
+
+
+@pytest.mark.parametrize(
+    "state",
+    [None, [], {}, {"columns": ["score"], "window": [[0.5]]}, {"columns": ["time"], "window": "x"}],
+)
+def test_a_state_without_readable_request_times_is_the_oldest(state: Any) -> None:
+    assert latest_request(state) == -math.inf
+    assert latest_request({"columns": ["score", "time"], "window": [[0.1, 5.0], [0.2, 7.0]]}) == 7.0
 
 
 def test_a_workers_saved_controller_says_whose_it_is() -> None:
