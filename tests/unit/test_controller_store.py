@@ -159,14 +159,17 @@ def kept(controller: TenantController | None) -> dict[str, Any]:
     return {k: v for k, v in controller.state().items() if k != "saturated"}
 
 
+def one_process(clock: Clock, worker: int | None = None) -> tuple[Controllers, ControllerStore]:
+    """Return the controllers of acme in a server of one process (or in worker ``worker``
+    of several), with their saver."""
+    controllers = Controllers(clock)
+    started = controllers.configure(config(acme={"strong_share": 0.0}), PRICING)
+    return controllers, ControllerStore(controllers, clock, started, worker=worker)
+
+
 def two_workers(clock: Clock) -> list[tuple[Controllers, ControllerStore]]:
     """Return the controllers of acme in worker 0 and in worker 1, with their savers."""
-    out = []
-    for worker in (0, 1):
-        controllers = Controllers(clock)
-        started = controllers.configure(config(acme={"strong_share": 0.0}), PRICING)
-        out.append((controllers, ControllerStore(controllers, clock, started, worker=worker)))
-    return out
+    return [one_process(clock, worker) for worker in (0, 1)]
 
 
 async def test_each_worker_saves_and_resumes_its_own_state(tmp_path: Path) -> None:
@@ -190,13 +193,6 @@ async def test_each_worker_saves_and_resumes_its_own_state(tmp_path: Path) -> No
         (line,) = logs
         assert line["keys"] == {"acme": f"controller@{worker}:acme"}
     await writer.aclose()
-
-
-def one_process(clock: Clock) -> tuple[Controllers, ControllerStore]:
-    """Return the controllers of acme in a server of one process, with their saver."""
-    controllers = Controllers(clock)
-    started = controllers.configure(config(acme={"strong_share": 0.0}), PRICING)
-    return controllers, ControllerStore(controllers, clock, started)
 
 
 async def test_a_process_without_its_own_state_resumes_from_the_most_recent_other(
