@@ -408,6 +408,10 @@ class TenantController:
         self.recorded = 0
         self.offset = 0.0
         self.saturated = False
+        # This process's share of the tenant's requests across the workers of
+        # ``serve --workers N`` (ControllerStore.refresh_shares sets it; 1.0 for a server of
+        # one process): a spend target is aimed at in proportion to it.
+        self.share = 1.0
         self._pricing = pricing
         self.thresholds = pricing.thresholds
 
@@ -447,7 +451,7 @@ class TenantController:
         if hours is None:
             return
         realised = self._realised(window, hours)
-        target = self.target.value
+        target = self.aim()
         goal = max(0.0, target + self.settings.catch_up * (target - realised))
         curve = self._curve(window, hours)
         wanted, self.saturated = curve.solve(
@@ -456,6 +460,18 @@ class TenantController:
         step = self.settings.max_step
         self._set_offset(self.offset + min(max(wanted - self.offset, -step), step))
         self.updates += 1
+
+    def aim(self) -> float:
+        """Return what this process's window aims at: a share target as it is (a share of
+        each worker's requests is a share of all of them); a spend rate times this process's
+        share of the tenant's requests, so that the workers' rates add up to the target."""
+        if self.target.kind == "usd_per_hour":
+            return self.target.value * self.share
+        return self.target.value
+
+    def request_times(self) -> list[float]:
+        """Return the times of the requests the window holds (live or not), oldest first."""
+        return [float(t) for t in self._rows()[:, 0]]
 
     def _rows(self) -> _Array:
         """Return the ring's records, one row each, oldest first."""
@@ -679,6 +695,8 @@ class Controllers:
             controller = TenantController(tenant, target, settings, pricing, clock=self._clock)
             if tenant not in old or not controller.restore(old[tenant].state()):
                 cold.append(tenant)
+            if tenant in old:
+                controller.share = old[tenant].share
             new[tenant] = controller
         self._by_tenant = new
         return cold
