@@ -13,17 +13,26 @@ than ``controller.window_s`` drop out of the window as usual). A process reads i
 first and, when that is absent (more workers than last time, one process after several,
 or a store a release before per-worker keys wrote), the tenant's most recent state under
 any other key: the one whose window's last request is the newest (``latest_request``).
+
+A spend target (``usd_per_hour``) is a rate for the whole service, but each worker's
+controller holds what its own window spends. So each worker aims at the target times its
+share of the tenant's recent requests (``spend_share``), counted from the other workers'
+saved states: read off the event loop, at most every ``SAVE_EVERY_S`` while a tenant with a
+spend target has traffic (``refresh_shares``). Request shares do not move with the
+controllers' offsets, so the shares are no feedback loop: each worker holds a fixed part of
+the target, and the parts add up to it. A share target needs none of this (a share of each
+worker's requests is a share of all of them), and a server of one process keeps share 1.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import structlog
 
-from router.controller import STATE_KEY, Controllers, TenantController
+from router.controller import MIN_SPAN_S, STATE_KEY, Controllers, TenantController
 from router.store import StateRecord, StoreWriter
 from router.store.stats import (
     CONTROLLER_STATE,
@@ -35,6 +44,11 @@ from router.store.stats import (
 log = structlog.get_logger()
 
 SAVE_EVERY_S = 10.0
+# A worker's share of a tenant's requests is never taken below this (nor above 1): one that
+# has just started serving a tenant still aims at something.
+MIN_SHARE = 1e-3
+# A store that cannot be read for the shares is logged at most this often (the shares stay).
+SHARE_WARN_EVERY_S = 300.0
 
 
 class ControllerStore:
@@ -56,6 +70,11 @@ class ControllerStore:
         self._cold = set(cold)
         # Per tenant: the controller, its request count and the time, when last saved.
         self._saved: dict[str, tuple[TenantController, int, float]] = {}
+        # When the spend shares were last read (or a read started), the read in flight, and
+        # when a failed read was last logged.
+        self._shares_read = -math.inf
+        self._reading: asyncio.Task[dict[str, float]] | None = None
+        self._warned = -math.inf
 
     def configured(self, cold: Iterable[str]) -> None:
         """Note the tenants a (re)configuration started cold."""
@@ -79,6 +98,92 @@ class ControllerStore:
         saved = self._saved.get(controller.tenant)
         if saved is None or now - saved[2] >= SAVE_EVERY_S:
             self._save(controller, writer, now)
+        if (
+            self._worker is not None
+            and controller.target.kind == "usd_per_hour"
+            and self._reading is None
+            and now - self._shares_read >= SAVE_EVERY_S
+        ):
+            self._read_shares_later(writer, now)
+
+    def _read_shares_later(self, writer: StoreWriter, now: float) -> None:
+        """Start reading the spend shares in the background (on the running loop)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a caller outside the service): nothing to run on
+            return
+        self._shares_read = now
+        self._reading = loop.create_task(self.refresh_shares(writer))
+        self._reading.add_done_callback(self._read)
+
+    def _read(self, task: asyncio.Task[dict[str, float]]) -> None:
+        self._reading = None
+        # refresh_shares logs the store's failures itself; anything else is logged here.
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            log.error("spend shares not refreshed", error=repr(error))
+
+    async def settled(self) -> None:
+        """Wait for a read of the spend shares in flight (the service closing)."""
+        if self._reading is not None:
+            await asyncio.wait([self._reading])
+
+    async def refresh_shares(self, writer: StoreWriter | None) -> dict[str, float]:
+        """Set each spend-target controller's share of its tenant's requests across the
+        workers, from the other workers' saved states; return the shares set, by tenant.
+
+        Nothing for a server of one process (its shares stay 1). A store that cannot be read
+        leaves the shares as they were, and is logged at most every ``SHARE_WARN_EVERY_S``.
+        """
+        if writer is None or self._worker is None:
+            return {}
+        tenants = {c.tenant for c in self._controllers if c.target.kind == "usd_per_hour"}
+        if not tenants:
+            return {}
+        store = writer.store
+        worker = self._worker
+
+        def read() -> dict[str, list[list[float]]]:
+            saved = saved_by_tenant(store.states(WORKER_CONTROLLER_STATE))
+            return {
+                tenant: [
+                    request_times(state)
+                    for key, state in saved.get(tenant, {}).items()
+                    if key != controller_state_key(tenant, worker)
+                ]
+                for tenant in tenants
+            }
+
+        try:
+            others = await asyncio.to_thread(read)
+        except Exception as exc:
+            now = self._clock()
+            if now - self._warned >= SHARE_WARN_EVERY_S:
+                self._warned = now
+                log.warning(
+                    "controller states unreadable: spend shares kept",
+                    store=store.location,
+                    error=str(exc),
+                )
+            return {}
+        now = self._clock()
+        shares = {}
+        for tenant in sorted(tenants):
+            # A reload during the read may have replaced or dropped the tenant's controller.
+            controller = self._controllers.get(tenant)
+            if controller is None or controller.target.kind != "usd_per_hour":
+                continue
+            settings = controller.settings
+            share = spend_share(
+                controller.request_times(),
+                others[tenant],
+                now,
+                window_s=settings.window_s,
+                window_requests=settings.window_requests,
+            )
+            if share is not None:
+                controller.share = shares[tenant] = share
+        return shares
 
     def save_all(self, writer: StoreWriter | None) -> None:
         """Save every controller that changed since its last save (the service closing)."""
@@ -143,6 +248,54 @@ def saved_by_tenant(states: dict[str, object]) -> dict[str, dict[str, object]]:
     return out
 
 
+def request_times(state: object) -> list[float]:
+    """Return the times of a saved state's requests ([]: none, or not readable)."""
+    if not isinstance(state, dict):
+        return []
+    try:
+        column = state["columns"].index("time")
+        times = [float(row[column]) for row in state["window"]]
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError):
+        return []
+    return [t for t in times if math.isfinite(t)]
+
+
+def spend_share(
+    own: Sequence[float],
+    others: Iterable[Sequence[float]],
+    now: float,
+    *,
+    window_s: float,
+    window_requests: int,
+) -> float | None:
+    """Return this worker's share of a tenant's recent requests, in [MIN_SHARE, 1] (None:
+    no span to count over; keep the share as it is).
+
+    ``own`` is the times of this worker's live window, ``others`` those of each other
+    worker's last saved state. A state whose newest request is older than ``window_s`` is
+    a worker that went away: not counted. Each worker's requests are counted over the same
+    span: ``window_s``, or less when a window holds its last ``window_requests`` requests
+    and these span less (what is older is no longer in it). A saved state is up to
+    ``SAVE_EVERY_S`` old: its span ends at its newest request, or ``SAVE_EVERY_S`` ago if
+    that is later (a worker whose traffic stopped counts less and less), this worker's now.
+    """
+    workers = [(own, now)]
+    for times in others:
+        if times and max(times) >= now - window_s:
+            workers.append((times, max(max(times), now - SAVE_EVERY_S)))
+    span = window_s
+    for times, end in workers:
+        if len(times) >= window_requests:
+            span = min(span, end - min(times))
+    if span < MIN_SPAN_S:
+        return None
+    counts = [sum(1 for t in times if end - span <= t <= end) for times, end in workers]
+    total = sum(counts)
+    if total == 0:
+        return 1.0
+    return min(1.0, max(MIN_SHARE, counts[0] / total))
+
+
 def latest_request(state: object) -> float:
     """Return the time of a saved state's newest request (-inf: none, or not readable)."""
     if not isinstance(state, dict):
@@ -154,4 +307,12 @@ def latest_request(state: object) -> float:
         return -math.inf
 
 
-__all__ = ["SAVE_EVERY_S", "ControllerStore", "latest_request", "saved_by_tenant"]
+__all__ = [
+    "MIN_SHARE",
+    "SAVE_EVERY_S",
+    "ControllerStore",
+    "latest_request",
+    "request_times",
+    "saved_by_tenant",
+    "spend_share",
+]

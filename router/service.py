@@ -463,6 +463,7 @@ class RouterService:
         await rt.engine.aclose()
         if self._closing:
             await asyncio.gather(*self._closing)
+        await self._controller_store.settled()
         if rt.writer is not None:
             self._controller_store.save_all(rt.writer)
             await rt.writer.aclose()
