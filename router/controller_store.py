@@ -298,13 +298,7 @@ def spend_share(
 
 def latest_request(state: object) -> float:
     """Return the time of a saved state's newest request (-inf: none, or not readable)."""
-    if not isinstance(state, dict):
-        return -math.inf
-    try:
-        column = state["columns"].index("time")
-        return max((float(row[column]) for row in state["window"]), default=-math.inf)
-    except (KeyError, ValueError, TypeError, IndexError, AttributeError):
-        return -math.inf
+    return max(request_times(state), default=-math.inf)
 
 
 __all__ = [
