@@ -130,6 +130,14 @@ class Snapshot:
     updates: int
     # True when the offset sits at a limit and the target is still not met.
     saturated: bool
+    # This process's share of the tenant's requests that the target is aimed at in (1 for a
+    # share target, whatever share a reload carried over from a spend target).
+    share: float = 1.0
+
+    @property
+    def aim(self) -> float:
+        """Return the target's value this process aims at (TenantController.aim)."""
+        return aim_of(self.target, self.share)
 
     def as_stats(self) -> ControllerStats:
         """Return the snapshot as GetConfig and GetStats report it (flat, by message field)."""
@@ -144,6 +152,14 @@ class Snapshot:
             updates=self.updates,
             saturated=self.saturated,
         )
+
+
+def aim_of(target: Target, share: float) -> float:
+    """Return what a process with ``share`` of a tenant's requests aims at: a spend rate
+    times the share, a share target as it is."""
+    if target.kind == "usd_per_hour":
+        return target.value * share
+    return target.value
 
 
 def shift_thresholds(thresholds: Sequence[float], offset: float) -> tuple[float, ...]:
@@ -465,9 +481,7 @@ class TenantController:
         """Return what this process's window aims at: a share target as it is (a share of
         each worker's requests is a share of all of them); a spend rate times this process's
         share of the tenant's requests, so that the workers' rates add up to the target."""
-        if self.target.kind == "usd_per_hour":
-            return self.target.value * self.share
-        return self.target.value
+        return aim_of(self.target, self.share)
 
     def request_times(self) -> list[float]:
         """Return the times of the requests the window holds (live or not), oldest first."""
@@ -587,6 +601,7 @@ class TenantController:
             window_requests=len(window),
             updates=self.updates,
             saturated=self.saturated,
+            share=self.share if self.target.kind == "usd_per_hour" else 1.0,
         )
 
     def state(self) -> dict[str, Any]:
@@ -753,6 +768,7 @@ __all__ = [
     "Snapshot",
     "Target",
     "TenantController",
+    "aim_of",
     "settings_of",
     "shift_thresholds",
     "targets_of",

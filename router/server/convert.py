@@ -321,8 +321,11 @@ def tenant_limits(tenant: str, limits: TenantLimitsConfig) -> pb.TenantLimits:
 
 
 def controller(snapshot: Snapshot) -> pb.TenantController:
-    """Return a tenant controller's state as GetConfig reports it."""
-    return pb.TenantController(**_values(snapshot.as_stats()))
+    """Return a tenant controller's state as GetConfig reports it: GetStats's fields, and
+    this process's share of the tenant's requests and the target's value it aims at."""
+    return pb.TenantController(
+        **_values(snapshot.as_stats()), share=snapshot.share, aim=snapshot.aim
+    )
 
 
 def _dataclass_of(kind: type[_Row], message: Message) -> _Row:

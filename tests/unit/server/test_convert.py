@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from router._proto.modelrouter.v1 import router_pb2 as pb
+from router.controller import Pricing, Settings, Target, TenantController
 from router.domain import (
     AttemptOutcome,
     ChatMessage,
@@ -82,3 +85,29 @@ def test_route_request_conversion_reads_every_part() -> None:
     bare = convert.route_request(pb.RouteRequest(prompt="hi"), "rid", "")
     assert (bare.prompt, bare.messages, bare.hints) == ("hi", (), TierHints())
     assert dict(bare.metadata) == {}
+
+
+def tenant_controller(kind: str, value: float, share: float) -> TenantController:
+    pricing = Pricing(
+        thresholds=(0.4, 0.8),
+        margins=(0.0, 0.0),
+        input_price=(1e-7, 1e-6, 1e-5),
+        output_price=(2e-7, 2e-6, 2e-5),
+        model_version="m-1",
+    )
+    c = TenantController("acme", Target(kind, value), Settings(), pricing, clock=lambda: 1_000.0)
+    c.share = share  # as ControllerStore.refresh_shares sets it in a worker
+    return c
+
+
+def test_get_config_reports_a_worker_share_and_the_spend_it_aims_at() -> None:
+    spend = convert.controller(tenant_controller("usd_per_hour", 8.0, 0.25).snapshot())
+    assert (spend.target, spend.share, spend.aim) == (8.0, 0.25, pytest.approx(2.0))
+    # A share target is aimed at as it is, whatever share a reload carried over to it.
+    share = convert.controller(tenant_controller("strong_share", 0.3, 0.25).snapshot())
+    assert (share.target, share.share, share.aim) == (0.3, 1.0, 0.3)
+    # GetStats reports the controller without them.
+    stats = pb.TenantController(
+        **convert._values(tenant_controller("usd_per_hour", 8.0, 0.25).snapshot().as_stats())
+    )
+    assert not stats.HasField("share") and not stats.HasField("aim")
