@@ -75,6 +75,9 @@ async def test_get_config_lists_each_tenant_controller_before_any_request(
     assert acme.offset == 0.0 and list(acme.thresholds) == pytest.approx(thresholds)
     assert not acme.HasField("realised") and acme.window_requests == 0 and acme.updates == 0
     assert (by_tenant["default"].target_kind, by_tenant["default"].target) == ("usd_per_hour", 5.0)
+    # One process: all of each tenant's requests, so each aims at its target as it is.
+    assert (acme.share, acme.aim) == (1.0, 0.3)
+    assert (by_tenant["default"].share, by_tenant["default"].aim) == (1.0, 5.0)
 
 
 async def test_route_holds_a_tenant_share_and_leaves_other_tenants_alone(
