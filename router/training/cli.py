@@ -61,11 +61,15 @@ def extra_needed(command: str, extra: str, missing: list[str]) -> str:
     )
 
 
-def _fraction(text: str) -> float:
+def _float(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _fraction(text: str) -> float:
+    value = _float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{value} is not in [0, 1]")
     return value
@@ -73,10 +77,7 @@ def _fraction(text: str) -> float:
 
 def _number(text: str, *, zero: bool) -> float:
     """Parse a finite number above 0 (at least 0 when ``zero``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _float(text)
     if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
         bound = "at least 0" if zero else "above 0"
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number {bound}")
