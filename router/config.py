@@ -37,6 +37,14 @@ MIN_TIERS = 2
 MAX_TIERS = 5
 # The ModelRouter methods an API key can be allowed to call (auth.keys[].methods).
 RPC_METHODS = ("Route", "RouteBatch", "Complete", "Feedback", "GetConfig", "GetStats")
+# A replica id (server.replica_id): what the controllers' state keys carry, so that every
+# replica sharing a store keeps its own. Letters, digits, ".", "_" and "-" (a host name, a
+# Kubernetes pod name), starting with a letter or digit: never the "/" or ":" that end it
+# in a key (router/store/stats.py).
+REPLICA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_REPLICA_ID_CHARS = 253
+# The environment variable server.replica_id defaults to (then the host name).
+REPLICA_ID_ENV = "MODELROUTER_REPLICA_ID"
 
 
 class ConfigError(ValueError):
@@ -222,6 +230,63 @@ class ServerConfig(_Frozen):
     tls: TlsConfig | None = None
     # HTTPS on the metrics port, set apart from tls; None: plain HTTP.
     metrics_tls: TlsConfig | None = None
+    # This replica's name among the servers sharing one store (the key of its controllers'
+    # states). None: $MODELROUTER_REPLICA_ID, else the host name (a Kubernetes pod's name).
+    # Each replica needs its own: leave it unset in a configuration the replicas share.
+    replica_id: str | None = None
+
+    @field_validator("replica_id")
+    @classmethod
+    def _check_replica_id(cls, replica_id: str | None) -> str | None:
+        if replica_id is not None:
+            problem = replica_id_problem(replica_id)
+            if problem:
+                raise ValueError(problem)
+        return replica_id
+
+
+def replica_id_problem(replica_id: str) -> str:
+    """Return what is wrong with a replica id ("": nothing)."""
+    if not replica_id:
+        return "is empty: give each replica a name (letters, digits, '.', '_', '-')"
+    if len(replica_id) > MAX_REPLICA_ID_CHARS:
+        return f"is {len(replica_id)} characters long: at most {MAX_REPLICA_ID_CHARS}"
+    if not REPLICA_ID.fullmatch(replica_id):
+        return (
+            f"{replica_id[:64]!r} is not a replica id: letters, digits, '.', '_' and '-' only, "
+            "starting with a letter or digit"
+        )
+    return ""
+
+
+def resolve_replica_id(
+    server: ServerConfig, environ: Mapping[str, str] | None = None, hostname: str | None = None
+) -> tuple[str, str]:
+    """Return this server's replica id and where it came from: server.replica_id, else
+    $MODELROUTER_REPLICA_ID (when set and not empty), else the host name.
+
+    Raise ConfigError naming the setting when the one in force is not a replica id.
+    """
+    if server.replica_id is not None:  # validated with the configuration
+        return server.replica_id, "server.replica_id"
+    environ = os.environ if environ is None else environ
+    given = environ.get(REPLICA_ID_ENV, "")
+    if given:
+        problem = replica_id_problem(given)
+        if problem:
+            raise ConfigError(f"server.replica_id: ${REPLICA_ID_ENV} {problem}")
+        return given, f"${REPLICA_ID_ENV}"
+    if hostname is None:
+        import socket
+
+        hostname = socket.gethostname()
+    problem = replica_id_problem(hostname)
+    if problem:
+        raise ConfigError(
+            f"server.replica_id: not set, and the host name {problem}; set server.replica_id "
+            f"or ${REPLICA_ID_ENV}"
+        )
+    return hostname, "the host name"
 
 
 class StoreConfig(_Frozen):

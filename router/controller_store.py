@@ -37,6 +37,7 @@ from router.store import StateRecord, StoreWriter
 from router.store.stats import (
     CONTROLLER_STATE,
     WORKER_CONTROLLER_STATE,
+    KeyOwner,
     controller_of_key,
     controller_state_key,
 )
@@ -61,11 +62,15 @@ class ControllerStore:
         cold: Iterable[str] = (),
         *,
         worker: int | None = None,
+        replica: str | None = None,
     ) -> None:
         self._controllers = controllers
         self._clock = clock
-        # The index of this worker of ``serve --workers N`` (None: the only process).
+        # The index of this worker of ``serve --workers N`` (None: the only process), and
+        # the replica it belongs to (server.replica_id; None: the keys of a release before
+        # replica ids, where a server of one process counts no shares).
         self._worker = worker
+        self._replica = replica
         # Tenants whose controller has no state in this process yet.
         self._cold = set(cold)
         # Per tenant: the controller, its request count and the time, when last saved.
@@ -86,9 +91,26 @@ class ControllerStore:
 
     def _save(self, controller: TenantController, writer: StoreWriter, now: float) -> None:
         state = controller.state()
-        key = controller_state_key(controller.tenant, self._worker)
+        key = self._key(controller.tenant)
         writer.put(StateRecord(key, state, now))
         self._saved[controller.tenant] = (controller, controller.recorded, now)
+
+    def _key(self, tenant: str) -> str:
+        """Return the key this process saves a tenant's controller under."""
+        return controller_state_key(tenant, self._worker, self._replica)
+
+    @property
+    def _counts_shares(self) -> bool:
+        """Whether this process may be one of several serving a tenant (and count shares)."""
+        return self._worker is not None or self._replica is not None
+
+    def _counted(self, key: str, owner: KeyOwner) -> bool:
+        """Whether another process's saved state counts toward the spend shares: any but
+        this process's own, and, with a replica id, none a release before them wrote (what
+        this process resumed from: counting it would count those requests twice)."""
+        return key != self._key(owner.tenant) and (
+            self._replica is None or owner.replica is not None
+        )
 
     def recorded(self, controller: TenantController, writer: StoreWriter | None) -> None:
         """Save a controller that just recorded a request, if its last save is old enough."""
@@ -99,7 +121,7 @@ class ControllerStore:
         if saved is None or now - saved[2] >= SAVE_EVERY_S:
             self._save(controller, writer, now)
         if (
-            self._worker is not None
+            self._counts_shares
             and controller.target.kind == "usd_per_hour"
             and self._reading is None
             and now - self._shares_read >= SAVE_EVERY_S
@@ -130,29 +152,28 @@ class ControllerStore:
 
     async def refresh_shares(self, writer: StoreWriter | None) -> dict[str, float]:
         """Set each spend-target controller's share of its tenant's requests across the
-        workers, from the other workers' saved states; return the shares set, by tenant.
+        processes (the workers of every replica), from the others' saved states; return the
+        shares set, by tenant.
 
-        Nothing for a server of one process (its shares stay 1). A store that cannot be read
-        leaves the shares as they were, and is logged at most every ``SHARE_WARN_EVERY_S``.
+        Alone (no other process's state of the tenant is recent) a process gets share 1.
+        Nothing for a process without a replica id or worker index (its shares stay 1). A
+        store that cannot be read leaves the shares as they were, and is logged at most
+        every ``SHARE_WARN_EVERY_S``.
         """
-        if writer is None or self._worker is None:
+        if writer is None or not self._counts_shares:
             return {}
         tenants = {c.tenant for c in self._controllers if c.target.kind == "usd_per_hour"}
         if not tenants:
             return {}
         store = writer.store
-        worker = self._worker
 
         def read() -> dict[str, list[list[float]]]:
-            saved = saved_by_tenant(store.states(WORKER_CONTROLLER_STATE))
-            return {
-                tenant: [
-                    request_times(state)
-                    for key, state in saved.get(tenant, {}).items()
-                    if key != controller_state_key(tenant, worker)
-                ]
-                for tenant in tenants
-            }
+            others: dict[str, list[list[float]]] = {tenant: [] for tenant in tenants}
+            for key, state in store.states(WORKER_CONTROLLER_STATE).items():
+                owner = controller_of_key(key)
+                if owner is not None and owner.tenant in others and self._counted(key, owner):
+                    others[owner.tenant].append(request_times(state))
+            return others
 
         try:
             others = await asyncio.to_thread(read)
@@ -206,7 +227,7 @@ class ControllerStore:
             found: dict[str, tuple[str, object]] = {}
             others: dict[str, dict[str, object]] | None = None
             for tenant in cold:
-                own = controller_state_key(tenant, self._worker)
+                own = self._key(tenant)
                 state = store.state(own)
                 if state is not None:
                     found[tenant] = (own, state)
@@ -244,7 +265,7 @@ def saved_by_tenant(states: dict[str, object]) -> dict[str, dict[str, object]]:
     for key, state in states.items():
         owner = controller_of_key(key)
         if owner is not None:
-            out.setdefault(owner[0], {})[key] = state
+            out.setdefault(owner.tenant, {})[key] = state
     return out
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from router.config import Config, ConfigError, default_config, load_config
+from router.config import Config, ConfigError, default_config, load_config, resolve_replica_id
 from router.model import ModelError, default_model_path, load_model
 from router.routing import Router
 from router.store import default_store_path
@@ -119,6 +119,10 @@ class Loaded:
     tls: TlsFiles | None = None
     # The store's URL or SQLite path; None when the configuration keeps nothing.
     store: str | None = None
+    # This server's replica id (server.replica_id, else $MODELROUTER_REPLICA_ID, else the
+    # host name), and which of these it came from.
+    replica_id: str = ""
+    replica_id_from: str = ""
 
 
 def load(source: ConfigSource) -> Loaded:
@@ -131,7 +135,16 @@ def load(source: ConfigSource) -> Loaded:
         read_tls(server.metrics_tls, "server.metrics_tls", source.base_dir)
     if config.limits.redis_url:
         check_redis_installed()
-    return Loaded(config, router, model_source, tls, store_target(config, source.base_dir))
+    replica_id, replica_id_from = resolve_replica_id(server)
+    return Loaded(
+        config,
+        router,
+        model_source,
+        tls,
+        store_target(config, source.base_dir),
+        replica_id,
+        replica_id_from,
+    )
 
 
 def check_redis_installed() -> None:

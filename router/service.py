@@ -74,14 +74,18 @@ class RouterService:
         store: StoreWriter | None = None,
         clock: Callable[[], float] = time.time,
         worker: int | None = None,
+        replica: str | None = None,
     ) -> None:
         self._engine_factory = engine_factory
         self._runtime = Runtime(config, router, engine_factory(config), model_source, store)
         self._controllers = Controllers(clock)
         cold = self._controllers.configure(config, self._runtime.pricing())
-        # Each worker of ``serve --workers N`` keeps its controllers' states under its own
-        # index (``worker``; None for a server of one process).
-        self._controller_store = ControllerStore(self._controllers, clock, cold, worker=worker)
+        # Each process keeps its controllers' states under its own key: its replica
+        # (server.replica_id, resolved) and its index among ``serve --workers N`` (None for
+        # a server of one process).
+        self._controller_store = ControllerStore(
+            self._controllers, clock, cold, worker=worker, replica=replica
+        )
         # Request ids this worker served lately -> the tier that served them (the decided
         # tier, then the one that answered), so that Feedback need not ask the store.
         self._served: BoundedMap[str, str] = BoundedMap(config.server.feedback_capacity)

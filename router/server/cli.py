@@ -96,6 +96,7 @@ def _run_check(args: argparse.Namespace) -> int:
         f"{source.describe()}: OK: tiers {tiers}; model {loaded.router.version} from "
         f"{loaded.model_source}; backends {', '.join(sorted(config.backends))}; "
         f"{worker_count(config)} worker(s) on {config.server.host}:{config.server.port}"
+        f" as replica {loaded.replica_id} ({loaded.replica_id_from})"
         f"; {_security(config)}; store {_describe_store(loaded.store)}"
     )
     return 0

@@ -34,6 +34,7 @@ RESTART_ONLY = (
     "metrics_host",
     "metrics_tls",
     "health_port",
+    "replica_id",
 )
 EXIT_LISTEN = 3
 EXIT_STORE = 4
@@ -101,7 +102,12 @@ async def _serve_async(
             log.error("cannot open the store", error=str(exc))
             return EXIT_STORE
     service = RouterService(
-        config, loaded.router, model_source=loaded.model_source, store=writer, worker=index
+        config,
+        loaded.router,
+        model_source=loaded.model_source,
+        store=writer,
+        worker=index,
+        replica=loaded.replica_id or None,
     )
     await service.restore_controllers()
     address = f"{config.server.host}:{config.server.port}"
@@ -127,6 +133,8 @@ async def _serve_async(
         fastpath=loaded.router.implementation,
         event_loop=type(loop).__module__.split(".")[0],
         store=None if writer is None else writer.store.location,
+        replica_id=loaded.replica_id,
+        replica_id_from=loaded.replica_id_from,
     )
     stopping = _StopSignals()
     # Supervised workers share the port; the supervisor counts the reloads.

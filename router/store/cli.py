@@ -125,17 +125,22 @@ def _from_store(target: str, since: float | None, tenant: str | None) -> tuple[S
     finally:
         store.close()
     # The controllers as last saved (a running server saves them every few seconds), one
-    # per worker that saved its own.
+    # per process (each worker of each replica) that saved its own.
     wanted = None if tenant is None else tenant or DEFAULT_TENANT
     owners = {key: controller_of_key(key) for key in states}
     controllers = (
-        controller_of_state(owner[0], states[key], owner[1])
+        controller_of_state(owner.tenant, states[key], owner.worker, owner.replica)
         for key, owner in owners.items()
-        if owner is not None and (wanted is None or owner[0] == wanted)
+        if owner is not None and (wanted is None or owner.tenant == wanted)
     )
     saved = sorted(
         (c for c in controllers if c),
-        key=lambda c: (c.tenant, -1 if c.worker is None else c.worker),
+        key=lambda c: (
+            c.tenant,
+            c.replica is not None,
+            c.replica or "",
+            -1 if c.worker is None else c.worker,
+        ),
     )
     stats = dataclasses.replace(stats, controllers=tuple(saved))
     return stats, f"store: {store.kind} {store.location}"

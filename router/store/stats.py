@@ -11,17 +11,24 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+from router.config import REPLICA_ID
 
 DEFAULT_SATISFIED_AT = 0.7
 # The state key where a server notes its feedback.satisfied_at, so that reading the store
 # directly (modelrouter stats --store) counts satisfaction as the server does.
 SATISFIED_AT_STATE = "feedback.satisfied_at"
-# The state key of a tenant's cost controller: this prefix + the tenant in a server of one
-# process (and in every worker of a release before per-worker keys), ...
+# The state key of a tenant's cost controller. A process saves it under
+# ``controller@<replica>/<index>:<tenant>`` as worker <index> of ``serve --workers N`` on
+# replica <replica> (server.replica_id), and under ``controller@<replica>/:<tenant>`` as a
+# server of one process. The replica and index go before the tenant, which may hold any
+# character, and a replica id holds neither "/" nor ":": no key reads two ways.
+# Releases before replica ids wrote this prefix + the tenant in a server of one process
+# (and in every worker of a release before per-worker keys), ...
 CONTROLLER_STATE = "controller:"
-# ... and this prefix + "<index>:" + the tenant in worker <index> of ``serve --workers N``.
-# The index goes before the tenant, which may hold any character: no key reads both ways.
+# ... and this prefix + "<index>:" + the tenant in worker <index>; this prefix starts
+# every key saved now, too.
 WORKER_CONTROLLER_STATE = "controller@"
 TOTAL = "total"
 
@@ -113,42 +120,78 @@ class ControllerStats:
 class SavedController(ControllerStats):
     """A controller as its process last saved it in the store (``modelrouter stats --store``).
 
-    ``worker`` is the index of the ``serve --workers N`` worker that saved it; None for the
-    shared key (one process, or a release before per-worker keys).
+    ``replica`` is the server.replica_id of the server that saved it (None: a release
+    before replica ids) and ``worker`` the index of its ``serve --workers N`` worker (None:
+    a server of one process, or a release before per-worker keys).
     """
 
+    replica: str | None = None
     worker: int | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """Return the controller in the ``modelrouter stats --json`` shape, with its worker."""
+        """Return the controller in the ``modelrouter stats --json`` shape, with its owner."""
         out = ControllerStats.as_json(self)
-        return out if self.worker is None else out | {"worker": self.worker}
+        if self.replica is not None:
+            out["replica"] = self.replica
+        if self.worker is not None:
+            out["worker"] = self.worker
+        return out
 
     def heading(self) -> str:
-        """Return whose controller this is, with the worker that saved it."""
+        """Return whose controller this is, with the replica and worker that saved it."""
         own = ControllerStats.heading(self)
-        return own if self.worker is None else f"{own} (worker {self.worker})"
+        owner = [
+            *([] if self.replica is None else [f"replica {self.replica}"]),
+            *([] if self.worker is None else [f"worker {self.worker}"]),
+        ]
+        return f"{own} ({', '.join(owner)})" if owner else own
 
 
-def controller_state_key(tenant: str, worker: int | None = None) -> str:
-    """Return the state key of a tenant's controller in a worker (None: one process)."""
+class KeyOwner(NamedTuple):
+    """Whose controller state a key holds: the tenant's, in which replica and worker."""
+
+    tenant: str
+    # server.replica_id; None: a key a release before replica ids wrote.
+    replica: str | None
+    # The worker's index; None: a server of one process (or every worker of a release
+    # before per-worker keys).
+    worker: int | None
+
+
+def controller_state_key(tenant: str, worker: int | None = None, replica: str | None = None) -> str:
+    """Return the state key of a tenant's controller in a worker (None: one process) of a
+    replica (None: the key a release before replica ids used)."""
+    if replica is not None:
+        return f"{WORKER_CONTROLLER_STATE}{replica}/{'' if worker is None else worker}:{tenant}"
     if worker is None:
         return CONTROLLER_STATE + tenant
     return f"{WORKER_CONTROLLER_STATE}{worker}:{tenant}"
 
 
-def controller_of_key(key: str) -> tuple[str, int | None] | None:
-    """Return the tenant and worker of a controller's state key (None: not such a key)."""
+def controller_of_key(key: str) -> KeyOwner | None:
+    """Return the tenant, replica and worker of a controller's state key (None: not such a
+    key)."""
     if key.startswith(CONTROLLER_STATE):
-        return key.removeprefix(CONTROLLER_STATE), None
-    index, colon, tenant = key.removeprefix(WORKER_CONTROLLER_STATE).partition(":")
-    if key.startswith(WORKER_CONTROLLER_STATE) and colon and index.isascii() and index.isdigit():
-        return tenant, int(index)
+        return KeyOwner(key.removeprefix(CONTROLLER_STATE), None, None)
+    if not key.startswith(WORKER_CONTROLLER_STATE):
+        return None
+    owner, colon, tenant = key.removeprefix(WORKER_CONTROLLER_STATE).partition(":")
+    if not colon:
+        return None
+    if _is_index(owner):  # a release before replica ids
+        return KeyOwner(tenant, None, int(owner))
+    replica, slash, index = owner.partition("/")
+    if slash and REPLICA_ID.fullmatch(replica) and (not index or _is_index(index)):
+        return KeyOwner(tenant, replica, int(index) if index else None)
     return None
 
 
+def _is_index(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 def controller_of_state(
-    tenant: str, state: Any, worker: int | None = None
+    tenant: str, state: Any, worker: int | None = None, replica: str | None = None
 ) -> SavedController | None:
     """Return what a controller's stored state says of it (None: not a state we read)."""
     try:
@@ -163,6 +206,7 @@ def controller_of_state(
             window_requests=len(window),
             updates=int(state["updates"]),
             saturated=bool(state.get("saturated", False)),
+            replica=replica,
             worker=worker,
         )
     except (KeyError, TypeError, ValueError):

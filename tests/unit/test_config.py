@@ -8,7 +8,15 @@ from typing import Any
 import pytest
 import yaml
 
-from router.config import DEFAULT_CONFIG_YAML, Config, ConfigError, load_config, parse_config
+from router.config import (
+    DEFAULT_CONFIG_YAML,
+    REPLICA_ID_ENV,
+    Config,
+    ConfigError,
+    load_config,
+    parse_config,
+    resolve_replica_id,
+)
 
 
 def default_data() -> dict[str, Any]:
@@ -190,3 +198,50 @@ def test_limits_and_keys_parse() -> None:
     assert config.tenants["acme"].target is not None
     assert config.auth.keys[0].sha256 == "ab" * 32  # digests compare in lower case
     assert not config.tenants.get("default", None)
+
+
+@pytest.mark.parametrize("replica_id", ["pod-a", "modelrouter-7d9f8c6b5-x2x9q", "3", "h.example_1"])
+def test_a_replica_id_in_the_configuration_comes_first(replica_id: str) -> None:
+    data = default_data() | {"server": {"replica_id": replica_id}}
+    server = parse_config(data, environ={}).server
+    environ = {REPLICA_ID_ENV: "from-env"}
+    assert resolve_replica_id(server, environ, "host") == (replica_id, "server.replica_id")
+
+
+def test_an_unset_replica_id_is_the_environment_variable_then_the_host_name() -> None:
+    server = parse_config(default_data(), environ={}).server
+    assert server.replica_id is None
+    environ = {REPLICA_ID_ENV: "pod-b"}
+    assert resolve_replica_id(server, environ, "host") == ("pod-b", "$MODELROUTER_REPLICA_ID")
+    # Empty is unset, as with ${VAR:-default}.
+    assert resolve_replica_id(server, {REPLICA_ID_ENV: ""}, "host-1") == ("host-1", "the host name")
+
+
+@pytest.mark.parametrize(
+    ("replica_id", "problem"),
+    [
+        ("", "is empty"),
+        ("a b", "'a b' is not a replica id"),
+        ("pod/1", "'pod/1' is not a replica id"),
+        ("pod:1", "'pod:1' is not a replica id"),
+        ("pod@1", "'pod@1' is not a replica id"),
+        ("-pod", "'-pod' is not a replica id"),
+        ("pöd", "'pöd' is not a replica id"),
+        ("x" * 254, "is 254 characters long: at most 253"),
+    ],
+)
+def test_a_bad_replica_id_is_refused_naming_the_setting(replica_id: str, problem: str) -> None:
+    message = error_of(default_data() | {"server": {"replica_id": replica_id}})
+    assert message.startswith(f"server.replica_id: {problem}")
+    server = parse_config(default_data(), environ={}).server
+    with pytest.raises(ConfigError) as caught:
+        resolve_replica_id(server, {REPLICA_ID_ENV: replica_id or " "}, "host")
+    shown = problem if replica_id else "' ' is not a replica id"
+    assert str(caught.value).startswith(f"server.replica_id: $MODELROUTER_REPLICA_ID {shown}")
+    if replica_id:
+        with pytest.raises(ConfigError) as caught:
+            resolve_replica_id(server, {}, replica_id)
+        assert str(caught.value).startswith(
+            f"server.replica_id: not set, and the host name {problem}"
+        )
+        assert str(caught.value).endswith("; set server.replica_id or $MODELROUTER_REPLICA_ID")

@@ -13,7 +13,7 @@ import structlog
 from router.config import Config
 from router.controller import STATE_KEY, Controllers, TenantController
 from router.controller_store import SAVE_EVERY_S, ControllerStore, latest_request
-from router.store import StoreWriter, open_store
+from router.store import StateRecord, StoreWriter, open_store
 from router.store.stats import (
     controller_of_key,
     controller_of_state,
@@ -137,17 +137,41 @@ async def test_an_unreadable_store_starts_cold(tmp_path: Path) -> None:
     assert controllers.get("acme").offset == 0.0  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("tenant", ["acme", "default", "a@1:b", "@0:acme", "x:y", "é"])
+@pytest.mark.parametrize("tenant", ["acme", "default", "a@1:b", "@0:acme", "x:y", "/1:é", "é"])
 @pytest.mark.parametrize("worker", [None, 0, 1, 12])
-def test_a_state_key_names_one_tenant_and_worker(tenant: str, worker: int | None) -> None:
-    key = controller_state_key(tenant, worker)
-    assert controller_of_key(key) == (tenant, worker)
+@pytest.mark.parametrize("replica", [None, "pod-a", "3", "h.example_1"])
+def test_a_state_key_names_one_tenant_replica_and_worker(
+    tenant: str, worker: int | None, replica: str | None
+) -> None:
+    key = controller_state_key(tenant, worker, replica)
+    assert controller_of_key(key) == (tenant, replica, worker)
     # The shared key is the one every release before per-worker keys wrote.
-    assert (key == STATE_KEY + tenant) is (worker is None)
+    assert (key == STATE_KEY + tenant) is (worker is None and replica is None)
+
+
+def test_state_keys_with_a_replica_keep_the_older_keys_apart() -> None:
+    assert controller_state_key("acme", 1, "pod-a") == "controller@pod-a/1:acme"
+    assert controller_state_key("acme", None, "pod-a") == "controller@pod-a/:acme"
+    # A replica named with digits only is no worker of a release before replica ids.
+    assert controller_of_key("controller@3/:acme") == ("acme", "3", None)
+    assert controller_of_key("controller@3:acme") == ("acme", None, 3)
 
 
 @pytest.mark.parametrize(
-    "key", ["controllers", "controller", "controller@", "controller@x:acme", "controller@1acme"]
+    "key",
+    [
+        "controllers",
+        "controller",
+        "controller@",
+        "controller@x:acme",
+        "controller@1acme",
+        "controller@/1:acme",
+        "controller@pod a/1:acme",
+        "controller@-pod/1:acme",
+        "controller@pod/x:acme",
+        "controller@pod/1/2:acme",
+        "controller@pod/1acme",
+    ],
 )
 def test_other_keys_are_no_controllers_state(key: str) -> None:
     assert controller_of_key(key) is None
@@ -282,3 +306,127 @@ def test_a_workers_saved_controller_says_whose_it_is() -> None:
     assert "worker" not in shared.as_json() and shared.heading() == "controller acme"
     assert own.as_json() == shared.as_json() | {"worker": 1}
     assert own.heading() == "controller acme (worker 1)"
+    replica = controller_of_state("acme", state, 1, "pod-a")
+    single = controller_of_state("acme", state, None, "pod-a")
+    assert replica is not None and single is not None
+    assert replica.as_json() == shared.as_json() | {"replica": "pod-a", "worker": 1}
+    assert replica.heading() == "controller acme (replica pod-a, worker 1)"
+    assert single.as_json() == shared.as_json() | {"replica": "pod-a"}
+    assert single.heading() == "controller acme (replica pod-a)"
+
+
+def replica_process(
+    clock: Clock, replica: str, worker: int | None = None
+) -> tuple[Controllers, ControllerStore]:
+    """Return the controllers of acme in a process of a replica, with their saver."""
+    controllers = Controllers(clock)
+    started = controllers.configure(config(acme={"strong_share": 0.0}), PRICING)
+    return controllers, ControllerStore(controllers, clock, started, worker=worker, replica=replica)
+
+
+async def test_each_replica_saves_and_resumes_its_own_state(store_target: str) -> None:
+    clock = Clock()
+    owners = [("pod-a", 0), ("pod-a", 1), ("pod-b", 0), ("pod-b", None)]
+    writer = StoreWriter(open_store(store_target))
+    before = [replica_process(clock, *owner) for owner in owners]
+    for i, (controllers, saver) in enumerate(before):
+        feed(controllers.get("acme"), 20 + 10 * i, seed=i)
+        saver.save_all(writer)
+    await writer.aclose()
+    keys = [controller_state_key("acme", worker, replica) for replica, worker in owners]
+    assert keys == [
+        "controller@pod-a/0:acme",
+        "controller@pod-a/1:acme",
+        "controller@pod-b/0:acme",
+        "controller@pod-b/:acme",
+    ]
+    store = open_store(store_target)
+    try:
+        assert sorted(store.states("controller")) == keys
+    finally:
+        store.close()
+    writer = StoreWriter(open_store(store_target))
+    for owner, key, (old, _) in zip(owners, keys, before, strict=True):
+        controllers, saver = replica_process(clock, *owner)
+        with structlog.testing.capture_logs() as logs:
+            assert await saver.restore(writer) == ["acme"]
+        assert logs[0]["keys"] == {"acme": key}
+        assert kept(controllers.get("acme")) == kept(old.get("acme"))
+    await writer.aclose()
+
+
+async def test_a_store_without_replica_ids_still_resumes(tmp_path: Path) -> None:
+    # A release before replica ids saved acme as one process, then as two workers (worker
+    # 1's last request the newest); globex as one process only.
+    path = tmp_path / "store.db"
+    clock = Clock()
+    writer = StoreWriter(open_store(path))
+    both = config(acme={"strong_share": 0.0}, globex={"strong_share": 1.0})
+    old = []
+    for worker, n in [(None, 50), (0, 40), (1, 30)]:
+        controllers = Controllers(clock)
+        saver = ControllerStore(
+            controllers, clock, controllers.configure(both, PRICING), worker=worker
+        )
+        feed(controllers.get("acme"), n, seed=n)
+        if worker is None:
+            feed(controllers.get("globex"), n, seed=n)
+        saver.save_all(writer)
+        old.append(controllers)
+        clock.now += 5.0
+    await writer.aclose()
+    assert saved_keys(path) == [
+        "controller:acme",
+        "controller:globex",
+        "controller@0:acme",
+        "controller@1:acme",
+    ]
+    writer = StoreWriter(open_store(path))
+    for worker in (None, 0):
+        controllers = Controllers(clock)
+        saver = ControllerStore(
+            controllers, clock, controllers.configure(both, PRICING), worker=worker, replica="pod-a"
+        )
+        with structlog.testing.capture_logs() as logs:
+            assert await saver.restore(writer) == ["acme", "globex"]
+        assert logs[0]["keys"] == {"acme": "controller@1:acme", "globex": "controller:globex"}
+        assert kept(controllers.get("acme")) == kept(old[2].get("acme"))
+        assert kept(controllers.get("globex")) == kept(old[0].get("globex"))
+    await writer.aclose()
+
+
+def test_stats_from_a_store_list_every_processs_controller_with_its_owner(tmp_path: Path) -> None:
+    from router.store.cli import _from_store
+
+    path = tmp_path / "store.db"
+    clock = Clock()
+    controllers = Controllers(clock)
+    controllers.configure(config(acme={"strong_share": 0.0}), PRICING)
+    state = feed(controllers.get("acme"), 30).state()
+    owners = [("pod-b", None), ("pod-a", 1), (None, None), ("pod-a", 0), (None, 0)]
+    store = open_store(path)
+    try:
+        store.write(
+            [
+                StateRecord(controller_state_key("acme", worker, replica), state, clock.now)
+                for replica, worker in owners
+            ]
+        )
+    finally:
+        store.close()
+    stats, _ = _from_store(str(path), None, None)
+    assert [c.heading() for c in stats.controllers] == [
+        "controller acme",
+        "controller acme (worker 0)",
+        "controller acme (replica pod-a, worker 0)",
+        "controller acme (replica pod-a, worker 1)",
+        "controller acme (replica pod-b)",
+    ]
+    listed = stats.as_json()["controllers"]
+    assert [(c.get("replica"), c.get("worker")) for c in listed] == [
+        (None, None),
+        (None, 0),
+        ("pod-a", 0),
+        ("pod-a", 1),
+        ("pod-b", None),
+    ]

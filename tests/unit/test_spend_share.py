@@ -289,3 +289,135 @@ async def test_two_workers_with_uneven_traffic_hold_the_spend_target_together(
     alone, shares = await simulate(tmp_path / "alone.db", shared=False)
     assert alone == pytest.approx(20.0, rel=0.1)
     assert shares == [1.0, 1.0]
+
+
+Owner = tuple[int | None, str | None]  # (worker index, replica id)
+
+
+def processes(clock: Clock, cfg: Config, owners: Sequence[Owner]) -> list[Worker]:
+    """Return the controllers of each process (a worker of a replica), with savers."""
+    out = []
+    for index, replica in owners:
+        controllers = Controllers(clock)
+        started = controllers.configure(cfg, PRICING)
+        saver = ControllerStore(controllers, clock, started, worker=index, replica=replica)
+        out.append((controllers, saver))
+    return out
+
+
+TWO_BY_TWO: list[Owner] = [(0, "pod-a"), (1, "pod-a"), (0, "pod-b"), (1, "pod-b")]
+
+
+async def test_two_replicas_of_two_workers_aim_at_shares_of_the_target(store_target: str) -> None:
+    clock = Clock()
+    group = processes(clock, config(acme={"usd_per_hour": 8.0}), TWO_BY_TWO)
+    feed(group, [3, 1, 2, 2], 150, clock)
+    shares = await save_and_refresh(store_target, group)  # type: ignore[arg-type]
+    store = open_store(store_target)
+    try:
+        assert sorted(store.states("controller")) == [
+            "controller@pod-a/0:acme",
+            "controller@pod-a/1:acme",
+            "controller@pod-b/0:acme",
+            "controller@pod-b/1:acme",
+        ]
+    finally:
+        store.close()
+    assert [s["acme"] for s in shares] == pytest.approx([3 / 8, 1 / 8, 2 / 8, 2 / 8], abs=0.01)
+    assert sum(acme(w).share for w in group) == pytest.approx(1.0, rel=0.01)
+    assert sum(acme(w).aim() for w in group) == pytest.approx(8.0, rel=0.01)
+
+
+async def test_a_single_process_counts_the_other_replicas_and_alone_has_it_all(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    cfg = config(acme={"usd_per_hour": 4.0})
+    a, b = processes(clock, cfg, [(None, "pod-a"), (None, "pod-b")])
+    path = tmp_path / "store.db"
+    feed([a], [2], 40, clock)
+    assert await save_and_refresh(path, [a]) == [{"acme": 1.0}]  # alone: the whole target
+    assert acme(a).aim() == 4.0
+    feed([a, b], [3, 1], 100, clock)
+    shares = await save_and_refresh(path, [a, b])
+    assert [s["acme"] for s in shares] == pytest.approx([0.75, 0.25], abs=0.01)
+    assert acme(a).aim() + acme(b).aim() == pytest.approx(4.0, rel=0.01)
+
+
+async def test_a_replica_that_went_away_is_not_counted(tmp_path: Path) -> None:
+    clock = Clock()
+    cfg = config(window_s=60.0, acme={"usd_per_hour": 1.0})
+    group = processes(clock, cfg, [(0, "pod-a"), (0, "pod-b"), (0, "pod-old")])
+    path = tmp_path / "store.db"
+    feed(group, [1, 1, 4], 30, clock)
+    await save_and_refresh(path, group)
+    clock.now += 61.0  # pod-old was replaced: its newest request is older than window_s
+    feed(group[:2], [1, 3], 40, clock)
+    shares = await save_and_refresh(path, group[:2])
+    assert [s["acme"] for s in shares] == pytest.approx([0.25, 0.75], abs=0.01)
+
+
+async def test_a_process_upgraded_from_keys_without_replicas_keeps_its_whole_share(
+    tmp_path: Path,
+) -> None:
+    # A release before replica ids saved the state a single process and then two workers
+    # resume from: it counts as theirs, not as another replica's.
+    clock = Clock()
+    cfg = config(acme={"usd_per_hour": 2.0})
+    path = tmp_path / "store.db"
+    old = processes(clock, cfg, [(None, None), (0, None), (1, None)])
+    feed(old, [2, 3, 1], 60, clock)
+    await save_and_refresh(path, old)
+    (single,) = processes(clock, cfg, [(None, "host")])
+    new = processes(clock, cfg, [(0, "host"), (1, "host")])
+    writer = StoreWriter(open_store(path))
+    for process in [single, *new]:
+        assert await process[1].restore(writer) == ["acme"]
+    await writer.aclose()
+    feed([single], [2], 5, clock)
+    assert (await save_and_refresh(path, [single]))[0]["acme"] == 1.0
+    # The workers count each other (and the single process, a replica of its own).
+    feed(new, [1, 1], 5, clock)
+    shares = await save_and_refresh(path, new)
+    assert shares[0]["acme"] == pytest.approx(shares[1]["acme"], rel=0.05)
+    assert shares[0]["acme"] < 0.5
+
+
+async def simulate_replicas(path: Path, owners: Sequence[Owner]) -> float:
+    """Serve acme (10 USD/hour) from the processes ``owners`` name on one store, five
+    requests a second in all, split 3:1 between the first two and evenly among the rest
+    (0.5 of the requests in all go to the rest when there are any), through the service's
+    path; return the combined spend rate over the last 2,000 requests (400 s)."""
+    clock = Clock()
+    group = processes(clock, targets_config({}, acme={"usd_per_hour": 10.0}), owners)
+    weights = [3.0, 1.0] + [4.0 / max(1, len(owners) - 2)] * (len(owners) - 2)
+    writer: Any = SyncWriter(open_store(path))
+    rng = random.Random(5)
+    spent = []
+    for _ in range(8000):
+        clock.now += 0.2
+        (worker,) = rng.choices(group, weights)
+        controller, saver = acme(worker), worker[1]
+        spent.append(cost(serve(controller, rng.random(), tokens=TOKENS)))
+        saver.recorded(controller, writer)
+        await saver.settled()
+    writer.store.close()
+    return sum(spent[-2000:]) / (400 / 3600)
+
+
+@pytest.mark.parametrize(
+    ("owners", "spent"),
+    [
+        # Two replicas of one process, then two of two workers: the target in all.
+        ([(None, "pod-a"), (None, "pod-b")], 10.0),
+        (TWO_BY_TWO, 10.0),
+        # Without replica ids (a release before them) each replica of one process holds
+        # the whole target, and the workers of two replicas share two keys: twice it.
+        ([(None, None), (None, None)], 20.0),
+        ([(0, None), (1, None), (0, None), (1, None)], 20.0),
+    ],
+)
+async def test_replicas_on_one_store_hold_the_spend_target_together(
+    tmp_path: Path, owners: list[Owner], spent: float
+) -> None:
+    assert await simulate_replicas(tmp_path / "store.db", owners) == pytest.approx(spent, rel=0.1)
