@@ -223,7 +223,7 @@ async def test_a_worker_reads_the_shares_in_the_background_at_most_every_interva
     store.close()
 
 
-async def test_a_single_process_reads_no_shares(tmp_path: Path) -> None:
+async def test_a_process_without_replica_id_or_worker_index_reads_no_shares(tmp_path: Path) -> None:
     clock = Clock()
     (single,) = workers(clock, config(acme={"usd_per_hour": 1.0}), [None])
     store, reads = counted_store(tmp_path / "store.db", clock)

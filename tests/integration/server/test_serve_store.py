@@ -17,8 +17,9 @@ import grpc
 import pytest
 
 from router._proto.modelrouter.v1 import router_pb2 as pb
-from router.controller import STATE_KEY
+from router.config import REPLICA_ID_ENV
 from router.store import StatsQuery, open_store
+from router.store.stats import controller_state_key
 from tests.integration.server.support import (
     ServeProcess,
     router_stub,
@@ -48,9 +49,21 @@ def stored_requests(target: str) -> int:
         store.close()
 
 
+# The replica id the servers here run as ($MODELROUTER_REPLICA_ID; the host name otherwise).
+REPLICA = "replica-1"
+
+
 def serve(start: Start, config: Path, workers: int = 1) -> ServeProcess:
     return start(
-        "--config", str(config), "--host", "127.0.0.1", "--port", "0", "--workers", str(workers)
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--workers",
+        str(workers),
+        env={REPLICA_ID_ENV: REPLICA},
     )
 
 
@@ -237,7 +250,7 @@ def test_a_tenant_controller_resumes_after_a_restart_and_a_reload(
     assert server.wait(START_S) == 0
     stored = open_store(store_target, migrate=False)
     try:
-        state = stored.state(STATE_KEY + "default")
+        state = stored.state(controller_state_key("default", None, REPLICA))
     finally:
         stored.close()
     assert state["offset"] == before.offset and len(state["window"]) == 60
@@ -299,14 +312,17 @@ def test_each_worker_resumes_its_own_controller_after_a_restart(
     assert server.wait(START_S) == 0
     # Each worker's window under its own key, none under the shared one.
     first = stored_windows(path)
-    assert first == {"controller@0:default": served[0], "controller@1:default": served[1]}
+    assert first == {
+        "controller@replica-1/0:default": served[0],
+        "controller@replica-1/1:default": served[1],
+    }
 
     again = serve(serve_process, config, workers=2)
     port = port_of(again, workers=2)
     restored = again.wait_for("controller states restored", count=2, timeout=START_S)
     assert sorted((line["worker"], line["keys"]["default"]) for line in restored) == [
-        (0, "controller@0:default"),
-        (1, "controller@1:default"),
+        (0, "controller@replica-1/0:default"),
+        (1, "controller@replica-1/1:default"),
     ]
     for query in QUERIES[30:40]:
         route(port, query)
@@ -314,10 +330,12 @@ def test_each_worker_resumes_its_own_controller_after_a_restart(
     again.signal(signal.SIGTERM)
     assert again.wait(START_S) == 0
     # Each carried on from its own window (a worker that served nothing kept its state).
-    assert stored_windows(path) == {f"controller@{w}:default": served[w] + more[w] for w in (0, 1)}
+    assert stored_windows(path) == {
+        f"controller@replica-1/{w}:default": served[w] + more[w] for w in (0, 1)
+    }
     read = modelrouter("stats", "--store", path, "--json")
     assert read.returncode == 0, read.stderr
     controllers = json.loads(read.stdout)["controllers"]
-    assert [(c["tenant"], c["worker"], c["window_requests"]) for c in controllers] == [
-        ("default", w, served[w] + more[w]) for w in (0, 1)
-    ]
+    assert [
+        (c["tenant"], c["replica"], c["worker"], c["window_requests"]) for c in controllers
+    ] == [("default", REPLICA, w, served[w] + more[w]) for w in (0, 1)]

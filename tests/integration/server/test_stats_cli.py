@@ -15,7 +15,7 @@ import pytest
 
 from router._proto.modelrouter.v1 import router_pb2 as pb
 from router.auth import digest
-from router.config import Config
+from router.config import REPLICA_ID_ENV, Config
 from router.server import RunningServer
 from router.store.cli import API_KEY_ENV, parse_since
 from tests.certs import CertificateAuthority
@@ -45,7 +45,15 @@ def test_stats_from_the_store_and_from_the_server_agree(
         controller={"window_requests": 10, "min_requests": 2, "update_every": 1},
     )
     server = serve_process(
-        "--config", str(config), "--host", "127.0.0.1", "--port", "0", "--workers", "1"
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--workers",
+        "1",
+        env={REPLICA_ID_ENV: "replica-1"},
     )
     port = port_of(server)
     with stub_for(port) as stub:
@@ -69,7 +77,9 @@ def test_stats_from_the_store_and_from_the_server_agree(
     assert read.returncode == 0, read.stderr
 
     from_server, from_store = json.loads(asked.stdout), json.loads(read.stdout)
-    # The controllers too: live from the server, as saved on SIGTERM in the store.
+    # The controllers too: live from the server, as saved on SIGTERM in the store (which
+    # says by which replica).
+    assert [c.pop("replica") for c in from_store["controllers"]] == ["replica-1"]
     assert from_server == from_store
     assert set(from_store) == {"tiers", "total", "controllers"}
     (acme,) = from_store["controllers"]
