@@ -424,9 +424,9 @@ class TenantController:
         self.recorded = 0
         self.offset = 0.0
         self.saturated = False
-        # This process's share of the tenant's requests across the workers of
-        # ``serve --workers N`` (ControllerStore.refresh_shares sets it; 1.0 for a server of
-        # one process): a spend target is aimed at in proportion to it.
+        # This process's share of the tenant's requests across the workers of every
+        # replica sharing the store (ControllerStore.refresh_shares sets it; 1.0 for a
+        # process alone): a spend target is aimed at in proportion to it.
         self.share = 1.0
         self._pricing = pricing
         self.thresholds = pricing.thresholds

@@ -2,26 +2,36 @@
 
 Each controller's state (its window of served requests and its offset) is written through
 the store writer's queue: at most every ``SAVE_EVERY_S`` per tenant while it changes, and
-once more when the service closes (SIGTERM drains it with the rest of the queue). With
-several workers each runs its own controllers over the requests it serves, so each saves
-under its own key: ``controller@<index>:<tenant>`` for worker <index>, and
-``controller:<tenant>`` for a server of one process (``controller_state_key``).
+once more when the service closes (SIGTERM drains it with the rest of the queue). Every
+process runs its own controllers over the requests it serves, so each saves under its own
+key (``controller_state_key``), named by its replica (server.replica_id, resolved:
+``router.config.resolve_replica_id``) and its worker index:
+``controller@<replica>/<index>:<tenant>`` for worker <index> of ``serve --workers N``, and
+``controller@<replica>/:<tenant>`` for a server of one process. Releases before replica
+ids saved under ``controller@<index>:<tenant>`` and ``controller:<tenant>``; these are still
+read (``controller_of_key``), to resume from.
 
 A controller that starts cold (at start-up, or a tenant a reload adds) resumes from its
 stored state where that fits (same target kind, model version and tiers; records older
 than ``controller.window_s`` drop out of the window as usual). A process reads its own key
-first and, when that is absent (more workers than last time, one process after several,
-or a store a release before per-worker keys wrote), the tenant's most recent state under
+first and, when that is absent (a new replica, more workers than last time, one process
+after several, or a store an older release wrote), the tenant's most recent state under
 any other key: the one whose window's last request is the newest (``latest_request``).
 
-A spend target (``usd_per_hour``) is a rate for the whole service, but each worker's
-controller holds what its own window spends. So each worker aims at the target times its
-share of the tenant's recent requests (``spend_share``), counted from the other workers'
-saved states: read off the event loop, at most every ``SAVE_EVERY_S`` while a tenant with a
-spend target has traffic (``refresh_shares``). Request shares do not move with the
-controllers' offsets, so the shares are no feedback loop: each worker holds a fixed part of
-the target, and the parts add up to it. A share target needs none of this (a share of each
-worker's requests is a share of all of them), and a server of one process keeps share 1.
+A spend target (``usd_per_hour``) is a rate for the whole service, but each process's
+controller holds what its own window spends. So each process aims at the target times its
+share of the tenant's recent requests (``spend_share``), counted from the saved states of
+every other process (the other workers of its replica and those of the other replicas
+sharing the store): read off the event loop, at most every ``SAVE_EVERY_S`` while a tenant
+with a spend target has traffic (``refresh_shares``). A process alone in the store has
+share 1; a state whose newest request is older than ``window_s`` (a worker or replica that
+went away) is not counted, nor is a state an older release wrote (one this process may
+have resumed from: its requests would count twice). Request shares do not move with the
+controllers' offsets, so the shares are no feedback loop: each process holds a fixed part
+of the target, and the parts add up to it. A share target needs none of this (a share of
+each process's requests is a share of all of them). Without a replica id (the service
+embedded without ``serve``), the keys are an older release's and a process that is no
+worker of several keeps share 1.
 """
 
 from __future__ import annotations
@@ -289,16 +299,17 @@ def spend_share(
     window_s: float,
     window_requests: int,
 ) -> float | None:
-    """Return this worker's share of a tenant's recent requests, in [MIN_SHARE, 1] (None:
+    """Return this process's share of a tenant's recent requests, in [MIN_SHARE, 1] (None:
     no span to count over; keep the share as it is).
 
-    ``own`` is the times of this worker's live window, ``others`` those of each other
-    worker's last saved state. A state whose newest request is older than ``window_s`` is
-    a worker that went away: not counted. Each worker's requests are counted over the same
-    span: ``window_s``, or less when a window holds its last ``window_requests`` requests
-    and these span less (what is older is no longer in it). A saved state is up to
-    ``SAVE_EVERY_S`` old: its span ends at its newest request, or ``SAVE_EVERY_S`` ago if
-    that is later (a worker whose traffic stopped counts less and less), this worker's now.
+    ``own`` is the times of this process's live window, ``others`` those of each other
+    process's last saved state (the workers of every replica). A state whose newest
+    request is older than ``window_s`` is a process that went away: not counted. Each
+    process's requests are counted over the same span: ``window_s``, or less when a window
+    holds its last ``window_requests`` requests and these span less (what is older is no
+    longer in it). A saved state is up to ``SAVE_EVERY_S`` old: its span ends at its newest
+    request, or ``SAVE_EVERY_S`` ago if that is later (a process whose traffic stopped
+    counts less and less), this process's now.
     """
     workers = [(own, now)]
     for times in others:
