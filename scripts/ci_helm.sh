@@ -48,4 +48,11 @@ render() {  # NAME [helm args...]
 }
 render default
 render tls-auth-redis -f "$CHART/ci/tls-auth-redis-values.yaml" "${tls_files[@]}"
+# A replica id in the configuration every pod shares is refused (each pod gets its name).
+if "$helm" template modelrouter "$CHART" --kube-version 1.30.0 --set config.server.replica_id=x \
+        > /dev/null 2> "$work/replica.err"; then
+    echo "ci_helm: config.server.replica_id was not refused" >&2
+    exit 1
+fi
+grep -q "config.server.replica_id: leave it unset" "$work/replica.err"
 echo "ci_helm: the chart lints and renders"

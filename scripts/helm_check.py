@@ -3,9 +3,10 @@
 Reads the manifests `helm template` printed (a file), writes the ConfigMap's
 config.yaml and the TLS Secret's files into a temporary directory (the configuration's
 /etc/modelrouter/tls/ paths pointed there), sets the env Secret's variables, and runs
-`modelrouter config check`. Then checks what the issue asks of the pod: native gRPC probes
+`modelrouter config check` (with $MODELROUTER_REPLICA_ID set to a pod's name, as the
+pod's downward API sets it). Then checks what the issue asks of the pod: native gRPC probes
 of the health service, a preStop, and terminationGracePeriodSeconds that covers the preStop,
-server.drain_delay_s and server.grace_period_s.
+server.drain_delay_s and server.grace_period_s; and that each pod's replica id is its name.
 
 Usage: python scripts/helm_check.py RENDERED.yaml
 """
@@ -26,6 +27,8 @@ TLS_DIR = "/etc/modelrouter/tls/"
 CONFIG_PATH = "/etc/modelrouter/config/config.yaml"
 # The supervisor's margin after the grace period, and the chart's (router/server/supervisor.py).
 KILL_MARGIN_S = 5
+# A Deployment's pod name, as the downward API gives it to MODELROUTER_REPLICA_ID.
+POD_NAME = "modelrouter-7d9f8c6b5-x2x9q"
 
 
 def _one(docs: list[dict[str, Any]], kind: str, suffix: str = "") -> dict[str, Any]:
@@ -44,7 +47,7 @@ def check(docs: list[dict[str, Any]]) -> str:
 
 def _config_check(docs: list[dict[str, Any]], config_text: str) -> str:
     """Run `modelrouter config check` on the rendered configuration; return its output."""
-    env = dict(os.environ)
+    env = dict(os.environ) | {"MODELROUTER_REPLICA_ID": POD_NAME}
     secrets = [d for d in docs if d["kind"] == "Secret"]
     with tempfile.TemporaryDirectory() as tmp:
         for secret in secrets:
@@ -88,6 +91,13 @@ def _check_pod(docs: list[dict[str, Any]], server: dict[str, Any]) -> None:
     if "tls" in server:
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert TLS_DIR.rstrip("/") in mounts
+    # The replica id (server.replica_id) is each pod's own name, never one in the
+    # configuration every pod shares.
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MODELROUTER_REPLICA_ID"].get("valueFrom") == {
+        "fieldRef": {"fieldPath": "metadata.name"}
+    }, env.get("MODELROUTER_REPLICA_ID")
+    assert "replica_id" not in server
     kinds = {d["kind"] for d in docs}
     assert {"Service", "PodDisruptionBudget"} <= kinds
     assert any(d["kind"] == "Service" and d["spec"].get("clusterIP") == "None" for d in docs)

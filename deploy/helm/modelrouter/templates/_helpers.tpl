@@ -44,6 +44,9 @@ Secrets never appear here: they are ${VAR} references to the env Secret.
 */}}
 {{- define "modelrouter.config" -}}
 {{- $config := deepCopy .Values.config -}}
+{{- if hasKey (default (dict) $config.server) "replica_id" -}}
+{{- fail "config.server.replica_id: leave it unset: every pod would share it; the chart sets MODELROUTER_REPLICA_ID to each pod's name" -}}
+{{- end -}}
 {{- $server := dict
     "host" "[::]"
     "port" (int .Values.ports.grpc)
