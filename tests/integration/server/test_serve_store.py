@@ -27,7 +27,7 @@ from tests.integration.server.support import (
     write_config,
 )
 from tests.integration.server.test_controller import QUERIES
-from tests.integration.server.test_serve import route, stub_for
+from tests.integration.server.test_serve import OWN_CONNECTION, route, stub_for
 from tests.integration.test_cli import modelrouter
 
 Start = Callable[..., ServeProcess]
@@ -339,3 +339,58 @@ def test_each_worker_resumes_its_own_controller_after_a_restart(
     assert [
         (c["tenant"], c["replica"], c["worker"], c["window_requests"]) for c in controllers
     ] == [("default", REPLICA, w, served[w] + more[w]) for w in (0, 1)]
+
+
+def test_two_workers_report_spend_shares_that_add_up_to_one(
+    serve_process: Start, tmp_path: Path, model_path: Path
+) -> None:
+    # A spend target, two workers, and 3:1 traffic over a connection to each, paced (40
+    # Routes a second) so that a window of 200 spans seconds; long enough for each worker
+    # to read the other's saved state after both saved a full one (every 10 s).
+    config = write_config(
+        tmp_path / "c.yaml",
+        model_path,
+        store={"path": str(tmp_path / "s.db"), "flush_interval_s": 0.1},
+        tenants={"default": {"target": {"usd_per_hour": 1.0}}},
+        controller={"window_requests": 200, "window_s": 600},
+    )
+    server = serve(serve_process, config, workers=2)
+    port = port_of(server, workers=2)
+    channels: dict[int, grpc.Channel] = {}
+    try:
+        for attempt in range(64):  # a connection lands on either worker: find one of each
+            channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION)
+            rid = f"probe-{attempt}"
+            router_stub(channel).Route(pb.RouteRequest(prompt="hi", request_id=rid), timeout=10)
+            (line,) = server.wait_for(
+                "rpc", timeout=START_S, where=lambda line, rid=rid: line["request_id"] == rid
+            )
+            if line["worker"] in channels:
+                channel.close()
+            else:
+                channels[line["worker"]] = channel
+            if len(channels) == 2:
+                break
+        assert sorted(channels) == [0, 1]
+        heavy, light = (router_stub(channels[w]) for w in (0, 1))
+        started = time.monotonic()
+        while time.monotonic() - started < 32.0:
+            tick = time.monotonic()
+            for stub in (heavy, heavy, heavy, light):
+                stub.Route(pb.RouteRequest(prompt="what is the capital of France?"), timeout=10)
+            time.sleep(max(0.0, 0.1 - (time.monotonic() - tick)))
+        reported = {}
+        for worker, stub in ((0, heavy), (1, light)):
+            (controller,) = stub.GetConfig(pb.GetConfigRequest(), timeout=30).controllers
+            assert controller.HasField("share") and controller.HasField("aim")
+            reported[worker] = controller
+    finally:
+        for channel in channels.values():
+            channel.close()
+    shares = [reported[w].share for w in (0, 1)]
+    assert all(0.0 < share <= 1.0 for share in shares), shares
+    assert sum(shares) == pytest.approx(1.0, abs=0.05), shares
+    assert shares[0] == pytest.approx(0.75, abs=0.05), shares
+    assert [reported[w].aim for w in (0, 1)] == pytest.approx(shares)  # 1 USD/hour times each
+    server.signal(signal.SIGTERM)
+    assert server.wait(START_S) == 0
