@@ -25,6 +25,10 @@ class ServiceInfo:
     backends: tuple[BackendState, ...]
     # The tenants' cost controllers, by tenant name.
     controllers: tuple[Snapshot, ...] = ()
+    # The replica this process belongs to (server.replica_id, resolved; "" for none) and
+    # its index among ``serve --workers N`` (None: a server of one process).
+    replica_id: str = ""
+    worker_index: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

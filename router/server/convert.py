@@ -305,6 +305,8 @@ def config_response(info: ServiceInfo) -> pb.GetConfigResponse:
             if config.tenants[tenant].limits.any
         ],
         limits_counted_in="redis" if config.limits.redis_url else "process",
+        replica_id=info.replica_id,
+        worker_index=info.worker_index,
     )
 
 

@@ -265,6 +265,8 @@ async def test_get_config_reports_each_tenants_limits_and_no_secret(
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         response = await router_stub(channel).GetConfig(pb.GetConfigRequest())
     assert (response.limits_counted_in, len(response.tenant_limits)) == ("process", 0)
+    # Built in process: no replica id, and no worker index (one process).
+    assert (response.replica_id, response.HasField("worker_index")) == ("", False)
 
 
 async def test_feedback_knows_the_ids_served_lately_without_a_store(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router._proto.modelrouter.v1 import router_pb2 as pb
 from router._proto.modelrouter.v1 import router_pb2_grpc
+from router.config import REPLICA_ID_ENV
 from tests.integration.server.support import (
     SERVICE,
     ServeProcess,
@@ -126,7 +128,7 @@ def test_two_workers_serve_from_both_and_a_dead_worker_or_exporter_is_restarted(
     metrics_port = free_port()
     server = serve_process(
         "--config", str(config), "--host", "127.0.0.1", "--port", "0", "--workers", "2",
-        "--metrics-port", str(metrics_port),
+        "--metrics-port", str(metrics_port), env={REPLICA_ID_ENV: "pod-7"},
     )  # fmt: skip
     listening = server.wait_for("listening", count=2)
     ports = {line["port"] for line in listening}
@@ -138,6 +140,13 @@ def test_two_workers_serve_from_both_and_a_dead_worker_or_exporter_is_restarted(
     rpcs = server.wait_for("rpc", count=16)
     assert {line["pid"] for line in rpcs} == workers
     assert {line["worker"] for line in rpcs} == {0, 1}
+    # GetConfig says which replica and worker answered: a connection each, both workers.
+    answered = set()
+    for _ in range(16):
+        with stub_for(port) as stub:
+            config_answer = stub.GetConfig(pb.GetConfigRequest(), timeout=10)
+        answered.add((config_answer.replica_id, config_answer.worker_index))
+    assert answered == {("pod-7", 0), ("pod-7", 1)}
 
     victim = min(workers)
     os.kill(victim, signal.SIGKILL)
@@ -471,6 +480,9 @@ def test_serve_without_a_config_serves_the_shipped_model(serve_process: Start) -
     with stub_for(port) as stub:
         config = stub.GetConfig(pb.GetConfigRequest(), timeout=10)
         assert config.model_source == "builtin"
+        # One process: no worker index; the replica id resolved as serve resolves it.
+        replica = os.environ.get(REPLICA_ID_ENV) or socket.gethostname()
+        assert (config.replica_id, config.HasField("worker_index")) == (replica, False)
         assert [t.name for t in config.tiers] == ["cheap", "strong", "expert"]
         events = list(
             stub.Complete(pb.CompleteRequest(route=pb.RouteRequest(prompt="hi")), timeout=30)
