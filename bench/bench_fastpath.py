@@ -21,12 +21,14 @@ one, scored many times in a row), in one run.
 With ``--compare LABEL=CHECKOUT`` (repeatable) the stream and repeated timings are also
 made for other checkouts (another branch's worktree with its extension built in place),
 each build in its own process, the builds taking turns round by round, so that they are
-measured side by side on the same model file.
+measured side by side on the same model file. ``--compare-model LABEL=MODEL`` (repeatable)
+adds turns of this checkout with another model file (a model trained with other settings).
 
 Writes ``bench/results/fastpath.json`` and a bar chart ``bench/results/fastpath.png``.
 
     .venv/bin/python bench/bench_fastpath.py            # ~1 minute
     .venv/bin/python bench/bench_fastpath.py --compare before=../wt-main
+    .venv/bin/python bench/bench_fastpath.py --compare-model old=/tmp/old_default.npz
     .venv/bin/python bench/bench_fastpath.py --smoke    # seconds: CI checks it still runs
 """
 
@@ -166,12 +168,13 @@ def stream_timings(model_path: Path, texts: list[str], passes: int, repeats: int
 
 
 def compare_builds(
-    builds: dict[str, Path | None], model_path: Path, rounds: int, smoke: bool
+    builds: dict[str, tuple[Path | None, Path]], rounds: int, smoke: bool
 ) -> dict[str, Any]:
-    """Time the stream for each build (None: this checkout) in its own process, in turns."""
+    """Time the stream for each build (a checkout, None: this one; a model file) in its own
+    process, the builds taking turns."""
     per_build: dict[str, list[dict[str, float]]] = {label: [] for label in builds}
     for _ in range(rounds):
-        for label, checkout in builds.items():
+        for label, (checkout, model_path) in builds.items():
             env = dict(os.environ)
             if checkout is not None:
                 env["PYTHONPATH"] = str(checkout)
@@ -185,11 +188,12 @@ def compare_builds(
         result[label] = {
             key: statistics.median(run[key] for run in runs)
             for key in runs[0]
-            if key not in ("implementation", "scores_sha256")
+            if key not in ("implementation", "scores_sha256", "model")
         }
         result[label]["implementation"] = runs[0]["implementation"]
         result[label]["scores_sha256"] = runs[0]["scores_sha256"]
-        result[label]["checkout"] = str(builds[label] or HERE.parent)
+        result[label]["checkout"] = str(builds[label][0] or HERE.parent)
+        result[label]["model"] = runs[0]["model"]
     return result
 
 
@@ -263,6 +267,13 @@ def main() -> int:
         metavar="LABEL=CHECKOUT",
         help="also time the stream with another checkout's router package (repeatable)",
     )
+    parser.add_argument(
+        "--compare-model",
+        action="append",
+        default=[],
+        metavar="LABEL=MODEL",
+        help="also time the stream with this checkout and another model file (repeatable)",
+    )
     parser.add_argument("--rounds", type=int, default=5, help="turns of each build (--compare)")
     parser.add_argument("--stream-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -272,7 +283,9 @@ def main() -> int:
         # One build's turn in --compare: its numbers as JSON on stdout.
         texts = stream_queries(300 if args.smoke else None)
         timings: dict[str, Any] = stream_timings(args.model, texts, passes, repeats)
-        timings["implementation"] = Router(load_model(args.model)).implementation
+        router = Router(load_model(args.model))
+        timings["implementation"] = router.implementation
+        timings["model"] = router.version
         print(json.dumps(timings))
         return 0
     calls = {
@@ -352,12 +365,15 @@ def main() -> int:
                 f"{stream[f'{name}_repeated_us_p50']:6.2f} us: "
                 f"{stream[f'{name}_distinct_over_repeated']:.2f}x"
             )
-        if args.compare:
-            builds: dict[str, Path | None] = {"this": None}
+        if args.compare or args.compare_model:
+            builds: dict[str, tuple[Path | None, Path]] = {"this": (None, args.model)}
             for item in args.compare:
                 label, _, checkout = item.partition("=")
-                builds[label] = Path(checkout).resolve()
-            compared = compare_builds(builds, args.model, args.rounds, args.smoke)
+                builds[label] = (Path(checkout).resolve(), args.model)
+            for item in args.compare_model:
+                label, _, other = item.partition("=")
+                builds[label] = (None, Path(other).resolve())
+            compared = compare_builds(builds, args.rounds, args.smoke)
             results["stream_compare"] = {"rounds": args.rounds, "builds": compared}
             this = compared["this"]
             for label, build in compared.items():
@@ -366,7 +382,11 @@ def main() -> int:
                     f"repeated {build['c_repeated_us_p50']:5.2f}  route distinct "
                     f"{build['route_distinct_us_p50']:6.2f} repeated "
                     f"{build['route_repeated_us_p50']:5.2f}  ({build['implementation']}"
-                    + (", same scores)" if build["scores_sha256"] == this["scores_sha256"] else ")")
+                    + (
+                        ", same scores)"
+                        if build["scores_sha256"] == this["scores_sha256"]
+                        else f", model {build['model']})"
+                    )
                 )
                 if label != "this":
                     build["this_route_distinct_speedup"] = (
