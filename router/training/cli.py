@@ -84,6 +84,16 @@ def _number(text: str, *, zero: bool) -> float:
     return value
 
 
+def _char_max(text: str) -> int:
+    """Parse the longest byte n-gram: an integer from the shortest (3) to 8."""
+    from router.training.fit import TrainOptions
+
+    low = TrainOptions().char_min
+    if not text.strip().isdigit() or not low <= int(text) <= 8:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer in {low}..8")
+    return int(text)
+
+
 def _positive(text: str) -> float:
     return _number(text, zero=False)
 
@@ -263,6 +273,12 @@ def add_train_parser(subparsers: Subparsers) -> None:
         help=f"hashed feature space size, log2 ({defaults.buckets_log2})",
     )
     parser.add_argument(
+        "--char-max",
+        type=_char_max,
+        default=defaults.char_max,
+        help=f"longest byte n-gram hashed, {defaults.char_min}..8 ({defaults.char_max})",
+    )
+    parser.add_argument(
         "--gain-alpha",
         type=_positive,
         default=defaults.gain_alpha,
@@ -328,6 +344,7 @@ def _run_train(args: argparse.Namespace) -> int:
     options = TrainOptions(
         rules=rules,
         buckets_log2=args.buckets_log2,
+        char_max=args.char_max,
         gain_alpha=args.gain_alpha,
         level_c=args.level_c,
         gate_c=args.gate_c,
