@@ -77,6 +77,13 @@ def write_config(path: Path, model: Path, **sections: dict[str, Any]) -> Path:
     return path
 
 
+def serve_args(config: Path, workers: int = 1, *more: str) -> tuple[str, ...]:
+    """Return ``modelrouter serve`` arguments: this configuration, an ephemeral port on
+    loopback, ``workers`` worker processes, then ``more``."""
+    return ("--config", str(config), "--host", "127.0.0.1", "--port", "0",
+            "--workers", str(workers), *more)  # fmt: skip
+
+
 def slow_demo(tokens_per_second: float) -> dict[str, Any]:
     """Return a backends section whose demo backend streams at the given rate."""
     return {"demo": {"kind": "demo", "tokens_per_second": tokens_per_second}}

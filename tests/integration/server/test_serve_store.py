@@ -23,6 +23,7 @@ from router.store.stats import controller_state_key
 from tests.integration.server.support import (
     ServeProcess,
     router_stub,
+    serve_args,
     slow_demo,
     write_config,
 )
@@ -54,17 +55,7 @@ REPLICA = "replica-1"
 
 
 def serve(start: Start, config: Path, workers: int = 1) -> ServeProcess:
-    return start(
-        "--config",
-        str(config),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--workers",
-        str(workers),
-        env={REPLICA_ID_ENV: REPLICA},
-    )
+    return start(*serve_args(config, workers), env={REPLICA_ID_ENV: REPLICA})
 
 
 def port_of(server: ServeProcess, workers: int = 1) -> int:
@@ -201,17 +192,7 @@ def test_the_default_store_is_in_the_state_directory(
     state = tmp_path / "state"
     sections = {"store": None} if value == "null" else {}
     config = write_config(tmp_path / "c.yaml", model_path, **sections)
-    server = serve_process(
-        "--config",
-        str(config),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--workers",
-        "1",
-        env={"XDG_STATE_HOME": str(state)},
-    )
+    server = serve_process(*serve_args(config), env={"XDG_STATE_HOME": str(state)})
     route(port_of(server))
     server.signal(signal.SIGTERM)
     assert server.wait(START_S) == 0

@@ -19,7 +19,7 @@ from router.config import REPLICA_ID_ENV, Config
 from router.server import RunningServer
 from router.store.cli import API_KEY_ENV, parse_since
 from tests.certs import CertificateAuthority
-from tests.integration.server.support import ServeProcess, write_config
+from tests.integration.server.support import ServeProcess, serve_args, write_config
 from tests.integration.server.test_serve import stub_for
 from tests.integration.server.test_serve_store import (
     START_S,
@@ -44,17 +44,7 @@ def test_stats_from_the_store_and_from_the_server_agree(
         tenants={"acme": {"target": {"strong_share": 0.5}}},
         controller={"window_requests": 10, "min_requests": 2, "update_every": 1},
     )
-    server = serve_process(
-        "--config",
-        str(config),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--workers",
-        "1",
-        env={REPLICA_ID_ENV: "replica-1"},
-    )
+    server = serve_process(*serve_args(config), env={REPLICA_ID_ENV: "replica-1"})
     port = port_of(server)
     with stub_for(port) as stub:
         for i, tenant in enumerate(("acme", "acme", "globex")):

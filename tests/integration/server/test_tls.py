@@ -26,6 +26,7 @@ from tests.integration.server.support import (
     ServeProcess,
     free_port,
     router_stub,
+    serve_args,
     slow_demo,
     write_config,
 )
@@ -252,18 +253,7 @@ def test_metrics_port_speaks_https_apart_from_the_grpc_port(
         model_path,
         server={"metrics_tls": {"cert": str(cert), "key": str(key)}, "metrics_host": "127.0.0.1"},
     )
-    process = serve_process(
-        "--config",
-        str(config),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--workers",
-        "2",
-        "--metrics-port",
-        str(free_port()),
-    )
+    process = serve_process(*serve_args(config, 2, "--metrics-port", str(free_port())))
     metrics_port = process.wait_for("metrics exporter started")[0]["metrics_port"]
     assert process.port  # listening
     trusted = ssl.create_default_context(cadata=ca.cert_pem.decode())
