@@ -83,10 +83,10 @@ class TrainOptions:
     buckets_log2: int = 18
     word_max: int = 2
     char_min: int = 3
-    # Byte 3- and 4-grams: 5-grams too ranked the held-out sources the same (every figure of
-    # train --report within 0.004) and cost the fast path a third more n-grams (README,
-    # "The routing model"; bench/README.md, the distinct stream).
-    char_max: int = 4
+    # Byte 3-grams only: with 4- and 5-grams too the held-out sources ranked the same (every
+    # figure of train --report within 0.004) and a query had 2.5 times the n-grams (README,
+    # "The byte n-grams"; bench/README.md, the distinct stream).
+    char_max: int = 3
     level_c: float = 0.2
     gate_c: float = 0.2
     gain_alpha: float = 100.0

@@ -115,7 +115,7 @@ def test_train_writes_the_model_and_the_report(trained: Trained) -> None:
     assert trained.result.stdout.index("leave-one") < trained.result.stdout.index("outcomes [all]")
     assert "trained in" in trained.result.stderr  # progress goes to stderr
     assert model.spec.buckets_log2 == 10
-    assert (model.spec.char_min, model.spec.char_max) == (3, 4)  # the default byte n-grams
+    assert (model.spec.char_min, model.spec.char_max) == (3, 3)  # the default byte n-grams
     assert model.tier_names == TIERS
     assert "cross_validation" in model.info
     report = json.loads(trained.report.read_text())
@@ -197,6 +197,7 @@ def test_train_rejects_a_bad_rules_file(tmp_path: Path) -> None:
         ("--outcome-spread", "zero", "not a number"),
         ("--char-max", "9", "an integer in 3..8"),
         ("--char-max", "2", "an integer in 3..8"),
+        ("--char-max", "", "an integer in 3..8"),
         ("--char-max", "four", "an integer in 3..8"),
     ],
 )
