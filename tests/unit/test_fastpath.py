@@ -145,6 +145,16 @@ def test_parity_on_rule_heavy_ascii(text: str) -> None:
     _assert_same(py, c, text)
 
 
+@settings(max_examples=200, deadline=None)
+@given(texts=st.lists(UNICODE_TEXT, min_size=2, max_size=8))
+def test_one_compiled_instance_scores_each_text_as_the_twin(texts: list[str]) -> None:
+    # The compiled scan keeps token bounds in scratch that the previous text's n-gram
+    # hashes filled: nothing of one text may leak into the next.
+    py, c = _pair(5)
+    for text in [*texts, "x" * 5000, *reversed(texts)]:
+        _assert_same(py, c, text)
+
+
 def test_parity_on_training_queries() -> None:
     data = SHARED_DATA / "routing_train.jsonl"
     if not data.exists():
