@@ -205,6 +205,9 @@ cdef uint8_t BYTE_CLASS[256]
 # for whitespace, 0 for a digit, else the lower-cased byte).
 cdef uint8_t RAW_CLASS[256]
 cdef uint8_t RAW_EMIT[256]
+# By input byte: what it adds to the counts of lines, question marks, maths symbols and code
+# symbols, one per 16-bit lane (a text of at most 32 KiB cannot carry into the next lane).
+cdef uint64_t RAW_COUNTS[256]
 
 
 cdef void _init_byte_classes():
@@ -227,9 +230,22 @@ cdef void _init_byte_classes():
         low = b + 0x20 if 0x41 <= b <= 0x5A else b
         RAW_CLASS[b] = BYTE_CLASS[low]
         RAW_EMIT[b] = 0x20 if BYTE_CLASS[low] & 1 else 0x30 if BYTE_CLASS[low] & 4 else low
+        RAW_COUNTS[b] = (
+            (b == 0x0A)
+            | (<uint64_t>(b == 0x3F) << 16)
+            | (<uint64_t>(BYTE_CLASS[low] >> 3 & 1) << 32)
+            | (<uint64_t>(BYTE_CLASS[low] >> 4 & 1) << 48)
+        )
 
 
 _init_byte_classes()
+
+
+cdef inline (long, long, long, long) _add_counts(
+        uint64_t counts, long lines, long questions, long math_symbols, long code) noexcept:
+    """Add the four 16-bit lanes of RAW_COUNTS sums to the four counts."""
+    return (lines + <long>(counts & 0xFFFF), questions + <long>(counts >> 16 & 0xFFFF),
+            math_symbols + <long>(counts >> 32 & 0xFFFF), code + <long>(counts >> 48))
 
 
 cdef inline uint64_t _pair_hash(uint64_t a, uint64_t b, uint64_t seed) noexcept nogil:
@@ -400,7 +416,8 @@ cdef class FastPath:
         cdef long words = 0
         cdef uint64_t* starts = self.gram_hash
         cdef uint64_t* ends = self.gram_hash + self.max_bytes + 2
-        cdef Py_ssize_t n_tok = 0
+        cdef Py_ssize_t n_tok = 0, token_end = 0
+        cdef uint64_t counts = 0
         cdef int space, word, digit, prev_word = 0, starting, last_question = 0
         cdef int spaces = 1, digits = 0
         cdef bytes encoded
@@ -422,13 +439,14 @@ cdef class FastPath:
             if n > self.max_bytes:
                 n = self.max_bytes
 
-        # One pass, without a branch on the text (a repeated query teaches the branch
-        # predictor its bytes; a stream of distinct ones paid ~1.4 us a query for the
-        # branches of the scan and word split this replaced): write each byte's output and
-        # advance past it unless it is whitespace after whitespace; count the stats; note
-        # where tokens (word-byte runs, or one other non-space byte) start and end. Token
-        # k is buf[starts[k]:ends[k + 1]]; both live in gram_hash, which _hash_grams fills
-        # only later.
+        # One pass without a branch on the text: a repeated query teaches the branch
+        # predictor its bytes, a stream of distinct queries does not, and the branches of
+        # the byte scan and word split this replaced were most of what a distinct query
+        # cost over a repeated one (bench/README.md, the distinct stream). Write each
+        # byte's output and advance past it unless it is whitespace after whitespace;
+        # count the stats; note where tokens (word-byte runs, or one other non-space byte)
+        # start and end. Token k is buf[starts[k]:ends[k + 1]]; both live in gram_hash,
+        # which _hash_grams fills only later.
         self.buf[0] = 0x20
         out = 1
         ends[0] = 0
@@ -444,13 +462,15 @@ cdef class FastPath:
             n_tok += starting
             words += starting & word
             # The open token ends after this byte unless the byte is whitespace.
-            ends[n_tok] += <uint64_t>(1 - space) * (<uint64_t>(out + 1) - ends[n_tok])
+            token_end += (1 - space) * (out + 1 - token_end)
+            ends[n_tok] = token_end
             out += 1 - (space & spaces)
-            lines += b == 0x0A
             numbers += digit & (1 - digits)
-            questions += b == 0x3F
-            math_symbols += (cls >> 3) & 1
-            code += (cls >> 4) & 1
+            counts += RAW_COUNTS[b]
+            if i & 0xFFFF == 0xFFFF:  # before a 16-bit lane could fill
+                lines, questions, math_symbols, code = _add_counts(
+                    counts, lines, questions, math_symbols, code)
+                counts = 0
             last_question += (1 - space) * ((b == 0x3F) - last_question)
             spaces = space
             digits = digit
@@ -464,6 +484,8 @@ cdef class FastPath:
                 self.buf + starts[i], <size_t>(ends[i + 1] - starts[i]), self.seed)
         self.n_tokens = n_tok
 
+        lines, questions, math_symbols, code = _add_counts(
+            counts, lines, questions, math_symbols, code)
         self.stats[0] = n
         self.stats[1] = words
         self.stats[2] = questions

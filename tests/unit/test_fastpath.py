@@ -155,6 +155,20 @@ def test_one_compiled_instance_scores_each_text_as_the_twin(texts: list[str]) ->
         _assert_same(py, c, text)
 
 
+def test_counts_of_a_text_longer_than_65535_bytes_match_the_twin() -> None:
+    # The compiled scan sums four byte counts in 16-bit lanes of one word, emptied every
+    # 65,536 bytes: a model that reads 200,000 bytes must count past a lane's range.
+    if _fastpath_c is None:
+        pytest.skip("compiled fast path not built")
+    model = random_model(9)
+    model = dataclasses.replace(model, spec=dataclasses.replace(model.spec, max_bytes=200_000))
+    py, c = model.fastpath(_fastpath_py.FastPath), model.fastpath(_fastpath_c.FastPath)
+    # 70,000 line breaks and question marks: each count overflows a lane if not emptied.
+    text = "\n?" * 70_000 + "x1 2"
+    assert c.features(text)[1].tobytes() == py.features(text)[1].tobytes()
+    _assert_same(py, c, text)
+
+
 def test_parity_on_training_queries() -> None:
     data = SHARED_DATA / "routing_train.jsonl"
     if not data.exists():
