@@ -206,7 +206,8 @@ cdef uint8_t BYTE_CLASS[256]
 cdef uint8_t RAW_CLASS[256]
 cdef uint8_t RAW_EMIT[256]
 # By input byte: what it adds to the counts of lines, question marks, maths symbols and code
-# symbols, one per 16-bit lane (a text of at most 32 KiB cannot carry into the next lane).
+# symbols, one per 16-bit lane (the scan empties the lanes every 65,536 bytes, before one
+# could carry into the next).
 cdef uint64_t RAW_COUNTS[256]
 
 
@@ -389,7 +390,8 @@ cdef class FastPath:
             for j, edge in enumerate(stat_edges):
                 self.edges[i][j] = edge
 
-        # Two bytes of padding; at most one token per byte.
+        # Two bytes of padding; at most one token per byte. The n-gram hashes take at least
+        # two words a byte, room for the token bounds the scan keeps there first.
         self.buf = <uint8_t*>malloc(max_bytes + 2)
         self.tok_hash = <uint64_t*>malloc((max_bytes + 2) * sizeof(uint64_t))
         self.gram_hash = <uint64_t*>malloc(
