@@ -89,6 +89,10 @@ DENSE_EDGES: tuple[tuple[str, tuple[int, ...]], ...] = (
 N_DENSE = sum(len(edges) for _, edges in DENSE_EDGES)
 
 
+# The longest byte n-gram a model may hash (the compiled path hashes at most 16 bytes).
+MAX_CHAR_GRAM = 8
+
+
 def query_length(n_bytes: int) -> float:
     """Return the length the score reads: log1p of the normalised byte count."""
     return math.log1p(n_bytes)
@@ -195,7 +199,7 @@ def check_settings(
     *, buckets_log2: int, word_max: int, char_min: int, char_max: int, max_bytes: int, n_rules: int
 ) -> None:
     """Raise ValueError for featurizer settings neither fast path supports."""
-    if not 1 <= word_max <= 4 or not 1 <= char_min <= char_max <= 8:
+    if not 1 <= word_max <= 4 or not 1 <= char_min <= char_max <= MAX_CHAR_GRAM:
         raise ValueError("n-gram ranges out of bounds (word 1..4, char 1..8)")
     if not 8 <= buckets_log2 <= 24:
         raise ValueError("buckets_log2 must be in 8..24")

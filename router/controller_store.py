@@ -105,6 +105,16 @@ class ControllerStore:
         writer.put(StateRecord(key, state, now))
         self._saved[controller.tenant] = (controller, controller.recorded, now)
 
+    @property
+    def replica(self) -> str | None:
+        """The replica this process belongs to (server.replica_id, resolved), if any."""
+        return self._replica
+
+    @property
+    def worker(self) -> int | None:
+        """This process's index among ``serve --workers N`` (None: the only process)."""
+        return self._worker
+
     def _key(self, tenant: str) -> str:
         """Return the key this process saves a tenant's controller under."""
         return controller_state_key(tenant, self._worker, self._replica)

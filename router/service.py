@@ -77,8 +77,6 @@ class RouterService:
         replica: str | None = None,
     ) -> None:
         self._engine_factory = engine_factory
-        self._replica = replica
-        self._worker = worker
         self._runtime = Runtime(config, router, engine_factory(config), model_source, store)
         self._controllers = Controllers(clock)
         cold = self._controllers.configure(config, self._runtime.pricing())
@@ -394,8 +392,8 @@ class RouterService:
             fastpath=rt.router.implementation,
             backends=tuple(rt.engine.backend_states()),
             controllers=tuple(self._controllers.snapshots()),
-            replica_id=self._replica or "",
-            worker_index=self._worker,
+            replica_id=self._controller_store.replica or "",
+            worker_index=self._controller_store.worker,
         )
 
     @property

@@ -85,12 +85,13 @@ def _number(text: str, *, zero: bool) -> float:
 
 
 def _char_max(text: str) -> int:
-    """Parse the longest byte n-gram: an integer from the shortest (3) to 8."""
+    """Parse the longest byte n-gram: an integer from the shortest (3) to MAX_CHAR_GRAM."""
+    from router._fastpath_py import MAX_CHAR_GRAM
     from router.training.fit import TrainOptions
 
     low = TrainOptions().char_min
-    if not text.strip().isdigit() or not low <= int(text) <= 8:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer in {low}..8")
+    if not text.strip().isdigit() or not low <= int(text) <= MAX_CHAR_GRAM:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer in {low}..{MAX_CHAR_GRAM}")
     return int(text)
 
 
@@ -276,7 +277,7 @@ def add_train_parser(subparsers: Subparsers) -> None:
         "--char-max",
         type=_char_max,
         default=defaults.char_max,
-        help=f"longest byte n-gram hashed, {defaults.char_min}..8 ({defaults.char_max})",
+        help=f"longest byte n-gram hashed, from {defaults.char_min} ({defaults.char_max})",
     )
     parser.add_argument(
         "--gain-alpha",

@@ -84,8 +84,8 @@ class TrainOptions:
     word_max: int = 2
     char_min: int = 3
     # Byte 3-grams only: with 4- and 5-grams too the held-out sources ranked the same (every
-    # figure of train --report within 0.004) and a query had 2.5 times the n-grams (README,
-    # "The byte n-grams"; bench/README.md, the distinct stream).
+    # held-out APGR and AUC of train --report within 0.002) and a query had 2.5 times the
+    # n-grams (README, "The byte n-grams"; bench/README.md, the distinct stream).
     char_max: int = 3
     level_c: float = 0.2
     gate_c: float = 0.2
