@@ -279,8 +279,10 @@ class Metrics:
         # The store writer last flushed, and its counts then (a reload may swap it).
         self._store_writer: object = None
         self._store_counts = (0, 0)
-        # The online cost controllers, per tenant with a target (a configured, bounded set);
-        # each worker runs its own, so a gauge shows the most recently flushed worker's.
+        # The online cost controllers, per tenant with a target (a configured, bounded set).
+        # Each worker runs its own over the requests it serves: the target is the same in
+        # all of them (the most recent value), what each realised and the offset it holds are
+        # its own, one series per live worker (multiprocess mode adds a ``pid`` label).
         self.controller_target = Gauge(
             "modelrouter_controller_target",
             "A tenant's cost target: a share of requests above the cheapest tier, or USD/hour.",
@@ -292,21 +294,21 @@ class Metrics:
             "modelrouter_controller_realised",
             "What the tenant's window of requests was served: the target's quantity.",
             ("tenant", "kind"),
-            multiprocess_mode="livemostrecent",
+            multiprocess_mode="liveall",
             registry=r,
         )
         self.controller_offset = Gauge(
             "modelrouter_controller_offset_logits",
             "The offset the controller adds to the logit of each of the tenant's thresholds.",
             ("tenant",),
-            multiprocess_mode="livemostrecent",
+            multiprocess_mode="liveall",
             registry=r,
         )
         self.controller_saturated = Gauge(
             "modelrouter_controller_saturated",
             "1 while the tenant's offset sits at a limit and the target is still not met.",
             ("tenant",),
-            multiprocess_mode="livemostrecent",
+            multiprocess_mode="liveall",
             registry=r,
         )
         self._pending: list[Count | Observations] = []

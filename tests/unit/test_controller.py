@@ -44,14 +44,14 @@ class Clock:
 
 
 def controller(
-    target: Target, pricing: Pricing = PRICING, clock: Clock | None = None, **overrides: float
+    target: Target, pricing: Pricing = PRICING, clock: Clock | None = None, **overrides: Any
 ) -> TenantController:
     return TenantController(
         "acme",
         target,
         Settings(**overrides),
         pricing,
-        clock=clock or Clock(),  # type: ignore[arg-type]
+        clock=clock or Clock(),
     )
 
 

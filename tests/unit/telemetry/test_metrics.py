@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, multiprocess, values
 
 from router.controller import Snapshot, Target
-from router.telemetry.exporter import use_process_values
+from router.telemetry.exporter import MULTIPROC_ENV, use_process_values
 from router.telemetry.metrics import DECISION_BUCKETS, Metrics, Observations
 
 
@@ -156,3 +157,32 @@ def test_each_tenant_controller_is_a_set_of_gauges() -> None:
         is None
     )
     assert value("modelrouter_controller_saturated", {"tenant": "default"}) == 1
+
+
+def test_each_worker_has_its_own_controller_series_in_multiprocess_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers' controllers hold different offsets: the exporter shows both, by pid."""
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
+    try:
+        for pid, offset, realised in ((101, 1.5, 0.31), (202, -0.5, 0.27)):
+            values.ValueClass = values.MultiProcessValue(lambda pid=pid: pid)  # type: ignore[no-untyped-call]
+            worker = Metrics(CollectorRegistry())
+            snapshot = Snapshot(
+                "acme", Target("strong_share", 0.3), offset, (0.5, 0.9), realised, 500, 12, False
+            )
+            worker.flush(0, "m-1", (), (snapshot,))
+    finally:
+        use_process_values()
+    exported = CollectorRegistry()
+    multiprocess.MultiProcessCollector(exported, str(tmp_path))  # type: ignore[no-untyped-call]
+    value = exported.get_sample_value
+    share = {"tenant": "acme", "kind": "strong_share"}
+    for pid, offset, realised in (("101", 1.5, 0.31), ("202", -0.5, 0.27)):
+        assert (
+            value("modelrouter_controller_offset_logits", {"tenant": "acme", "pid": pid}) == offset
+        )
+        assert value("modelrouter_controller_realised", {**share, "pid": pid}) == realised
+        assert value("modelrouter_controller_saturated", {"tenant": "acme", "pid": pid}) == 0
+    # The target is the tenant's, the same in every worker: one series.
+    assert value("modelrouter_controller_target", share) == 0.3
