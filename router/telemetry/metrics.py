@@ -145,7 +145,7 @@ class Metrics:
         )
         self.decisions = Counter(
             "modelrouter_route_decisions_total",
-            "Routing decisions (Route and Complete), by the tier chosen.",
+            "Routing decisions (Route, RouteBatch and Complete), by the tier chosen.",
             ("tier",),
             registry=r,
         )
