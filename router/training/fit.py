@@ -158,6 +158,12 @@ class Heads:
     def levels(self, X: sp.csr_matrix) -> npt.NDArray[np.float64]:
         return _levels(self.logits(X))
 
+    def gate(self, X: sp.csr_matrix) -> npt.NDArray[np.float64]:
+        """Return sigmoid(gate): how far the outcome level places each row (0: not at all)."""
+        return _sigmoid(
+            np.asarray(X @ self.weights[:, GATE_HEAD].astype(np.float64)) + self.bias[GATE_HEAD]
+        )
+
 
 def _levels(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     level_logits = logits[:, :LEVELS]
@@ -324,15 +330,19 @@ def fit_score(
     rows: Sequence[Row],
     options: TrainOptions,
     levels_out: npt.NDArray[np.float64],
+    gates_out: npt.NDArray[np.float64] | None = None,
 ) -> Callable[[npt.NDArray[np.intp], npt.NDArray[np.intp]], npt.NDArray[np.float64]]:
     """Return a function fitting heads on some rows and scoring others (their level
-    probabilities go into ``levels_out``), for cross-validation and held-out sources."""
+    probabilities go into ``levels_out``, their gates into ``gates_out`` if given), for
+    cross-validation and held-out sources."""
 
     lengths = query_lengths([r.text for r in rows], options.spec())
 
     def run(train: npt.NDArray[np.intp], test: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:
         heads = fit_heads(X[train], [rows[i] for i in train], options, lambda _msg: None)
         levels_out[test] = heads.levels(X[test])
+        if gates_out is not None:
+            gates_out[test] = heads.gate(X[test])
         return heads.score(X[test], lengths[test])
 
     return run

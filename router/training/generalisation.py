@@ -8,7 +8,9 @@ so neither the model nor the operating point has seen any row of it. The report 
 held-out source, the APGR where it has outcomes, the share per tier, the level 3-4 rows on
 the cheapest tier and the level 0 rows there; pooled over every held-out score, how well
 the score separates levels (AUC) and, within each source with several levels, how it ranks
-them (Spearman).
+them (Spearman). Where the score has a gate (the shipped formula), each source also gets
+how open it was on the source's rows: how much of the outcome signal, learned on other
+sources, placed them.
 
 ``bench/quality_baseline.py`` puts the plain scikit-learn baseline through the same code.
 """
@@ -152,9 +154,13 @@ def _share(mask: npt.NDArray[np.bool_], of: npt.NDArray[np.bool_]) -> float | No
 
 
 def source_report(
-    scores: FloatArray, rows: Sequence[Row], thresholds: Sequence[float]
+    scores: FloatArray,
+    rows: Sequence[Row],
+    thresholds: Sequence[float],
+    gates: FloatArray | None = None,
 ) -> dict[str, Any]:
-    """Return how rows of one source are routed at ``thresholds`` and ranked by ``scores``."""
+    """Return how rows of one source are routed at ``thresholds`` and ranked by ``scores``;
+    with ``gates``, how far the outcome level placed them (the score's gate, 0 to 1)."""
     tiers = np.array([tier_for_score(float(s), thresholds) for s in scores], dtype=np.int64)
     level = np.array([-1 if r.tier is None else r.tier for r in rows])
     cheapest = tiers == 0
@@ -170,6 +176,9 @@ def source_report(
         else None,
         "outcomes": None,
     }
+    if gates is not None:
+        out["gate_mean"] = float(gates.mean())
+        out["gate_open_share"] = float((gates > 0.5).mean())
     outcome = np.array([r.has_outcome for r in rows], dtype=bool)
     if outcome.any():
         weak, strong = outcome_arrays(rows)
@@ -195,12 +204,15 @@ def generalisation_report(
     n_tiers: int,
     top_share: float | None,
     score_of_level: ScoreOfLevel | None = None,
+    gates: FloatArray | None = None,
 ) -> dict[str, Any]:
     """Return the leave-one-source-out report.
 
     ``held_out`` holds every row's score from a model that never saw its source;
     ``calibration`` the scores the thresholds are calibrated on (out-of-fold scores), of
-    which each source's own rows are left out when its thresholds are set.
+    which each source's own rows are left out when its thresholds are set; ``gates``, when
+    the score has a gate, every row's gate from that same model: on a source without
+    outcomes it says how much of the outcome signal, learned elsewhere, reached it.
     """
     source = np.array([r.source for r in rows])
     names = held_out_sources(rows)
@@ -214,7 +226,9 @@ def generalisation_report(
             calibration[~held], kept, _feasible(target, kept), n_tiers, top_share, score_of_level
         )
         picked = [r for r, h in zip(rows, held, strict=True) if h]
-        sources[name] = source_report(held_out[held], picked, thresholds)
+        sources[name] = source_report(
+            held_out[held], picked, thresholds, None if gates is None else gates[held]
+        )
     scored = ~np.isnan(held_out)
     level = np.array([-1 if r.tier is None else r.tier for r in rows])
     pooled: dict[str, Any] = {
@@ -266,7 +280,7 @@ def format_generalisation(report: dict[str, Any], tier_names: Sequence[str]) -> 
     head = (
         f"{'held-out source':<18}{'rows':>7}{'APGR':>7}{'saved@98':>9}"
         + "".join(f"{n[:9]:>10}" for n in tier_names)
-        + f"{'L3-4 cheap':>11}{'L0 cheap':>9}{'rho(lvl)':>9}"
+        + f"{'L3-4 cheap':>11}{'L0 cheap':>9}{'rho(lvl)':>9}{'gate>0.5':>9}"
     )
     lines = ["leave-one-source-out (" + report["protocol"] + ")", head]
     for name, src in report["sources"].items():
@@ -276,7 +290,7 @@ def format_generalisation(report: dict[str, Any], tier_names: Sequence[str]) -> 
             f"{pct(out.get('cost_saved_98')):>9}"
             + "".join(f"{pct(s):>10}" for s in src["tier_shares"])
             + f"{pct(src['hard_on_cheapest']):>11}{pct(src['simple_on_cheapest']):>9}"
-            f"{num(src['spearman_score_level']):>9}"
+            f"{num(src['spearman_score_level']):>9}{pct(src.get('gate_open_share')):>9}"
         )
     pooled = report["pooled"]
     lines.append(

@@ -107,7 +107,10 @@ def train(
     )
     if by_source:
         held_levels = np.zeros((len(rows), oof_levels.shape[1]))
-        held_out = leave_one_source_out(rows, fit_score(X, rows, options, held_levels), log)
+        held_gates = np.full(len(rows), np.nan)
+        held_out = leave_one_source_out(
+            rows, fit_score(X, rows, options, held_levels, held_gates), log
+        )
         report = {
             "held_out_sources": generalisation_report(
                 rows,
@@ -117,6 +120,7 @@ def train(
                 len(tier_names),
                 top_share,
                 score_of_level,
+                held_gates,
             )
         }
     if folds >= 2:

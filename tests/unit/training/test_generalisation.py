@@ -122,3 +122,22 @@ def test_report_calibrates_each_source_without_its_rows() -> None:
     assert text.splitlines()[0].startswith("leave-one-source-out (each source scored")
     assert text.splitlines()[2].split()[:2] == ["hard", "10"]
     assert "100.0%" in text.splitlines()[2]
+
+
+def test_report_gives_each_held_out_source_its_gate() -> None:
+    """With the rows' gates, each source says how far the outcome level placed its rows."""
+    rows = _rows()
+    scores = np.array([r.tier for r in rows]) / 4.0
+    gates = np.zeros(len(rows))
+    gates[10:20] = np.linspace(0.0, 0.9, 10)  # the hard source: 4 of 10 above one half
+    target = Target(max_hard_on_cheapest=0.0, min_simple_on_cheapest=1.0)
+    report = generalisation_report(rows, scores, scores, target, 3, 0.2, gates=gates)
+    hard = report["sources"]["hard"]
+    assert hard["gate_mean"] == pytest.approx(0.45)
+    assert hard["gate_open_share"] == pytest.approx(0.4)
+    assert report["sources"]["simple"]["gate_open_share"] == 0.0
+    assert format_generalisation(report, TIERS).splitlines()[2].split()[-1] == "40.0%"
+    # A score without a gate (the plain baseline's) reports none.
+    plain = generalisation_report(rows, scores, scores, target, 3, 0.2)
+    assert "gate_mean" not in plain["sources"]["hard"]
+    assert format_generalisation(plain, TIERS).splitlines()[2].split()[-1] == "-"

@@ -147,6 +147,9 @@ def test_held_out_sources(rows: list[Row]) -> None:
     assert 0.0 < mmlu["outcomes"]["apgr"] < 1.5
     assert 0.0 <= mmlu["hard_on_cheapest"] <= 1.0
     assert -1.0 <= mmlu["spearman_score_level"] <= 1.0
+    # Held out, the only outcome source leaves none to train on: its gate is shut.
+    assert mmlu["gate_open_share"] == 0.0 and mmlu["gate_mean"] < 1e-9
+    assert all(0.0 <= n["gate_mean"] <= 1.0 for n in held["sources"].values())
     assert held["pooled"]["rows"] == len(picked)
     assert 0.0 <= held["pooled"]["auc_level_2plus_vs_01"] <= 1.0
     assert any("holding out source 'clinc150'" in line for line in log)
