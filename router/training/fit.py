@@ -160,9 +160,7 @@ class Heads:
 
     def gate(self, X: sp.csr_matrix) -> npt.NDArray[np.float64]:
         """Return sigmoid(gate): how far the outcome level places each row (0: not at all)."""
-        return _sigmoid(
-            np.asarray(X @ self.weights[:, GATE_HEAD].astype(np.float64)) + self.bias[GATE_HEAD]
-        )
+        return _sigmoid(self.logits(X)[:, GATE_HEAD])
 
 
 def _levels(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
