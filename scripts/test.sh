@@ -4,13 +4,13 @@
 #   tests (scripts/install_llm.sh), PostgreSQL for the store tests
 #   (scripts/install_postgres.sh), Prometheus for the metrics test
 #   (scripts/install_prometheus.sh), Redis for the limits shared across replicas
-#   (scripts/install_redis.sh), lint and types (ruff, mypy --strict, cython-lint), the
-#   Python tests (compiled fast path, local LLM, PostgreSQL, Prometheus and Go required, not
-#   skipped), the Helm chart (scripts/ci_helm.sh: a pinned helm from the Go module proxy,
-#   lint, template, rendered configurations checked), the smoke runs of the benchmarks,
-#   the install paths (scripts/ci_install.sh: base install, wheel, sdist and
-#   scripts/serve.sh, each from a fresh clone of HEAD into a new venv), and the Go and Java
-#   client tests with the ghz smoke run.
+#   (scripts/install_redis.sh), lint and types (ruff; mypy --strict on router, bench and
+#   tests; cython-lint), the Python tests (compiled fast path, local LLM, PostgreSQL,
+#   Prometheus and Go required, not skipped), the Helm chart (scripts/ci_helm.sh: a pinned
+#   helm from the Go module proxy, lint, template, rendered configurations checked), the
+#   smoke runs of the benchmarks, the install paths (scripts/ci_install.sh: base install,
+#   wheel, sdist and scripts/serve.sh, each from a fresh clone of HEAD into a new venv), and
+#   the Go and Java client tests with the ghz smoke run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHON=.venv/bin/python
@@ -31,7 +31,7 @@ scripts/install_redis.sh
 step "lint and types"
 .venv/bin/ruff check router tests bench
 .venv/bin/ruff format --check router tests bench
-.venv/bin/mypy router bench
+.venv/bin/mypy router bench tests
 PATH="$PWD/.venv/bin:$PATH" .venv/bin/cython-lint router/_fastpath.pyx
 
 step "Python tests"

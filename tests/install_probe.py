@@ -106,7 +106,8 @@ def probe_route(stub: router_pb2_grpc.ModelRouterStub, sent: Sent) -> str:
         f"Route: {easy.decision.tier} ({easy.decision.score:.3f}) and {hard.decision.tier} "
         f"({hard.decision.score:.3f}), model {easy.decision.model_version}"
     )
-    return easy.decision.request_id
+    request_id: str = easy.decision.request_id
+    return request_id
 
 
 def probe_complete(stub: router_pb2_grpc.ModelRouterStub, sent: Sent) -> None:

@@ -92,7 +92,9 @@ class OtlpReceiver:
     def __init__(self) -> None:
         self.receiver = Receiver()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self.receiver, self.server)
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            self.receiver, self.server
+        )
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
         self.endpoint = f"http://127.0.0.1:{self.port}"

@@ -54,7 +54,7 @@ LENIENT_GATE = {
 
 def _config(url: str, gate: dict[str, Any], *, strong_on_gemma: bool = False) -> Config:
     """Return a gated Gemma tier under a stronger one on the demo backend (or Gemma too)."""
-    cheap = {
+    cheap: dict[str, Any] = {
         "name": "cheap",
         "model": "gemma-3-270m",
         "backend": "gemma",
@@ -62,6 +62,7 @@ def _config(url: str, gate: dict[str, Any], *, strong_on_gemma: bool = False) ->
         "timeouts": {"connect_s": 5, "first_token_s": 120, "idle_s": 60, "total_s": 300},
         "gate": gate,
     }
+    strong: dict[str, Any]
     if strong_on_gemma:
         strong = {**cheap, "name": "strong", "gate": None}
         strong["price"] = {"input_per_mtok": 0.2, "output_per_mtok": 0.4}

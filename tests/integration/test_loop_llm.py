@@ -123,7 +123,8 @@ def label_command(store: Path, config: Path, out: Path, *extra: str) -> list[str
     ]  # fmt: skip
 
 
-def label_states(store: Path) -> dict[str, Any]:
+def label_states(store: Path) -> dict[int, Any]:
+    """Return label's persisted state of each prompt (None until started), by prompt index."""
     db = open_store(store, migrate=False)
     try:
         return {i: db.state(f"label:loop-{i}") for i in range(len(PROMPTS))}

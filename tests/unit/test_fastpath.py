@@ -117,6 +117,7 @@ def half_conversion(request: pytest.FixtureRequest) -> Iterator[str]:
 )
 @given(text=UNICODE_TEXT, context=st.text(max_size=80))
 def test_parity_with_float16_weights(half_conversion: str, text: str, context: str) -> None:
+    assert _fastpath_c is not None  # half_conversion skipped without it
     model = _half_model()
     py, c = model.fastpath(_fastpath_py.FastPath), model.fastpath(_fastpath_c.FastPath)
     _assert_same(py, c, text, context)
@@ -124,6 +125,7 @@ def test_parity_with_float16_weights(half_conversion: str, text: str, context: s
 
 def test_float16_weights_score_as_their_float32_widening(half_conversion: str) -> None:
     """Halves are read exactly: the same model widened to float32 gives the same scores."""
+    assert _fastpath_c is not None  # half_conversion skipped without it
     model = _half_model(9)
     wide = dataclasses.replace(model, weights=model.weights.astype(np.float32))
     half_fp, wide_fp = model.fastpath(_fastpath_c.FastPath), wide.fastpath(_fastpath_c.FastPath)

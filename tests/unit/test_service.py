@@ -34,7 +34,7 @@ def model_path(tmp_path: Path) -> Path:
 
 
 def build(model_path: Path, **sections: object) -> Config:
-    return parse_config(config_data(model_path, **sections), environ={})  # type: ignore[arg-type]
+    return parse_config(config_data(model_path, **sections), environ={})
 
 
 async def service_for(config: Config) -> RouterService:

@@ -12,9 +12,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -40,6 +40,12 @@ async def failure(call: Any) -> grpc.aio.AioRpcError:
     return caught.value
 
 
+def error_trailers(error: grpc.RpcError) -> dict[str, str | bytes]:
+    """Return the trailing metadata of a failed call as a dict."""
+    # grpc gives (key, value) pairs; grpc-stubs types them as _Metadatum, which does not unpack.
+    return dict(cast(Iterable[tuple[str, str | bytes]], error.trailing_metadata() or ()))
+
+
 def free_port() -> int:
     """Return a loopback port that was free a moment ago (for a flag that cannot take 0)."""
     with socket.socket() as sock:
@@ -57,8 +63,9 @@ def make_model(path: Path, seed: int = 7, name: str = "test") -> RouterModel:
     return save_model(random_model(seed=seed, buckets_log2=10, name=name), path)
 
 
-def config_data(model: Path, **sections: dict[str, Any]) -> dict[str, Any]:
-    """Return the embedded default configuration on ``model``, with sections merged in."""
+def config_data(model: Path, **sections: object) -> dict[str, Any]:
+    """Return the embedded default configuration on ``model``, with sections merged in: a
+    mapping is merged into the default's, anything else (a list of tiers, None) replaces it."""
     data: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG_YAML)
     data["model"] = str(model)
     # No metrics port unless a test asks: servers of concurrent runs would share 9464.
@@ -71,7 +78,7 @@ def config_data(model: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def write_config(path: Path, model: Path, **sections: dict[str, Any]) -> Path:
+def write_config(path: Path, model: Path, **sections: object) -> Path:
     """Write a configuration file and return its path."""
     path.write_text(yaml.safe_dump(config_data(model, **sections)), encoding="utf-8")
     return path

@@ -24,7 +24,7 @@ from router.config import RPC_METHODS, Config, ConfigError
 from router.loading import load_router
 from router.server import RunningServer
 from router.telemetry import metrics
-from tests.integration.server.support import failure, router_stub
+from tests.integration.server.support import error_trailers, failure, router_stub
 
 ACME_KEY = "mrk_acme-test-key"
 GLOBEX_KEY = "mrk_globex-route-only"
@@ -61,9 +61,8 @@ async def channel(secured: RunningServer) -> AsyncIterator[grpc.aio.Channel]:
 
 
 async def trailer(error: grpc.aio.AioRpcError, key: str) -> str | None:
-    metadata = error.trailing_metadata()
-    values = [v for k, v in (metadata or ()) if k == key]
-    return str(values[0]) if values else None
+    value = error_trailers(error).get(key)
+    return None if value is None else str(value)
 
 
 @pytest.mark.parametrize(
@@ -187,7 +186,7 @@ async def test_a_batch_needs_its_own_method_and_each_request_the_keys_tenant(
     [line] = [line for line in logs if line.get("event") == "rpc"]
     assert (line["tenant"], line["items"], line["item_errors"]) == ("acme", 3, 1)
     assert denied.code() is grpc.StatusCode.PERMISSION_DENIED
-    assert denied.details().endswith("may not call RouteBatch (allowed: Route)")
+    assert str(denied.details()).endswith("may not call RouteBatch (allowed: Route)")
 
 
 async def test_a_key_sees_the_stats_of_its_own_tenant_only(

@@ -127,7 +127,7 @@ def _admit(port: int, channels: int) -> tuple[list[Any], list[str], ExitStack]:
             admitted.append(stream)
         except grpc.RpcError as exc:
             assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
-            refused.append(exc.details())
+            refused.append(exc.details() or "")
     return admitted, refused, stack
 
 

@@ -477,7 +477,8 @@ async def test_an_undecodable_request_is_invalid_argument_with_its_trailer_and_l
     path = f"/modelrouter.v1.ModelRouter/{method}"
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         # No serializers: the bytes go on the wire as they are.
-        send = (channel.unary_stream if method == "Complete" else channel.unary_unary)(path)
+        unary = channel.unary_unary(path, None, None)
+        send = channel.unary_stream(path, None, None) if method == "Complete" else unary
         trailers = []
         with structlog.testing.capture_logs() as logs:
             for payload in payloads:
@@ -490,7 +491,7 @@ async def test_an_undecodable_request_is_invalid_argument_with_its_trailer_and_l
                 trailers.append(_trailer(error))
         # The server still answers a good request on the same connection.
         if method == "Route":
-            reply = pb.RouteResponse.FromString(await send(ROUTE))
+            reply = pb.RouteResponse.FromString(await unary(ROUTE))
             assert reply.decision.request_id == "r-1"
     lines = [e for e in logs if e["event"] == "rpc"]
     assert [(e["method"], e["status"]) for e in lines] == [(method, "INVALID_ARGUMENT")] * len(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -19,6 +19,7 @@ from router.server import RunningServer
 from router.telemetry import metrics
 from tests.integration.server.support import (
     ServeProcess,
+    error_trailers,
     failure,
     router_stub,
     slow_demo,
@@ -30,7 +31,9 @@ TIMEOUT_S = 30.0
 
 def retry_delay_s(error: grpc.aio.AioRpcError) -> float:
     """Return the RetryInfo delay of an error status, read the way a Python caller would."""
-    status = rpc_status.from_call(error)
+    # grpc-stubs types from_call for a grpc.Call; it reads only code(), details() and
+    # trailing_metadata(), which a grpc.aio error has as well.
+    status = rpc_status.from_call(cast(grpc.Call, error))
     assert status is not None, "no grpc-status-details-bin trailer"
     for detail in status.details:
         if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
@@ -77,7 +80,7 @@ async def test_over_the_request_rate_is_resource_exhausted_with_retry_info(
         assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "tenant 'acme' is over its rate of 0.5 requests per second" in str(error.details())
         assert "tenants.acme.limits.requests_per_s" in str(error.details())
-        assert dict(error.trailing_metadata() or ())["x-request-id"]
+        assert error_trailers(error)["x-request-id"]
         delay = retry_delay_s(error)
         assert 0 < delay <= 2.0
         # Other tenants (and requests without one) are not limited.

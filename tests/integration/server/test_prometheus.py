@@ -135,7 +135,7 @@ class Traffic:
     """Known numbers of Route and Complete calls, spread over several connections."""
 
     def __init__(self) -> None:
-        self.sent: dict[tuple[str, str], float] = {}
+        self.sent: dict[tuple[str, ...], float] = {}  # by (method, code)
 
     def send(self, port: int, connections: int) -> None:
         for i in range(connections):

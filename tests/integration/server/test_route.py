@@ -16,7 +16,7 @@ from router.auth import digest
 from router.config import Config
 from router.domain import ChatMessage
 from router.server import RunningServer
-from tests.integration.server.support import TIERS, router_stub
+from tests.integration.server.support import TIERS, error_trailers, router_stub
 
 QUERY = "Compare plan A vs plan B for my usage pattern, step by step."
 
@@ -55,7 +55,7 @@ async def test_request_id_is_echoed_or_generated(stub: router_pb2_grpc.ModelRout
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await rejected
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert dict(error.value.trailing_metadata())["x-request-id"] == "req-43"
+    assert error_trailers(error.value)["x-request-id"] == "req-43"
     first = (await stub.Route(pb.RouteRequest(prompt="hi"))).decision.request_id
     second = (await stub.Route(pb.RouteRequest(prompt="hi"))).decision.request_id
     assert first and second and first != second

@@ -48,7 +48,8 @@ async def route_one(
 ) -> pb.RoutingDecision | tuple[int, str]:
     """Return Route's decision for a request, or its status code number and message."""
     try:
-        return (await stub.Route(request)).decision
+        reply: pb.RouteResponse = await stub.Route(request)
+        return reply.decision
     except grpc.aio.AioRpcError as exc:
         return exc.code().value[0], exc.details() or ""
 

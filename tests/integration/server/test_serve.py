@@ -432,7 +432,7 @@ def test_config_check_accepts_a_good_file(tmp_path: Path, model_path: Path) -> N
 def test_config_check_says_where_the_store_is(
     tmp_path: Path, model_path: Path, store: dict[str, str] | None, shown: str
 ) -> None:
-    config = write_config(tmp_path / "good.yaml", model_path, store=store)  # type: ignore[arg-type]
+    config = write_config(tmp_path / "good.yaml", model_path, store=store)
     result = run_cli("config", "check", str(config))
     assert result.returncode == 0, result.stderr
     assert result.stdout.rstrip().endswith(shown.format(dir=tmp_path))

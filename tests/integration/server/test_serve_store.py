@@ -322,6 +322,11 @@ def test_each_worker_resumes_its_own_controller_after_a_restart(
     ] == [("default", REPLICA, w, served[w] + more[w]) for w in (0, 1)]
 
 
+def of_request(request_id: str) -> Callable[[dict[str, Any]], bool]:
+    """Return a ``wait_for`` filter for the log lines of one request."""
+    return lambda line: bool(line["request_id"] == request_id)
+
+
 def test_two_workers_report_spend_shares_that_add_up_to_one(
     serve_process: Start, tmp_path: Path, model_path: Path
 ) -> None:
@@ -343,9 +348,7 @@ def test_two_workers_report_spend_shares_that_add_up_to_one(
             channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=OWN_CONNECTION)
             rid = f"probe-{attempt}"
             router_stub(channel).Route(pb.RouteRequest(prompt="hi", request_id=rid), timeout=10)
-            (line,) = server.wait_for(
-                "rpc", timeout=START_S, where=lambda line, rid=rid: line["request_id"] == rid
-            )
+            (line,) = server.wait_for("rpc", timeout=START_S, where=of_request(rid))
             if line["worker"] in channels:
                 channel.close()
             else:

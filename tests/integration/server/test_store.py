@@ -53,7 +53,7 @@ async def stats_when(
     """Return GetStats once ``done`` holds (records are written a flush interval later)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        stats = await stub.GetStats(request or pb.GetStatsRequest())
+        stats: pb.GetStatsResponse = await stub.GetStats(request or pb.GetStatsRequest())
         if done(stats):
             return stats
         assert time.monotonic() < deadline, f"stats never settled: {stats}"

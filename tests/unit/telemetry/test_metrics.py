@@ -178,11 +178,12 @@ def test_each_worker_has_its_own_controller_series_in_multiprocess_mode(
     multiprocess.MultiProcessCollector(exported, str(tmp_path))  # type: ignore[no-untyped-call]
     value = exported.get_sample_value
     share = {"tenant": "acme", "kind": "strong_share"}
-    for pid, offset, realised in (("101", 1.5, 0.31), ("202", -0.5, 0.27)):
+    for label, offset, realised in (("101", 1.5, 0.31), ("202", -0.5, 0.27)):
         assert (
-            value("modelrouter_controller_offset_logits", {"tenant": "acme", "pid": pid}) == offset
+            value("modelrouter_controller_offset_logits", {"tenant": "acme", "pid": label})
+            == offset
         )
-        assert value("modelrouter_controller_realised", {**share, "pid": pid}) == realised
-        assert value("modelrouter_controller_saturated", {"tenant": "acme", "pid": pid}) == 0
+        assert value("modelrouter_controller_realised", {**share, "pid": label}) == realised
+        assert value("modelrouter_controller_saturated", {"tenant": "acme", "pid": label}) == 0
     # The target is the tenant's, the same in every worker: one series.
     assert value("modelrouter_controller_target", share) == 0.3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -204,6 +205,11 @@ def test_level_bound_keeps_that_level_off_the_cheapest_tier() -> None:
     assert above_mask(scores, threshold).tolist() == (levels >= 1.5).tolist()
 
 
+def constant(score: float) -> Callable[[float], float]:
+    """Return a score_of_level that puts the level edge at ``score`` whatever the level."""
+    return lambda _level: score
+
+
 def test_level_bound_binds_only_below_the_other_bounds() -> None:
     # Quality 1.0 alone sets 0.5 (test_each_bound_alone); a level edge at score 0.45 is lower
     # and binds, one at score 0.62 is higher and does not.
@@ -214,7 +220,7 @@ def test_level_bound_binds_only_below_the_other_bounds() -> None:
             weak=P_WEAK,
             strong=P_STRONG,
             outcome=P_OUTCOME,
-            score_of_level=lambda _level, e=edge: e,
+            score_of_level=constant(edge),
         )
         assert threshold == expected
 
