@@ -85,20 +85,22 @@ class TrainOptions:
     char_min: int = 3
     # Byte 3-grams only: with 4- and 5-grams too the held-out sources ranked the same (every
     # held-out APGR and AUC of train --report within 0.002) and a query had 2.5 times the
-    # n-grams (README, "The byte n-grams"; bench/README.md, the distinct stream).
+    # n-grams (docs/model_decisions.md, "The byte n-grams"; bench/README.md, the distinct stream).
     char_max: int = 3
     level_c: float = 0.2
     gate_c: float = 0.2
     gain_alpha: float = 100.0
     # The outcome level: the level at the outcome rows' median gain, and the levels per
     # standard deviation of it (chosen by cross-validated MMLU APGR and the held-out
-    # sources' hard-on-cheapest shares: README, "How the score is made").
+    # sources' hard-on-cheapest shares: docs/model_decisions.md, "How the score's formula was
+    # chosen").
     outcome_center: float = 2.0
     outcome_spread: float = 0.5
     # Score logit per level of E[level] (the spread of scores in [0, 1]).
     level_weight: float = 1.5
     # Levels per e-fold of a query's byte count, from the training rows' median length
-    # (chosen by the held-out sources' in-source ranking: README, "How the score is made").
+    # (chosen by the held-out sources' in-source ranking: docs/model_decisions.md, "The length
+    # term").
     length_weight: float = 0.3
     # Rows per source the logistic heads fit on (capped_rows).
     max_rows_per_source: int = 4000
