@@ -4,8 +4,9 @@
 # deploy/helm/modelrouter with the default values and with TLS + auth + Redis values, and
 # each rendering checked by scripts/helm_check.py (its configuration passes `modelrouter
 # config check`; probes, preStop and termination grace fit the configuration).
-# Needs Go (and openssl, installed from Debian when missing); the first run builds helm (a
-# few minutes), later runs take seconds.
+# Needs Go, the project's .venv with the redis extra (scripts/setup.sh redis, or test: the
+# Redis values are checked with redis-py) and openssl (installed from Debian when missing);
+# the first run builds helm (a few minutes), later runs take seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}

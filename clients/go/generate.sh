@@ -3,8 +3,8 @@
 #
 # The protoc plugins are installed at pinned versions from the Go module proxy into
 # clients/go/.bin/ (gitignored). protoc itself is the project's: grpcio-tools in the
-# venv ($VENV, default <repo>/.venv) when it is there, else protoc on PATH (Debian's
-# protobuf-compiler). Idempotent: plugins already at the pinned version are kept.
+# venv ($VENV, default <repo>/.venv; installed into it at pyproject.toml's pin when the venv
+# lacks it), else, without a venv, protoc on PATH (Debian's protobuf-compiler). Idempotent: plugins already at the pinned version are kept.
 set -euo pipefail
 
 PROTOC_GEN_GO_VERSION=v1.36.12      # google.golang.org/protobuf, same as go.mod
@@ -30,6 +30,13 @@ install_tool() {
 install_tool google.golang.org/protobuf/cmd/protoc-gen-go "$PROTOC_GEN_GO_VERSION"
 install_tool google.golang.org/grpc/cmd/protoc-gen-go-grpc "$PROTOC_GEN_GO_GRPC_VERSION"
 
+# A venv made by scripts/serve.sh has no grpcio-tools (it is a development extra): add the
+# version pyproject.toml pins to the venv rather than fail.
+if [[ -x "$venv/bin/python" ]] && ! "$venv/bin/python" -c 'import grpc_tools.protoc' 2>/dev/null; then
+    pin="$(grep -o -m1 'grpcio-tools==[0-9.]*' "$repo/pyproject.toml")"
+    echo "generate.sh: installing $pin into $venv" >&2
+    "$venv/bin/pip" install --quiet "$pin"
+fi
 if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c 'import grpc_tools.protoc' 2>/dev/null; then
     protoc=("$venv/bin/python" -m grpc_tools.protoc)
 elif command -v protoc >/dev/null; then

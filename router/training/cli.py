@@ -401,8 +401,8 @@ def add_eval_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="measure routing quality and cost on labelled queries",
-        description="On rows with weak/strong outcome 'scores': APGR, CPT(50%%), CPT(80%%), cost "
-        "saved at 98%% quality, for the model, a random router, always-weak, always-strong and "
+        description="On rows with weak/strong outcome 'scores': APGR, CPT(50%), CPT(80%), cost "
+        "saved at 98% quality, for the model, a random router, always-weak, always-strong and "
         "the oracle, and the numbers at the model's thresholds. On rows with 'tier': the "
         "confusion of levels and the share of level 3-4 rows on the cheapest tier.",
     )
