@@ -135,6 +135,10 @@ def load(source: ConfigSource) -> Loaded:
         read_tls(server.metrics_tls, "server.metrics_tls", source.base_dir)
     if config.limits.redis_url:
         check_redis_installed()
+    if config.store is not None and config.store.url is not None:
+        check_postgres_installed()
+    if config.tracing.enabled:
+        check_tracing_installed()
     replica_id, replica_id_from = resolve_replica_id(server)
     return Loaded(
         config,
@@ -147,12 +151,53 @@ def load(source: ConfigSource) -> Loaded:
     )
 
 
-def check_redis_installed() -> None:
-    """Raise ConfigError when limits.redis_url is set but redis-py is not installed."""
+def _installed(module: str) -> bool:
+    """Return whether ``module`` can be imported, without importing it (nor, for a module of
+    a namespace package such as OpenTelemetry's, anything of its package)."""
     import importlib.util
 
-    if importlib.util.find_spec("redis") is None:
-        raise ConfigError(
-            "limits.redis_url: limits shared in Redis need redis-py: "
-            "pip install 'modelrouter[redis]'"
-        )
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def _check_extra(modules: tuple[str, ...], problem: str) -> None:
+    """Raise ConfigError with ``problem`` unless every one of ``modules`` is installed."""
+    if not all(_installed(m) for m in modules):
+        raise ConfigError(problem)
+
+
+def check_redis_installed() -> None:
+    """Raise ConfigError when limits.redis_url is set but redis-py is not installed."""
+    _check_extra(
+        ("redis",),
+        "limits.redis_url: limits shared in Redis need redis-py: pip install 'modelrouter[redis]'",
+    )
+
+
+def check_postgres_installed() -> None:
+    """Raise ConfigError when store.url is set but psycopg and its pool are not installed."""
+    _check_extra(
+        ("psycopg", "psycopg_pool"),
+        "store.url: a PostgreSQL store needs psycopg: pip install 'modelrouter[postgres]'",
+    )
+
+
+# What router.telemetry.tracing imports, one module of each package of the tracing extra:
+# opentelemetry-api, opentelemetry-sdk and opentelemetry-exporter-otlp-proto-grpc.
+TRACING_MODULES = (
+    "opentelemetry.trace",
+    "opentelemetry.sdk",
+    "opentelemetry.exporter.otlp.proto.grpc",
+)
+
+
+def check_tracing_installed() -> None:
+    """Raise ConfigError when tracing.otlp_endpoint is set but OpenTelemetry is not installed
+    (only found, not imported: a worker imports it when it starts tracing)."""
+    _check_extra(
+        TRACING_MODULES,
+        "tracing.otlp_endpoint: traces exported over OTLP need opentelemetry-sdk and "
+        "its OTLP/gRPC exporter: pip install 'modelrouter[tracing]'",
+    )

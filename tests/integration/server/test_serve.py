@@ -29,6 +29,7 @@ from tests.integration.server.support import (
     free_port,
     make_model,
     router_stub,
+    serve_args,
     slow_demo,
     write_config,
 )
@@ -472,6 +473,75 @@ def test_serve_exits_non_zero_on_a_bad_config(tmp_path: Path, model_path: Path) 
     missing = run_cli("serve", "--config", str(tmp_path / "nope.yaml"), "--port", "0")
     assert missing.returncode == 1
     assert "cannot read" in missing.stderr
+
+
+# Runs the command line as if some modules were not installed: importing them fails.
+WITHOUT_MODULES = (
+    "import sys\n"
+    "sys.modules.update(dict.fromkeys(sys.argv[1].split(',')))\n"
+    "from router.cli import main\n"
+    "sys.exit(main(sys.argv[2:]))\n"
+)
+
+TRACING_MISSING = (
+    "tracing.otlp_endpoint: traces exported over OTLP need opentelemetry-sdk and its "
+    "OTLP/gRPC exporter: pip install 'modelrouter[tracing]'"
+)
+EXTRA_MISSING = [
+    # The base install: none of OpenTelemetry.
+    ("opentelemetry", {"tracing": {"otlp_endpoint": "http://127.0.0.1:9"}}, TRACING_MISSING),
+    # The API alone (another package's dependency), or no exporter.
+    ("opentelemetry.sdk", {"tracing": {"otlp_endpoint": "http://127.0.0.1:9"}}, TRACING_MISSING),
+    (
+        "opentelemetry.exporter.otlp.proto.grpc",
+        {"tracing": {"otlp_endpoint": "https://127.0.0.1:9"}},
+        TRACING_MISSING,
+    ),
+    (
+        "redis",
+        {"limits": {"redis_url": "redis://127.0.0.1:9/0"}},
+        "limits.redis_url: limits shared in Redis need redis-py: pip install 'modelrouter[redis]'",
+    ),
+    # psycopg without its pool, or none of it: refused before any connection is tried.
+    *(
+        (
+            hidden,
+            {"store": {"url": "postgresql://u@127.0.0.1:9/modelrouter"}},
+            "store.url: a PostgreSQL store needs psycopg: pip install 'modelrouter[postgres]'",
+        )
+        for hidden in ("psycopg", "psycopg_pool")
+    ),
+]
+
+
+@pytest.mark.parametrize("command", ["config check", "serve"])
+@pytest.mark.parametrize(
+    ("hidden", "sections", "message"), EXTRA_MISSING, ids=[h for h, *_ in EXTRA_MISSING]
+)
+def test_a_configuration_whose_extra_is_missing_is_refused(
+    tmp_path: Path,
+    model_path: Path,
+    hidden: str,
+    sections: dict[str, Any],
+    message: str,
+    command: str,
+) -> None:
+    config = write_config(tmp_path / "router.yaml", model_path, **sections)
+    args = ["config", "check", str(config)] if command != "serve" else ["serve"]
+    if command == "serve":
+        args += serve_args(config, workers=2)
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_MODULES, hidden, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    # One line naming the extra, before any worker starts: no traceback, no restarts.
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert result.stderr == f"modelrouter: {config}: {message}\n"
 
 
 def test_serve_without_a_config_serves_the_shipped_model(serve_process: Start) -> None:
