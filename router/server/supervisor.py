@@ -2,7 +2,9 @@
 
 Workers are forked before any gRPC object exists (gRPC's core does not survive a fork) and
 listen on the same port with SO_REUSEPORT; the kernel spreads connections over them. The
-supervisor reserves the port first (so ``--port 0`` works with several workers too), restarts
+supervisor reserves the port first (so ``--port 0`` works with several workers too), after
+checking that no other process holds it (SO_REUSEPORT would let this server's workers listen
+beside another server's, and the kernel split the calls between the two), restarts
 a worker that dies, and relays SIGTERM/SIGINT (graceful stop) and SIGHUP (reload). With
 metrics on it also binds the metrics port, makes the run's multiprocess directory before
 any fork, and keeps one more child alive that serves the workers' merged metrics.
@@ -11,6 +13,7 @@ any fork, and keeps one more child alive that serves the workers' merged metrics
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import signal
 import socket
@@ -18,6 +21,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import structlog
 
@@ -48,16 +52,75 @@ KILL_MARGIN_S = 5.0
 EXPORTER_SLOT = -1
 
 
-def reserve_port(host: str, port: int) -> socket.socket:
-    """Bind (without listening) a SO_REUSEPORT socket to hold the port the workers share."""
+def _addresses(host: str, port: int) -> list[tuple[int, int, int, tuple[Any, ...]]]:
+    """Return (family, type, proto, address) of each address ``host`` resolves to, for a bind."""
     infos = socket.getaddrinfo(
         host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
-    family, kind, proto, _, address = infos[0]
+    return [(family, kind, proto, address) for family, kind, proto, _, address in infos]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise OSError (EADDRINUSE) when another process holds ``host:port``.
+
+    The workers bind with SO_REUSEPORT, and so do another server's workers: the kernel would
+    let both servers listen and split the calls between them. A bind without SO_REUSEPORT,
+    closed at once, fails while any process listens on the port (or holds it bound).
+    SO_REUSEADDR lets it pass the TIME_WAIT connections a server stopped a moment ago leaves
+    (as gRPC's own bind does); it never listens, so it leaves none of its own. Every address
+    the host resolves to is tried, and what gRPC binds beyond them: ``[::]`` for both
+    families for a wildcard host, both loopbacks for ``localhost`` (whatever /etc/hosts says).
+    Errors other than EADDRINUSE (no IPv6 here) are left to the real bind. Port 0 is always
+    free: the kernel picks an unused port.
+    """
+    if port == 0:
+        return
+    targets = [(family, address) for family, _, _, address in _addresses(host, port)]
+    also: list[tuple[int, tuple[Any, ...]]] = []
+    if (socket.AF_INET, ("0.0.0.0", port)) in targets:
+        also.append((socket.AF_INET6, ("::", port, 0, 0)))
+    if host.lower() == "localhost":
+        also += [(socket.AF_INET, ("127.0.0.1", port)), (socket.AF_INET6, ("::1", port, 0, 0))]
+    targets += [target for target in also if target not in targets]
+    for family, address in targets:
+        try:
+            probe = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            continue
+        with probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Bind (without listening) a SO_REUSEPORT socket to hold the port the workers share.
+
+    Raise OSError when another process holds the port (``check_port_free``) or it cannot be
+    bound. The socket has no SO_REUSEADDR, so that while it is held another supervisor's
+    check of the port fails even before this one's workers listen. When the port, free by
+    the check, is held by TIME_WAIT connections without SO_REUSEPORT (of a single-process
+    server stopped a moment ago), only SO_REUSEADDR lets the bind pass them: it is set for
+    the bind and cleared at once after it.
+    """
+    check_port_free(host, port)
+    family, kind, proto, address = _addresses(host, port)[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
-        sock.bind(address)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or port == 0:
+                raise
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
     except OSError:
         sock.close()
         raise
@@ -91,6 +154,7 @@ class Supervisor:
     _kill_at: float = 0.0
     _exit_code: int = 0
     _sock: socket.socket | None = None
+    _health_sock: socket.socket | None = None
     _metrics_sock: socket.socket | None = None
     _metrics_dir: MultiprocessDir | None = None
     _metrics: metrics.Metrics | None = None
@@ -105,12 +169,27 @@ class Supervisor:
         except OSError as exc:
             log.error("cannot listen", address=f"{server.host}:{server.port}", error=str(exc))
             return EXIT_LISTEN
+        if server.health_port:
+            # The workers' health servers share it with SO_REUSEPORT too: held the same way.
+            try:
+                self._health_sock = reserve_port(server.host, server.health_port)
+            except OSError as exc:
+                self._sock.close()
+                log.error(
+                    "cannot listen",
+                    address=f"{server.host}:{server.health_port}",
+                    error=str(exc),
+                    hint="server.health_port is taken; 0 turns the health port off",
+                )
+                return EXIT_LISTEN
         if server.metrics_port:
             metrics_host = server.metrics_host or server.host
             try:
                 self._metrics_sock = bind_metrics_socket(metrics_host, server.metrics_port)
             except OSError as exc:
                 self._sock.close()
+                if self._health_sock is not None:
+                    self._health_sock.close()
                 cannot_listen_for_metrics(metrics_host, server.metrics_port, exc)
                 return EXIT_LISTEN
             if server.metrics_tls is not None:
@@ -145,6 +224,8 @@ class Supervisor:
             self._loop()
         finally:
             self._sock.close()
+            if self._health_sock is not None:
+                self._health_sock.close()
             if self._metrics_sock is not None:
                 self._metrics_sock.close()
             if self._metrics_dir is not None:

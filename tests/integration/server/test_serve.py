@@ -299,6 +299,46 @@ def test_a_taken_port_is_an_error(serve_process: Start, tmp_path: Path, model_pa
     assert second.events("cannot listen")
 
 
+@pytest.mark.parametrize("shared", ["port", "health_port"])
+def test_a_port_taken_by_another_supervisor_is_an_error_not_a_split(
+    serve_process: Start, tmp_path: Path, model_path: Path, shared: str
+) -> None:
+    # Both servers' workers bind the gRPC port (and the health port) with SO_REUSEPORT,
+    # which alone would let the second listen beside the first, the kernel spreading the
+    # calls over both; the second must stop as a single process does on a taken port.
+    server = {"health_port": free_port()} if shared == "health_port" else {}
+    config = write_config(tmp_path / "c.yaml", model_path, server=server)
+    first = serve_process(
+        "--config", str(config), "--host", "127.0.0.1", "--port", "0", "--workers", "2"
+    )
+    port = first.wait_for("listening", count=2)[0]["port"]
+    taken = port if shared == "port" else server["health_port"]
+    second = serve_process(
+        "--config", str(config), "--host", "127.0.0.1", "--workers", "2",
+        "--port", str(port) if shared == "port" else "0",
+    )  # fmt: skip
+    try:
+        code = second.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        code = None  # it listens: the bug
+    assert code == 3, "".join(second.raw)
+    [refused] = second.events("cannot listen")
+    assert refused["address"] == f"127.0.0.1:{taken}"
+    assert "Address already in use" in refused["error"]
+    assert not second.events("listening") and not second.events("worker started")
+    # The first server is untouched: it answers every call, each on a connection of its own.
+    for i in range(10):
+        assert route(port, f"query number {i}").tier
+    assert len(first.wait_for("rpc", count=10)) == 10
+    if shared == "health_port":
+        check = health_pb2.HealthCheckRequest(service=SERVICE)
+        for _ in range(10):
+            with grpc.insecure_channel(f"127.0.0.1:{taken}", options=OWN_CONNECTION) as channel:
+                answer = health_pb2_grpc.HealthStub(channel).Check(check, timeout=10)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    assert first.proc.poll() is None
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "router.cli", *args],

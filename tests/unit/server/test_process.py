@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,75 @@ def test_reserved_port_is_shared_with_reuseport_sockets() -> None:
         with pytest.raises(OSError):
             plain.bind(("127.0.0.1", port))
         plain.close()
+    finally:
+        held.close()
+
+
+def _listener(host: str, port: int = 0, reuseport: bool = True) -> socket.socket:
+    """Return a listening socket made as gRPC makes a worker's (SO_REUSEADDR, SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(reuseport))
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if family == socket.AF_INET6 and exc.errno == errno.EADDRNOTAVAIL:
+            pytest.skip("no IPv6 here")
+        raise
+    sock.listen()
+    return sock
+
+
+@pytest.mark.parametrize(
+    ("listening", "reserved"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("::", "0.0.0.0"),  # gRPC binds a wildcard as [::] for both families
+        ("0.0.0.0", "[::]"),
+        ("127.0.0.1", "[::]"),
+        ("::1", "localhost"),  # gRPC binds localhost on both loopbacks
+    ],
+)
+def test_a_port_another_servers_workers_listen_on_is_not_reserved(
+    listening: str, reserved: str
+) -> None:
+    # SO_REUSEPORT alone would let the reservation, then this server's workers, share it.
+    other = _listener(listening)
+    try:
+        with pytest.raises(OSError) as refused:
+            reserve_port(reserved, other.getsockname()[1])
+        assert refused.value.errno == errno.EADDRINUSE
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("reuseport", [True, False])
+def test_a_port_held_only_by_time_wait_connections_is_reserved(reuseport: bool) -> None:
+    # The connections of a server stopped a moment ago, which closed them first: a plain bind
+    # fails on them, a restart must not (with SO_REUSEPORT: several workers; without: one).
+    server = _listener("127.0.0.1", reuseport=reuseport)
+    port = server.getsockname()[1]
+    for _ in range(3):
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()
+        time.sleep(0.05)  # the server's FIN first: the TIME_WAIT is on the server's side
+        client.close()
+    server.close()
+    plain = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))
+    plain.close()
+    held = reserve_port("127.0.0.1", port)
+    try:
+        assert held.getsockname()[1] == port
+        # Still no room beside it for a server of its own (SO_REUSEADDR, no SO_REUSEPORT).
+        with pytest.raises(OSError):
+            _listener("127.0.0.1", port, reuseport=False)
     finally:
         held.close()
 
