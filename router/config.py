@@ -7,6 +7,7 @@ a string value (for API keys and hosts).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -201,8 +202,30 @@ class TlsConfig(_Frozen):
     client_ca: str = ""
 
 
+def listen_host(host: str) -> str:
+    """Return ``host`` as gRPC's bind address takes it: a bare IPv6 address ("::1") in brackets.
+
+    Raise ValueError for a host with a colon that is no IPv6 address ("localhost:50051": the
+    port given in the host), which gRPC would read as a host and a port of its own.
+    """
+    if ":" not in host or (host.startswith("[") and host.endswith("]")):
+        return host
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        raise ValueError(
+            f"{host[:64]!r} is not a host name or an address (give the port on its own: "
+            "server.port, --port; an IPv6 address with or without brackets: [::1], ::1)"
+        ) from None
+    return f"[{host}]"
+
+
+# A host to listen on: a name, an IPv4 address, an IPv6 address (bracketed when read).
+ListenHost = Annotated[str, AfterValidator(listen_host)]
+
+
 class ServerConfig(_Frozen):
-    host: str = "[::]"
+    host: ListenHost = "[::]"
     port: Annotated[int, Field(ge=0, le=65535)] = 50051
     # 0 means one worker per core.
     workers: Annotated[int, Field(ge=0, le=256)] = 0
@@ -225,7 +248,7 @@ class ServerConfig(_Frozen):
     # gRPC probes); 0 turns it off.
     health_port: Annotated[int, Field(ge=0, le=65535)] = 0
     # The address of the metrics port; empty: the same as host.
-    metrics_host: str = ""
+    metrics_host: ListenHost = ""
     # TLS (and mutual TLS with client_ca) on the gRPC port; None: plaintext.
     tls: TlsConfig | None = None
     # HTTPS on the metrics port, set apart from tls; None: plain HTTP.

@@ -67,6 +67,19 @@ class RunningServer:
         await self.service.aclose()
 
 
+# What to do when the health port cannot be bound (the supervisor says the same).
+HEALTH_PORT_TAKEN = "server.health_port is taken; 0 turns the health port off"
+
+
+class CannotListen(RuntimeError):
+    """gRPC could not bind ``address`` (the gRPC port or the health port)."""
+
+    def __init__(self, address: str, error: str, hint: str = "") -> None:
+        super().__init__(error)
+        self.address = address
+        self.hint = hint
+
+
 def create_server(
     config: Config,
     service: RouterService | None = None,
@@ -119,16 +132,23 @@ def create_server(
         tls = read_tls(config.server.tls, "server.tls")
     address = f"{host}:{port}"
     credentials = None if tls is None else ServerTls(tls)
-    if credentials is None:
-        bound = server.add_insecure_port(address)
-    else:
-        bound = server.add_secure_port(address, credentials.credentials())
+    try:
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials.credentials())
+    except RuntimeError as exc:
+        raise CannotListen(address, str(exc)) from None
     health_server = None
     if config.server.health_port:
         # Plaintext and its own server: a port of the main one would serve every service.
         health_server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
-        health_server.add_insecure_port(f"{host}:{config.server.health_port}")
+        health_address = f"{host}:{config.server.health_port}"
+        try:
+            health_server.add_insecure_port(health_address)
+        except RuntimeError as exc:
+            raise CannotListen(health_address, str(exc), HEALTH_PORT_TAKEN) from None
     return RunningServer(
         server, service, health_servicer, interceptor, host, bound, credentials, health_server
     )

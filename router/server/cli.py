@@ -9,7 +9,14 @@ from typing import Any
 
 import yaml
 
-from router.config import DEFAULT_CONFIG_YAML, RPC_METHODS, ApiKeyConfig, Config, ConfigError
+from router.config import (
+    DEFAULT_CONFIG_YAML,
+    RPC_METHODS,
+    ApiKeyConfig,
+    Config,
+    ConfigError,
+    listen_host,
+)
 from router.loading import ConfigSource, load
 from router.server.process import EXIT_CONFIG, serve, worker_count
 from router.store import is_url
@@ -31,6 +38,13 @@ def _workers(text: str) -> int:
     return workers
 
 
+def _host(host: str) -> str:
+    try:
+        return listen_host(host)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_serve_parser(subparsers: Subparsers) -> None:
     """Register ``modelrouter serve``."""
     parser = subparsers.add_parser(
@@ -42,7 +56,9 @@ def add_serve_parser(subparsers: Subparsers) -> None:
         "the configuration and the model.",
     )
     parser.add_argument("--config", type=Path, help="YAML configuration file")
-    parser.add_argument("--host", help="address to listen on (default: server.host, [::])")
+    parser.add_argument(
+        "--host", type=_host, help="address to listen on (default: server.host, [::])"
+    )
     parser.add_argument(
         "--port", type=_port, help="port to listen on, 0 for any free one (default: server.port)"
     )

@@ -27,6 +27,7 @@ import structlog
 
 from router.config import ConfigError
 from router.loading import ConfigSource, Loaded, load
+from router.server.app import HEALTH_PORT_TAKEN
 from router.server.inflight import InFlightSlots
 from router.server.logs import flush_logs
 from router.server.worker import EXIT_LISTEN, run_worker
@@ -179,7 +180,7 @@ class Supervisor:
                     "cannot listen",
                     address=f"{server.host}:{server.health_port}",
                     error=str(exc),
-                    hint="server.health_port is taken; 0 turns the health port off",
+                    hint=HEALTH_PORT_TAKEN,
                 )
                 return EXIT_LISTEN
         if server.metrics_port:

@@ -14,7 +14,7 @@ import structlog
 from router.config import ConfigError
 from router.domain import CircuitState
 from router.loading import ConfigSource, Loaded, load
-from router.server.app import RunningServer, create_server
+from router.server.app import CannotListen, RunningServer, create_server
 from router.server.inflight import InFlight
 from router.server.logs import flush_logs, set_worker
 from router.service import RouterService
@@ -110,13 +110,13 @@ async def _serve_async(
         replica=loaded.replica_id or None,
     )
     await service.restore_controllers()
-    address = f"{config.server.host}:{config.server.port}"
     try:
         running = create_server(
             config, service, reuse_port=reuse_port, tls=loaded.tls, in_flight=in_flight
         )
-    except RuntimeError as exc:
-        log.error("cannot listen", address=address, error=str(exc))
+    except CannotListen as exc:
+        hint = {"hint": exc.hint} if exc.hint else {}
+        log.error("cannot listen", address=exc.address, error=str(exc), **hint)
         await service.aclose()
         return EXIT_LISTEN
     await running.start()

@@ -245,3 +245,27 @@ def test_a_bad_replica_id_is_refused_naming_the_setting(replica_id: str, problem
             f"server.replica_id: not set, and the host name {problem}"
         )
         assert str(caught.value).endswith("; set server.replica_id or $MODELROUTER_REPLICA_ID")
+
+
+@pytest.mark.parametrize(
+    ("given", "read"),
+    [
+        ("::1", "[::1]"),  # gRPC reads a bare IPv6 address's last group as a port
+        ("[::1]", "[::1]"),
+        ("::", "[::]"),
+        ("fe80::1%eth0", "[fe80::1%eth0]"),
+        ("127.0.0.1", "127.0.0.1"),
+        ("router.internal", "router.internal"),
+    ],
+)
+def test_an_ipv6_host_is_read_in_brackets(given: str, read: str) -> None:
+    data = default_data() | {"server": {"host": given, "metrics_host": given}}
+    server = parse_config(data, environ={}).server
+    assert (server.host, server.metrics_host) == (read, read)
+
+
+@pytest.mark.parametrize("key", ["host", "metrics_host"])
+@pytest.mark.parametrize("host", ["localhost:50051", "127.0.0.1:9464", "::1::2"])
+def test_a_host_with_a_port_in_it_is_refused_naming_the_key(key: str, host: str) -> None:
+    message = error_of(default_data() | {"server": {key: host}})
+    assert message.startswith(f"server.{key}: {host!r} is not a host name or an address")

@@ -339,6 +339,60 @@ def test_a_port_taken_by_another_supervisor_is_an_error_not_a_split(
     assert first.proc.poll() is None
 
 
+def ipv6_loopback() -> bool:
+    """Return whether this machine can bind ::1."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_ipv6_host_is_served_with_or_without_brackets(
+    serve_process: Start, tmp_path: Path, model_path: Path, workers: str
+) -> None:
+    # gRPC reads "::1:50051" as host "::1:50051" on port 443; the brackets are added for it.
+    if not ipv6_loopback():
+        pytest.skip("no IPv6 loopback here")
+    config = write_config(tmp_path / "c.yaml", model_path)
+    server = serve_process(
+        "--config", str(config), "--host", "::1", "--port", "0", "--workers", workers
+    )
+    [listening, *_] = server.wait_for("listening", count=int(workers))
+    assert listening["host"] == "[::1]"
+    target = f"[::1]:{listening['port']}"
+    with grpc.insecure_channel(target, options=OWN_CONNECTION) as channel:
+        answer = router_stub(channel).Route(pb.RouteRequest(prompt="hello"), timeout=10)
+    assert answer.decision.tier
+    assert not server.events("cannot listen")
+
+
+def test_a_host_with_a_port_in_it_is_a_usage_error() -> None:
+    result = run_cli("serve", "--host", "localhost:50051")
+    assert result.returncode == 2
+    assert "argument --host: 'localhost:50051' is not a host name or an address" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_taken_health_port_is_named_in_the_error(
+    serve_process: Start, tmp_path: Path, model_path: Path
+) -> None:
+    # One process binds the health port in gRPC itself (no supervisor to check it first).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        health_port = taken.getsockname()[1]
+        config = write_config(tmp_path / "c.yaml", model_path, server={"health_port": health_port})
+        server = serve_process(*serve_args(config, workers=1))
+        assert server.wait(timeout=30) == 3
+    [refused] = server.events("cannot listen")
+    assert refused["address"] == f"127.0.0.1:{health_port}"
+    assert refused["hint"] == "server.health_port is taken; 0 turns the health port off"
+    assert not server.events("listening")
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "router.cli", *args],
