@@ -37,6 +37,12 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ConfigSource(tmp_path / "missing.yaml").load()
 
 
+def assert_plain_bind_fails(port: int) -> None:
+    """Check that a bind to 127.0.0.1:``port`` without SO_REUSEADDR or SO_REUSEPORT fails."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))
+
+
 def test_reserved_port_is_shared_with_reuseport_sockets() -> None:
     held = reserve_port("127.0.0.1", 0)
     port = held.getsockname()[1]
@@ -46,10 +52,7 @@ def test_reserved_port_is_shared_with_reuseport_sockets() -> None:
         worker.bind(("127.0.0.1", port))
         worker.listen()
         worker.close()
-        plain = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        with pytest.raises(OSError):
-            plain.bind(("127.0.0.1", port))
-        plain.close()
+        assert_plain_bind_fails(port)
     finally:
         held.close()
 
@@ -109,10 +112,7 @@ def test_a_port_held_only_by_time_wait_connections_is_reserved(reuseport: bool) 
         time.sleep(0.05)  # the server's FIN first: the TIME_WAIT is on the server's side
         client.close()
     server.close()
-    plain = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    with pytest.raises(OSError):
-        plain.bind(("127.0.0.1", port))
-    plain.close()
+    assert_plain_bind_fails(port)
     held = reserve_port("127.0.0.1", port)
     try:
         assert held.getsockname()[1] == port
