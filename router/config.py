@@ -205,19 +205,34 @@ class TlsConfig(_Frozen):
 def listen_host(host: str) -> str:
     """Return ``host`` as gRPC's bind address takes it: a bare IPv6 address ("::1") in brackets.
 
-    Raise ValueError for a host with a colon that is no IPv6 address ("localhost:50051": the
-    port given in the host), which gRPC would read as a host and a port of its own.
+    Raise ValueError for an empty host, and for one with a colon that is no IPv6 address
+    ("localhost:50051": the port given in the host), which gRPC would read as a host and a
+    port of its own.
     """
-    if ":" not in host or (host.startswith("[") and host.endswith("]")):
+    if not host:
+        raise ValueError("is empty: [::] listens on every address, or give a name or an address")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if ":" not in host and not bracketed:
         return host
+    address = host[1:-1] if bracketed else host
     try:
-        ipaddress.IPv6Address(host)
+        parsed = ipaddress.IPv6Address(address)
     except ValueError:
         raise ValueError(
             f"{host[:64]!r} is not a host name or an address (give the port on its own: "
             "server.port, --port; an IPv6 address with or without brackets: [::1], ::1)"
         ) from None
-    return f"[{host}]"
+    if parsed.scope_id and not parsed.is_link_local:
+        raise ValueError(
+            f"{host[:64]!r}: a scope id (%{parsed.scope_id}) goes with a link-local address "
+            "(fe80::/10) only"
+        )
+    return f"[{address}]"
+
+
+def _metrics_host(host: str) -> str:
+    """Return the metrics port's host as ``listen_host`` does; empty: the gRPC port's host."""
+    return host and listen_host(host)
 
 
 # A host to listen on: a name, an IPv4 address, an IPv6 address (bracketed when read).
@@ -248,7 +263,7 @@ class ServerConfig(_Frozen):
     # gRPC probes); 0 turns it off.
     health_port: Annotated[int, Field(ge=0, le=65535)] = 0
     # The address of the metrics port; empty: the same as host.
-    metrics_host: ListenHost = ""
+    metrics_host: Annotated[str, AfterValidator(_metrics_host)] = ""
     # TLS (and mutual TLS with client_ca) on the gRPC port; None: plaintext.
     tls: TlsConfig | None = None
     # HTTPS on the metrics port, set apart from tls; None: plain HTTP.

@@ -252,6 +252,7 @@ def test_a_bad_replica_id_is_refused_naming_the_setting(replica_id: str, problem
     [
         ("::1", "[::1]"),  # gRPC reads a bare IPv6 address's last group as a port
         ("[::1]", "[::1]"),
+        ("[fe80::1%eth0]", "[fe80::1%eth0]"),
         ("::", "[::]"),
         ("fe80::1%eth0", "[fe80::1%eth0]"),
         ("127.0.0.1", "127.0.0.1"),
@@ -265,7 +266,33 @@ def test_an_ipv6_host_is_read_in_brackets(given: str, read: str) -> None:
 
 
 @pytest.mark.parametrize("key", ["host", "metrics_host"])
-@pytest.mark.parametrize("host", ["localhost:50051", "127.0.0.1:9464", "::1::2"])
-def test_a_host_with_a_port_in_it_is_refused_naming_the_key(key: str, host: str) -> None:
+@pytest.mark.parametrize(
+    ("host", "problem"),
+    [
+        *(
+            (bad, "is not a host name or an address")
+            for bad in (
+                "localhost:50051",
+                "127.0.0.1:9464",
+                "::1::2",
+                "[localhost]",
+                "[]",
+                "[127.0.0.1]",
+            )
+        ),
+        ("::1%lo", "a scope id (%lo) goes with a link-local address (fe80::/10) only"),
+    ],
+)
+def test_a_host_that_is_no_address_is_refused_naming_the_key(
+    key: str, host: str, problem: str
+) -> None:
     message = error_of(default_data() | {"server": {key: host}})
-    assert message.startswith(f"server.{key}: {host!r} is not a host name or an address")
+    assert message.startswith(f"server.{key}: {host!r}")
+    assert problem in message
+
+
+def test_an_empty_host_is_refused_and_an_empty_metrics_host_is_the_host() -> None:
+    message = error_of(default_data() | {"server": {"host": ""}})
+    assert message.startswith("server.host: is empty: [::] listens on every address")
+    server = parse_config(default_data() | {"server": {"metrics_host": ""}}, environ={}).server
+    assert server.metrics_host == ""
