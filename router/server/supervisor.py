@@ -12,6 +12,7 @@ any fork, and keeps one more child alive that serves the workers' merged metrics
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -20,6 +21,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,7 +32,7 @@ from router.loading import ConfigSource, Loaded, load
 from router.server.app import HEALTH_PORT_TAKEN
 from router.server.inflight import InFlightSlots
 from router.server.logs import flush_logs
-from router.server.worker import EXIT_LISTEN, run_worker
+from router.server.worker import EXIT_LISTEN, keep_restart_only, run_worker
 from router.telemetry import metrics
 from router.telemetry.exporter import (
     MetricsTls,
@@ -51,6 +53,9 @@ MAX_RESTART_DELAY_S = 5.0
 KILL_MARGIN_S = 5.0
 # The slot of the child that serves /metrics.
 EXPORTER_SLOT = -1
+# How long a supervisor waits while another checks and reserves the same port (a check and
+# a reservation take well under a millisecond).
+PORT_LOCK_WAIT_S = 2.0
 
 
 def _addresses(host: str, port: int) -> list[tuple[int, int, int, tuple[Any, ...]]]:
@@ -109,23 +114,51 @@ def reserve_port(host: str, port: int) -> socket.socket:
     server stopped a moment ago), only SO_REUSEADDR lets the bind pass them: it is set for
     the bind and cleared at once after it.
     """
-    check_port_free(host, port)
-    family, kind, proto, address = _addresses(host, port)[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
+    with port_lock(port):
+        check_port_free(host, port)
+        family, kind, proto, address = _addresses(host, port)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
-            sock.bind(address)
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE or port == 0:
-                raise
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
-    except OSError:
-        sock.close()
-        raise
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or port == 0:
+                    raise
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        except OSError:
+            sock.close()
+            raise
     return sock
+
+
+@contextlib.contextmanager
+def port_lock(port: int) -> Iterator[None]:
+    """Hold, while this supervisor checks and reserves ``port``, a lock that another
+    supervisor of this machine waits for: two started at the same moment would otherwise
+    both find the port free and both reserve it (SO_REUSEPORT). The lock is an abstract
+    Unix socket named after the port, freed by the kernel whatever becomes of the process.
+    Port 0 needs none: the kernel picks an unused port.
+    """
+    if port == 0:
+        yield
+        return
+    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    deadline = time.monotonic() + PORT_LOCK_WAIT_S
+    try:
+        while True:
+            try:
+                lock.bind(f"\0modelrouter.port.{port}")
+                break
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+        yield
+    finally:
+        lock.close()
 
 
 def _die_with_parent() -> None:
@@ -346,7 +379,19 @@ class Supervisor:
         """
         success = False
         try:
-            self.loaded = load(self.source)
+            loaded = load(self.source)
+            # Workers started from now on bind what the running ones bind (the host, the
+            # health port, the transport, ...: a restart applies those) and keep the
+            # replica id.
+            config, _ = keep_restart_only(self.loaded.config.server, loaded.config)
+            running = self.loaded
+            self.loaded = replace(
+                loaded,
+                config=config,
+                tls=loaded.tls if config.server.tls == loaded.config.server.tls else running.tls,
+                replica_id=running.replica_id,
+                replica_id_from=running.replica_id_from,
+            )
             success = True
         except ConfigError as exc:
             log.info("supervisor keeps its configuration", error=str(exc))

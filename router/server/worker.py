@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import structlog
 
-from router.config import ConfigError
+from router.config import Config, ConfigError, ServerConfig, TlsConfig
 from router.domain import CircuitState
 from router.loading import ConfigSource, Loaded, load
 from router.server.app import CannotListen, RunningServer, create_server
@@ -37,6 +37,33 @@ RESTART_ONLY = (
     "replica_id",
 )
 EXIT_LISTEN = 3
+
+
+def _transport(tls: TlsConfig | None) -> str:
+    """Return what the port speaks: plaintext, TLS or mutual TLS (changed only by a restart)."""
+    return "plaintext" if tls is None else "mutual TLS" if tls.client_ca else "TLS"
+
+
+def keep_restart_only(running: ServerConfig, config: Config) -> tuple[Config, list[str]]:
+    """Return ``config`` with ``running``'s values of the settings only a restart applies,
+    and the names of those the new configuration changes.
+
+    A running worker keeps its sockets; a worker the supervisor starts after a reload must
+    bind what the others bind (another host or health port would be bound unchecked, beside
+    another server's or nowhere). New certificates of the same transport apply at once.
+    """
+    new = config.server
+    stale = [key for key in RESTART_ONLY if getattr(running, key) != getattr(new, key)]
+    kept = {key: getattr(running, key) for key in stale}
+    if _transport(running.tls) != _transport(new.tls):
+        stale.append("tls")
+        kept["tls"] = running.tls
+    if not stale:
+        return config, []
+    server = new.model_copy(update=kept)
+    return config.model_copy(update={"server": server}), [f"server.{key}" for key in stale]
+
+
 EXIT_STORE = 4
 # How often a worker moves its pending metric counts into prometheus-client's values.
 METRICS_FLUSH_S = 1.0
@@ -270,8 +297,10 @@ class Reloader:
             old = self._service.config
             try:
                 loaded = await asyncio.to_thread(load, self._source)
+                config, stale = keep_restart_only(old.server, loaded.config)
+                stale_tls = "server.tls" in stale
                 writer = await self._writer_for(loaded)
-                self._service.reload(loaded.config, loaded.router, loaded.model_source, writer)
+                self._service.reload(config, loaded.router, loaded.model_source, writer)
                 await self._service.restore_controllers()
             except (ConfigError, StoreError) as exc:
                 log.error("reload rejected", config=self._source.describe(), error=str(exc))
@@ -284,19 +313,12 @@ class Reloader:
                     exc_info=exc,
                 )
                 return False
-            stale = [
-                f"server.{key}"
-                for key in RESTART_ONLY
-                if getattr(old.server, key) != getattr(loaded.config.server, key)
-            ]
-            tls = self._tls
-            if tls is not None and loaded.tls is not None and loaded.tls.mutual == tls.files.mutual:
-                if loaded.tls != tls.files:
-                    tls.update(loaded.tls)
-                    log.info("certificates reloaded", mutual_tls=tls.files.mutual)
-            elif (tls is None) != (loaded.tls is None) or tls is not None:
-                # Turning TLS on or off, or client certificates on or off, rebuilds the port.
-                stale.append("server.tls")
+            # Turning TLS on or off, or client certificates on or off, rebuilds the port
+            # (a restart: in ``stale``); new certificates of the same kind apply at once.
+            tls, fresh = self._tls, loaded.tls
+            if tls is not None and fresh is not None and fresh != tls.files and not stale_tls:
+                tls.update(fresh)
+                log.info("certificates reloaded", mutual_tls=tls.files.mutual)
             log.info(
                 "reloaded", config=self._source.describe(), model_version=loaded.router.version
             )

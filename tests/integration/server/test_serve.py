@@ -231,6 +231,39 @@ def test_a_supervisor_killed_outright_has_its_metrics_directory_removed_by_the_n
     assert list(temp.glob("modelrouter-metrics-*")) == []
 
 
+def test_a_worker_restarted_after_a_reload_binds_what_the_others_bind(
+    serve_process: Start, tmp_path: Path, model_path: Path
+) -> None:
+    # The host and the health port need a restart: a worker started after the reload must
+    # not bind the new ones (unchecked, beside another server's, or an address not there).
+    health_port = free_port()
+    server_section: dict[str, Any] = {"host": "127.0.0.1", "health_port": health_port}
+    config = write_config(tmp_path / "c.yaml", model_path, server=server_section)
+    server = serve_process("--config", str(config), "--port", "0", "--workers", "2")
+    listening = server.wait_for("listening", count=2)
+    port = listening[0]["port"]
+    server_section.update(host="fd00::99", health_port=free_port())
+    write_config(config, model_path, server=server_section)
+    server.signal(signal.SIGHUP)
+    warned = server.wait_for("restart to apply", count=2)
+    assert all(line["keys"] == ["server.host", "server.health_port"] for line in warned)
+
+    victim = listening[0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    server.wait_for("worker died; restarting")
+    third = server.wait_for("listening", count=3)[-1]
+    assert (third["host"], third["port"]) == ("127.0.0.1", port)
+    assert not server.events("cannot listen")
+    for i in range(10):
+        assert route(port, f"query number {i}").tier
+    check = health_pb2.HealthCheckRequest(service=SERVICE)
+    with grpc.insecure_channel(f"127.0.0.1:{health_port}", options=OWN_CONNECTION) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(check, timeout=10)
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+
+
 def test_sighup_reloads_every_worker_and_rejects_a_bad_file(
     serve_process: Start, tmp_path: Path, model_path: Path
 ) -> None:
@@ -349,16 +382,17 @@ def ipv6_loopback() -> bool:
     return True
 
 
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_an_ipv6_host_is_served_with_or_without_brackets(
-    serve_process: Start, tmp_path: Path, model_path: Path, workers: str
+    serve_process: Start, tmp_path: Path, model_path: Path, workers: str, host: str
 ) -> None:
     # gRPC reads "::1:50051" as host "::1:50051" on port 443; the brackets are added for it.
     if not ipv6_loopback():
         pytest.skip("no IPv6 loopback here")
     config = write_config(tmp_path / "c.yaml", model_path)
     server = serve_process(
-        "--config", str(config), "--host", "::1", "--port", "0", "--workers", workers
+        "--config", str(config), "--host", host, "--port", "0", "--workers", workers
     )
     [listening, *_] = server.wait_for("listening", count=int(workers))
     assert listening["host"] == "[::1]"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import structlog
 
 from router.config import Config, ConfigError
 from router.loading import ConfigSource, load
-from router.server.supervisor import Supervisor, reserve_port
+from router.server.supervisor import Supervisor, port_lock, reserve_port
 from router.server.worker import Reloader
 from router.service import RouterService
 from tests.integration.server.support import make_model, write_config
@@ -83,6 +84,7 @@ def _listener(host: str, port: int = 0, reuseport: bool = True) -> socket.socket
         ("::", "0.0.0.0"),  # gRPC binds a wildcard as [::] for both families
         ("0.0.0.0", "[::]"),
         ("127.0.0.1", "[::]"),
+        ("::1", "0.0.0.0"),  # gRPC binds 0.0.0.0 as [::] too
         ("::1", "localhost"),  # gRPC binds localhost on both loopbacks
     ],
 )
@@ -97,6 +99,38 @@ def test_a_port_another_servers_workers_listen_on_is_not_reserved(
         assert refused.value.errno == errno.EADDRINUSE
     finally:
         other.close()
+
+
+def test_two_supervisors_reserving_one_port_at_once_do_not_both_get_it() -> None:
+    # Another supervisor holds the port's lock while it checks and reserves: this one waits,
+    # then finds the port taken (without the lock both checks pass and both reserve it).
+    with _listener("127.0.0.1") as free:  # a free port, closed again at once
+        port = free.getsockname()[1]
+    outcome: list[BaseException | socket.socket] = []
+    with port_lock(port):
+        waiting = threading.Thread(target=lambda: outcome.append(_try_reserve(port)))
+        waiting.start()
+        time.sleep(0.3)
+        assert not outcome, "reserve_port did not wait for the other supervisor's check"
+        # The other supervisor's reservation, as reserve_port makes it.
+        other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", port))
+    try:
+        waiting.join(timeout=10)
+        [result] = outcome
+        assert isinstance(result, OSError) and result.errno == errno.EADDRINUSE, result
+    finally:
+        other.close()
+        if isinstance(outcome[0], socket.socket):
+            outcome[0].close()
+
+
+def _try_reserve(port: int) -> BaseException | socket.socket:
+    try:
+        return reserve_port("127.0.0.1", port)
+    except OSError as exc:
+        return exc
 
 
 @pytest.mark.parametrize("reuseport", [True, False])
