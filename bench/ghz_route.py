@@ -620,6 +620,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd = [sys.executable, script, "--port", str(port), "--workers", str(workers), *extra]
         return cmd, port
 
+    if (args.overhead_only or args.route_cpu_only or args.batch_only) and not args.output.exists():
+        # Checked before the runs, not after them: a rerun replaces one part of a full run.
+        sys.exit(f"ghz_route.py: --output {args.output}: no full run there to put this rerun into")
     if args.overhead_only:
         return rerun_overhead(args, bench, router)
     if args.route_cpu_only:
