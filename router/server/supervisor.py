@@ -140,25 +140,42 @@ def port_lock(port: int) -> Iterator[None]:
     supervisor of this machine waits for: two started at the same moment would otherwise
     both find the port free and both reserve it (SO_REUSEPORT). The lock is an abstract
     Unix socket named after the port, freed by the kernel whatever becomes of the process.
-    Port 0 needs none: the kernel picks an unused port.
+
+    It only narrows that race (the check is what refuses a taken port), so it never stops
+    a start: where Unix sockets are not allowed (a sandbox, systemd's
+    RestrictAddressFamilies), or when the lock stays held (by a process that is no
+    supervisor) past PORT_LOCK_WAIT_S, the check goes on without it. Port 0 needs none: the
+    kernel picks an unused port.
     """
     if port == 0:
         yield
         return
-    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    deadline = time.monotonic() + PORT_LOCK_WAIT_S
+    name = f"modelrouter.port.{port}"
     try:
+        lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError as exc:
+        log.debug("port lock not taken", lock=name, error=str(exc))
+        yield
+        return
+    with lock:
+        deadline = time.monotonic() + PORT_LOCK_WAIT_S
         while True:
             try:
-                lock.bind(f"\0modelrouter.port.{port}")
+                lock.bind(f"\0{name}")
                 break
             except OSError as exc:
-                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
-                    raise
+                if exc.errno != errno.EADDRINUSE:
+                    log.debug("port lock not taken", lock=name, error=str(exc))
+                    break
+                if time.monotonic() > deadline:
+                    log.warning(
+                        "port lock held too long; checking the port without it",
+                        lock=name,
+                        waited_s=PORT_LOCK_WAIT_S,
+                    )
+                    break
                 time.sleep(0.005)
         yield
-    finally:
-        lock.close()
 
 
 def _die_with_parent() -> None:
@@ -381,9 +398,9 @@ class Supervisor:
         try:
             loaded = load(self.source)
             # Workers started from now on bind what the running ones bind (the host, the
-            # health port, the transport, ...: a restart applies those) and keep the
-            # replica id.
-            config, _ = keep_restart_only(self.loaded.config.server, loaded.config)
+            # health port, the transport, ...: a restart applies those), log and trace as
+            # they do, and keep the replica id.
+            config, _ = keep_restart_only(self.loaded.config, loaded.config)
             running = self.loaded
             self.loaded = replace(
                 loaded,

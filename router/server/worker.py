@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import structlog
 
-from router.config import Config, ConfigError, ServerConfig, TlsConfig
+from router.config import Config, ConfigError, TlsConfig
 from router.domain import CircuitState
 from router.loading import ConfigSource, Loaded, load
 from router.server.app import CannotListen, RunningServer, create_server
@@ -44,24 +44,31 @@ def _transport(tls: TlsConfig | None) -> str:
     return "plaintext" if tls is None else "mutual TLS" if tls.client_ca else "TLS"
 
 
-def keep_restart_only(running: ServerConfig, config: Config) -> tuple[Config, list[str]]:
+def keep_restart_only(running: Config, config: Config) -> tuple[Config, list[str]]:
     """Return ``config`` with ``running``'s values of the settings only a restart applies,
     and the names of those the new configuration changes.
 
-    A running worker keeps its sockets; a worker the supervisor starts after a reload must
-    bind what the others bind (another host or health port would be bound unchecked, beside
-    another server's or nowhere). New certificates of the same transport apply at once.
+    A running worker keeps its sockets, its log line's settings and its tracing; a worker
+    the supervisor starts after a reload must do as the others do (another host or health
+    port would be bound unchecked, beside another server's or nowhere). New certificates of
+    the same transport apply at once.
     """
     new = config.server
-    stale = [key for key in RESTART_ONLY if getattr(running, key) != getattr(new, key)]
-    kept = {key: getattr(running, key) for key in stale}
-    if _transport(running.tls) != _transport(new.tls):
+    stale = [key for key in RESTART_ONLY if getattr(running.server, key) != getattr(new, key)]
+    kept = {key: getattr(running.server, key) for key in stale}
+    if _transport(running.server.tls) != _transport(new.tls):
         stale.append("tls")
-        kept["tls"] = running.tls
-    if not stale:
+        kept["tls"] = running.server.tls
+    names = [f"server.{key}" for key in stale]
+    sections = [
+        key for key in ("logging", "tracing") if getattr(running, key) != getattr(config, key)
+    ]
+    if not names and not sections:
         return config, []
-    server = new.model_copy(update=kept)
-    return config.model_copy(update={"server": server}), [f"server.{key}" for key in stale]
+    update: dict[str, object] = {key: getattr(running, key) for key in sections}
+    if kept:
+        update["server"] = new.model_copy(update=kept)
+    return config.model_copy(update=update), names + sections
 
 
 EXIT_STORE = 4
@@ -297,7 +304,7 @@ class Reloader:
             old = self._service.config
             try:
                 loaded = await asyncio.to_thread(load, self._source)
-                config, stale = keep_restart_only(old.server, loaded.config)
+                config, stale = keep_restart_only(old, loaded.config)
                 stale_tls = "server.tls" in stale
                 writer = await self._writer_for(loaded)
                 self._service.reload(config, loaded.router, loaded.model_source, writer)
@@ -321,11 +328,6 @@ class Reloader:
                 log.info("certificates reloaded", mutual_tls=tls.files.mutual)
             log.info(
                 "reloaded", config=self._source.describe(), model_version=loaded.router.version
-            )
-            stale.extend(
-                key
-                for key in ("logging", "tracing")
-                if getattr(old, key) != getattr(loaded.config, key)
             )
             if stale:
                 log.warning("restart to apply", keys=stale)

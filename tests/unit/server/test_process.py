@@ -7,14 +7,17 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
+import yaml
 
-from router.config import Config, ConfigError
+from router.config import DEFAULT_CONFIG_YAML, Config, ConfigError, parse_config
 from router.loading import ConfigSource, load
+from router.server import supervisor
 from router.server.supervisor import Supervisor, port_lock, reserve_port
-from router.server.worker import Reloader
+from router.server.worker import Reloader, keep_restart_only
 from router.service import RouterService
 from tests.integration.server.support import make_model, write_config
 
@@ -126,6 +129,31 @@ def test_two_supervisors_reserving_one_port_at_once_do_not_both_get_it() -> None
             outcome[0].close()
 
 
+def test_a_port_lock_held_by_another_process_delays_a_start_but_never_stops_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Any local process can hold the abstract socket; the port itself is free.
+    monkeypatch.setattr(supervisor, "PORT_LOCK_WAIT_S", 0.2)
+    with _listener("127.0.0.1") as free:
+        port = free.getsockname()[1]
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as squatter,
+        structlog.testing.capture_logs() as logs,
+    ):
+        squatter.bind(f"\0modelrouter.port.{port}")
+        started = time.monotonic()
+        held = reserve_port("127.0.0.1", port)
+        waited = time.monotonic() - started
+    try:
+        assert held.getsockname()[1] == port
+        assert waited >= 0.2
+        [warning] = [line for line in logs if line["log_level"] == "warning"]
+        assert warning["event"] == "port lock held too long; checking the port without it"
+        assert warning["lock"] == f"modelrouter.port.{port}"
+    finally:
+        held.close()
+
+
 def _try_reserve(port: int) -> BaseException | socket.socket:
     try:
         return reserve_port("127.0.0.1", port)
@@ -189,3 +217,35 @@ async def test_a_worker_keeps_serving_whatever_a_reload_raises(tmp_path: Path) -
     assert line["event"] == "reload rejected"
     assert "RecursionError" in line["error"]
     await service.aclose()
+
+
+def test_a_reload_keeps_the_running_values_of_what_only_a_restart_applies() -> None:
+    def config(**sections: dict[str, Any]) -> Config:
+        data: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG_YAML)
+        return parse_config(data | sections, environ={})
+
+    running = config(server={"host": "127.0.0.1", "health_port": 8081})
+    new = config(
+        server={
+            "host": "::1",
+            "health_port": 8082,
+            "max_prompt_bytes": 1000,  # applied by a reload
+            "tls": {"cert": "s.crt", "key": "s.key"},
+        },
+        logging={"rpc": False},
+        tracing={"otlp_endpoint": "http://127.0.0.1:4317"},
+    )
+    kept, stale = keep_restart_only(running, new)
+    assert stale == ["server.host", "server.health_port", "server.tls", "logging", "tracing"]
+    assert (kept.server.host, kept.server.health_port) == ("127.0.0.1", 8081)
+    assert kept.server.tls is None and kept.logging.rpc and not kept.tracing.enabled
+    assert kept.server.max_prompt_bytes == 1000
+    assert kept.tiers == new.tiers
+    # Nothing to keep: the new configuration as it is; new certificates of the same
+    # transport are no restart.
+    tls = {"cert": "s.crt", "key": "s.key"}
+    same = config(server={"host": "127.0.0.1", "health_port": 8081, "tls": tls})
+    renewed = config(
+        server={"host": "127.0.0.1", "health_port": 8081, "tls": tls | {"cert": "n.crt"}}
+    )
+    assert keep_restart_only(same, renewed) == (renewed, [])
