@@ -361,6 +361,10 @@ class Supervisor:
             log.info("reloading workers", pids=sorted(self._children))
             self._relay(signal.SIGHUP)
             self._reload()
+            if self._metrics_tls is not None:
+                # An exporter restarted from now on serves the certificates the running
+                # one has just re-read.
+                self._metrics_tls.reload(quiet=True)
 
     def _stop(self, reason: str, signo: int = signal.SIGTERM) -> None:
         """Relay a stop to the workers: SIGTERM drains first, SIGINT (or a second signal) not."""

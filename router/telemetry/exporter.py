@@ -229,11 +229,15 @@ class MetricsTls:
         self._base_dir = base_dir
         self.context = metrics_ssl_context(config, base_dir)
 
-    def reload(self) -> None:
-        """Use the certificate files' current contents for new connections."""
+    def reload(self, quiet: bool = False) -> None:
+        """Use the certificate files' current contents for new connections (``quiet``: for
+        the supervisor's copy, which the exporter it forks next starts with; the running
+        exporter logs the outcome)."""
         try:
             load_metrics_certificates(self.context, self._config, self._base_dir)
         except (ConfigError, ssl.SSLError) as exc:
-            log.error("metrics certificates not reloaded", error=str(exc))
+            if not quiet:
+                log.error("metrics certificates not reloaded", error=str(exc))
         else:
-            log.info("metrics certificates reloaded")
+            if not quiet:
+                log.info("metrics certificates reloaded")

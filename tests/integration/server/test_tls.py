@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import ssl
 import subprocess
@@ -272,6 +273,11 @@ def test_metrics_port_speaks_https_apart_from_the_grpc_port(
     process.signal(signal.SIGHUP)
     process.wait_for("metrics certificates reloaded")
     now_trusted = ssl.create_default_context(cadata=other_ca.cert_pem.decode())
+    assert _https_get(f"https://127.0.0.1:{metrics_port}/metrics", now_trusted)[0] == 200
+    # An exporter restarted after the reload serves the new certificates as well.
+    [exporter] = process.events("metrics exporter started")
+    os.kill(exporter["exporter_pid"], signal.SIGKILL)
+    process.wait_for("metrics exporter started", count=2)
     assert _https_get(f"https://127.0.0.1:{metrics_port}/metrics", now_trusted)[0] == 200
 
 
