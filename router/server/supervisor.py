@@ -85,6 +85,8 @@ def check_port_free(host: str, port: int) -> None:
     also: list[tuple[int, tuple[Any, ...]]] = []
     if (socket.AF_INET, ("0.0.0.0", port)) in targets:
         also.append((socket.AF_INET6, ("::", port, 0, 0)))
+    if (socket.AF_INET6, ("::", port, 0, 0)) in targets:
+        also.append((socket.AF_INET, ("0.0.0.0", port)))  # what gRPC binds without IPv6
     if host.lower() == "localhost":
         also += [(socket.AF_INET, ("127.0.0.1", port)), (socket.AF_INET6, ("::1", port, 0, 0))]
     targets += [target for target in also if target not in targets]
@@ -117,7 +119,14 @@ def reserve_port(host: str, port: int) -> socket.socket:
     with port_lock(port):
         check_port_free(host, port)
         family, kind, proto, address = _addresses(host, port)[0]
-        sock = socket.socket(family, kind, proto)
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError as exc:
+            if exc.errno != errno.EAFNOSUPPORT or address[0] != "::":
+                raise
+            # No IPv6 on this machine: gRPC binds the wildcard [::] as 0.0.0.0, so hold that.
+            address = ("0.0.0.0", address[1])
+            sock = socket.socket(socket.AF_INET, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             try:

@@ -64,7 +64,12 @@ def test_reserved_port_is_shared_with_reuseport_sockets() -> None:
 def _listener(host: str, port: int = 0, reuseport: bool = True) -> socket.socket:
     """Return a listening socket made as gRPC makes a worker's (SO_REUSEADDR, SO_REUSEPORT)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        if exc.errno == errno.EAFNOSUPPORT:
+            pytest.skip("no IPv6 here")
+        raise
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(reuseport))
     if family == socket.AF_INET6:
@@ -150,6 +155,32 @@ def test_a_port_lock_held_by_another_process_delays_a_start_but_never_stops_it(
         [warning] = [line for line in logs if line["log_level"] == "warning"]
         assert warning["event"] == "port lock held too long; checking the port without it"
         assert warning["lock"] == f"modelrouter.port.{port}"
+    finally:
+        held.close()
+
+
+def test_without_ipv6_the_wildcard_is_checked_and_held_as_0_0_0_0(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A kernel booted with ipv6.disable=1 makes no AF_INET6 socket; gRPC binds [::] as
+    # 0.0.0.0 there, so the supervisor must check and hold that, not fail or check nothing.
+    real_socket = socket.socket
+
+    def no_ipv6(family: int = socket.AF_INET, *args: Any) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real_socket(family, *args)
+
+    with _listener("127.0.0.1") as other:
+        taken = other.getsockname()[1]
+        monkeypatch.setattr(socket, "socket", no_ipv6)
+        with pytest.raises(OSError) as refused:
+            reserve_port("[::]", taken)
+        assert refused.value.errno == errno.EADDRINUSE
+        held = reserve_port("[::]", 0)
+    monkeypatch.undo()
+    try:
+        assert held.family == socket.AF_INET and held.getsockname()[0] == "0.0.0.0"
     finally:
         held.close()
 
