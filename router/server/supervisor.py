@@ -413,12 +413,12 @@ class Supervisor:
             # Workers started from now on bind what the running ones bind (the host, the
             # health port, the transport, ...: a restart applies those), log and trace as
             # they do, and keep the replica id.
-            config, _ = keep_restart_only(self.loaded.config, loaded.config)
+            config, stale = keep_restart_only(self.loaded.config, loaded.config)
             running = self.loaded
             self.loaded = replace(
                 loaded,
                 config=config,
-                tls=loaded.tls if config.server.tls == loaded.config.server.tls else running.tls,
+                tls=running.tls if "server.tls" in stale else loaded.tls,
                 replica_id=running.replica_id,
                 replica_id_from=running.replica_id_from,
             )

@@ -37,6 +37,9 @@ RESTART_ONLY = (
     "replica_id",
 )
 EXIT_LISTEN = 3
+EXIT_STORE = 4
+# How often a worker moves its pending metric counts into prometheus-client's values.
+METRICS_FLUSH_S = 1.0
 
 
 def _transport(tls: TlsConfig | None) -> str:
@@ -69,11 +72,6 @@ def keep_restart_only(running: Config, config: Config) -> tuple[Config, list[str
     if kept:
         update["server"] = new.model_copy(update=kept)
     return config.model_copy(update=update), names + sections
-
-
-EXIT_STORE = 4
-# How often a worker moves its pending metric counts into prometheus-client's values.
-METRICS_FLUSH_S = 1.0
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
