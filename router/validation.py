@@ -55,11 +55,13 @@ def check_size(field_name: str, text: str, limit: int) -> None:
 
 
 def check_tenant(tenant: str) -> None:
-    """Check the tenant's length."""
+    """Check the tenant: its length, and printable (a store, a log line and a label keep it)."""
     if len(tenant) > MAX_TENANT_CHARS:
         raise InvalidRequest(
             "tenant", f"{len(tenant)} characters, over the limit of {MAX_TENANT_CHARS}"
         )
+    if not tenant.isprintable():
+        raise InvalidRequest("tenant", "must be printable: no control characters")
 
 
 def check_session_id(session_id: str) -> None:

@@ -107,6 +107,10 @@ ROUTE_CASES = [
         "tenant: 129 characters, over the limit of 128",
     ),
     (
+        pb.RouteRequest(prompt="hi", tenant="acme\x00"),
+        "tenant: must be printable: no control characters",
+    ),
+    (
         pb.RouteRequest(prompt="hi", metadata={f"k{i}": "v" for i in range(33)}),
         "metadata: 33 entries, over the limit of 32",
     ),
@@ -188,6 +192,10 @@ FEEDBACK_CASES = [
     (
         pb.FeedbackRequest(request_id="r1", rating=1.0, tenant="t" * 129),
         "tenant: 129 characters, over the limit of 128",
+    ),
+    (
+        pb.FeedbackRequest(request_id="r1", rating=1.0, tenant="a\nb"),
+        "tenant: must be printable: no control characters",
     ),
 ]
 
