@@ -31,6 +31,14 @@ class Store(abc.ABC):
     def write(self, records: Sequence[Record]) -> None:
         """Write a batch of records in one transaction (all or none)."""
 
+    def refuses(self, error: Exception) -> bool:
+        """Return whether a failed write was refused for what a record holds.
+
+        Writing that batch again fails again (a value out of the column's range, say), where
+        a lost connection may heal: the writer then finds and drops the record refused.
+        """
+        return False
+
     @abc.abstractmethod
     def stats(self, query: StatsQuery) -> Stats:
         """Return satisfaction, escalation, errors and cost per tier and model."""

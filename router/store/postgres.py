@@ -40,16 +40,19 @@ class PostgresStore(SqlStore):
     kind = "postgres"
     dialect = "postgres"
     placeholder = "%s"
+    # "PostgreSQL text fields cannot contain NUL (0x00) bytes": a batch with one would fail.
+    text_holds_nul = False
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:
         try:
-            from psycopg import IsolationLevel
+            from psycopg import DataError, IntegrityError, IsolationLevel
             from psycopg_pool import ConnectionPool
         except ImportError:
             raise StoreError(
                 "store.url needs psycopg: pip install 'modelrouter[postgres]'"
             ) from None
         self.location = redact(url)
+        self.refusals = (*SqlStore.refusals, DataError, IntegrityError)
         self._repeatable_read = IsolationLevel.REPEATABLE_READ
         self._pool: Any = ConnectionPool(
             url,

@@ -145,6 +145,11 @@ class SqlStore(Store):
     placeholder = "?"
     # The most request rows one INSERT statement carries (1: a statement per row).
     rows_per_insert = 1
+    # Whether its text columns hold NUL; where not, write() keeps each NUL as U+FFFD.
+    text_holds_nul = True
+    # The errors of a write refused for a value it holds: one the driver cannot convert
+    # (an integer beyond 64 bits), or the database's data and integrity errors.
+    refusals: tuple[type[Exception], ...] = (OverflowError, UnicodeError)
 
     @abc.abstractmethod
     def _writing(self) -> AbstractContextManager[Cursor]:
@@ -153,6 +158,10 @@ class SqlStore(Store):
     @abc.abstractmethod
     def _reading(self) -> AbstractContextManager[Cursor]:
         """Return a cursor inside one read-only transaction: its queries see one snapshot."""
+
+    def refuses(self, error: Exception) -> bool:
+        """Return whether a failed write was refused for what a record holds."""
+        return isinstance(error, self.refusals)
 
     def _sql(self, text: str) -> str:
         return _translate(text, self.placeholder)
@@ -245,6 +254,10 @@ class SqlStore(Store):
                 )
             else:
                 states.append((record.key, json.dumps(record.value), record.time))
+        if not self.text_holds_nul:
+            routes, requests, attempts, feedback = (
+                _without_nul(rows) for rows in (routes, requests, attempts, feedback)
+            )
         with self._writing() as cursor:
             if routes:
                 self._insert_rows(cursor, _INSERT_ROUTE, routes)
@@ -445,6 +458,16 @@ class SqlStore(Store):
             query.satisfied_at,
             unmatched,
         )
+
+
+def _without_nul(rows: list[Any]) -> list[Any]:
+    """Return the rows with each NUL of their text as U+FFFD (rows without one as they are)."""
+    return [
+        tuple(v.replace("\x00", "\ufffd") if type(v) is str else v for v in row)
+        if any(type(v) is str and "\x00" in v for v in row)
+        else row
+        for row in rows
+    ]
 
 
 def _stored_request(row: Sequence[Any]) -> StoredRequest:

@@ -34,6 +34,7 @@ class SQLiteStore(SqlStore):
     kind = "sqlite"
     dialect = "sqlite"
     placeholder = "?"
+    refusals = (*SqlStore.refusals, sqlite3.DataError, sqlite3.IntegrityError)
 
     def __init__(self, path: Path, *, migrate: bool = True) -> None:
         self.path = path

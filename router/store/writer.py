@@ -5,7 +5,9 @@ records once the batch is full or ``flush_interval_s`` after the first one arriv
 writes them in one transaction from a worker thread. A full queue drops the new record,
 counts it and logs (at most one line per ``DROP_LOG_INTERVAL_S``): the request it belongs
 to still succeeds. A failed write is retried with a growing pause, the batch kept in
-front of the queue. ``aclose`` writes everything still queued, then closes the store; a
+front of the queue; unless the store refused it for what a record holds (``Store.refuses``),
+when its records are written one per transaction and the one refused is dropped, counted
+and logged. ``aclose`` writes everything still queued, then closes the store; a
 store still failing after ``drain_timeout_s`` (5 s: well inside the supervisor's grace
 before it kills a stopping worker) has the rest counted as dropped and logged.
 """
@@ -53,6 +55,11 @@ class StoreWriter:
         self.written = 0
         self.dropped = 0
         self.failed_writes = 0
+        # Records the store refused (counted in dropped too).
+        self.refused = 0
+        # The records at the front of the queue to write one per transaction: the batch
+        # the store refused, which holds the record it refuses.
+        self._singly = 0
         self._pending: list[Record] = []
         self._in_flight = 0
         self._arrived = asyncio.Event()
@@ -116,17 +123,26 @@ class StoreWriter:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
-            if len(self._pending) < self.batch_size and not self._closing:
+            if len(self._pending) < self.batch_size and not (self._closing or self._singly):
                 self._full.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self.flush_interval_s)
-            batch = self._pending[: self.batch_size]
-            del self._pending[: self.batch_size]
+            size = 1 if self._singly else self.batch_size
+            batch = self._pending[:size]
+            del self._pending[:size]
             self._in_flight = len(batch)
             try:
                 await asyncio.to_thread(self.store.write, batch)
             except Exception as exc:
                 self.failed_writes += 1
+                if self.store.refuses(exc):
+                    if len(batch) == 1:
+                        self._singly = max(0, self._singly - 1)
+                        self._refuse(batch[0], exc)
+                    else:
+                        self._pending[:0] = batch
+                        self._singly = len(batch)
+                    continue
                 self._pending[:0] = batch
                 if self._closing:
                     loop_now = time.monotonic()
@@ -147,7 +163,21 @@ class StoreWriter:
             finally:
                 self._in_flight = 0
             self.written += len(batch)
+            self._singly = max(0, self._singly - len(batch))
             retry_s = MIN_RETRY_S
+
+    def _refuse(self, record: Record, exc: Exception) -> None:
+        self.refused += 1
+        self.dropped += 1
+        log.error(
+            "store refused a record: dropped",
+            store=self.store.location,
+            # A Route's record is its RouteRow, a tuple.
+            record="RouteRow" if isinstance(record, tuple) else type(record).__name__,
+            request_id=getattr(record, "request_id", None),
+            refused_total=self.refused,
+            error=str(exc),
+        )
 
     def _give_up(self, exc: Exception) -> None:
         lost = len(self._pending)

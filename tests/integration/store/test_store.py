@@ -533,3 +533,22 @@ def test_sqlite_writes_a_batch_several_rows_to_a_statement_as_it_would_row_by_ro
             tables.append(db.execute("SELECT * FROM requests ORDER BY record_key").fetchall())
     assert len(tables[1]) == 300
     assert tables[1] == tables[0]
+
+
+def test_text_with_nul_characters_is_stored(store: Store) -> None:
+    # PostgreSQL's text cannot hold NUL, which is valid UTF-8 a caller (a prompt, a comment)
+    # or a backend (an error's detail) may send: that store keeps each NUL as U+FFFD, where
+    # SQLite keeps the text as it came.
+    nul = "\ufffd" if store.kind == "postgres" else "\x00"
+    failed = dataclasses.replace(attempt(0, "cheap", 0, outcome="error"), detail="oops\x00")
+    store.write(
+        [
+            request("a", prompt="say \x00 hi", attempts=[failed], time_s=T0),
+            rating("a", 0.5, comment="bad\x00", label="x\x00"),
+            StateRecord(key="k", value={"v\x00": "w\x00"}, time=T0),
+        ]
+    )
+    [row] = list(store.requests())
+    assert (row.prompt, row.comment, row.label) == (f"say {nul} hi", f"bad{nul}", f"x{nul}")
+    assert store.state("k") == {"v\x00": "w\x00"}  # JSON text: NUL escaped, kept
+    assert store.stats(StatsQuery()).total.requests == 1

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Sequence
 
 from router.store import Record, StatsQuery, Store, StoreWriter, open_store
-from tests.integration.store.test_store import request
+from tests.integration.store.test_store import attempt, request
 
 
 async def eventually(check: Callable[[], bool], timeout_s: float = 60.0) -> None:
@@ -75,6 +76,9 @@ class FailingFirst:
             raise OSError("connection lost")
         self.store.write(records)
 
+    def refuses(self, error: Exception) -> bool:
+        return self.store.refuses(error)
+
     def close(self) -> None:
         self.store.close()
 
@@ -100,3 +104,20 @@ async def test_a_drain_gives_up_on_a_dead_store_and_counts_the_loss(store: Store
         writer.put(request(f"r{i}", method="route"))
     await asyncio.wait_for(writer.aclose(), timeout=60)
     assert (writer.written, writer.dropped, writer.queued) == (0, 3, 0)
+
+
+async def test_a_record_the_store_refuses_is_dropped_and_the_rest_written(store: Store) -> None:
+    # A backend's usage beyond a 64-bit integer: each database refuses the row, and only it.
+    huge = dataclasses.replace(attempt(0, "cheap", 0), prompt_tokens=10**20)
+    writer = StoreWriter(store, batch_size=10, flush_interval_s=0.01)
+    writer.start()
+    writer.put(request("r0", time_s=1000.0))
+    writer.put(request("bad", attempts=[huge], time_s=1001.0))
+    writer.put(request("r2", time_s=1002.0))
+    await eventually(lambda: writer.written == 2)
+    writer.put(request("r3", time_s=1003.0))  # and the writer goes on in batches
+    await eventually(lambda: writer.written == 3)
+    assert (writer.written, writer.dropped, writer.refused, writer.queued) == (3, 1, 1, 0)
+    order = [r.request_id for r in await asyncio.to_thread(lambda: list(store.requests()))]
+    assert order == ["r0", "r2", "r3"]
+    await writer.aclose()
