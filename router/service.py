@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import replace
 
@@ -132,10 +132,13 @@ class RouterService:
     def limiter(self) -> Limiter:
         return self._limiter
 
-    def admit(self, tenant: str) -> Awaitable[None] | None:
-        """Return the check of one Route or Complete against the tenant's request rate (None
-        when the tenant has none); awaiting it raises LimitExceeded when over."""
-        return self._limiter.admit(tenant)
+    async def _admit(self, tenant: str) -> None:
+        """Count one valid Route or Complete against the tenant's request rate (if it has
+        one); raise LimitExceeded when over. Called once a request is decided: an invalid
+        one uses none of the rate, a refused one leaves no trace."""
+        admission = self._limiter.admit(tenant)
+        if admission is not None:
+            await admission
 
     # -- Route -------------------------------------------------------------------------
 
@@ -156,8 +159,8 @@ class RouterService:
 
         Each request goes through what Route does to it: its ``request_id`` (the caller's, as
         sent) is checked, or replaced by a fresh id when empty; ``tenant_for`` (the caller's
-        API key's, when auth is on) resolves its tenant; the tenant's request rate admits it;
-        then it is decided and recorded. Only a batch over the size limit raises.
+        API key's, when auth is on) resolves its tenant; it is decided, the tenant's request
+        rate admits it, and it is recorded. Only a batch over the size limit raises.
         """
         check_batch(len(requests))
         rt = self._runtime
@@ -171,18 +174,18 @@ class RouterService:
                     tenant = tenant_for(request.tenant)
                     if tenant != request.tenant:
                         request = replace(request, tenant=tenant)
-                admission = self.admit(request.tenant)
-                if admission is not None:
-                    await admission
                 results.append(await self._route(rt, request, request_id))
             except RouterError as exc:
                 results.append(RouteFailure(request_id or ids.new(), exc, request.tenant))
         return results
 
     async def _route(self, rt: Runtime, request: RouteRequest, request_id: str) -> RoutingDecision:
-        """Decide a request under ``request_id``; tell its session, the store, the controller."""
+        """Decide a request under ``request_id``, admit it; tell its session, the store, the
+        controller."""
         floor = await self._session_floor(rt, request) if request.session_id else None
         decision, _ = self._decide(rt, request, request_id, floor)
+        await self._admit(request.tenant)
+        self._served.put(request_id, decision.tier)
         if request.session_id and rt.session_floor:
             self._sessions.used(
                 request.tenant, request.session_id, decision.tier, rt.tier_index, rt.writer
@@ -212,12 +215,10 @@ class RouterService:
         self, rt: Runtime, request: RouteRequest, request_id: str, floor: int | None = None
     ) -> tuple[RoutingDecision, int]:
         """Return the decision under ``request_id`` (on the tenant's controlled thresholds,
-        if any) and the highest tier index allowed; remember which tier it names."""
+        if any) and the highest tier index allowed."""
         controller = self._controllers.get(request.tenant)
         thresholds = rt.thresholds if controller is None else controller.thresholds
-        decision, high = decide(rt, request, request_id, thresholds, floor)
-        self._served.put(request_id, decision.tier)
-        return decision, high
+        return decide(rt, request, request_id, thresholds, floor)
 
     # -- Complete ----------------------------------------------------------------------
 
@@ -231,12 +232,7 @@ class RouterService:
         route = request.route
         floor = await self._session_floor(rt, route) if route.session_id else None
         decision, max_index = self._decide(rt, route, route.request_id or self._ids.new(), floor)
-        session = route.session_id and rt.session_floor
-        if session:
-            self._sessions.used(
-                route.tenant, route.session_id, decision.tier, rt.tier_index, rt.writer
-            )
-        messages = route.messages or (ChatMessage("user", route.prompt),)
+        await self._admit(route.tenant)
         tiers, generation = rt.config.tiers, request.generation
         prompt_tokens = decision.estimated_prompt_tokens
         # The most each attempt can cost is held against the tenant's budget until it settles.
@@ -245,6 +241,14 @@ class RouterService:
             prompt_tokens,
             most_cost_usd(tiers[decision.tier_index], prompt_tokens, generation),
         )
+        # Admitted: only now do its id and its session remember the tier.
+        self._served.put(decision.request_id, decision.tier)
+        session = route.session_id and rt.session_floor
+        if session:
+            self._sessions.used(
+                route.tenant, route.session_id, decision.tier, rt.tier_index, rt.writer
+            )
+        messages = route.messages or (ChatMessage("user", route.prompt),)
         started_unix, started = time.time(), time.perf_counter()
         summary: CompletionSummary | None = None
         escalated: list[Attempt] = []

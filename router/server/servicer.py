@@ -48,9 +48,6 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         """Return the routing decision for a query."""
         record = current_rpc()
         rid, tenant = self._start(record, request.request_id, request.tenant)
-        admission = self._service.admit(tenant)
-        if admission is not None:
-            await admission
         # A trailer, not a header: on a unary call grpc.aio sends a header in a batch of
         # its own, which cost a fifth of Route's throughput; trailers ride with the status.
         context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
@@ -99,9 +96,6 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         route = request.route
         record = current_rpc()
         rid, tenant = self._start(record, route.request_id, route.tenant)
-        admission = self._service.admit(tenant)
-        if admission is not None:
-            await admission
         # A stream sends its header with the first message anyway.
         await context.send_initial_metadata(((REQUEST_ID_HEADER, rid),))
         # The caller's deadline, as a plain time on the service's clock.

@@ -208,3 +208,62 @@ def test_several_workers_without_redis_warn_that_they_count_apart(
     (line,) = process.wait_for("tenant limits counted per worker")
     assert line["tenants"] == ["acme"] and line["workers"] == 2
     assert "limits.redis_url" in line["hint"]
+
+
+async def test_an_invalid_request_uses_none_of_the_tenants_rate(
+    start_server: Callable[..., Any], make_config: Callable[..., Config]
+) -> None:
+    config = make_config(tenants=limited(requests_per_s=0.2, burst=2))
+    _, channel = await serve(start_server, config)
+    async with channel:
+        stub = router_stub(channel)
+        blank = pb.RouteRequest(prompt=" ", tenant="acme")
+        for _ in range(3):
+            error = await failure(stub.Route(blank, timeout=TIMEOUT_S))
+            assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+            error = await failure(stub.Complete(pb.CompleteRequest(route=blank), timeout=TIMEOUT_S))
+            assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+        batch = await stub.RouteBatch(pb.RouteBatchRequest(requests=[blank] * 3))
+        assert [r.error.code for r in batch.results] == [
+            grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        ] * 3
+        # The whole burst is left for valid requests, and used by them.
+        for _ in range(2):
+            await stub.Route(pb.RouteRequest(prompt="hi", tenant="acme"), timeout=TIMEOUT_S)
+        error = await failure(
+            stub.Route(pb.RouteRequest(prompt="hi", tenant="acme"), timeout=TIMEOUT_S)
+        )
+        assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_a_complete_refused_by_a_limit_leaves_no_trace(
+    start_server: Callable[..., Any], make_config: Callable[..., Config]
+) -> None:
+    # The first Complete spends most of the minute's 40 tokens; the second is refused.
+    config = make_config(tenants=limited(tokens_per_minute=40))
+    _, channel = await serve(start_server, config)
+    async with channel:
+        stub = router_stub(channel)
+        [e async for e in stub.Complete(complete("hello"), timeout=TIMEOUT_S)]
+        refused = pb.CompleteRequest(
+            route=pb.RouteRequest(
+                prompt="hello",
+                tenant="acme",
+                request_id="refused-1",
+                session_id="s-1",
+                hints=pb.TierHints(tier="strong"),
+            )
+        )
+        error = await failure(stub.Complete(refused, timeout=TIMEOUT_S))
+        assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        # Its session did not rise to the tier it was refused at, nor is its id known.
+        after = await stub.Route(
+            pb.RouteRequest(prompt="hi", tenant="acme", session_id="s-1"), timeout=TIMEOUT_S
+        )
+        assert after.decision.reason != pb.DECISION_REASON_SESSION_FLOOR
+        assert after.decision.tier != "strong"
+        rated = await stub.Feedback(
+            pb.FeedbackRequest(request_id="refused-1", rating=1.0, tenant="acme"),
+            timeout=TIMEOUT_S,
+        )
+        assert not rated.known_request
