@@ -87,8 +87,9 @@ class RouterService:
             self._controllers, clock, cold, worker=worker, replica=replica
         )
         # Request ids this worker served lately -> the tier that served them (the decided
-        # tier, then the one that answered), so that Feedback need not ask the store.
-        self._served: BoundedMap[str, str] = BoundedMap(config.server.feedback_capacity)
+        # tier, then the one that answered) and their tenant, so that Feedback need not ask
+        # the store.
+        self._served: BoundedMap[str, tuple[str, str]] = BoundedMap(config.server.feedback_capacity)
         self._sessions = Sessions(config.routing.max_sessions)
         self._ids = RequestIds()
         # Keys of stored records: unique across workers, whatever the callers' ids.
@@ -185,7 +186,7 @@ class RouterService:
         floor = await self._session_floor(rt, request) if request.session_id else None
         decision, _ = self._decide(rt, request, request_id, floor)
         await self._admit(request.tenant)
-        self._served.put(request_id, decision.tier)
+        self._served.put(request_id, (decision.tier, request.tenant))
         if request.session_id and rt.session_floor:
             self._sessions.used(
                 request.tenant, request.session_id, decision.tier, rt.tier_index, rt.writer
@@ -242,7 +243,7 @@ class RouterService:
             most_cost_usd(tiers[decision.tier_index], prompt_tokens, generation),
         )
         # Admitted: only now do its id and its session remember the tier.
-        self._served.put(decision.request_id, decision.tier)
+        self._served.put(decision.request_id, (decision.tier, route.tenant))
         session = route.session_id and rt.session_floor
         if session:
             self._sessions.used(
@@ -273,7 +274,7 @@ class RouterService:
                         escalated.append(event.attempt)
                     elif isinstance(event, CompletionSummary):
                         summary = event
-                        self._served.put(decision.request_id, event.tier)
+                        self._served.put(decision.request_id, (event.tier, route.tenant))
                         self._observe(rt, route, decision, event)
                         if held is not None:
                             held.attempts = event.attempts
@@ -357,32 +358,42 @@ class RouterService:
     async def feedback(self, feedback: Feedback) -> FeedbackResult:
         """Validate and store feedback; say whether its request id is known and if it was kept.
 
-        Feedback for an unknown request id is kept all the same (the stats report it).
+        A rating is for a request of its tenant (with API keys, the key's); one naming no
+        tenant takes the tenant of the request it rates. Feedback for an unknown request id
+        (or another tenant's) is kept all the same (the stats report it as unmatched).
         """
         check_feedback(feedback)
         rt = self._runtime
         writer = rt.writer
+        request_id = feedback.request_id
+        tenant = feedback.tenant or None
         # This worker's own requests first; the store knows the other workers' and
         # replicas' (once their records are written, a flush interval after the request).
-        tier = self._served.get(feedback.request_id)
-        if tier is None and writer is not None:
+        served = self._served.get(request_id)
+        if served is not None and tenant is not None and served[1] != tenant:
+            served = None  # another tenant's: the store may hold this tenant's of that id
+        if served is None and writer is not None:
             try:
-                tier = await asyncio.to_thread(writer.store.served_tier, feedback.request_id)
+                served = await asyncio.to_thread(writer.store.served_by, request_id, tenant)
             except Exception as exc:
                 log.warning("request look-up failed", store=writer.store.location, error=str(exc))
+        tier, owner = (None, feedback.tenant) if served is None else served
         stored = writer is not None and writer.put(
             FeedbackRecord(
-                request_id=feedback.request_id,
+                request_id=request_id,
                 time=time.time(),
-                tenant=feedback.tenant,
+                tenant=owner,
                 rating=feedback.rating,
                 comment=feedback.comment,
                 label=feedback.label,
             )
         )
         # Only the tiers in force name the tier: the metrics' labels stay a configured set.
-        served = tier if tier in rt.tier_index else None
-        return FeedbackResult(known_request=tier is not None, stored=stored, tier=served)
+        return FeedbackResult(
+            known_request=tier is not None,
+            stored=stored,
+            tier=tier if tier in rt.tier_index else None,
+        )
 
     def info(self) -> ServiceInfo:
         """Return the configuration in force, the model and the backends' circuit states."""

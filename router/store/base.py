@@ -50,8 +50,9 @@ class Store(abc.ABC):
         """Yield stored requests, oldest first, each with its latest feedback."""
 
     @abc.abstractmethod
-    def served_tier(self, request_id: str) -> str | None:
-        """Return the tier that served a stored request (None: no request with this id)."""
+    def served_by(self, request_id: str, tenant: str | None = None) -> tuple[str, str] | None:
+        """Return the tier that served the latest stored request with this id (of this
+        tenant; of any when None) and the request's tenant (None: no such request)."""
 
     @abc.abstractmethod
     def session_tier(self, tenant: str, session_id: str) -> str | None:

@@ -98,6 +98,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             unix_time {float} NOT NULL
         )""",
     ),
+    # 2: a rating is its tenant's: one that named no tenant (no API keys) takes the
+    # tenant of the request it rated, which release 1 matched by id alone.
+    (
+        """UPDATE feedback SET tenant = (
+            SELECT r.tenant FROM requests r WHERE r.request_id = feedback.request_id
+            ORDER BY r.unix_time DESC LIMIT 1
+        ) WHERE tenant = '' AND EXISTS (
+            SELECT 1 FROM requests r WHERE r.request_id = feedback.request_id
+        )""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

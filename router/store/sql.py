@@ -102,9 +102,12 @@ _UPSERT_STATE = """INSERT INTO state (key, value, unix_time) VALUES (?, ?, ?)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, unix_time = excluded.unix_time"""
 
 # The latest rating of each request id.
-_LATEST_FEEDBACK = """(SELECT fb.request_id, fb.rating, fb.comment, fb.label FROM feedback fb
-    JOIN (SELECT request_id, MAX(id) AS id FROM feedback GROUP BY request_id) latest
-    ON latest.id = fb.id)"""
+# A tenant's latest rating of each request id; joined to its tenant's requests of that id.
+_LATEST_FEEDBACK = """(SELECT fb.request_id, fb.tenant, fb.rating, fb.comment, fb.label
+    FROM feedback fb JOIN (
+        SELECT request_id, tenant, MAX(id) AS id FROM feedback GROUP BY request_id, tenant
+    ) latest ON latest.id = fb.id)"""
+_RATED = "f.request_id = r.request_id AND f.tenant = r.tenant"
 
 _IS_COMPLETE = "r.method = 'complete'"
 _ERRORS = ", ".join(f"'{outcome}'" for outcome in ERROR_OUTCOMES)
@@ -295,20 +298,26 @@ class SqlStore(Store):
 
     # -- reads -------------------------------------------------------------------------
 
-    def served_tier(self, request_id: str) -> str | None:
-        """Return the tier that served a stored request (None: no request with this id)."""
+    def served_by(self, request_id: str, tenant: str | None = None) -> tuple[str, str] | None:
+        """Return the tier that served the latest stored request with this id (of this
+        tenant; of any when None) and the request's tenant (None: no such request)."""
         # The tier that answered a Complete (the decided one when none did), the decided
-        # tier of a Route, as the stats count it; the latest request of that id.
+        # tier of a Route, as the stats count it.
+        params: list[Any] = [request_id]
+        where = "request_id = ?"
+        if tenant is not None:
+            where += " AND tenant = ?"
+            params.append(tenant)
         with self._reading() as cursor:
             cursor.execute(
                 self._sql(
-                    "SELECT COALESCE(answered_tier, tier) FROM requests WHERE request_id = ? "
+                    f"SELECT COALESCE(answered_tier, tier), tenant FROM requests WHERE {where} "
                     "ORDER BY unix_time DESC LIMIT 1"
                 ),
-                (request_id,),
+                params,
             )
             row = cursor.fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else (str(row[0]), str(row[1]))
 
     def session_tier(self, tenant: str, session_id: str) -> str | None:
         """Return the strongest tier a session used, or None for a session not seen."""
@@ -345,7 +354,7 @@ class SqlStore(Store):
             "SELECT r.request_id, r.unix_time, r.method, r.tenant, r.session_id, r.tier, "
             "r.model, r.score, r.outcome, r.answered_tier, r.answered_model, r.cost_usd, "
             "r.strongest_cost_usd, r.prompt, r.messages, f.rating, f.comment, f.label "
-            f"FROM requests r LEFT JOIN {_LATEST_FEEDBACK} f ON f.request_id = r.request_id"
+            f"FROM requests r LEFT JOIN {_LATEST_FEEDBACK} f ON {_RATED}"
             f"{where} ORDER BY r.unix_time, r.record_key"
         )
         with self._reading() as cursor:
@@ -377,7 +386,7 @@ class SqlStore(Store):
                     "SUM(r.cost_usd), SUM(r.strongest_cost_usd), COUNT(f.rating), "
                     "SUM(f.rating), SUM(CASE WHEN f.rating >= ? THEN 1 ELSE 0 END) "
                     f"FROM requests r LEFT JOIN {_LATEST_FEEDBACK} f "
-                    f"ON f.request_id = r.request_id{where} GROUP BY 1, 2"
+                    f"ON {_RATED}{where} GROUP BY 1, 2"
                 ),
                 [query.satisfied_at, *params],
             )
@@ -440,14 +449,14 @@ class SqlStore(Store):
             )
             for tier, model, index, ms in cursor.fetchall():
                 group(tier, model, index).first_token_ms.append(float(ms))
-            # Ratings whose request id is not stored: kept, and reported.
+            # Ratings whose tenant stored no request of their id: kept, and reported.
             f_where, f_params = _filters(query.since, query.tenant, "f")
             cursor.execute(
                 self._sql(
                     "SELECT COUNT(*) FROM feedback f"
                     + _and(
                         f_where,
-                        "NOT EXISTS (SELECT 1 FROM requests r WHERE r.request_id = f.request_id)",
+                        f"NOT EXISTS (SELECT 1 FROM requests r WHERE {_RATED})",
                     )
                 ),
                 f_params,

@@ -403,3 +403,43 @@ def test_bad_auth_configuration_names_the_key(
 ) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         make_config(auth=auth)
+
+
+@pytest.mark.parametrize("remembered", [10_000, 1], ids=["in-memory", "from-the-store"])
+async def test_a_key_rates_the_requests_of_its_own_tenant_only(
+    start_server: Callable[..., Any], make_config: Callable[..., Config], remembered: int
+) -> None:
+    section = auth_section()
+    for key in section["keys"]:
+        key["methods"] = ["Route", "Feedback", "GetStats"]
+    # With room for one request id, the worker forgets acme's: the store is asked instead.
+    config = make_config(auth=section, server={"feedback_capacity": remembered})
+    server: RunningServer = await start_server(config)
+    acme, globex = bearer(ACME_KEY), bearer(GLOBEX_KEY)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = router_stub(channel)
+        await stub.Route(pb.RouteRequest(prompt="hi", request_id="a-1"), metadata=acme)
+        await stub.Route(pb.RouteRequest(prompt="hi", request_id="g-1"), metadata=globex)
+        writer = server.service.store
+        assert writer is not None
+        for _ in range(600):  # written a flush interval later
+            if writer.written == 2:
+                break
+            await asyncio.sleep(0.05)
+        own = await stub.Feedback(pb.FeedbackRequest(request_id="a-1", rating=1.0), metadata=acme)
+        assert own.known_request
+        # Another tenant's rating of the same id neither finds the request nor replaces
+        # the rating of its own tenant: it is globex's, for an id globex never served.
+        other = await stub.Feedback(
+            pb.FeedbackRequest(request_id="a-1", rating=0.0), metadata=globex
+        )
+        assert (other.known_request, other.stored) == (False, True)
+        for _ in range(600):
+            if writer.written == 4:
+                break
+            await asyncio.sleep(0.05)
+        acme_stats = await stub.GetStats(pb.GetStatsRequest(), metadata=acme)
+        assert (acme_stats.total.rated, acme_stats.total.mean_rating) == (1, 1.0)
+        assert acme_stats.unmatched_feedback == 0
+        globex_stats = await stub.GetStats(pb.GetStatsRequest(), metadata=globex)
+        assert (globex_stats.total.rated, globex_stats.unmatched_feedback) == (0, 1)

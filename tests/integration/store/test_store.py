@@ -181,7 +181,7 @@ def test_reopening_keeps_the_data_and_applies_no_migration_twice(store_target: s
     first.close()
     again = open_store(store_target)
     try:
-        assert again.served_tier("a") == "cheap"
+        assert again.served_by("a") == ("cheap", "acme")
         with again._reading() as cursor:  # type: ignore[attr-defined]
             cursor.execute("SELECT COUNT(*) FROM schema_version")
             assert cursor.fetchone()[0] == 1
@@ -418,10 +418,52 @@ def test_the_served_tier_of_a_request_is_the_tier_that_answered(store: Store) ->
             request("routed", "expert", 2, method="route"),
         ]
     )
-    assert store.served_tier("escalated") == "strong"
-    assert store.served_tier("failed") == "strong"
-    assert store.served_tier("routed") == "expert"
-    assert store.served_tier("never") is None
+    assert store.served_by("escalated") == ("strong", "acme")
+    assert store.served_by("failed") == ("strong", "acme")
+    assert store.served_by("routed", "acme") == ("expert", "acme")
+    assert store.served_by("routed", "globex") is None  # another tenant's
+    assert store.served_by("never") is None
+
+
+def test_a_rating_is_matched_to_the_requests_of_its_own_tenant(store: Store) -> None:
+    store.write(
+        [
+            request("shared", tenant="acme", time_s=T0),
+            dataclasses.replace(
+                request("shared", "strong", 1, tenant="globex", time_s=T0 + 1), key="k-shared-2"
+            ),
+            rating("shared", 1.0, tenant="acme"),
+            rating("shared", 0.0, tenant="initech", time_s=T0 + 20),  # the latest, not theirs
+        ]
+    )
+    assert store.served_by("shared") == ("strong", "globex")  # the latest of any tenant
+    assert store.served_by("shared", "acme") == ("cheap", "acme")
+    acme = store.stats(StatsQuery(tenant="acme"))
+    assert (acme.total.rated, acme.total.mean_rating, acme.unmatched_feedback) == (1, 1.0, 0)
+    globex = store.stats(StatsQuery(tenant="globex"))
+    assert (globex.total.rated, globex.unmatched_feedback) == (0, 0)
+    assert store.stats(StatsQuery(tenant="initech")).unmatched_feedback == 1
+    rated = {(r.tenant, r.rating) for r in store.requests()}
+    assert rated == {("acme", 1.0), ("globex", None)}
+
+
+def test_a_release_1_rating_without_a_tenant_takes_its_requests_tenant(
+    store_target: str,
+) -> None:
+    # Release 1 matched ratings by id alone, so one naming no tenant rated any tenant's.
+    store = open_store(store_target)
+    store.write([request("r", tenant="acme"), rating("r", 0.5, tenant=""), rating("x", 1.0)])
+    with store._writing() as cursor:  # type: ignore[attr-defined]
+        cursor.execute("UPDATE feedback SET tenant = ''")
+        cursor.execute("UPDATE schema_version SET version = 1")
+    store.close()
+    migrated = open_store(store_target)
+    try:
+        stats = migrated.stats(StatsQuery(tenant="acme"))
+        assert (stats.total.rated, stats.total.mean_rating) == (1, 0.5)
+        assert migrated.stats(StatsQuery(tenant="")).unmatched_feedback == 1  # x: no request
+    finally:
+        migrated.close()
 
 
 def test_named_state_is_replaced(store: Store) -> None:
@@ -453,7 +495,7 @@ def test_a_batch_is_written_all_or_nothing(store: Store) -> None:
     broken = dataclasses.replace(request("broken"), tenant=cast(str, None))
     with pytest.raises(Exception, match=r"(?i)null"):
         store.write([request("x"), broken, request("y"), rating("x", 1.0)])
-    assert store.served_tier("x") is None and store.served_tier("y") is None
+    assert store.served_by("x") is None and store.served_by("y") is None
     assert store.stats(StatsQuery()).total.rated == 0
     store.write([request("dup")])  # a retried batch does not duplicate requests
     assert store.stats(StatsQuery()).total.requests == 1
