@@ -85,6 +85,15 @@ class NotConfigured(RouterError):
     """The request needs something this server's configuration turned off (FAILED_PRECONDITION)."""
 
 
+class LimitTooSmall(NotConfigured):
+    """A request needs more than a whole limit of its tenant: no wait can fit it
+    (FAILED_PRECONDITION, without a RetryInfo)."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit  # the limit's key: tokens_per_minute, usd_per_day, usd_per_month
+
+
 class StoreUnavailable(RouterError):
     """The store could not be read (UNAVAILABLE)."""
 

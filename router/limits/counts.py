@@ -50,7 +50,10 @@ class Counts(Protocol):
     """The atomic operations the limits need from a store."""
 
     async def take(self, bucket: Bucket, amount: float) -> float:
-        """Take ``amount`` from the bucket; return 0, or the seconds until it would fit."""
+        """Take ``amount`` from the bucket; return 0, or the seconds until it would fit.
+
+        ``amount`` is at most the capacity: more would never fit, and the limiter refuses
+        it before asking."""
         ...
 
     async def give(self, bucket: Bucket, amount: float) -> None:

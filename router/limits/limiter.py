@@ -7,7 +7,9 @@ prices); ``extend`` does the same before each climb to a stronger tier, and ``se
 replaces the reservation by what the attempts really used. So concurrent requests cannot
 spend a budget twice: each holds its worst case until it knows its cost.
 
-Over a limit is ``LimitExceeded`` (RESOURCE_EXHAUSTED with a RetryInfo). When Redis cannot
+Over a limit is ``LimitExceeded`` (RESOURCE_EXHAUSTED with a RetryInfo). A Complete that no
+wait can fit, its prompt over the whole tokens_per_minute or its most cost over a whole
+budget, is ``LimitTooSmall`` (FAILED_PRECONDITION, no RetryInfo). When Redis cannot
 be reached the configured policy applies: fail_open admits (and keeps the spend it could
 not record, adding it once Redis answers again), fail_closed refuses with
 ``LimitsUnavailable`` (UNAVAILABLE with a RetryInfo). Either way the failure is logged and
@@ -30,7 +32,13 @@ import structlog
 
 from router.completion.cost import cost_usd
 from router.config import DEFAULT_TENANT, Config, LimitsConfig, TenantLimitsConfig, TierConfig
-from router.domain import Attempt, GenerationOptions, LimitExceeded, LimitsUnavailable
+from router.domain import (
+    Attempt,
+    GenerationOptions,
+    LimitExceeded,
+    LimitsUnavailable,
+    LimitTooSmall,
+)
 from router.limits.counts import Bucket, Budget, Counts, MemoryCounts
 from router.telemetry import metrics
 
@@ -203,12 +211,15 @@ class Limiter:
         if rules is None or not rules.limits_complete:
             return None
         reservation = Reservation(rules, self._budgets(rules))
+        nano_usd = _nano(most_usd)
+        # Before any count is touched, and whatever Redis's state: no wait would change it.
+        _refuse_what_never_fits(rules, reservation.budgets, prompt_tokens, nano_usd)
         if rules.tokens is not None:
             await self._take_tokens(rules, rules.tokens, prompt_tokens)
             reservation.tokens = prompt_tokens
         if reservation.budgets:
             try:
-                await self._reserve_budget(reservation, _nano(most_usd))
+                await self._reserve_budget(reservation, nano_usd)
             except BaseException:
                 await self.settle(reservation, 0, 0.0)  # the tokens just taken
                 raise
@@ -389,6 +400,30 @@ class Limiter:
 _FAILED = object()
 
 
+def _refuse_what_never_fits(
+    rules: TenantRules, budgets: tuple[Budget, ...], tokens: int, nano_usd: int
+) -> None:
+    """Raise ``LimitTooSmall`` if even an unused bucket or budget cannot hold the request."""
+    tenant = rules.tenant
+    if rules.tokens is not None and tokens > rules.tokens.capacity:
+        raise LimitTooSmall(
+            "tokens_per_minute",
+            f"this prompt needs about {tokens} tokens, more than the tokens_per_minute of "
+            f"{rules.limits.tokens_per_minute} that tenant {tenant!r} has "
+            f"(tenants.{tenant}.limits.tokens_per_minute): it can never fit; shorten the prompt",
+        )
+    for budget in budgets:
+        if nano_usd > budget.limit:
+            amount = getattr(rules.limits, budget.name)
+            raise LimitTooSmall(
+                budget.name,
+                f"this request could cost up to ${nano_usd / NANO:.6f}, more than the whole "
+                f"{budget.name} of ${amount:g} that tenant {tenant!r} has "
+                f"(tenants.{tenant}.limits.{budget.name}): it can never fit; lower "
+                "generation.max_tokens or shorten the prompt",
+            )
+
+
 class Hold:
     """One Complete's reservation, followed attempt by attempt until it settles."""
 
@@ -441,4 +476,11 @@ def _is_store_error(exc: BaseException) -> bool:
     return isinstance(exc, RedisError)
 
 
-__all__ = ["Hold", "Limiter", "Reservation", "TenantRules", "max_output_tokens", "most_cost_usd"]
+__all__ = [
+    "Hold",
+    "Limiter",
+    "Reservation",
+    "TenantRules",
+    "max_output_tokens",
+    "most_cost_usd",
+]

@@ -30,6 +30,7 @@ from router.domain import (
     InvalidRequest,
     LimitExceeded,
     LimitsUnavailable,
+    LimitTooSmall,
     NotConfigured,
     Overloaded,
     PermissionDenied,
@@ -460,7 +461,7 @@ def count_refusal(metrics: Metrics, method: str, tenant: str, error: RouterError
     """Count a refusal by auth or by a tenant's limit (other errors are not counted here)."""
     if isinstance(error, Unauthenticated | PermissionDenied):
         metrics.auth_failed(method, error.reason)
-    elif isinstance(error, LimitExceeded):
+    elif isinstance(error, LimitExceeded | LimitTooSmall):
         metrics.limit_rejected(tenant, error.limit)
 
 

@@ -267,3 +267,22 @@ async def test_a_complete_refused_by_a_limit_leaves_no_trace(
             timeout=TIMEOUT_S,
         )
         assert not rated.known_request
+
+
+async def test_a_prompt_over_the_whole_tokens_per_minute_is_refused_for_good(
+    start_server: Callable[..., Any], make_config: Callable[..., Config]
+) -> None:
+    config = make_config(tenants=limited(tokens_per_minute=40))
+    _, channel = await serve(start_server, config)
+    async with channel:
+        stub = router_stub(channel)
+        error = await failure(stub.Complete(complete("word " * 200), timeout=TIMEOUT_S))
+        # No wait would fit it: no RetryInfo telling the caller to try again.
+        assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert "more than the tokens_per_minute of 40" in str(error.details())
+        status = rpc_status.from_call(cast(grpc.Call, error))
+        assert status is None or not any(
+            d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details
+        )
+        # Nothing was taken: a prompt that fits is served at once.
+        [e async for e in stub.Complete(complete("hello"), timeout=TIMEOUT_S)]

@@ -8,14 +8,16 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import grpc
 import pytest
 import structlog
 import yaml
 from prometheus_client import CollectorRegistry
 
 from router.config import DEFAULT_CONFIG_YAML, Config, parse_config
-from router.domain import LimitExceeded, LimitsUnavailable
+from router.domain import LimitExceeded, LimitsUnavailable, LimitTooSmall, Retryable
 from router.limits import Limiter
+from router.server.interceptor import status_for
 from router.telemetry import metrics
 from tests.redis_server import RedisServer
 
@@ -157,6 +159,61 @@ async def test_tokens_per_minute_admit_while_the_bucket_holds_the_prompt(
     assert refused.value.limit == "tokens_per_minute"
     # 40 tokens short at 10 a second (less whatever refilled while the test ran).
     assert 2.0 <= refused.value.retry_after_s <= 4.1
+
+
+def refused_for_good(error: LimitTooSmall, limit: str) -> None:
+    """Assert a refusal that no retry can turn: FAILED_PRECONDITION, without a RetryInfo."""
+    assert status_for(error) is grpc.StatusCode.FAILED_PRECONDITION
+    assert not isinstance(error, Retryable)
+    assert error.limit == limit
+    assert "retry" not in str(error)
+
+
+async def test_a_prompt_over_tokens_per_minute_is_refused_for_good(
+    store: str, limiters: Callable[..., Limiter]
+) -> None:
+    limiter = limiters(config({"tokens_per_minute": 600}, redis_url=store))
+    with pytest.raises(LimitTooSmall) as refused:
+        await limiter.reserve("acme", 601, 0.0)  # the bucket never holds 601
+    refused_for_good(refused.value, "tokens_per_minute")
+    message = str(refused.value)
+    assert "601 tokens" in message
+    assert "tokens_per_minute of 600" in message
+    assert "tenants.acme.limits.tokens_per_minute" in message
+    # Nothing was taken: the whole minute's tokens are still there.
+    assert await limiter.reserve("acme", 600, 0.0) is not None
+
+
+async def test_a_request_whose_most_cost_passes_a_whole_budget_is_refused_for_good(
+    store: str, limiters: Callable[..., Limiter]
+) -> None:
+    wall = Clock(END_OF_MARCH - 3600)
+    limits = {"tokens_per_minute": 600, "usd_per_day": 1.0, "usd_per_month": 5.0}
+    limiter = limiters(config(limits, redis_url=store), wall=wall)
+    with pytest.raises(LimitTooSmall) as refused:
+        await limiter.reserve("acme", 600, 1.01)  # a new day would not hold it either
+    refused_for_good(refused.value, "usd_per_day")
+    message = str(refused.value)
+    assert "$1.010000" in message
+    assert "usd_per_day of $1" in message
+    # Neither the minute's tokens nor the day's dollars were taken.
+    assert await limiter.reserve("acme", 600, 1.0) is not None
+
+
+async def test_a_request_that_can_never_fit_is_refused_for_good_while_redis_is_down(
+    redis_server: RedisServer, limiters: Callable[..., Limiter]
+) -> None:
+    limiter = limiters(
+        config(
+            {"tokens_per_minute": 600},
+            redis_url=redis_server.url,
+            on_redis_error="fail_closed",
+        )
+    )
+    redis_server.kill()
+    with pytest.raises(LimitTooSmall) as refused:
+        await limiter.reserve("acme", 601, 0.0)  # not UNAVAILABLE: Redis cannot change it
+    refused_for_good(refused.value, "tokens_per_minute")
 
 
 # -- Redis unreachable ---------------------------------------------------------------
