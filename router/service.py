@@ -60,6 +60,11 @@ from router.validation import (
 
 log = structlog.get_logger()
 
+# A batch gives the event loop its turn after this many requests (a few hundred
+# microseconds of deciding): other calls go on, and a batch whose caller cancelled or
+# whose deadline passed stops there.
+BATCH_YIELD_EVERY = 32
+
 
 class RouterService:
     """Route, complete and record requests against the runtime in force; reload it atomically."""
@@ -167,7 +172,9 @@ class RouterService:
         rt = self._runtime
         ids = self._ids
         results: list[RoutingDecision | RouteFailure] = []
-        for request in requests:
+        for n, request in enumerate(requests, 1):
+            if n % BATCH_YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             request_id = ""
             try:
                 request_id = ids.assign(request.request_id)

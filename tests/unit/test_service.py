@@ -207,3 +207,17 @@ async def test_chat_turns_are_limited(model_path: Path) -> None:
     with pytest.raises(InvalidRequest, match=r"^messages: 1001 turns, over the limit of 1000$"):
         await service.route(RouteRequest(messages=(*turns, ChatMessage("user", "hi"))))
     await service.aclose()
+
+
+async def test_a_batch_yields_to_the_loop_and_stops_when_cancelled(model_path: Path) -> None:
+    # Without sessions or limits nothing in a batch awaits: it must still give the loop its
+    # turn (other calls, its own deadline), and a cancelled batch stop between requests.
+    service = await service_for(build(model_path))
+    requests = [RouteRequest(prompt=f"question {i}") for i in range(1000)]
+    batch = asyncio.get_running_loop().create_task(service.route_batch(requests))
+    await asyncio.sleep(0)  # the batch's first step
+    assert not batch.done()
+    batch.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await batch
+    await service.aclose()
