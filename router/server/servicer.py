@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from contextlib import aclosing
 from typing import Any
@@ -10,7 +11,13 @@ import grpc
 
 from router._proto.modelrouter.v1 import router_pb2 as pb
 from router._proto.modelrouter.v1 import router_pb2_grpc
-from router.domain import CompletionSummary, Escalation, RouteFailure, RoutingDecision
+from router.domain import (
+    CompletionSummary,
+    Escalation,
+    InvalidRequest,
+    RouteFailure,
+    RoutingDecision,
+)
 from router.server import convert
 from router.server.interceptor import (
     REQUEST_ID_HEADER,
@@ -22,6 +29,7 @@ from router.server.interceptor import (
 from router.service import RouterService
 from router.telemetry.attributes import decision_attributes
 from router.telemetry.metrics import Metrics
+from router.validation import check_id
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -120,9 +128,12 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
         if record.principal is not None:
             tenant = record.principal.tenant_for(tenant)
         record.tenant = tenant
+        # The rated request's id, once checked, is the call's (its log line, and the
+        # x-request-id trailer of an error); an invalid one keeps the generated id.
+        with contextlib.suppress(InvalidRequest):
+            check_id("request_id", request.request_id)
+            record.request_id = request.request_id or record.request_id
         result = await self._service.feedback(convert.feedback(request, tenant))
-        # Noted once checked: it also goes into the x-request-id trailer of an error.
-        record.request_id = request.request_id
         if self._metrics is not None:
             self._metrics.feedback(result.tier or "unknown")
         return convert.feedback_response(result)

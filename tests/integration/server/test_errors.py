@@ -412,12 +412,22 @@ async def test_errors_carry_the_request_id_trailer(
             await limited.Route(pb.RouteRequest(prompt="hi", request_id="has space"))
         generated = _trailer(caught.value)
         assert generated and " " not in generated
+        # Feedback names the request it rates: a valid id is the rating's, even refused.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await limited.Feedback(pb.FeedbackRequest(request_id="rated-1", rating=2.0))
+        assert _trailer(caught.value) == "rated-1"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await limited.Feedback(pb.FeedbackRequest(request_id="bad id", rating=1.0))
+        generated_feedback = _trailer(caught.value)
+        assert generated_feedback != "bad id" and " " not in generated_feedback
     statuses = {e["request_id"]: e["status"] for e in logs if e["event"] == "rpc"}
     assert statuses == {
         "bad-route": "INVALID_ARGUMENT",
         "bad-c": "INVALID_ARGUMENT",
         "g": "INVALID_ARGUMENT",
         generated: "INVALID_ARGUMENT",
+        "rated-1": "INVALID_ARGUMENT",
+        generated_feedback: "INVALID_ARGUMENT",
     }
 
 
