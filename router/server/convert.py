@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ from router.domain import (
     FeedbackResult,
     GateReport,
     GenerationOptions,
+    InvalidRequest,
     RouteFailure,
     RouteRequest,
     RoutingDecision,
@@ -104,8 +106,13 @@ def feedback_response(result: FeedbackResult) -> pb.FeedbackResponse:
 
 def stats_query(message: pb.GetStatsRequest) -> tuple[float | None, str | None]:
     """Return the time and tenant a GetStatsRequest asks for (None: no limit)."""
-    since = message.since_unix_seconds or None
-    return since, message.tenant if message.HasField("tenant") else None
+    since = message.since_unix_seconds
+    # NaN compares false with every stored time: it would count nothing, silently.
+    if not math.isfinite(since):
+        raise InvalidRequest(
+            "since_unix_seconds", f"{since} is not a finite number of Unix seconds"
+        )
+    return since or None, message.tenant if message.HasField("tenant") else None
 
 
 def _values(row: Any) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from router.validation import clip
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
@@ -34,7 +36,10 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
         """Return the status of one service (NOT_FOUND for a service never registered)."""
         status = self._status.get(request.service)
         if status is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+            # Clipped: the whole name could outgrow the metadata limit (RESOURCE_EXHAUSTED).
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"unknown service {clip(request.service)!r}"
+            )
         return health_pb2.HealthCheckResponse(status=status)
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Context) -> None:

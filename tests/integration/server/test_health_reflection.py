@@ -32,6 +32,16 @@ async def test_health_unknown_service_is_not_found(channel: grpc.aio.Channel) ->
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_health_unknown_huge_service_name_is_not_found(channel: grpc.aio.Channel) -> None:
+    # Quoted whole, the name would outgrow the metadata limit: RESOURCE_EXHAUSTED instead.
+    name = "x" * 20_000
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=name))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    details = caught.value.details() or ""
+    assert "x" * 64 in details and len(details) < 100
+
+
 async def test_health_watch_reports_not_serving_and_ends_at_shutdown(
     server: RunningServer, channel: grpc.aio.Channel
 ) -> None:

@@ -175,6 +175,21 @@ async def test_get_stats_needs_a_store(
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.parametrize("since", [float("nan"), float("inf"), float("-inf")])
+async def test_get_stats_rejects_a_since_that_is_not_a_time(
+    start_server: Callable[..., Any],
+    make_config: Callable[..., Config],
+    tmp_path: Path,
+    since: float,
+) -> None:
+    server = await start_server(with_store(make_config(), str(tmp_path / "store.db")))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await router_stub(channel).GetStats(pb.GetStatsRequest(since_unix_seconds=since))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (error.value.details() or "").startswith("since_unix_seconds: ")
+
+
 async def route_in(
     stub: router_pb2_grpc.ModelRouterStub, session: str, **extra: Any
 ) -> pb.RoutingDecision:

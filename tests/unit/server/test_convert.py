@@ -12,6 +12,7 @@ from router.domain import (
     CircuitState,
     DecisionReason,
     GateReport,
+    InvalidRequest,
     RoutingDecision,
     TierHints,
 )
@@ -112,3 +113,20 @@ def test_get_config_reports_a_worker_share_and_the_spend_it_aims_at() -> None:
         **convert._values(tenant_controller("usd_per_hour", 8.0, 0.25).snapshot().as_stats())
     )
     assert not stats.HasField("share") and not stats.HasField("aim")
+
+
+@pytest.mark.parametrize("since", [float("nan"), float("inf"), float("-inf")])
+def test_stats_query_rejects_a_since_that_is_not_a_time(since: float) -> None:
+    with pytest.raises(InvalidRequest, match=r"^since_unix_seconds: ") as caught:
+        convert.stats_query(pb.GetStatsRequest(since_unix_seconds=since))
+    assert caught.value.field == "since_unix_seconds"
+
+
+@pytest.mark.parametrize(
+    ("since", "expected"), [(0.0, None), (1_700_000_000.5, 1_700_000_000.5), (-60.0, -60.0)]
+)
+def test_stats_query_reads_since_as_a_time_and_zero_as_no_limit(
+    since: float, expected: float | None
+) -> None:
+    # A time before 1970 is still a time: it counts every stored request, as 0 does.
+    assert convert.stats_query(pb.GetStatsRequest(since_unix_seconds=since)) == (expected, None)
