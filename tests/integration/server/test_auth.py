@@ -60,6 +60,17 @@ async def channel(secured: RunningServer) -> AsyncIterator[grpc.aio.Channel]:
         yield ch
 
 
+async def stored(server: RunningServer, records: int) -> None:
+    """Wait until the server's store writer has written ``records`` (a flush interval on)."""
+    writer = server.service.store
+    assert writer is not None
+    for _ in range(600):
+        if writer.written >= records:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{writer.written} records written, not {records}")
+
+
 async def trailer(error: grpc.aio.AioRpcError, key: str) -> str | None:
     value = error_trailers(error).get(key)
     return None if value is None else str(value)
@@ -202,12 +213,7 @@ async def test_a_key_sees_the_stats_of_its_own_tenant_only(
             await stub.Route(
                 pb.RouteRequest(prompt="hi"), metadata=bearer(GLOBEX_KEY), timeout=TIMEOUT_S
             )
-        writer = server.service.store
-        assert writer is not None
-        for _ in range(600):  # written a flush interval later
-            if writer.written == 3:
-                break
-            await asyncio.sleep(0.05)
+        await stored(server, 3)
         own = await stub.GetStats(
             pb.GetStatsRequest(), metadata=bearer(ACME_KEY), timeout=TIMEOUT_S
         )
@@ -420,12 +426,7 @@ async def test_a_key_rates_the_requests_of_its_own_tenant_only(
         stub = router_stub(channel)
         await stub.Route(pb.RouteRequest(prompt="hi", request_id="a-1"), metadata=acme)
         await stub.Route(pb.RouteRequest(prompt="hi", request_id="g-1"), metadata=globex)
-        writer = server.service.store
-        assert writer is not None
-        for _ in range(600):  # written a flush interval later
-            if writer.written == 2:
-                break
-            await asyncio.sleep(0.05)
+        await stored(server, 2)
         own = await stub.Feedback(pb.FeedbackRequest(request_id="a-1", rating=1.0), metadata=acme)
         assert own.known_request
         # Another tenant's rating of the same id neither finds the request nor replaces
@@ -434,10 +435,7 @@ async def test_a_key_rates_the_requests_of_its_own_tenant_only(
             pb.FeedbackRequest(request_id="a-1", rating=0.0), metadata=globex
         )
         assert (other.known_request, other.stored) == (False, True)
-        for _ in range(600):
-            if writer.written == 4:
-                break
-            await asyncio.sleep(0.05)
+        await stored(server, 4)
         acme_stats = await stub.GetStats(pb.GetStatsRequest(), metadata=acme)
         assert (acme_stats.total.rated, acme_stats.total.mean_rating) == (1, 1.0)
         assert acme_stats.unmatched_feedback == 0
