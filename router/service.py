@@ -366,8 +366,10 @@ class RouterService:
         """Validate and store feedback; say whether its request id is known and if it was kept.
 
         A rating is for a request of its tenant (with API keys, the key's); one naming no
-        tenant takes the tenant of the request it rates. Feedback for an unknown request id
-        (or another tenant's) is kept all the same (the stats report it as unmatched).
+        tenant (possible without keys) rates its id's request of any tenant, and is kept
+        under that request's tenant when this worker or the store knows it. Feedback for an
+        unknown request id (or another tenant's) is kept all the same (the stats report it
+        as unmatched).
         """
         check_feedback(feedback)
         rt = self._runtime

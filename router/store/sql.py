@@ -102,12 +102,12 @@ _UPSERT_STATE = """INSERT INTO state (key, value, unix_time) VALUES (?, ?, ?)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, unix_time = excluded.unix_time"""
 
 # The latest rating of each request id.
-# A tenant's latest rating of each request id; joined to its tenant's requests of that id.
-_LATEST_FEEDBACK = """(SELECT fb.request_id, fb.tenant, fb.rating, fb.comment, fb.label
-    FROM feedback fb JOIN (
-        SELECT request_id, tenant, MAX(id) AS id FROM feedback GROUP BY request_id, tenant
-    ) latest ON latest.id = fb.id)"""
-_RATED = "f.request_id = r.request_id AND f.tenant = r.tenant"
+# A request's latest rating: of its tenant, or naming none (a caller without API keys,
+# rating by id alone). One look-up of the feedback_request_id index per request.
+_LATEST_FEEDBACK = """LEFT JOIN feedback f ON f.id = (SELECT MAX(fb.id) FROM feedback fb
+    WHERE fb.request_id = r.request_id AND fb.tenant IN (r.tenant, ''))"""
+# A rating and a request it rates.
+_RATED = "f.request_id = r.request_id AND (f.tenant = r.tenant OR f.tenant = '')"
 
 _IS_COMPLETE = "r.method = 'complete'"
 _ERRORS = ", ".join(f"'{outcome}'" for outcome in ERROR_OUTCOMES)
@@ -354,7 +354,7 @@ class SqlStore(Store):
             "SELECT r.request_id, r.unix_time, r.method, r.tenant, r.session_id, r.tier, "
             "r.model, r.score, r.outcome, r.answered_tier, r.answered_model, r.cost_usd, "
             "r.strongest_cost_usd, r.prompt, r.messages, f.rating, f.comment, f.label "
-            f"FROM requests r LEFT JOIN {_LATEST_FEEDBACK} f ON {_RATED}"
+            f"FROM requests r {_LATEST_FEEDBACK}"
             f"{where} ORDER BY r.unix_time, r.record_key"
         )
         with self._reading() as cursor:
@@ -385,8 +385,7 @@ class SqlStore(Store):
                     "SUM(CASE WHEN r.method = 'complete' THEN 1 ELSE 0 END), "
                     "SUM(r.cost_usd), SUM(r.strongest_cost_usd), COUNT(f.rating), "
                     "SUM(f.rating), SUM(CASE WHEN f.rating >= ? THEN 1 ELSE 0 END) "
-                    f"FROM requests r LEFT JOIN {_LATEST_FEEDBACK} f "
-                    f"ON {_RATED}{where} GROUP BY 1, 2"
+                    f"FROM requests r {_LATEST_FEEDBACK}{where} GROUP BY 1, 2"
                 ),
                 [query.satisfied_at, *params],
             )

@@ -447,6 +447,22 @@ def test_a_rating_is_matched_to_the_requests_of_its_own_tenant(store: Store) -> 
     assert rated == {("acme", 1.0), ("globex", None)}
 
 
+def test_a_rating_naming_no_tenant_rates_its_request_of_any_tenant(store: Store) -> None:
+    # Without API keys a caller may rate by id alone, and before the request is stored (a
+    # rating at another worker within the flush interval): it is kept as naming none.
+    store.write(
+        [
+            rating("r", 0.5, tenant="", time_s=T0 - 1),
+            request("r", tenant="acme"),
+            rating("r", 0.0, tenant="globex", time_s=T0 + 20),  # another tenant's
+        ]
+    )
+    acme = store.stats(StatsQuery(tenant="acme"))
+    assert (acme.total.rated, acme.total.mean_rating, acme.unmatched_feedback) == (1, 0.5, 0)
+    assert store.stats(StatsQuery()).unmatched_feedback == 1  # globex's
+    assert [r.rating for r in store.requests()] == [0.5]
+
+
 def test_a_release_1_rating_without_a_tenant_takes_its_requests_tenant(
     store_target: str,
 ) -> None:
