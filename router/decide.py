@@ -5,6 +5,7 @@ this decides (``router.service``)."""
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 from router.completion.cost import estimate_tokens
 from router.domain import DecisionReason, InvalidRequest, RouteRequest, RoutingDecision
@@ -19,18 +20,20 @@ from router.validation import (
 )
 
 
-def decide(
-    rt: Runtime,
-    request: RouteRequest,
-    request_id: str,
-    thresholds: tuple[float, ...],
-    floor: int | None = None,
-) -> tuple[RoutingDecision, int]:
-    """Return the decision under ``request_id`` and the highest tier index allowed.
+class Checked(NamedTuple):
+    """What checking a request found: its hints' tier indexes, its last user turn (-1 for a
+    prompt) and its estimated prompt tokens."""
 
-    ``thresholds`` are the runtime's, or the tenant's controller's; ``floor`` is the tier
-    index the request's session already reached (None: no floor).
-    """
+    forced: int | None
+    low: int | None
+    high: int | None
+    last_user: int
+    tokens: int
+
+
+def check_request(rt: Runtime, request: RouteRequest) -> Checked:
+    """Check a request against the runtime's limits and tiers; raise InvalidRequest naming
+    the field. Cheap next to scoring: a request is checked before its tenant's rate."""
     check_tenant(request.tenant)
     if request.metadata:
         check_metadata(request.metadata)
@@ -40,14 +43,31 @@ def decide(
         if prompt:
             raise InvalidRequest("prompt", "set either prompt or messages, not both")
         last_user, chars = check_messages(messages, rt.max_prompt_bytes)
-        tokens = estimate_tokens(chars, len(messages))
-        started = time.perf_counter()
-        scored = rt.router.score_chat(messages, rt.context_weight, last_user)
+        return Checked(forced, low, high, last_user, estimate_tokens(chars, len(messages)))
+    check_prompt(prompt, rt.max_prompt_bytes)
+    return Checked(forced, low, high, -1, estimate_tokens(len(prompt)))
+
+
+def decide(
+    rt: Runtime,
+    request: RouteRequest,
+    request_id: str,
+    thresholds: tuple[float, ...],
+    checked: Checked,
+    floor: int | None = None,
+) -> tuple[RoutingDecision, int]:
+    """Return the decision under ``request_id`` and the highest tier index allowed.
+
+    ``checked`` is what ``check_request`` found; ``thresholds`` are the runtime's, or the
+    tenant's controller's; ``floor`` is the tier index the request's session already
+    reached (None: no floor).
+    """
+    forced, low, high, last_user, tokens = checked
+    started = time.perf_counter()
+    if last_user >= 0:
+        scored = rt.router.score_chat(request.messages, rt.context_weight, last_user)
     else:
-        check_prompt(prompt, rt.max_prompt_bytes)
-        tokens = estimate_tokens(len(prompt))
-        started = time.perf_counter()
-        scored = rt.router.score(prompt)
+        scored = rt.router.score(request.prompt)
     index, reason = choose_tier(
         scored.score,
         thresholds,

@@ -24,7 +24,7 @@ from router.auth import KeyRing
 from router.config import DEFAULT_TENANT, Config
 from router.controller import NO_TIER, Controllers, Served
 from router.controller_store import ControllerStore
-from router.decide import decide
+from router.decide import Checked, check_request, decide
 from router.domain import (
     Attempt,
     BackendUnavailable,
@@ -138,14 +138,6 @@ class RouterService:
     def limiter(self) -> Limiter:
         return self._limiter
 
-    async def _admit(self, tenant: str) -> None:
-        """Count one valid Route or Complete against the tenant's request rate (if it has
-        one); raise LimitExceeded when over. Called once a request is decided: an invalid
-        one uses none of the rate, a refused one leaves no trace."""
-        admission = self._limiter.admit(tenant)
-        if admission is not None:
-            await admission
-
     # -- Route -------------------------------------------------------------------------
 
     async def route(self, request: RouteRequest) -> RoutingDecision:
@@ -188,11 +180,16 @@ class RouterService:
         return results
 
     async def _route(self, rt: Runtime, request: RouteRequest, request_id: str) -> RoutingDecision:
-        """Decide a request under ``request_id``, admit it; tell its session, the store, the
-        controller."""
+        """Check a request, admit it, decide it under ``request_id``; tell its session, the
+        store, the controller."""
+        checked = _check(rt, request)
+        # Checked first, so that an invalid request uses none of the tenant's rate; scored
+        # (and its session looked up) after, so that a refusal costs next to nothing.
+        admission = self._limiter.admit(request.tenant)
+        if admission is not None:
+            await admission
         floor = await self._session_floor(rt, request) if request.session_id else None
-        decision, _ = self._decide(rt, request, request_id, floor)
-        await self._admit(request.tenant)
+        decision, _ = self._decide(rt, request, request_id, checked, floor)
         self._served.put(request_id, (decision.tier, request.tenant))
         if request.session_id and rt.session_floor:
             self._sessions.used(
@@ -210,23 +207,27 @@ class RouterService:
         return decision
 
     async def _session_floor(self, rt: Runtime, request: RouteRequest) -> int | None:
-        """Return the tier index the request's session already reached (None: no floor)."""
-        check_session_id(request.session_id)
+        """Return the tier index the request's session already reached (None: no floor);
+        the request is checked already."""
         if not rt.session_floor:
             return None
-        check_tenant(request.tenant)
         return await self._sessions.floor(
             request.tenant, request.session_id, rt.tier_index, rt.writer
         )
 
     def _decide(
-        self, rt: Runtime, request: RouteRequest, request_id: str, floor: int | None = None
+        self,
+        rt: Runtime,
+        request: RouteRequest,
+        request_id: str,
+        checked: Checked,
+        floor: int | None = None,
     ) -> tuple[RoutingDecision, int]:
         """Return the decision under ``request_id`` (on the tenant's controlled thresholds,
         if any) and the highest tier index allowed."""
         controller = self._controllers.get(request.tenant)
         thresholds = rt.thresholds if controller is None else controller.thresholds
-        return decide(rt, request, request_id, thresholds, floor)
+        return decide(rt, request, request_id, thresholds, checked, floor)
 
     # -- Complete ----------------------------------------------------------------------
 
@@ -238,17 +239,28 @@ class RouterService:
         rt = self._runtime
         check_generation(request.generation)
         route = request.route
-        floor = await self._session_floor(rt, route) if route.session_id else None
-        decision, max_index = self._decide(rt, route, route.request_id or self._ids.new(), floor)
-        await self._admit(route.tenant)
+        checked = _check(rt, route)
+        admission = self._limiter.admit(route.tenant)
+        if admission is not None:
+            await admission
         tiers, generation = rt.config.tiers, request.generation
-        prompt_tokens = decision.estimated_prompt_tokens
-        # The most each attempt can cost is held against the tenant's budget until it settles.
-        held = await self._limiter.hold(
-            route.tenant,
-            prompt_tokens,
-            most_cost_usd(tiers[decision.tier_index], prompt_tokens, generation),
-        )
+        try:
+            floor = await self._session_floor(rt, route) if route.session_id else None
+            request_id = route.request_id or self._ids.new()
+            decision, max_index = self._decide(rt, route, request_id, checked, floor)
+            prompt_tokens = decision.estimated_prompt_tokens
+            # The most each attempt can cost is held against the tenant's budget until it
+            # settles.
+            held = await self._limiter.hold(
+                route.tenant,
+                prompt_tokens,
+                most_cost_usd(tiers[decision.tier_index], prompt_tokens, generation),
+            )
+        except BaseException:
+            # Refused by its tokens or budget: the unit of the rate goes back.
+            if admission is not None:
+                await self._limiter.refund(route.tenant)
+            raise
         # Admitted: only now do its id and its session remember the tier.
         self._served.put(decision.request_id, (decision.tier, route.tenant))
         session = route.session_id and rt.session_floor
@@ -498,6 +510,15 @@ class RouterService:
             self._controller_store.save_all(rt.writer)
             await rt.writer.aclose()
         await self._limiter.aclose()
+
+
+def _check(rt: Runtime, request: RouteRequest) -> Checked:
+    """Check a Route or Complete request, its session id too (InvalidRequest naming the
+    field)."""
+    checked = check_request(rt, request)
+    if request.session_id:
+        check_session_id(request.session_id)
+    return checked
 
 
 def _served(

@@ -196,6 +196,13 @@ class Limiter:
                 wait,
             )
 
+    async def refund(self, tenant: str) -> None:
+        """Give back the unit of the rate an admitted request took: it was refused after,
+        by its tokens or budget."""
+        rules = self.rules(tenant)
+        if rules is not None and rules.requests is not None:
+            await self._call(self._counts.give(rules.requests, -1), None, refuse=False)
+
     # -- tokens and budgets of Complete --------------------------------------------------
 
     async def hold(self, tenant: str, prompt_tokens: int, most_usd: float) -> Hold | None:

@@ -286,3 +286,24 @@ async def test_a_prompt_over_the_whole_tokens_per_minute_is_refused_for_good(
         )
         # Nothing was taken: a prompt that fits is served at once.
         [e async for e in stub.Complete(complete("hello"), timeout=TIMEOUT_S)]
+
+
+async def test_a_complete_refused_by_its_tokens_gives_its_rate_back(
+    start_server: Callable[..., Any], make_config: Callable[..., Config]
+) -> None:
+    # Two requests a burst, refilled one every 100 s: each refused Complete gives its back.
+    config = make_config(tenants=limited(requests_per_s=0.01, burst=2, tokens_per_minute=40))
+    _, channel = await serve(start_server, config)
+    async with channel:
+        stub = router_stub(channel)
+        for _ in range(2):  # bigger than the whole minute's tokens
+            error = await failure(stub.Complete(complete("word " * 200), timeout=TIMEOUT_S))
+            assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
+        [e async for e in stub.Complete(complete("hello"), timeout=TIMEOUT_S)]
+        error = await failure(stub.Complete(complete("hello"), timeout=TIMEOUT_S))
+        assert "tokens per minute" in str(error.details())  # over the tokens left
+        await stub.Route(pb.RouteRequest(prompt="hi", tenant="acme"), timeout=TIMEOUT_S)
+        error = await failure(
+            stub.Route(pb.RouteRequest(prompt="hi", tenant="acme"), timeout=TIMEOUT_S)
+        )
+        assert "requests_per_s" in str(error.details())
