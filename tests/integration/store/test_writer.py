@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 
 from router.store import Record, StatsQuery, Store, StoreWriter, open_store
@@ -121,3 +122,53 @@ async def test_a_record_the_store_refuses_is_dropped_and_the_rest_written(store:
     order = [r.request_id for r in await asyncio.to_thread(lambda: list(store.requests()))]
     assert order == ["r0", "r2", "r3"]
     await writer.aclose()
+
+
+class Refusing:
+    """A real store that refuses, as a database would, any batch holding a marked record."""
+
+    def __init__(self, store: Store, marked: set[str], pause_s: float = 0.0) -> None:
+        self.store = store
+        self.marked = marked
+        self.pause_s = pause_s
+        self.location = store.location
+        self.writes = 0
+
+    def write(self, records: Sequence[Record]) -> None:
+        self.writes += 1
+        time.sleep(self.pause_s)
+        if any(getattr(r, "request_id", None) in self.marked for r in records):
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        self.store.write(records)
+
+    def refuses(self, error: Exception) -> bool:
+        return self.store.refuses(error)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+async def test_the_refused_record_of_a_batch_is_found_by_halving(store: Store) -> None:
+    refusing = Refusing(store, {"r37"})
+    writer = StoreWriter(refusing, batch_size=128, flush_interval_s=60.0)  # type: ignore[arg-type]
+    for i in range(128):
+        writer.put(request(f"r{i}", method="route", time_s=1000.0 + i))
+    writer.start()
+    await eventually(lambda: writer.written == 127)
+    assert (writer.refused, writer.queued) == (1, 0)
+    # One record a transaction would have taken 129 writes; halving takes about twenty.
+    assert refusing.writes <= 30
+    await writer.aclose()
+
+
+async def test_a_drain_of_refused_records_gives_up_in_its_time(store: Store) -> None:
+    # Every record refused, a write taking 5 ms: one at a time, 400 would take 2 s or more.
+    every = {f"r{i}" for i in range(400)}
+    refusing = Refusing(store, every, pause_s=0.005)
+    writer = StoreWriter(refusing, flush_interval_s=60.0, drain_timeout_s=0.2)  # type: ignore[arg-type]
+    for i in range(400):
+        writer.put(request(f"r{i}", method="route"))
+    writer.start()
+    await asyncio.wait_for(writer.aclose(), timeout=60)
+    assert (writer.written, writer.dropped, writer.queued) == (0, 400, 0)
+    assert writer.refused < 400  # the rest were given up at the drain's deadline
