@@ -7,6 +7,7 @@ either returns what it found on the way or raises. The limits are part of the AP
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 
 from router.domain import ChatMessage, Feedback, GenerationOptions, InvalidRequest, TierHints
@@ -55,13 +56,14 @@ def check_size(field_name: str, text: str, limit: int) -> None:
 
 
 def check_tenant(tenant: str) -> None:
-    """Check the tenant: its length, and printable (a store, a log line and a label keep it)."""
+    """Check the tenant: its length, and no control character (a store, a log line and a
+    metric label keep it)."""
     if len(tenant) > MAX_TENANT_CHARS:
         raise InvalidRequest(
             "tenant", f"{len(tenant)} characters, over the limit of {MAX_TENANT_CHARS}"
         )
-    if not tenant.isprintable():
-        raise InvalidRequest("tenant", "must be printable: no control characters")
+    if not tenant.isprintable() and any(unicodedata.category(c) == "Cc" for c in tenant):
+        raise InvalidRequest("tenant", "must not contain control characters")
 
 
 def check_session_id(session_id: str) -> None:

@@ -124,15 +124,15 @@ class ModelRouterServicer(router_pb2_grpc.ModelRouterServicer):
     async def Feedback(self, request: pb.FeedbackRequest, context: Context) -> pb.FeedbackResponse:
         """Store a rating of an answer."""
         record = current_rpc()
-        tenant = request.tenant
-        if record.principal is not None:
-            tenant = record.principal.tenant_for(tenant)
-        record.tenant = tenant
         # The rated request's id, once checked, is the call's (its log line, and the
         # x-request-id trailer of an error); an invalid one keeps the generated id.
         with contextlib.suppress(InvalidRequest):
             check_id("request_id", request.request_id)
             record.request_id = request.request_id or record.request_id
+        tenant = request.tenant
+        if record.principal is not None:
+            tenant = record.principal.tenant_for(tenant)
+        record.tenant = tenant
         result = await self._service.feedback(convert.feedback(request, tenant))
         if self._metrics is not None:
             self._metrics.feedback(result.tier or "unknown")

@@ -435,6 +435,14 @@ async def test_a_key_rates_the_requests_of_its_own_tenant_only(
             pb.FeedbackRequest(request_id="a-1", rating=0.0), metadata=globex
         )
         assert (other.known_request, other.stored) == (False, True)
+        # Naming another tenant is refused; the error carries the id it rated.
+        denied = await failure(
+            stub.Feedback(
+                pb.FeedbackRequest(request_id="a-1", rating=0.0, tenant="acme"), metadata=globex
+            )
+        )
+        assert denied.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert await trailer(denied, "x-request-id") == "a-1"
         await stored(server, 4)
         acme_stats = await stub.GetStats(pb.GetStatsRequest(), metadata=acme)
         assert (acme_stats.total.rated, acme_stats.total.mean_rating) == (1, 1.0)

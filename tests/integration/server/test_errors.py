@@ -108,7 +108,7 @@ ROUTE_CASES = [
     ),
     (
         pb.RouteRequest(prompt="hi", tenant="acme\x00"),
-        "tenant: must be printable: no control characters",
+        "tenant: must not contain control characters",
     ),
     (
         pb.RouteRequest(prompt="hi", metadata={f"k{i}": "v" for i in range(33)}),
@@ -195,7 +195,7 @@ FEEDBACK_CASES = [
     ),
     (
         pb.FeedbackRequest(request_id="r1", rating=1.0, tenant="a\nb"),
-        "tenant: must be printable: no control characters",
+        "tenant: must not contain control characters",
     ),
 ]
 
@@ -383,6 +383,16 @@ def _trailer(error: grpc.aio.AioRpcError) -> str:
     # grpc.aio returns (key, value) pairs; grpc-stubs types them as _Metadatum.
     metadata = cast(Sequence[tuple[str, str]], error.trailing_metadata())
     return dict(metadata)["x-request-id"]
+
+
+async def test_a_tenant_may_be_any_text_without_control_characters(
+    stub: router_pb2_grpc.ModelRouterStub,
+) -> None:
+    # A no-break space, an emoji sequence joined by U+200D, a soft hyphen: not control
+    # characters, though str.isprintable() says no to each.
+    for tenant in ("caf\u00e9\u00a0bar", "team-\U0001f468\u200d\U0001f4bb", "co\u00adop"):
+        response = await stub.Route(pb.RouteRequest(prompt="hi", tenant=tenant))
+        assert response.decision.tier
 
 
 async def test_errors_carry_the_request_id_trailer(
