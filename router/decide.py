@@ -5,7 +5,6 @@ this decides (``router.service``)."""
 from __future__ import annotations
 
 import time
-from typing import NamedTuple
 
 from router.completion.cost import estimate_tokens
 from router.domain import DecisionReason, InvalidRequest, RouteRequest, RoutingDecision
@@ -19,16 +18,10 @@ from router.validation import (
     check_tenant,
 )
 
-
-class Checked(NamedTuple):
-    """What checking a request found: its hints' tier indexes, its last user turn (-1 for a
-    prompt) and its estimated prompt tokens."""
-
-    forced: int | None
-    low: int | None
-    high: int | None
-    last_user: int
-    tokens: int
+# What checking a request found: its hints' forced, lowest and highest tier indexes, its
+# last user turn (-1 for a prompt) and its estimated prompt tokens. A plain tuple: built on
+# every request, where a NamedTuple's constructor costs a fifth of a microsecond more.
+Checked = tuple[int | None, int | None, int | None, int, int]
 
 
 def check_request(rt: Runtime, request: RouteRequest) -> Checked:
@@ -43,9 +36,9 @@ def check_request(rt: Runtime, request: RouteRequest) -> Checked:
         if prompt:
             raise InvalidRequest("prompt", "set either prompt or messages, not both")
         last_user, chars = check_messages(messages, rt.max_prompt_bytes)
-        return Checked(forced, low, high, last_user, estimate_tokens(chars, len(messages)))
+        return forced, low, high, last_user, estimate_tokens(chars, len(messages))
     check_prompt(prompt, rt.max_prompt_bytes)
-    return Checked(forced, low, high, -1, estimate_tokens(len(prompt)))
+    return forced, low, high, -1, estimate_tokens(len(prompt))
 
 
 def decide(
