@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
-import re
+import errno
+import os
 import signal
 import sys
 import time
@@ -13,39 +13,19 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from router.store.since import SINCE_HELP
+from router.store.since import parse_since as parse_since  # the commands' one parser
+
 Subparsers = Any  # argparse's _SubParsersAction is private
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _err(message: str) -> int:
     print(f"modelrouter: {message}", file=sys.stderr)
     return EXIT_ERROR
-
-
-def parse_since(text: str, now: float | None = None) -> float:
-    """Return Unix seconds from ``7d``/``12h``/``30m``/``90s`` ago, an ISO date, or seconds."""
-    now = time.time() if now is None else now
-    match = _RELATIVE.match(text)
-    if match:
-        return now - float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        when = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give a duration ago (7d, 12h, 30m), an ISO date or Unix seconds"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.UTC)
-    return when.timestamp()
 
 
 def _add_selection(parser: argparse.ArgumentParser) -> None:
@@ -54,10 +34,34 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="the store: a SQLite file or a postgresql:// URL (the server's store.path / url)",
     )
-    parser.add_argument(
-        "--since", type=parse_since, help="only requests since: 7d, 12h, an ISO date, Unix seconds"
-    )
+    parser.add_argument("--since", type=parse_since, help=f"only requests since: {SINCE_HELP}")
     parser.add_argument("--tenant", help="only this tenant's requests")
+
+
+def _unwritable(out: Path, store: str) -> str | None:
+    """Return why ``out`` cannot take the rows (``PATH: reason``), or None if it can.
+
+    Checked before any work: a path found wrong only when the rows are written would have
+    wasted the run (for ``label``, paid calls).
+    """
+    from router.store import is_url
+
+    parent = out.parent
+    if out.is_dir():
+        return f"{out}: {os.strerror(errno.EISDIR)}"
+    if not parent.is_dir():
+        missing = errno.ENOENT if not parent.exists() else errno.ENOTDIR
+        return f"{out}: {os.strerror(missing)}"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{out}: {os.strerror(errno.EACCES)}"
+    if not is_url(store):
+        try:
+            same = out.exists() and os.path.samefile(out, Path(store).expanduser())
+        except (OSError, RuntimeError):  # no store there, or ~user unknown: open_store says
+            same = False
+        if same:
+            return f"{out}: is the store --store names: choose another --out"
+    return None
 
 
 def _open(target: str) -> Any:
@@ -105,6 +109,9 @@ def _run_export(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             return _err(str(exc))
         pair = (config.tiers[0].model, config.tiers[-1].model)
+    unwritable = _unwritable(args.out, args.store)
+    if unwritable is not None:
+        return _err(unwritable)
     store = _open(args.store)
     counts = ExportCounts()
     try:
@@ -172,6 +179,9 @@ def _run_label(args: argparse.Namespace) -> int:
     names = [t.name for t in config.tiers]
     if args.judge not in names:
         return _err(f"--judge: unknown tier {args.judge!r} (configured: {', '.join(names)})")
+    unwritable = _unwritable(args.out, args.store)
+    if unwritable is not None:
+        return _err(unwritable)
     if args.out.exists() and not args.resume:
         return _err(f"{args.out} exists: --resume continues its run, or remove it")
     store = _open(args.store)
@@ -279,7 +289,14 @@ async def _label(
             rows.append(labeller.row(prompt, state))
     finally:
         await runner.aclose()
-    written = write_rows(args.out, rows)
+    try:
+        written = write_rows(args.out, rows)
+    except OSError as exc:
+        return _err(
+            f"{args.out}: {exc.strerror or exc}; every step is saved in the store: once "
+            f"{args.out} can be written, run again with --resume (--out {args.out}) to write "
+            "the rows without paying again"
+        )
     print(
         f"wrote {written} rows to {args.out}: {progress.paid_steps} calls paid "
         f"(${progress.cost_usd:.4f}), {progress.reused_steps} steps reused from earlier runs, "

@@ -57,7 +57,12 @@ def open_store(target: str | Path, *, migrate: bool = True) -> Store:
         return PostgresStore(target, migrate=migrate)
     from router.store.sqlite import SQLiteStore
 
-    return SQLiteStore(Path(target).expanduser(), migrate=migrate)
+    try:
+        path = Path(target).expanduser()
+    except RuntimeError:  # ~user of no known user, or ~ with no $HOME and no passwd entry
+        home = str(target).split("/", 1)[0]
+        raise StoreError(f"{target}: no home directory for {home!r}") from None
+    return SQLiteStore(path, migrate=migrate)
 
 
 async def start_writer(target: str, settings: StoreConfig) -> StoreWriter:

@@ -6,15 +6,14 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import sys
-import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from router.config import DEFAULT_TENANT
 from router.store.base import StoreError
+from router.store.since import SINCE_HELP
+from router.store.since import parse_since as parse_since  # the commands' one parser
 from router.store.stats import (
     CONTROLLER_STATE,
     DEFAULT_SATISFIED_AT,
@@ -36,24 +35,6 @@ EXIT_USAGE = 2
 # ps and the shell's history).
 API_KEY_ENV = "MODELROUTER_API_KEY"
 RPC_TIMEOUT_S = 60.0
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_since(text: str, now: float | None = None) -> float:
-    """Return the Unix time a ``--since`` value names: a duration back (``24h``) or a date."""
-    match = _DURATION.match(text.strip())
-    if match:
-        now = time.time() if now is None else now
-        return now - float(match.group(1)) * _SECONDS[match.group(2)]
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give a duration back (30m, 24h, 7d, 2w) or an ISO date or time "
-            "(2026-11-30, 2026-11-30T12:00, with +00:00 for UTC; local time otherwise)"
-        ) from None
-    return moment.timestamp()
 
 
 def add_stats_parser(subparsers: Subparsers) -> None:
@@ -75,7 +56,7 @@ def add_stats_parser(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--since",
         type=parse_since,
-        help="count requests since then: a duration back (24h, 7d) or an ISO date/time",
+        help=f"count requests since then: {SINCE_HELP}",
     )
     parser.add_argument("--tenant", help="count only this tenant's requests")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -45,13 +45,20 @@ class PostgresStore(SqlStore):
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:
         try:
-            from psycopg import DataError, IntegrityError, IsolationLevel
+            from psycopg import DataError, Error, IntegrityError, IsolationLevel
+            from psycopg import connect as connect_once
             from psycopg_pool import ConnectionPool
         except ImportError:
             raise StoreError(
                 "store.url needs psycopg: pip install 'modelrouter[postgres]'"
             ) from None
         self.location = redact(url)
+        # One connection first: the pool retries a refused one in the background until its
+        # timeout, then says only "pool initialization incomplete"; this says why, at once.
+        try:
+            connect_once(url, connect_timeout=int(CONNECT_TIMEOUT_S)).close()
+        except Error as exc:
+            raise StoreError(f"{self.location}: {_first_line(exc)}") from None
         self.refusals = (*SqlStore.refusals, DataError, IntegrityError)
         self._repeatable_read = IsolationLevel.REPEATABLE_READ
         self._pool: Any = ConnectionPool(

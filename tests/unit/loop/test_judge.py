@@ -46,5 +46,5 @@ def test_since_takes_durations_dates_and_seconds() -> None:
     assert parse_since("1700000000", now) == 1_700_000_000.0
     assert parse_since("1970-01-02", now) == 86400.0
     assert parse_since("1970-01-01T01:00:00+01:00", now) == 0.0
-    with pytest.raises(argparse.ArgumentTypeError, match="give a duration ago"):
+    with pytest.raises(argparse.ArgumentTypeError, match="give a duration back"):
         parse_since("yesterday", now)
