@@ -299,9 +299,13 @@ def save_model(model: RouterModel, path: str | Path) -> RouterModel:
     meta_bytes = np.frombuffer(json.dumps(meta, sort_keys=True, indent=1).encode(), dtype=np.uint8)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        np.savez_compressed(fh, meta=meta_bytes, weights=arrays["weights"], bias=arrays["bias"])
-    tmp.replace(path)
+    try:
+        with tmp.open("wb") as fh:
+            np.savez_compressed(fh, meta=meta_bytes, weights=arrays["weights"], bias=arrays["bias"])
+        tmp.replace(path)
+    finally:
+        # Gone once it replaced the file; a failed write (or Ctrl-C) must not leave it.
+        tmp.unlink(missing_ok=True)
     return replace(model, checksum=checksum, weights=arrays["weights"])
 
 

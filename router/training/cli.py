@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import functools
 import importlib.util
 import json
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +30,85 @@ Subparsers = Any  # argparse's _SubParsersAction is private
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# The formats the plots are written in (matplotlib's savefig takes the extension; not
+# imported here to check: the command line keeps start-up imports light).
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+Handler = Callable[[argparse.Namespace], int]
 
 
 def _err(message: str) -> int:
     print(f"modelrouter: {message}", file=sys.stderr)
     return EXIT_ERROR
+
+
+def _interruptible(run: Handler) -> Handler:
+    """Return ``run`` made to exit 130 with one line on Ctrl-C, not a traceback."""
+
+    @functools.wraps(run)
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except KeyboardInterrupt:
+            print("\nmodelrouter: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+    return handler
+
+
+def _plot_file(path: Path) -> Path:
+    """Return the file a plot to ``path`` is written to: savefig adds .png to a bare name."""
+    stem = path.name.rstrip(".")
+    return path if path.suffix or not stem else path.with_name(stem + ".png")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): compare where they would be
+        pass
+    try:
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: opening it will say so
+        return False
+
+
+def _unwritable(
+    outputs: Sequence[tuple[str, Path]], inputs: Sequence[tuple[str, Path]]
+) -> str | None:
+    """Return why an output cannot be written (``PATH: reason``), or None if all can.
+
+    ``outputs`` and ``inputs`` are (option, path) pairs. Checked before any work: a path
+    found wrong only when the results are written would waste the run, and an output that
+    is an input would overwrite the data it was computed from.
+    """
+    for i, (option, out) in enumerate(outputs):
+        if option == "--plot" and out.suffix.lower() not in PLOT_SUFFIXES:
+            return (
+                f"{out}: cannot plot to a {out.suffix!r} file: "
+                f"give a {', '.join(PLOT_SUFFIXES[:-1])} or {PLOT_SUFFIXES[-1]} file name"
+            )
+        if out.is_dir():
+            return f"{out}: {os.strerror(errno.EISDIR)}"
+        parent = out.parent
+        if not parent.is_dir():
+            missing = errno.ENOENT if not parent.exists() else errno.ENOTDIR
+            return f"{out}: {os.strerror(missing)}"
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return f"{out}: {os.strerror(errno.EACCES)}"
+        for in_option, path in inputs:
+            if _same_file(out, path):
+                return f"{out}: is the {in_option} file: choose another {option}"
+        for other_option, other in outputs[:i]:
+            if _same_file(out, other):
+                return f"{out}: is also the {other_option} file: choose another {option}"
+    return None
+
+
+def _write_failed(path: Path, exc: OSError) -> int:
+    return _err(f"{path}: {exc.strerror or exc}")
 
 
 def _log(message: str) -> None:
@@ -249,7 +325,8 @@ def add_train_parser(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--plot",
         type=Path,
-        help="draw the cross-validated PGR-versus-strong-share curve to this PNG",
+        help="draw the cross-validated PGR-versus-strong-share curve to this .png, .svg or "
+        ".pdf file (.png added to a name without an extension)",
     )
     parser.add_argument(
         "--by-source",
@@ -313,7 +390,7 @@ def add_train_parser(subparsers: Subparsers) -> None:
     )
     _add_target_options(parser, required=False)
     _add_outcome_options(parser)
-    parser.set_defaults(handler=_run_train)
+    parser.set_defaults(handler=_interruptible(_run_train))
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -326,6 +403,14 @@ def _run_train(args: argparse.Namespace) -> int:
 
     if not 8 <= args.buckets_log2 <= 24:
         return _err("--buckets-log2 must be in 8..24")
+    plot = _plot_file(args.plot) if args.plot else None
+    outputs = [("--out", args.out), ("--report", args.report), ("--plot", plot)]
+    unwritable = _unwritable(
+        [(option, path) for option, path in outputs if path is not None],
+        [("--data", path) for path, _ in args.data],
+    )
+    if unwritable is not None:
+        return _err(unwritable)
     try:
         rows = [
             row
@@ -342,6 +427,9 @@ def _run_train(args: argparse.Namespace) -> int:
         rules = load_rules(args.rules)
     except (DataError, ValueError) as exc:
         return _err(str(exc))
+    if not any(r.has_outcome or r.tier is not None for r in rows):
+        files = ", ".join(str(path) for path, _ in args.data)
+        return _err(f"{files}: no row has outcome 'scores' or a 'tier' to train on")
     options = TrainOptions(
         rules=rules,
         buckets_log2=args.buckets_log2,
@@ -368,7 +456,10 @@ def _run_train(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         return _err(str(exc))
-    model = save_model(model, args.out)
+    try:
+        model = save_model(model, args.out)
+    except OSError as exc:
+        return _write_failed(args.out, exc)
     if report is not None:
         from router.training.evaluate import format_report
         from router.training.generalisation import format_generalisation
@@ -379,9 +470,14 @@ def _run_train(args: argparse.Namespace) -> int:
         if "outcomes" in report:
             print(format_report(report))
         if args.report:
-            args.report.write_text(json.dumps(_without_curves(report), indent=1))
-        if args.plot and report.get("outcomes"):
-            _plot(report, args.plot)
+            try:
+                args.report.write_text(json.dumps(_without_curves(report), indent=1))
+            except OSError as exc:
+                return _write_failed(args.report, exc)
+        if plot and report.get("outcomes"):
+            code = _plot(report, plot)
+            if code != EXIT_OK:
+                return code
     print(f"wrote {args.out} ({model.version})")
     return EXIT_OK
 
@@ -409,11 +505,14 @@ def add_eval_parser(subparsers: Subparsers) -> None:
     parser.add_argument("--data", type=Path, required=True, help="labelled JSONL file")
     _add_model_option(parser)
     parser.add_argument(
-        "--plot", type=Path, help="draw the PGR-versus-strong-share curve to this PNG"
+        "--plot",
+        type=Path,
+        help="draw the PGR-versus-strong-share curve to this .png, .svg or .pdf file (.png "
+        "added to a name without an extension)",
     )
     parser.add_argument("--json", type=Path, help="also write the report as JSON")
     _add_outcome_options(parser)
-    parser.set_defaults(handler=_run_eval)
+    parser.set_defaults(handler=_interruptible(_run_eval))
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -422,6 +521,13 @@ def _run_eval(args: argparse.Namespace) -> int:
         return refused
     from router.training.evaluate import evaluate, format_report
 
+    plot = _plot_file(args.plot) if args.plot else None
+    outputs = [("--json", args.json), ("--plot", plot)]
+    unwritable = _unwritable(
+        [(option, path) for option, path in outputs if path is not None], [("--data", args.data)]
+    )
+    if unwritable is not None:
+        return _err(unwritable)
     try:
         rows = read_rows(args.data, weak_model=args.weak_model, strong_model=args.strong_model)
         router = Router(_load(args))
@@ -432,18 +538,25 @@ def _run_eval(args: argparse.Namespace) -> int:
     report, _ = evaluate(router, rows)
     print(format_report(report))
     if args.json:
-        args.json.write_text(json.dumps(_without_curves(report), indent=1))
-    if args.plot:
+        try:
+            args.json.write_text(json.dumps(_without_curves(report), indent=1))
+        except OSError as exc:
+            return _write_failed(args.json, exc)
+    if plot:
         if not report["outcomes"]:
             return _err("--plot needs rows with outcome scores")
-        return _plot(report, args.plot)
+        return _plot(report, plot)
     return EXIT_OK
 
 
 def _plot(report: dict[str, Any], path: Path) -> int:
+    """Draw the curves to ``path`` (with its extension: see _plot_file)."""
     from router.training.evaluate import plot_curves
 
-    plot_curves(report, path)
+    try:
+        plot_curves(report, path)
+    except OSError as exc:
+        return _write_failed(path, exc)
     print(f"wrote {path}")
     return EXIT_OK
 
@@ -475,13 +588,17 @@ def add_calibrate_parser(subparsers: Subparsers) -> None:
     )
     _add_target_options(parser, required=True)
     _add_outcome_options(parser)
-    parser.set_defaults(handler=_run_calibrate)
+    parser.set_defaults(handler=_interruptible(_run_calibrate))
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
     from router.training.evaluate import score_rows
     from router.training.train import calibrate_thresholds
 
+    output = ("--out", args.out) if args.out else ("--config", args.config)
+    unwritable = _unwritable([output], [("--data", args.data)])
+    if unwritable is not None:
+        return _err(unwritable)
     try:
         rows = read_rows(args.data, weak_model=args.weak_model, strong_model=args.strong_model)
         target = _target(args)
@@ -515,14 +632,20 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     print(f"{target.describe()} on {len(rows)} rows: {shown}")
     note = {"target": target.describe(), "top_share": args.top_share, "on": str(args.data)}
     if args.out:
-        saved = save_model(model.with_operating_point(tier_names, thresholds, note), args.out)
+        try:
+            saved = save_model(model.with_operating_point(tier_names, thresholds, note), args.out)
+        except OSError as exc:
+            return _write_failed(args.out, exc)
         print(f"wrote {args.out} ({saved.version})")
     else:
         assert config_data is not None
         if args.model is not None:
             # The thresholds fit this model: the configuration must serve it.
             config_data["model"] = _config_relative(args.model, args.config)
-        _write_config_thresholds(args.config, config_data, thresholds)
+        try:
+            _write_config_thresholds(args.config, config_data, thresholds)
+        except OSError as exc:
+            return _write_failed(args.config, exc)
         written = "model and tiers[].min_score" if args.model is not None else "tiers[].min_score"
         print(f"wrote {written} into {args.config}")
     return EXIT_OK
@@ -563,8 +686,11 @@ def _write_config_thresholds(
     for tier, threshold in zip(data["tiers"][1:], thresholds, strict=True):
         tier["min_score"] = round(threshold, 6)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone once it replaced the file
 
 
 # -- route -------------------------------------------------------------------------------
@@ -584,7 +710,7 @@ def add_route_parser(subparsers: Subparsers) -> None:
     parser.add_argument("--input", type=Path, help="JSONL file of queries")
     parser.add_argument("--output", type=Path, help="JSONL file of decisions to write")
     _add_model_option(parser)
-    parser.set_defaults(handler=_run_route)
+    parser.set_defaults(handler=_interruptible(_run_route))
 
 
 def _decisions(router: Router, path: Path) -> Iterator[str]:
@@ -602,6 +728,16 @@ def _run_route(args: argparse.Namespace) -> int:
     if args.input is not None and args.output is None:
         print("modelrouter route: --input needs --output", file=sys.stderr)
         return EXIT_USAGE
+    if args.query is not None and args.output is not None:
+        print(
+            "modelrouter route: --output goes with --input: one QUERY's decision is printed",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if args.input is not None:
+        unwritable = _unwritable([("--output", args.output)], [("--input", args.input)])
+        if unwritable is not None:
+            return _err(unwritable)
     try:
         router = Router(_load(args))
     except ModelError as exc:

@@ -71,6 +71,16 @@ def _model_name(path: Path, line: int, obj: dict[str, Any], field: str, default:
     return name
 
 
+def _json_problem(exc: ValueError | RecursionError) -> str:
+    """Say why json.loads refused a line: a syntax error, or a number or nesting too big."""
+    if isinstance(exc, json.JSONDecodeError):
+        return exc.msg
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    # "Exceeds the limit (4300 digits) for integer string conversion: value has ... digits"
+    return str(exc).partition(";")[0]
+
+
 def iter_rows(
     path: str | Path,
     *,
@@ -110,8 +120,10 @@ def iter_rows(
                 continue
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise _fail(path, line_no, "(line)", f"not valid JSON ({exc.msg})") from None
+            except (ValueError, RecursionError) as exc:
+                raise _fail(
+                    path, line_no, "(line)", f"not valid JSON ({_json_problem(exc)})"
+                ) from None
             if not isinstance(obj, dict):
                 raise _fail(path, line_no, "(line)", "must be a JSON object")
             text = obj.get("text")

@@ -71,6 +71,10 @@ def load_rules(path: str | Path | None = None) -> tuple[Rule, ...]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise RulesError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise RulesError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
         raise RulesError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise RulesError(f"{path}: not valid YAML: nested too deeply") from None
     return parse_rules(data, str(path))

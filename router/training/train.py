@@ -81,6 +81,8 @@ def train(
     without any of its rows (``router/training/generalisation.py``): the test models are
     chosen by.
     """
+    if not any(r.has_outcome or r.tier is not None for r in rows):
+        raise ValueError("no row has outcome 'scores' or a 'tier' to train on")
     started = time.monotonic()
     target = target or default_target(rows)
     spec = options.spec()
