@@ -15,11 +15,13 @@ import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -46,6 +48,12 @@ REPLICA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_REPLICA_ID_CHARS = 253
 # The environment variable server.replica_id defaults to (then the host name).
 REPLICA_ID_ENV = "MODELROUTER_REPLICA_ID"
+# The largest size gRPC's channel options take (a C int), and the bound of the sizes
+# GetConfig reports in uint32 fields.
+MAX_INT32 = 2**31 - 1
+# The values (mappings, lists, scalars) a configuration may hold once YAML aliases are
+# expanded: far beyond any real file, far below an alias bomb ("billion laughs").
+MAX_CONFIG_VALUES = 100_000
 
 
 class ConfigError(ValueError):
@@ -53,11 +61,24 @@ class ConfigError(ValueError):
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No float is infinite or NaN: a drain delay of 1e400 would never end.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-NonNegative = Annotated[float, Field(ge=0)]
-Positive = Annotated[float, Field(gt=0)]
+def _not_bool(value: Any) -> Any:
+    """Refuse true and false where a number is read (pydantic would read them as 1 and 0).
+
+    A number from ``${VAR}`` arrives as a string and is read as before.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"Input should be a number, not {str(value).lower()}")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+NonNegative = Annotated[Float, Field(ge=0)]
+Positive = Annotated[Float, Field(gt=0)]
 
 
 def _no_control_character(value: str) -> str:
@@ -98,12 +119,12 @@ class GateConfig(_Frozen):
     first) are held back and judged before any text reaches the caller.
     """
 
-    window_tokens: Annotated[int, Field(ge=1, le=256)] = 8
+    window_tokens: Annotated[Int, Field(ge=1, le=256)] = 8
     window_ms: Positive = 400.0
-    min_mean_logprob: float = Field(default=-2.5, le=0)
-    low_logprob: float = Field(default=-5.0, le=0)
-    max_low_logprob_share: Annotated[float, Field(ge=0, le=1)] = 0.34
-    min_chars: Annotated[int, Field(ge=0)] = 1
+    min_mean_logprob: Float = Field(default=-2.5, le=0)
+    low_logprob: Float = Field(default=-5.0, le=0)
+    max_low_logprob_share: Annotated[Float, Field(ge=0, le=1)] = 0.34
+    min_chars: Annotated[Int, Field(ge=0)] = 1
 
 
 class TierConfig(_Frozen):
@@ -113,22 +134,49 @@ class TierConfig(_Frozen):
     model: Annotated[str, Field(min_length=1)]
     backend: Annotated[str, Field(min_length=1)]
     price: PriceConfig
-    min_score: Annotated[float, Field(ge=0, le=1)] | None = None
+    min_score: Annotated[Float, Field(ge=0, le=1)] | None = None
     # Overrides routing.escalation_margin below this tier's threshold; the cheapest tier
     # has no threshold, so no margin of its own.
-    escalation_margin: Annotated[float, Field(ge=0, le=1)] | None = None
-    max_tokens: Annotated[int, Field(ge=1)] = 1024
+    escalation_margin: Annotated[Float, Field(ge=0, le=1)] | None = None
+    max_tokens: Annotated[Int, Field(ge=1)] = 1024
     timeouts: TimeoutsConfig = TimeoutsConfig()
     gate: GateConfig | None = None
+
+
+def is_http_url(url: str, *, path: bool = True) -> bool:
+    """Return whether ``url`` is http:// or https:// with a host (and a path when ``path``)."""
+    if any(char.isspace() for char in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is no number
+    except ValueError:
+        return False
+    if not url.startswith(("http://", "https://")) or not parts.hostname:
+        return False
+    return path or (parts.path in ("", "/") and not parts.query and not parts.fragment)
+
+
+def _base_url(url: str) -> str:
+    """Check a backend's base URL: http:// or https://, a host, an optional port and path."""
+    if not is_http_url(url):
+        raise ValueError(
+            f"{url[:128]!r} is not http://HOST[:PORT][/PATH] or https://HOST[:PORT][/PATH]"
+        )
+    return url
+
+
+# Where a backend's API is: checked when the file is read, not at the first request.
+BaseUrl = Annotated[str, AfterValidator(_base_url)]
 
 
 class OpenAIBackendConfig(_Frozen):
     """Any OpenAI-compatible chat-completions endpoint."""
 
     kind: Literal["openai"]
-    base_url: Annotated[str, Field(min_length=1)]
+    base_url: BaseUrl
     api_key: HeaderText = ""
-    max_connections: Annotated[int, Field(ge=1)] = 100
+    max_connections: Annotated[Int, Field(ge=1)] = 100
     headers: dict[HeaderText, HeaderText] = {}
     # The request field that carries the token limit: OpenAI's newer models (o-series,
     # GPT-5) reject "max_tokens" and take "max_completion_tokens"; most other
@@ -140,10 +188,10 @@ class AnthropicBackendConfig(_Frozen):
     """Anthropic's Messages API."""
 
     kind: Literal["anthropic"]
-    base_url: str = "https://api.anthropic.com"
+    base_url: BaseUrl = "https://api.anthropic.com"
     api_key: HeaderText = ""
     api_version: str = "2023-06-01"
-    max_connections: Annotated[int, Field(ge=1)] = 100
+    max_connections: Annotated[Int, Field(ge=1)] = 100
 
 
 class DemoBackendConfig(_Frozen):
@@ -162,7 +210,7 @@ BackendConfig = Annotated[
 class CircuitBreakerConfig(_Frozen):
     """Skip a backend that failed ``failures`` times within ``window_s`` seconds."""
 
-    failures: Annotated[int, Field(ge=1)] = 5
+    failures: Annotated[Int, Field(ge=1)] = 5
     window_s: Positive = 30.0
     cooldown_s: Positive = 15.0
 
@@ -173,18 +221,18 @@ class RoutingConfig(_Frozen):
     # Queries whose score lies within this margin below a tier's threshold go straight to
     # that tier, in Route's decision and in Complete alike (reason MARGIN). A tier's own
     # escalation_margin overrides it.
-    escalation_margin: Annotated[float, Field(ge=0, le=1)] = 0.0
+    escalation_margin: Annotated[Float, Field(ge=0, le=1)] = 0.0
     # Weight of earlier chat turns relative to the last user turn.
-    context_weight: Annotated[float, Field(ge=0, le=1)] = 0.3
+    context_weight: Annotated[Float, Field(ge=0, le=1)] = 0.3
     # A request with a session_id never goes to a cheaper tier than its session already
     # used (reason SESSION_FLOOR); a caller's hints.tier and hints.max_tier still win.
     session_floor: bool = True
     # Sessions each worker remembers (the store keeps them all when there is one).
-    max_sessions: Annotated[int, Field(ge=1)] = 100_000
+    max_sessions: Annotated[Int, Field(ge=1)] = 100_000
 
 
 class CompletionConfig(_Frozen):
-    max_attempts: Annotated[int, Field(ge=1, le=MAX_TIERS)] = 3
+    max_attempts: Annotated[Int, Field(ge=1, le=MAX_TIERS)] = 3
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
 
 
@@ -241,12 +289,13 @@ ListenHost = Annotated[str, AfterValidator(listen_host)]
 
 class ServerConfig(_Frozen):
     host: ListenHost = "[::]"
-    port: Annotated[int, Field(ge=0, le=65535)] = 50051
+    port: Annotated[Int, Field(ge=0, le=65535)] = 50051
     # 0 means one worker per core.
-    workers: Annotated[int, Field(ge=0, le=256)] = 0
-    max_message_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
-    max_prompt_bytes: Annotated[int, Field(ge=1)] = 256 * 1024
-    max_concurrent_rpcs: Annotated[int, Field(ge=1)] = 1000
+    workers: Annotated[Int, Field(ge=0, le=256)] = 0
+    # gRPC's message size options, and GetConfig's uint32 fields, take at most MAX_INT32.
+    max_message_bytes: Annotated[Int, Field(ge=1024, le=MAX_INT32)] = 4 * 1024 * 1024
+    max_prompt_bytes: Annotated[Int, Field(ge=1, le=MAX_INT32)] = 256 * 1024
+    max_concurrent_rpcs: Annotated[Int, Field(ge=1, le=MAX_INT32)] = 1000
     grace_period_s: NonNegative = 10.0
     # On SIGTERM: health turns NOT_SERVING at once, RPCs are still served for this many
     # seconds (load balancers and clients that watch health move away), then new RPCs are
@@ -255,13 +304,13 @@ class ServerConfig(_Frozen):
     drain_delay_s: NonNegative = 0.0
     # Request ids each worker remembers, to answer Feedback's known_request without a
     # store look-up.
-    feedback_capacity: Annotated[int, Field(ge=1)] = 10_000
+    feedback_capacity: Annotated[Int, Field(ge=1)] = 10_000
     # Prometheus metrics over HTTP on their own port (GET /metrics); 0 turns them off.
-    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9464
+    metrics_port: Annotated[Int, Field(ge=0, le=65535)] = 9464
     # A plaintext port that serves only grpc.health.v1.Health (no ModelRouter, no
     # reflection), for probes that cannot speak TLS or send an API key (Kubernetes' native
     # gRPC probes); 0 turns it off.
-    health_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    health_port: Annotated[Int, Field(ge=0, le=65535)] = 0
     # The address of the metrics port; empty: the same as host.
     metrics_host: Annotated[str, AfterValidator(_metrics_host)] = ""
     # TLS (and mutual TLS with client_ca) on the gRPC port; None: plaintext.
@@ -340,8 +389,8 @@ class StoreConfig(_Frozen):
     # personal data, and a store keeps them until someone deletes them.
     keep_text: bool = False
     # Records waiting to be written; beyond this they are dropped and counted.
-    queue_size: Annotated[int, Field(ge=1)] = 10_000
-    batch_size: Annotated[int, Field(ge=1)] = 500
+    queue_size: Annotated[Int, Field(ge=1)] = 10_000
+    batch_size: Annotated[Int, Field(ge=1)] = 500
     # A record waits at most this long before its batch is written.
     flush_interval_s: Positive = 0.5
 
@@ -360,7 +409,7 @@ class FeedbackConfig(_Frozen):
     """How ratings are read."""
 
     # A rating at or above this counts as a satisfied user (GetStats' satisfaction).
-    satisfied_at: Annotated[float, Field(ge=0, le=1)] = 0.7
+    satisfied_at: Annotated[Float, Field(ge=0, le=1)] = 0.7
 
 
 class LoggingConfig(_Frozen):
@@ -371,7 +420,7 @@ class LoggingConfig(_Frozen):
     rpc: bool = True
     # The share of successful RPCs whose line is written (0 to 1); errors and Complete
     # calls that escalated are always written.
-    rpc_sample: Annotated[float, Field(ge=0, le=1)] = 1.0
+    rpc_sample: Annotated[Float, Field(ge=0, le=1)] = 1.0
 
 
 class TracingConfig(_Frozen):
@@ -380,13 +429,13 @@ class TracingConfig(_Frozen):
     # An OTLP/gRPC collector: "http://host:4317" (plaintext) or "https://host:4317".
     otlp_endpoint: str = ""
     # The share of new traces recorded; a caller's traceparent decides for its own trace.
-    sample_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0
+    sample_ratio: Annotated[Float, Field(ge=0, le=1)] = 1.0
     service_name: Annotated[str, Field(min_length=1, max_length=128)] = "modelrouter"
 
     @field_validator("otlp_endpoint")
     @classmethod
     def _check_endpoint(cls, endpoint: str) -> str:
-        if endpoint and not re.fullmatch(r"https?://[^/\s]+/?", endpoint):
+        if endpoint and not is_http_url(endpoint, path=False):
             raise ValueError(
                 f"{endpoint!r} is not http://HOST:PORT or https://HOST:PORT (an OTLP/gRPC "
                 "collector)"
@@ -440,9 +489,9 @@ class TenantLimitsConfig(_Frozen):
     # Route and Complete calls per second (a token bucket that refills at this rate).
     requests_per_s: Positive | None = None
     # Calls admitted at once after a quiet spell; default: one second's worth.
-    burst: Annotated[int, Field(ge=1)] | None = None
+    burst: Annotated[Int, Field(ge=1)] | None = None
     # Tokens (prompt + completion) of Complete per minute.
-    tokens_per_minute: Annotated[int, Field(ge=1)] | None = None
+    tokens_per_minute: Annotated[Int, Field(ge=1)] | None = None
     # US dollars of Complete (every attempt, at its tier's price) per UTC day and month.
     usd_per_day: Positive | None = None
     usd_per_month: Positive | None = None
@@ -473,7 +522,7 @@ class LimitsConfig(_Frozen):
     # rediss:// for TLS): shared by every worker and replica.
     redis_url: str = ""
     # Each call to Redis gives up after this long; the policy below then applies.
-    redis_timeout_s: Annotated[float, Field(gt=0, le=5)] = 0.5
+    redis_timeout_s: Annotated[Float, Field(gt=0, le=5)] = 0.5
     # While Redis cannot be reached: admit (fail_open) or refuse with UNAVAILABLE
     # (fail_closed). Spend that could not be recorded is added once Redis answers again.
     on_redis_error: Literal["fail_open", "fail_closed"] = "fail_closed"
@@ -492,7 +541,7 @@ class TargetConfig(_Frozen):
     """A tenant's cost target: exactly one of a strong share and a spend rate."""
 
     # The share of the tenant's requests answered above the cheapest tier.
-    strong_share: Annotated[float, Field(ge=0, le=1)] | None = None
+    strong_share: Annotated[Float, Field(ge=0, le=1)] | None = None
     # US dollars per hour, over the controller's window.
     usd_per_hour: Positive | None = None
 
@@ -518,18 +567,18 @@ class ControllerConfig(_Frozen):
 
     # The sliding window: the tenant's last window_requests requests, none older than
     # window_s seconds.
-    window_requests: Annotated[int, Field(ge=10, le=100_000)] = 500
+    window_requests: Annotated[Int, Field(ge=10, le=100_000)] = 500
     window_s: Positive = 3600.0
     # No move before the window holds this many requests.
-    min_requests: Annotated[int, Field(ge=1)] = 100
+    min_requests: Annotated[Int, Field(ge=1)] = 100
     # Requests between two moves.
-    update_every: Annotated[int, Field(ge=1)] = 25
+    update_every: Annotated[Int, Field(ge=1)] = 25
     # The largest move, and the limits, of the threshold offset (logits).
-    max_step: Annotated[float, Field(gt=0, le=MAX_OFFSET)] = 0.5
-    min_offset: Annotated[float, Field(ge=-MAX_OFFSET, le=0)] = -6.0
-    max_offset: Annotated[float, Field(ge=0, le=MAX_OFFSET)] = 6.0
+    max_step: Annotated[Float, Field(gt=0, le=MAX_OFFSET)] = 0.5
+    min_offset: Annotated[Float, Field(ge=-MAX_OFFSET, le=0)] = -6.0
+    max_offset: Annotated[Float, Field(ge=0, le=MAX_OFFSET)] = 6.0
     # How much of the window's realised error the next requests make up (0 to 2).
-    catch_up: Annotated[float, Field(ge=0, le=2)] = 1.0
+    catch_up: Annotated[Float, Field(ge=0, le=2)] = 1.0
 
     @model_validator(mode="after")
     def _window_holds_min(self) -> ControllerConfig:
@@ -624,28 +673,93 @@ _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def substitute_env(value: Any, environ: Mapping[str, str], path: str = "") -> Any:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of a parsed YAML tree."""
-    if isinstance(value, dict):
-        return {
-            k: substitute_env(v, environ, f"{path}.{k}" if path else str(k))
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [substitute_env(v, environ, f"{path}[{i}]") for i, v in enumerate(value)]
-    if not isinstance(value, str):
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of a parsed YAML tree.
+
+    Return a tree without shared parts: YAML aliases are expanded into copies. Raise
+    ConfigError for an alias that holds itself, and for a tree that expands to more than
+    MAX_CONFIG_VALUES values (an alias bomb would take minutes and gigabytes).
+    """
+    return _Substitution(environ).copy(value, path)
+
+
+class _Substitution:
+    """One walk of substitute_env: the values seen so far and the containers being copied."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.values = 0
+        self.open: set[int] = set()  # ids of the mappings and lists around the current value
+
+    def copy(self, value: Any, path: str) -> Any:
+        self.values += 1
+        if self.values > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                f"the configuration expands to more than {MAX_CONFIG_VALUES:,} values "
+                "(through YAML aliases?)"
+            )
+        if isinstance(value, dict | list):
+            if id(value) in self.open:
+                raise ConfigError(
+                    f"{path}: recursive YAML alias (a value that holds itself through an "
+                    "alias of its anchor)"
+                )
+            self.open.add(id(value))
+            try:
+                if isinstance(value, dict):
+                    return {
+                        k: self.copy(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()
+                    }
+                return [self.copy(v, f"{path}[{i}]") for i, v in enumerate(value)]
+            finally:
+                self.open.discard(id(value))
+        if isinstance(value, str):
+            return self.substitute(value, path)
         return value
 
-    def replace(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in environ:
-            return environ[name]
-        if default is not None:
-            return default
-        raise ConfigError(
-            f"{path}: environment variable {name} is not set (use ${{{name}:-default}})"
-        )
+    def substitute(self, value: str, path: str) -> str:
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in self.environ:
+                return self.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(
+                f"{path}: environment variable {name} is not set (use ${{{name}:-default}})"
+            )
 
-    return _ENV_PATTERN.sub(replace, value)
+        return _ENV_PATTERN.sub(replace, value)
+
+
+class _DuplicateKeyError(yaml.YAMLError):
+    """A mapping in the YAML file gives one key twice."""
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (YAML says so; PyYAML
+    would keep the last one silently: a second ``server:`` block would replace the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            # A merge key (<<: *base) brings keys that the mapping's own may override.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+                continue
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise _DuplicateKeyError(
+                    f"duplicate key {key!r} at line {line} (first at line {first_line[key]})"
+                )
+            first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML as the configuration is read: safe, and no key twice in a mapping."""
+    return yaml.load(text, Loader=ConfigLoader)  # a SafeLoader: no arbitrary objects
 
 
 # The tagged union of backends puts the tag (the backend's kind) into an error's location
@@ -683,7 +797,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
         raise ConfigError("the configuration must be a mapping with a 'version' key")
     if "version" not in data:
         raise ConfigError(f"version: missing (this release reads version: {CONFIG_VERSION})")
-    if data["version"] != CONFIG_VERSION:
+    if data["version"] != CONFIG_VERSION or isinstance(data["version"], bool):
         raise ConfigError(
             f"version: {data['version']!r} is not supported (expected {CONFIG_VERSION})"
         )
@@ -709,12 +823,18 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
             f"(line {line}): {exc.reason}; save the file as UTF-8"
         ) from None
     try:
-        data = yaml.safe_load(text)
+        data = read_yaml(text)
+    except _DuplicateKeyError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
-    return parse_config(data, environ)
+    try:
+        return parse_config(data, environ)
+    except RecursionError:
+        # Shallow enough for the parser, yet too deep to substitute or validate.
+        raise ConfigError(f"{path}: nested too deeply") from None
 
 
 DEFAULT_CONFIG_YAML = """\
@@ -741,4 +861,4 @@ backends:
 
 def default_config() -> Config:
     """Return the embedded default: the shipped model and three tiers on the demo backend."""
-    return parse_config(yaml.safe_load(DEFAULT_CONFIG_YAML), environ={})
+    return parse_config(read_yaml(DEFAULT_CONFIG_YAML), environ={})

@@ -17,9 +17,17 @@ from router.store import default_store_path
 from router.tls import TlsFiles, read_tls
 
 
-def relative_to(base_dir: Path | None, name: str) -> Path:
-    """Return a path from the configuration, a relative one taken from ``base_dir``."""
-    path = Path(name).expanduser()
+def relative_to(base_dir: Path | None, name: str, key: str) -> Path:
+    """Return a path from the configuration, a relative one taken from ``base_dir``.
+
+    Raise ConfigError naming ``key`` for ``~user`` of no known user (or ``~`` without a
+    home directory).
+    """
+    try:
+        path = Path(name).expanduser()
+    except RuntimeError:
+        home = name.split("/", 1)[0]
+        raise ConfigError(f"{key}: {name[:256]!r}: no home directory for {home!r}") from None
     return base_dir / path if not path.is_absolute() and base_dir is not None else path
 
 
@@ -27,7 +35,7 @@ def config_model_path(config: Config, base_dir: Path | None = None) -> Path:
     """Return the model file a configuration names, a relative path taken from ``base_dir``."""
     if config.model == "builtin":
         return default_model_path()
-    return relative_to(base_dir, config.model)
+    return relative_to(base_dir, config.model, "model")
 
 
 def store_target(config: Config, base_dir: Path | None = None) -> str | None:
@@ -43,7 +51,7 @@ def store_target(config: Config, base_dir: Path | None = None) -> str | None:
         return store.url
     if store.path is None:
         return str(default_store_path())
-    return str(relative_to(base_dir, store.path))
+    return str(relative_to(base_dir, store.path, "store.path"))
 
 
 def load_router(config: Config, base_dir: Path | None = None) -> tuple[Router, str]:

@@ -99,7 +99,10 @@ def _run_check(args: argparse.Namespace) -> int:
     try:
         loaded = load(source)
     except ConfigError as exc:
-        print(f"modelrouter: {source.describe()}: {exc}", file=sys.stderr)
+        # A file's read and YAML errors name the file already.
+        where = source.describe()
+        message = str(exc) if str(exc).startswith(f"{where}: ") else f"{where}: {exc}"
+        print(f"modelrouter: {message}", file=sys.stderr)
         return EXIT_CONFIG
     config = loaded.config
     tiers = ", ".join(

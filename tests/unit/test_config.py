@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
+import router.config as config_module
 from router.config import (
     DEFAULT_CONFIG_YAML,
     REPLICA_ID_ENV,
     Config,
     ConfigError,
+    DemoBackendConfig,
+    TenantConfig,
+    TierConfig,
     load_config,
     parse_config,
     resolve_replica_id,
 )
+from router.loading import ConfigSource, load
 
 
 def default_data() -> dict[str, Any]:
@@ -296,3 +303,288 @@ def test_an_empty_host_is_refused_and_an_empty_metrics_host_is_the_host() -> Non
     assert message.startswith("server.host: is empty: [::] listens on every address")
     server = parse_config(default_data() | {"server": {"metrics_host": ""}}, environ={}).server
     assert server.metrics_host == ""
+
+
+def write_config(tmp_path: Path, extra: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(DEFAULT_CONFIG_YAML + extra, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "x: &a [*a]\n",  # a list that holds itself
+        "x: &a {y: *a}\n",  # a mapping that holds itself
+        "x: &a [1, [2, *a]]\n",  # through another list
+    ],
+)
+def test_a_recursive_yaml_alias_is_a_config_error(tmp_path: Path, extra: str) -> None:
+    with pytest.raises(ConfigError, match=r"^x(\.y|\[1\]\[1\]|\[0\]): recursive YAML alias"):
+        load_config(write_config(tmp_path, extra))
+
+
+def test_an_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
+    # Billion laughs: nine levels of ten aliases each expand to 10**9 strings.
+    lines = ['a0: &a0 "lol"']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    path = write_config(tmp_path, "\n".join(lines) + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == (
+        "the configuration expands to more than 100,000 values (through YAML aliases?)"
+    )
+
+
+def test_a_config_nested_too_deeply_for_validation_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The YAML parser stops such a file first; a tree it let through is caught still.
+    deep: list[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+    monkeypatch.setattr(config_module, "read_yaml", lambda text: {"version": 1, "x": deep})
+    with pytest.raises(ConfigError, match=r"c\.yaml: nested too deeply$"):
+        load_config(write_config(tmp_path, ""))
+
+
+def test_a_backend_block_shared_through_an_anchor_is_read_for_every_tier(tmp_path: Path) -> None:
+    path = tmp_path / "anchors.yaml"
+    path.write_text(
+        """\
+version: 1
+tiers:
+  - {name: cheap, model: m1, backend: one, price: &free {input_per_mtok: 0, output_per_mtok: 0}}
+  - {name: strong, model: m2, backend: two, price: *free}
+  - {name: expert, model: m3, backend: three, price: *free}
+backends:
+  one: &remote {kind: openai, base_url: "${BASE_URL}", api_key: "${KEY:-none}"}
+  two: *remote
+  three:
+    <<: *remote
+    max_connections: 7
+""",
+        encoding="utf-8",
+    )
+    config = load_config(path, environ={"BASE_URL": "http://llm:8000/v1"})
+    backends = [config.backends[name] for name in ("one", "two", "three")]
+    assert {b.base_url for b in backends} == {"http://llm:8000/v1"}  # type: ignore[union-attr]
+    assert {b.api_key for b in backends} == {"none"}  # type: ignore[union-attr]
+    assert [b.max_connections for b in backends] == [100, 100, 7]  # type: ignore[union-attr]
+    assert config.tiers[0].price == config.tiers[2].price
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            "server: {port: 1}\nserver: {port: 2}\n",
+            "duplicate key 'server' at line 20 (first at line 19)",
+        ),
+        (
+            "server:\n  port: 1\n  port: 2\n",
+            "duplicate key 'port' at line 21 (first at line 20)",
+        ),
+        ("tiers: []\n", "duplicate key 'tiers' at line 19 (first at line 3)"),
+    ],
+)
+def test_a_duplicate_key_is_a_config_error_naming_key_and_lines(
+    tmp_path: Path, extra: str, message: str
+) -> None:
+    path = write_config(tmp_path, extra)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"{path}: {message}"
+
+
+def test_a_merge_key_may_be_overridden_without_a_duplicate(tmp_path: Path) -> None:
+    extra = "server:\n  <<: &base {port: 1, workers: 2}\n  port: 3\n"
+    assert load_config(write_config(tmp_path, extra)).server.port == 3
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "message"),
+    [
+        ("server", {"max_message_bytes": 3_000_000_000}, "server.max_message_bytes: Input should"),
+        ("server", {"max_prompt_bytes": 2**31}, "server.max_prompt_bytes: Input should be less"),
+        ("server", {"max_concurrent_rpcs": 2**32}, "server.max_concurrent_rpcs: Input should be"),
+    ],
+)
+def test_sizes_beyond_what_grpc_and_protobuf_take_are_refused(
+    section: str, value: Any, message: str
+) -> None:
+    assert error_of(default_data() | {section: value}).startswith(message)
+    fine = {key: 2**31 - 1 for key in value}
+    parse_config(default_data() | {section: fine}, environ={})
+
+
+INFINITE_OR_NAN = ("inf", "-inf", "nan")
+
+
+def set_key(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """Set a dotted key path (a list index as a number) in a parsed configuration."""
+    *parents, last = path.split(".")
+    node: Any = data
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+    node[last] = value
+    return data
+
+
+# Every float field of the configuration, and one value it takes.
+FLOAT_KEYS = [
+    "tiers.1.price.input_per_mtok",
+    "tiers.1.price.output_per_mtok",
+    "tiers.1.min_score",
+    "tiers.1.escalation_margin",
+    "tiers.1.timeouts.connect_s",
+    "tiers.1.timeouts.first_token_s",
+    "tiers.1.timeouts.idle_s",
+    "tiers.1.timeouts.total_s",
+    "tiers.1.gate.window_ms",
+    "tiers.1.gate.min_mean_logprob",
+    "tiers.1.gate.low_logprob",
+    "tiers.1.gate.max_low_logprob_share",
+    "backends.demo.tokens_per_second",
+    "backends.demo.first_token_ms",
+    "completion.circuit_breaker.window_s",
+    "completion.circuit_breaker.cooldown_s",
+    "routing.escalation_margin",
+    "routing.context_weight",
+    "server.grace_period_s",
+    "server.drain_delay_s",
+    "store.flush_interval_s",
+    "feedback.satisfied_at",
+    "logging.rpc_sample",
+    "tracing.sample_ratio",
+    "tenants.acme.limits.requests_per_s",
+    "tenants.acme.limits.usd_per_day",
+    "tenants.acme.limits.usd_per_month",
+    "tenants.acme.target.strong_share",
+    "tenants.acme.target.usd_per_hour",
+    "limits.redis_timeout_s",
+    "controller.window_s",
+    "controller.max_step",
+    "controller.min_offset",
+    "controller.max_offset",
+    "controller.catch_up",
+]
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+@pytest.mark.parametrize("number", INFINITE_OR_NAN)
+def test_an_infinite_or_nan_number_is_refused_naming_the_key(key: str, number: str) -> None:
+    data = set_key(default_data(), key, float(number))
+    shown = key.replace(".1.", "[1].")
+    assert error_of(data).startswith(f"{shown}: Input should be a finite number")
+    # The same through an environment variable.
+    data = set_key(default_data(), key, "${N}")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(shown)}: Input should be a finite"):
+        parse_config(data, environ={"N": number})
+
+
+def test_every_float_field_is_checked_for_infinity() -> None:
+    def types_in(annotation: Any) -> list[Any]:
+        """Return the types an annotation names, through unions, Annotated and Optional."""
+        return [annotation, *(t for arg in get_args(annotation) for t in types_in(arg))]
+
+    def float_fields(model: type[BaseModel], prefix: str) -> set[str]:
+        found = set()
+        for name, field in model.model_fields.items():
+            for arg in types_in(field.annotation):
+                if isinstance(arg, type) and issubclass(arg, BaseModel):
+                    found |= float_fields(arg, f"{prefix}{name}.")
+                elif arg is float:
+                    found.add(f"{prefix}{name}")
+        return found
+
+    nested: dict[str, type[BaseModel]] = {
+        "tiers": TierConfig,
+        "tenants": TenantConfig,
+        "backends": DemoBackendConfig,
+    }
+    expected = float_fields(Config, "")
+    for key, model in nested.items():
+        expected |= float_fields(model, f"{key}.")
+    named = {re.sub(r"^(tiers|tenants|backends)\.(1|acme|demo)\.", r"\1.", k) for k in FLOAT_KEYS}
+    assert expected == named
+
+
+@pytest.mark.parametrize(
+    ("base_url", "fine"),
+    [
+        ("localhost:8000", False),
+        ("ftp://x", False),
+        ("not a url", False),
+        ("http://", False),
+        ("http://host:port/v1", False),
+        ("https://api.example.com/v1", True),
+        ("http://localhost:8000", True),
+        ("http://[::1]:8000/v1/", True),
+    ],
+)
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_backend_base_url_must_be_http_or_https(kind: str, base_url: str, fine: bool) -> None:
+    data = default_data()
+    data["backends"]["demo"] = {"kind": kind, "base_url": base_url}
+    if fine:
+        assert parse_config(data, environ={}).backends["demo"].base_url == base_url  # type: ignore[union-attr]
+    else:
+        assert error_of(data).startswith(
+            f"backends.demo.base_url: {base_url!r} is not http://HOST[:PORT][/PATH] or https://"
+        )
+
+
+def test_a_base_url_from_an_environment_variable_is_checked_once_substituted() -> None:
+    data = default_data()
+    data["backends"]["demo"] = {"kind": "openai", "base_url": "${BASE_URL}"}
+    config = parse_config(data, environ={"BASE_URL": "http://vllm:8000/v1"})
+    assert config.backends["demo"].base_url == "http://vllm:8000/v1"  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match=r"^backends\.demo\.base_url: 'vllm:8000'"):
+        parse_config(data, environ={"BASE_URL": "vllm:8000"})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("server.port", True),
+        ("server.workers", False),
+        ("server.max_message_bytes", True),
+        ("routing.escalation_margin", True),
+        ("tiers.1.price.input_per_mtok", True),
+        ("tiers.1.max_tokens", True),
+        ("controller.min_offset", False),
+        ("tenants.acme.limits.burst", True),
+    ],
+)
+def test_true_or_false_is_no_number(key: str, value: bool) -> None:
+    data = set_key(default_data(), key, value)
+    if key.endswith("burst"):
+        data["tenants"]["acme"]["limits"]["requests_per_s"] = 1
+    shown = key.replace(".1.", "[1].")
+    assert error_of(data).startswith(f"{shown}: Input should be a number, not {str(value).lower()}")
+
+
+def test_numbers_from_environment_variables_are_still_read() -> None:
+    data = default_data()
+    data["server"] = {"port": "${PORT}", "drain_delay_s": "${DRAIN:-1.5}"}
+    data["routing"] = {"escalation_margin": "${MARGIN}"}
+    config = parse_config(data, environ={"PORT": "8443", "MARGIN": "0.1"})
+    assert (config.server.port, config.server.drain_delay_s) == (8443, 1.5)
+    assert config.routing.escalation_margin == 0.1
+    # Booleans keep their YAML spellings.
+    data["routing"] = {"session_floor": "${FLOOR}"}
+    environ = {"PORT": "8443", "FLOOR": "false"}
+    assert not parse_config(data, environ=environ).routing.session_floor
+
+
+@pytest.mark.parametrize("key", ["model", "store.path"])
+def test_a_path_under_an_unknown_users_home_is_a_config_error_naming_the_key(
+    tmp_path: Path, key: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    data = set_key(default_data(), key, "~nouser/x")
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load(ConfigSource(path))
+    assert str(caught.value) == f"{key}: '~nouser/x': no home directory for '~nouser'"
