@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
-import os
+import contextlib
 import signal
 import sys
 import time
@@ -13,6 +12,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from router.output_paths import unwritable
 from router.store.since import SINCE_HELP
 from router.store.since import parse_since as parse_since  # the commands' one parser
 
@@ -39,29 +39,15 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
 
 
 def _unwritable(out: Path, store: str) -> str | None:
-    """Return why ``out`` cannot take the rows (``PATH: reason``), or None if it can.
-
-    Checked before any work: a path found wrong only when the rows are written would have
-    wasted the run (for ``label``, paid calls).
-    """
+    """Return why ``out`` cannot take the rows (``PATH: reason``), or None if it can."""
     from router.store import is_url
 
-    parent = out.parent
-    if out.is_dir():
-        return f"{out}: {os.strerror(errno.EISDIR)}"
-    if not parent.is_dir():
-        missing = errno.ENOENT if not parent.exists() else errno.ENOTDIR
-        return f"{out}: {os.strerror(missing)}"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"{out}: {os.strerror(errno.EACCES)}"
-    if not is_url(store):
-        try:
-            same = out.exists() and os.path.samefile(out, Path(store).expanduser())
-        except (OSError, RuntimeError):  # no store there, or ~user unknown: open_store says
-            same = False
-        if same:
-            return f"{out}: is the store --store names: choose another --out"
-    return None
+    inputs = []
+    # A ~user of no known home is no file to compare with: open_store says so.
+    with contextlib.suppress(RuntimeError):
+        if not is_url(store):
+            inputs.append(("store --store names", Path(store).expanduser()))
+    return unwritable([("--out", out)], inputs)
 
 
 def _open(target: str) -> Any:

@@ -7,8 +7,8 @@ counts it and logs (at most one line per ``DROP_LOG_INTERVAL_S``): the request i
 to still succeeds. A failed write is retried with a growing pause, the batch kept in
 front of the queue; unless the store refused it for what a record holds (``Store.refuses``):
 then the batch is written in halves, a refused part halved again, until the record refused
-is alone and dropped, counted and logged (a batch of 500 with one such record takes about
-twenty transactions). ``aclose`` writes everything still queued, then closes the store; a
+is alone and dropped, counted and logged (one such record in a batch of 128 takes 21
+transactions, not 129). ``aclose`` writes everything still queued, then closes the store; a
 store still failing after ``drain_timeout_s`` (5 s: well inside the supervisor's grace
 before it kills a stopping worker) has the rest counted as dropped and logged.
 """

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import functools
 import importlib.util
 import json
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from router.model import ModelError, RouterModel, default_model_path, load_model, save_model
+from router.output_paths import unwritable
 from router.routing import Router, check_thresholds
 from router.training.calibrate import Target
 from router.training.data import (
@@ -64,47 +64,18 @@ def _plot_file(path: Path) -> Path:
     return path if path.suffix or not stem else path.with_name(stem + ".png")
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet): compare where they would be
-        pass
-    try:
-        return a.resolve() == b.resolve()
-    except (OSError, RuntimeError):  # a symlink loop: opening it will say so
-        return False
-
-
 def _unwritable(
     outputs: Sequence[tuple[str, Path]], inputs: Sequence[tuple[str, Path]]
 ) -> str | None:
-    """Return why an output cannot be written (``PATH: reason``), or None if all can.
-
-    ``outputs`` and ``inputs`` are (option, path) pairs. Checked before any work: a path
-    found wrong only when the results are written would waste the run, and an output that
-    is an input would overwrite the data it was computed from.
-    """
-    for i, (option, out) in enumerate(outputs):
+    """Return why an output cannot be written (``PATH: reason``), or None if all can:
+    ``router.output_paths.unwritable``, and a plot in a format it can be drawn in."""
+    for option, out in outputs:
         if option == "--plot" and out.suffix.lower() not in PLOT_SUFFIXES:
             return (
                 f"{out}: cannot plot to a {out.suffix!r} file: "
                 f"give a {', '.join(PLOT_SUFFIXES[:-1])} or {PLOT_SUFFIXES[-1]} file name"
             )
-        if out.is_dir():
-            return f"{out}: {os.strerror(errno.EISDIR)}"
-        parent = out.parent
-        if not parent.is_dir():
-            missing = errno.ENOENT if not parent.exists() else errno.ENOTDIR
-            return f"{out}: {os.strerror(missing)}"
-        if not os.access(parent, os.W_OK | os.X_OK):
-            return f"{out}: {os.strerror(errno.EACCES)}"
-        for in_option, path in inputs:
-            if _same_file(out, path):
-                return f"{out}: is the {in_option} file: choose another {option}"
-        for other_option, other in outputs[:i]:
-            if _same_file(out, other):
-                return f"{out}: is also the {other_option} file: choose another {option}"
-    return None
+    return unwritable(outputs, [(f"{option} file", path) for option, path in inputs])
 
 
 def _write_failed(path: Path, exc: OSError) -> int:
